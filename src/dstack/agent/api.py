@@ -1,0 +1,192 @@
+"""The agent's HTTP API: the only way the server talks to the agent."""
+
+from __future__ import annotations
+
+import os
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, List, Optional, Tuple
+
+from dstack.agent import __version__
+from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
+from dstack.agent.host import host_facts
+from dstack.agent.httpserver import ApiError, Exchange, Route
+from dstack.agent.jobs.job import Job
+from dstack.agent.jobs.registry import JobConflictError, JobRegistry
+from dstack.agent.jobs.spec import MAX_STOP_GRACE_SECONDS, SpecError, parse_job_spec
+from dstack.agent.runner import REASON_ABORTED, REASON_STOPPED, Runner
+
+DEFAULT_LOG_LIMIT = 4 * 1024 * 1024
+MAX_LOG_LIMIT = 16 * 1024 * 1024
+MAX_LOG_WAIT_SECONDS = 60.0
+MAX_TIMESTAMPS = 100_000
+_JOB = r"/api/jobs/(?P<job_id>[^/]+)"
+
+
+class AgentApi:
+    def __init__(
+        self,
+        work_dir: Path,
+        registry: JobRegistry,
+        runner: Runner,
+        code_store: CodeStore,
+        max_code_bytes: int,
+    ) -> None:
+        self._work_dir = work_dir
+        self._registry = registry
+        self._runner = runner
+        self._code_store = code_store
+        self._max_code_bytes = max_code_bytes
+
+    def routes(self) -> List[Route]:
+        return [
+            Route("GET", r"/api/health", self.health, auth=False),
+            Route("GET", r"/api/host", self.host),
+            Route("HEAD", r"/api/code/(?P<code_hash>[^/]+)", self.code_exists),
+            Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_code),
+            Route("POST", r"/api/jobs", self.submit_job),
+            Route("GET", r"/api/jobs", self.list_jobs),
+            Route("GET", _JOB, self.get_job),
+            Route("DELETE", _JOB, self.delete_job),
+            Route("GET", _JOB + r"/logs", self.job_logs),
+            Route("GET", _JOB + r"/timestamps", self.job_timestamps),
+            Route("POST", _JOB + r"/stop", self.stop_job),
+        ]
+
+    def health(self, exchange: Exchange) -> None:
+        exchange.send_json(
+            HTTPStatus.OK, {"service": "dstack-agent", "version": __version__, "pid": os.getpid()}
+        )
+
+    def host(self, exchange: Exchange) -> None:
+        exchange.send_json(HTTPStatus.OK, host_facts(self._work_dir))
+
+    def code_exists(self, exchange: Exchange) -> None:
+        found = self._code_store.has(_code_hash(exchange))
+        exchange.send_empty(HTTPStatus.OK if found else HTTPStatus.NOT_FOUND)
+
+    def upload_code(self, exchange: Exchange) -> None:
+        code_hash = _code_hash(exchange)
+        stream, length = exchange.body_stream(self._max_code_bytes)
+        try:
+            self._code_store.store(code_hash, stream, length)
+        except CodeUploadError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash, "size": length})
+
+    def submit_job(self, exchange: Exchange) -> None:
+        try:
+            spec = parse_job_spec(exchange.read_json())
+        except SpecError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        if spec.code_hash is not None and not self._code_store.has(spec.code_hash):
+            raise ApiError(HTTPStatus.BAD_REQUEST, f"Code {spec.code_hash} has not been uploaded")
+        try:
+            job, created = self._registry.create(spec)
+        except JobConflictError as e:
+            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+        if created:
+            self._runner.launch(job)
+        exchange.send_json(HTTPStatus.CREATED if created else HTTPStatus.OK, job.to_json())
+
+    def list_jobs(self, exchange: Exchange) -> None:
+        exchange.send_json(HTTPStatus.OK, [job.to_json() for job in self._registry.list()])
+
+    def get_job(self, exchange: Exchange) -> None:
+        exchange.send_json(HTTPStatus.OK, self._job(exchange).to_json())
+
+    def delete_job(self, exchange: Exchange) -> None:
+        job_id = exchange.params["job_id"]
+        try:
+            deleted = self._registry.delete(job_id)
+        except JobConflictError as e:
+            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+        if not deleted:
+            raise _job_not_found(job_id)
+        exchange.send_empty(HTTPStatus.NO_CONTENT)
+
+    def job_logs(self, exchange: Exchange) -> None:
+        job = self._job(exchange)
+        offset = int(exchange.query_number("offset", 0, integer=True))
+        limit = int(exchange.query_number("limit", DEFAULT_LOG_LIMIT, integer=True))
+        wait = min(max(exchange.query_number("wait", 0.0), 0.0), MAX_LOG_WAIT_SECONDS)
+        if limit < 0:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Query parameter limit must not be negative")
+        size = job.logs.size()
+        if not 0 <= offset <= size:
+            raise ApiError(
+                HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                f"Offset {offset} is outside the job's output of {size} bytes",
+                {"X-Log-Size": str(size)},
+            )
+        seen = job.state
+        if offset == size and not seen.is_final and wait > 0:
+            job.logs.wait_for_change(offset, wait, lambda: job.state.status == seen.status)
+        # Status before size: a final status read here guarantees the size includes all output.
+        state = job.state
+        size = job.logs.size()
+        count = min(limit, MAX_LOG_LIMIT, size - offset)
+        headers = {"X-Log-End": str(offset + count), "X-Log-Size": str(size), "X-Job-Status": state.status}
+        if state.is_final and state.exit_code is not None:
+            headers["X-Exit-Code"] = str(state.exit_code)
+        try:
+            exchange.send_file_range(str(job.logs.log_path), offset, count, headers)
+        except FileNotFoundError:
+            raise _job_not_found(job.id) from None
+
+    def job_timestamps(self, exchange: Exchange) -> None:
+        job = self._job(exchange)
+        offset = int(exchange.query_number("offset", 0, integer=True))
+        if offset < 0:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "Query parameter offset must not be negative")
+        entries, more = job.logs.timestamps(offset, MAX_TIMESTAMPS)
+        exchange.send_json(HTTPStatus.OK, {"entries": [list(entry) for entry in entries], "more": more})
+
+    def stop_job(self, exchange: Exchange) -> None:
+        job = self._job(exchange)
+        body = exchange.read_json()
+        abort, grace = _parse_stop(body)
+        stopping = self._runner.stop(job, abort, grace, REASON_ABORTED if abort else REASON_STOPPED)
+        exchange.send_json(HTTPStatus.ACCEPTED if stopping else HTTPStatus.OK, job.to_json())
+
+    def _job(self, exchange: Exchange) -> Job:
+        job = self._registry.get(exchange.params["job_id"])
+        if job is None:
+            raise _job_not_found(exchange.params["job_id"])
+        return job
+
+
+def _code_hash(exchange: Exchange) -> str:
+    code_hash = exchange.params["code_hash"].lower()
+    if not is_code_hash(code_hash):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST, "The code hash must be a sha256 hex digest (64 hex characters)"
+        )
+    return code_hash
+
+
+def _job_not_found(job_id: str) -> ApiError:
+    shown = job_id if len(job_id) <= 64 else job_id[:64] + "..."
+    return ApiError(HTTPStatus.NOT_FOUND, f"Job {shown} not found")
+
+
+def _parse_stop(body: Any) -> Tuple[bool, Optional[float]]:
+    if not isinstance(body, dict):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "The stop request must be a JSON object")
+    unknown = sorted(set(body) - {"abort", "grace_seconds"})
+    if unknown:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Unknown stop field(s) {', '.join(unknown)}")
+    abort = body.get("abort", False)
+    grace = body.get("grace_seconds")
+    if not isinstance(abort, bool):
+        raise ApiError(HTTPStatus.BAD_REQUEST, "Field abort must be true or false")
+    if grace is not None and (
+        isinstance(grace, bool)
+        or not isinstance(grace, (int, float))
+        or not 0 <= grace <= MAX_STOP_GRACE_SECONDS
+    ):
+        raise ApiError(
+            HTTPStatus.BAD_REQUEST,
+            f"Field grace_seconds must be between 0 and {MAX_STOP_GRACE_SECONDS:g} seconds",
+        )
+    return abort, None if grace is None else float(grace)

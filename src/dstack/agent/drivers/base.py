@@ -1,0 +1,43 @@
+"""The driver protocol: everything the runner needs from "a way to run a job", nothing more."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Protocol
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    job_id: str
+    marker: str  # unique per job, must end up in the environment of every process of the job
+    script: Path  # a bash script holding the job's commands
+    cwd: Path
+    env: Dict[str, str]
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A started job. Drivers may subclass it to keep their own details."""
+
+    pid: int  # the job's main process, as shown to the API
+    pgid: Optional[int]  # the job's process group, if it has one of its own
+    marker: str
+    output_fd: int  # read end of the job's merged stdout and stderr; the runner reads and closes it
+
+
+class Driver(Protocol):
+    def start(self, launch: LaunchSpec) -> JobHandle:
+        """Start the job; raise OSError if it cannot be started."""
+
+    def wait(self, handle: JobHandle, timeout: Optional[float]) -> Optional[int]:
+        """The main process's exit code (128+N if killed by signal N), or None if `timeout` passed."""
+
+    def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
+        """End every process of the job: SIGTERM then SIGKILL after the grace, or SIGKILL at once."""
+
+    def inspect(self, handle: JobHandle) -> List[int]:
+        """The pids of the job's processes still alive."""
+
+    def recover(self, marker: str, grace_seconds: float) -> None:
+        """End the processes of a job started by an earlier agent (they cannot be re-attached)."""

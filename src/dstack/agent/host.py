@@ -1,0 +1,54 @@
+"""Facts about the host the agent runs on (what the server needs to offer its capacity).
+
+GPU detection will grow here; every fact is best effort and never fails the request.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from pathlib import Path
+from typing import Any, Dict, List
+
+
+def host_facts(work_dir: Path) -> Dict[str, Any]:
+    return {
+        "hostname": socket.gethostname(),
+        "cpus": cpu_count(),
+        "arch": platform.machine() or "unknown",
+        "memory_bytes": memory_bytes(),
+        "disk_free_bytes": disk_free_bytes(work_dir),
+        "gpus": gpus(),
+    }
+
+
+def cpu_count() -> int:
+    # The CPUs this process may run on (respects cpusets, e.g. in a container), not all of the host's.
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def memory_bytes() -> int:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def disk_free_bytes(path: Path) -> int:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return 0
+    return stats.f_bavail * stats.f_frsize
+
+
+def gpus() -> List[Dict[str, Any]]:
+    return []

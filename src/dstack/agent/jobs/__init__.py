@@ -1,0 +1,1 @@
+"""Jobs: their spec, state, folders and registry."""

@@ -1,0 +1,100 @@
+"""All jobs of this agent, in memory and on disk (DIR/jobs/<id>/)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from dstack.agent.fsutil import make_private_dir, read_json, write_json_atomic
+from dstack.agent.jobs.job import PREPARING, SPEC_FILE, STATE_FILE, Job, JobState
+from dstack.agent.jobs.spec import JobSpec, SpecError, is_job_id, parse_job_spec
+
+log = logging.getLogger(__name__)
+
+# '~' cannot start a job id, so a folder being deleted is never mistaken for a job.
+_TRASH_PREFIX = "~deleted-"
+
+
+class JobConflictError(Exception):
+    """The request conflicts with the job's current state; one sentence for the client."""
+
+
+class JobRegistry:
+    def __init__(self, jobs_dir: Path) -> None:
+        self.jobs_dir = jobs_dir
+        make_private_dir(jobs_dir)
+        self._lock = threading.Lock()
+        self._jobs: Dict[str, Job] = {}
+
+    def load(self) -> List[Job]:
+        """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
+        for trash in self.jobs_dir.glob(_TRASH_PREFIX + "*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        for folder in sorted(self.jobs_dir.iterdir()):
+            if not folder.is_dir() or not is_job_id(folder.name):
+                continue
+            try:
+                spec = parse_job_spec(read_json(folder / SPEC_FILE))
+                state = JobState.from_record(read_json(folder / STATE_FILE))
+            except (OSError, ValueError, TypeError, SpecError) as e:
+                log.warning("Skipping job folder %s: %s", folder, e)
+                continue
+            with self._lock:
+                self._jobs[spec.id] = Job(spec, folder, state)
+        return self.list()
+
+    def create(self, spec: JobSpec) -> Tuple[Job, bool]:
+        """Create the job, or return the existing one with the same id and spec: (job, created)."""
+        with self._lock:
+            existing = self._jobs.get(spec.id)
+            if existing is not None:
+                if existing.spec != spec:
+                    raise JobConflictError(f"Job {spec.id} already exists with a different spec")
+                return existing, False
+            folder = self.jobs_dir / spec.id
+            # A folder without a readable state is debris of a crash during an earlier create.
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            state = JobState(
+                id=spec.id,
+                run_name=spec.run_name,
+                status=PREPARING,
+                created_at=time.time(),
+                marker=uuid.uuid4().hex,
+            )
+            write_json_atomic(folder / SPEC_FILE, spec.to_json())
+            write_json_atomic(folder / STATE_FILE, state.to_record())
+            job = Job(spec, folder, state)
+            self._jobs[spec.id] = job
+            return job, True
+
+    def get(self, job_id: str) -> Optional[Job]:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def list(self) -> List[Job]:
+        with self._lock:
+            return sorted(self._jobs.values(), key=lambda job: (job.state.created_at, job.id))
+
+    def active(self) -> List[Job]:
+        return [job for job in self.list() if not job.state.is_final]
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job and its folder; False if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return False
+            if not job.state.is_final:
+                raise JobConflictError(f"Job {job_id} is {job.state.status}; stop it before deleting it")
+            del self._jobs[job_id]
+            # Renamed under the lock (a new job with this id may be created at once), removed outside it.
+            trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
+            job.folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True

@@ -1,0 +1,142 @@
+"""Finding and ending the processes of a job (Linux /proc).
+
+One helper finds "the processes of job X", one terminates a set of processes (SIGTERM, wait, SIGKILL);
+stop, end-of-job cleanup and recovery all reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Optional, Set
+
+log = logging.getLogger(__name__)
+
+JOB_MARKER_ENV = "DSTACK_JOB_MARKER"
+# After SIGKILL a process can still take a moment to disappear (e.g. uninterruptible disk sleep).
+_KILL_SETTLE_SECONDS = 5.0
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    ppid: int
+    pgid: int
+    state: str
+
+    @property
+    def is_zombie(self) -> bool:
+        # A zombie has exited already: signals are no-ops and only its parent's wait removes it.
+        return self.state in ("Z", "X")
+
+
+def read_process(pid: int) -> Optional[ProcessInfo]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    tail = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return ProcessInfo(pid=pid, state=tail[0].decode(), ppid=int(tail[1]), pgid=int(tail[2]))
+    except (IndexError, ValueError):
+        return None
+
+
+def list_processes() -> Dict[int, ProcessInfo]:
+    processes: Dict[int, ProcessInfo] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            info = read_process(int(name))
+            if info is not None:
+                processes[info.pid] = info
+    return processes
+
+
+def job_marker_of(pid: int) -> Optional[str]:
+    """The job marker in the environment `pid` was started with; None if it has none (or is gone)."""
+    prefix = f"{JOB_MARKER_ENV}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return None
+    for entry in entries:
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode(errors="replace")
+    return None
+
+
+def find_job_processes(marker: str, pgid: Optional[int] = None) -> Set[int]:
+    """The live (non-zombie) processes of a job.
+
+    A job's processes are its process group (while the agent knows the group is the job's), every process
+    started with the job's unique marker in its environment (this catches daemons that called setsid and
+    left the group), and every descendant of those (this catches processes that cleared their environment).
+    """
+    processes = list_processes()
+    # Never the agent nor init: walking their descendants would take in every other job too.
+    excluded = {os.getpid(), 1}
+    found = set()
+    for info in processes.values():
+        if info.pid in excluded:
+            continue
+        process_marker = job_marker_of(info.pid)
+        # A group member carrying another job's marker is another job's (its group id was reused).
+        in_group = pgid is not None and info.pgid == pgid and process_marker is None
+        if process_marker == marker or in_group:
+            found.add(info.pid)
+    children: Dict[int, Set[int]] = {}
+    for info in processes.values():
+        children.setdefault(info.ppid, set()).add(info.pid)
+    pending = list(found)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found and child not in excluded:
+                found.add(child)
+                pending.append(child)
+    return {pid for pid in found if not processes[pid].is_zombie}
+
+
+def _signal_all(pids: Iterable[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def terminate_processes(find: Callable[[], Set[int]], grace_seconds: float, abort: bool = False) -> bool:
+    """SIGTERM every process `find` returns, SIGKILL whatever is left after the grace period.
+
+    `find` is called again on every poll, so processes forked while the job shuts down are caught too.
+    With `abort`, SIGKILL at once. Returns True if nothing is left alive.
+    """
+    if not abort:
+        signalled: Set[int] = set()
+        deadline = time.monotonic() + max(0.0, grace_seconds)
+        while True:
+            alive = find()
+            if not alive:
+                return True
+            fresh = alive - signalled
+            _signal_all(fresh, signal.SIGTERM)
+            signalled |= fresh
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL_SECONDS)
+    deadline = time.monotonic() + _KILL_SETTLE_SECONDS
+    while True:
+        alive = find()
+        if not alive:
+            return True
+        _signal_all(alive, signal.SIGKILL)
+        if time.monotonic() >= deadline:
+            log.warning("Processes %s survived SIGKILL", sorted(alive))
+            return False
+        time.sleep(_POLL_SECONDS)

@@ -1,0 +1,61 @@
+"""The agent's command line and settings."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+TOKEN_ENV = "DSTACK_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
+DEFAULT_MAX_CODE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    work_dir: Path
+    host: str
+    port: int
+    idle_exit_seconds: float  # 0 = never
+    max_code_bytes: int
+    token: str
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m dstack.agent",
+        description="Run the jobs a dstack server hands to this host. The API token is read from the "
+        f"{TOKEN_ENV} environment variable.",
+    )
+    parser.add_argument("--work-dir", required=True, type=Path, help="folder for code, jobs and their output")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", default=0, type=_port, help="port to listen on (default: 0, any free port)")
+    parser.add_argument(
+        "--idle-exit",
+        default=0.0,
+        type=_non_negative,
+        metavar="SECONDS",
+        help="exit after this long with no job running and no request (default: 0, never)",
+    )
+    parser.add_argument(
+        "--max-code-bytes",
+        default=DEFAULT_MAX_CODE_BYTES,
+        type=int,
+        metavar="BYTES",
+        help="largest code archive accepted (default: 2 GiB)",
+    )
+    return parser.parse_args(argv)
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value

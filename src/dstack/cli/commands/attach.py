@@ -1,0 +1,30 @@
+"""dstack attach: follow a running task again: its output (and, with ports, its forwarded ports)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_name", metavar="RUN", help="the run's name")
+    parser.add_argument(
+        "-p",
+        "--port",
+        action="append",
+        default=[],
+        metavar="L:N",
+        help="forward task port N to local port L (repeatable)",
+    )
+    parser.add_argument(
+        "--tail", type=int, metavar="N", help="start with the last N lines (default: all output)"
+    )
+    parser.add_argument("--project", help="the project (default: the configured default)")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from dstack.cli.connection import get_client
+    from dstack.cli.follow import Follower
+
+    client = get_client(args.project, start_embedded=False)
+    client.get_run(args.run_name)
+    return Follower(client, args.run_name, tail=args.tail).follow()

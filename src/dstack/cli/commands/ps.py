@@ -1,0 +1,79 @@
+"""dstack ps: the runs, newest first."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-a", "--all", action="store_true", help="show finished runs too")
+    parser.add_argument("-w", "--watch", action="store_true", help="refresh every 2 seconds (Ctrl+C exits)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show why runs ended")
+    parser.add_argument("-n", "--limit", type=int, default=None, help="show at most this many runs")
+    parser.add_argument("--project", help="the project (default: the configured default)")
+
+
+def execute(args: argparse.Namespace) -> int:
+    from dstack.cli.connection import get_client
+    from dstack.cli.output import table
+
+    client = get_client(args.project, start_embedded=False)
+    if not args.watch:
+        runs = client.list_runs(all=args.all, limit=args.limit)
+        table(*_table(runs, args.verbose))
+        return 0
+    try:
+        while True:
+            runs = client.list_runs(all=args.all, limit=args.limit)
+            print("\x1b[2J\x1b[H", end="")
+            table(*_table(runs, args.verbose))
+            time.sleep(2)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[list[str]]]:
+    headers = ["RUN", "CONFIGURATION", "BACKEND", "RESOURCES", "PRICE", "STATUS", "SUBMITTED"]
+    if verbose:
+        headers.append("ERROR")
+    rows = []
+    for run in runs:
+        row = [
+            run["name"],
+            run.get("configuration_path") or "-",
+            run.get("backend") or "-",
+            run.get("resources") or "-",
+            f"${run['price']:g}" if run.get("price") is not None else "-",
+            _status(run),
+            ago(run["submitted_at"]),
+        ]
+        if verbose:
+            row.append(_error(run))
+        rows.append(row)
+    return headers, rows
+
+
+def _status(run: dict[str, Any]) -> str:
+    status = str(run["status"])
+    if status == "failed" and run.get("exit_code"):
+        return f"failed ({run['exit_code']})"
+    return status
+
+
+def _error(run: dict[str, Any]) -> str:
+    if run["status"] == "done":
+        return ""
+    return str(run.get("termination_message") or run.get("status_message") or "")
+
+
+def ago(timestamp: float) -> str:
+    seconds = max(0, int(time.time() - timestamp))
+    if seconds < 60:
+        return f"{seconds} sec ago" if seconds else "now"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} hour{'s' if seconds >= 7200 else ''} ago"
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp))

@@ -1,0 +1,94 @@
+"""dstack run (and dstack apply): plan, confirm, upload the code, submit, then stream the task's output."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "workdir",
+        nargs="?",
+        default=None,
+        metavar="WORKDIR",
+        help="the working directory (default: the current one)",
+    )
+    parser.add_argument("-f", "--file", help="the configuration file (default: WORKDIR/.dstack.yml)")
+    parser.add_argument("-n", "--name", help="the run's name (default: a random one)")
+    parser.add_argument("-d", "--detach", action="store_true", help="submit and return at once")
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    parser.add_argument(
+        "-p",
+        "--port",
+        action="append",
+        default=[],
+        metavar="L:N",
+        help="forward task port N to local port L; *:N picks a free one (repeatable)",
+    )
+    parser.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set an environment variable; a bare KEY takes it from your environment",
+    )
+    parser.add_argument("--project", help="the project (default: the configured default)")
+    resources = parser.add_argument_group("resources and profile")
+    resources.add_argument("--gpu", metavar="SPEC", help="GPU requirement, e.g. A100:80GB:2, 24GB..:1, H100")
+    resources.add_argument("--cpu", metavar="SPEC", help="CPU requirement, e.g. 4, 2..8")
+    resources.add_argument("--memory", metavar="SPEC", help="memory requirement, e.g. 16GB..")
+    resources.add_argument("--disk", metavar="SPEC", help="disk requirement, e.g. 100GB..")
+    resources.add_argument("--profile", help="a profile from .dstack/profiles.yml")
+    resources.add_argument(
+        "-b",
+        "--backend",
+        action="append",
+        dest="backends",
+        metavar="BACKEND",
+        help="only this backend (repeatable)",
+    )
+    resources.add_argument("--max-price", type=float, metavar="USD", help="the most to pay per hour")
+    resources.add_argument(
+        "--max-duration", metavar="DURATION", help="stop the task after this long (e.g. 2h, off)"
+    )
+    spot = resources.add_mutually_exclusive_group()
+    spot.add_argument("--spot", dest="spot_policy", action="store_const", const="spot")
+    spot.add_argument("--on-demand", dest="spot_policy", action="store_const", const="on-demand")
+    spot.add_argument("--spot-auto", dest="spot_policy", action="store_const", const="auto")
+    retry = resources.add_mutually_exclusive_group()
+    retry.add_argument(
+        "--retry",
+        dest="retry",
+        action="store_const",
+        const=True,
+        help="wait for capacity (for an hour unless --retry-limit says otherwise)",
+    )
+    retry.add_argument("--no-retry", dest="retry", action="store_const", const=False)
+    retry.add_argument("--retry-limit", metavar="DURATION", help="wait for capacity up to this long, e.g. 3h")
+    build = parser.add_mutually_exclusive_group()
+    build.add_argument(
+        "--build",
+        dest="build_policy",
+        action="store_const",
+        const="build",
+        help="run the configuration's build commands if their result is not cached",
+    )
+    build.add_argument(
+        "--force-build",
+        dest="build_policy",
+        action="store_const",
+        const="force-build",
+        help="run the build commands even if their result is cached",
+    )
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="send every change of a local file to the running task (for apps that reload)",
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    from dstack.cli.run_flow import run
+
+    return run(args)

@@ -1,0 +1,59 @@
+"""dstack server: the control plane in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("DSTACK_SERVER_HOST", "127.0.0.1"),
+        help="address to listen on (default 127.0.0.1; anything else exposes the API to the network)",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=int,
+        default=int(os.environ.get("DSTACK_SERVER_PORT", "3000")),
+        help="port to listen on (default 3000)",
+    )
+    parser.add_argument(
+        "--token",
+        help="the admin token (default: the saved one, or a new one on first start); "
+        "DSTACK_SERVER_ADMIN_TOKEN works too and stays out of `ps`",
+    )
+    parser.add_argument(
+        "-l",
+        "--log-level",
+        default=os.environ.get("DSTACK_SERVER_LOG_LEVEL", "warning"),
+        choices=["debug", "info", "warning", "error"],
+        help="server log level",
+    )
+    parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
+
+
+def execute(args: argparse.Namespace) -> int:
+    from dstack.cli.errors import CLIError
+    from dstack.cli.output import note
+    from dstack.server.main import PortInUse, serve
+    from dstack.server.settings import ServerSettings
+
+    if not 1 <= args.port <= 65535:
+        raise CLIError(f"Port {args.port} is not valid; use 1-65535")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        note(
+            f"Warning: listening on {args.host} exposes the dstack API beyond this machine; every call but "
+            "health needs the token, but use TLS in front of it on untrusted networks"
+        )
+    settings = ServerSettings(
+        host=args.host, port=args.port, admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN")
+    )
+    try:
+        serve(settings, embedded=args.embedded, log_level=args.log_level)
+    except PortInUse as e:
+        raise CLIError(str(e)) from e
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,144 @@
+"""The `dstack` command: parse arguments, dispatch to one module per command, turn errors into sentences.
+
+Command modules import only argparse at module level; whatever a command needs beyond that is imported
+when it runs, so `dstack --help` and `dstack ps` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any, NoReturn
+
+from dstack import __version__
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run", "Run a task (plan, upload the code, stream its output)"),
+    "apply": ("run", "Same as run, for users of today's dstack (dstack apply -f FILE)"),
+    "ps": ("ps", "List runs"),
+    "logs": ("logs", "Show a run's output"),
+    "attach": ("attach", "Attach to a running task: its output and ports"),
+    "stop": ("stop", "Stop a run"),
+    "offer": ("offer", "List the offers that fit resource requirements"),
+    "server": ("server", "Run the dstack server in the foreground"),
+    "config": ("config", "Point the CLI at a dstack server"),
+    "init": ("init", "Check the server and record this repository"),
+}
+# Commands whose unknown arguments are the task's own (`${{ run.args }}`).
+PASSTHROUGH = {"run", "apply"}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake in one line, with where to find help."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> tuple[Parser, dict[str, Parser]]:
+    parser = Parser(
+        prog="dstack",
+        description="Run AI tasks on your own machine, servers and clusters.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-v", "--version", action="version", version=f"dstack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands = {}
+    for name, (module, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        _module(module).register(command)
+        commands[name] = command
+    return parser, commands
+
+
+def _module(name: str) -> Any:
+    return importlib.import_module(f"dstack.cli.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" belongs to the task, untouched by our parser.
+    after: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, after = argv[:split], argv[split + 1 :]
+    parser, commands = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command not in PASSTHROUGH and (unknown or after):
+        commands[args.command].error(f"unrecognized arguments: {' '.join(unknown + after)}")
+    args.run_args = unknown + after
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from dstack.cli.errors import CLIError
+    from dstack.cli.output import error
+
+    module = _module(COMMANDS[args.command][0])
+    try:
+        return int(module.execute(args) or 0)
+    except CLIError as e:
+        error(e.message)
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `dstack logs x | head`); that is not an error of ours.
+        _silence_stdout()
+        return 0
+    except Exception as e:
+        message = _known_error_message(e)
+        if message is None:
+            message = _report_unexpected(e)
+        error(message)
+        return 1
+
+
+def _known_error_message(e: Exception) -> str | None:
+    """Errors from the layers below that already carry a user-facing sentence."""
+    for module_name, class_name in (
+        ("dstack.api.errors", "APIError"),
+        ("dstack.config.errors", "ConfigError"),
+        ("dstack.code", "CodeError"),
+        ("dstack.api.config", "ConfigFileError"),
+    ):
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if cls is not None and isinstance(e, cls):
+            return str(getattr(e, "message", None) or e)
+    return None
+
+
+def _report_unexpected(e: Exception) -> str:
+    import traceback
+    from pathlib import Path
+
+    log = Path.home() / ".dstack" / "logs" / "cli.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as f:
+            traceback.print_exc(file=f)
+        where = f"; details are in {log}"
+    except OSError:
+        where = ""
+    return f"Unexpected error: {type(e).__name__}: {e}{where}"
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

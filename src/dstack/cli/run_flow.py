@@ -1,0 +1,117 @@
+"""The steps of `dstack run` (SPEC §4): configuration -> plan -> confirm -> code -> submit -> attach."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from dstack.api.client import Client
+from dstack.cli.connection import get_client
+from dstack.cli.errors import CLIError
+from dstack.cli.follow import Follower
+from dstack.cli.output import confirm, note, table
+from dstack.cli.runspec import PreparedRun, finalize, prepare
+
+PLAN_OFFERS_SHOWN = 3
+
+
+def run(args: argparse.Namespace) -> int:
+    prepared = prepare(args)
+    client = get_client(args.project)
+    plan = client.plan(prepared.spec)
+    print_plan(plan, prepared)
+    if not plan["offers"] and not prepared.retry:
+        raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
+    if not args.yes and not confirm("Continue?"):
+        note("Exiting...")
+        return 0
+    finalize(prepared, args, plan["run_name"])
+    prepared.spec["code_hash"] = upload_code(client, prepared)
+    submitted = client.submit(prepared.spec)
+    name = submitted["name"]
+    if args.detach:
+        note(f"Run {name} submitted; follow it with: dstack logs -f {name}")
+        print(name)
+        return 0
+    return Follower(client, name).follow()
+
+
+def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
+    rows = [[key, value] for key, value in prepared.summary.items()]
+    rows.append(["Resources", plan["requirements"]])
+    table(["", ""], rows, stream=sys.stderr)
+    offers = plan["offers"]
+    if offers:
+        shown = offers[:PLAN_OFFERS_SHOWN]
+        body = [
+            [
+                str(i),
+                o["backend"],
+                o["region"],
+                o["instance"],
+                o["resources"],
+                "yes" if o["spot"] else "no",
+                f"${o['price']:g}",
+                _availability(o),
+            ]
+            for i, o in enumerate(shown, 1)
+        ]
+        if plan["total_offers"] > len(shown):
+            body.append(["...", "", "", "", "", "", "", f"{plan['total_offers'] - len(shown)} more"])
+        sys.stderr.write("\n")
+        table(
+            ["#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE", ""],
+            body,
+            stream=sys.stderr,
+            dim_after_first=True,
+        )
+        note(plan["sharing"], dim=True)
+    elif plan.get("no_offer_message"):
+        sys.stderr.write("\n")
+        note(plan["no_offer_message"])
+    sys.stderr.write("\n")
+
+
+def _availability(offer: dict[str, Any]) -> str:
+    if offer["availability"] == "available":
+        return ""
+    return f"{offer['availability']}: {offer['note']}" if offer.get("note") else offer["availability"]
+
+
+def upload_code(client: Client, prepared: PreparedRun) -> str:
+    from dstack.code import pack_code
+
+    packed = pack_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    if client.has_code(packed.sha256):
+        return packed.sha256
+    with _progress(packed.size) as advance:
+        client.upload_code(packed.sha256, packed.path, progress=advance)
+    return packed.sha256
+
+
+class _progress:
+    """A rich progress bar on a terminal for uploads worth watching; nothing otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Any:
+        from dstack.cli.output import is_tty
+
+        if not is_tty(sys.stderr) or self.total < 1024 * 1024:
+            return lambda _n: None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+        self._progress = Progress(
+            "Uploading code", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("upload", total=self.total)
+        return lambda n: self._progress.advance(self._task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()

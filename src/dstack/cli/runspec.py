@@ -1,0 +1,260 @@
+"""Turning `dstack run`'s arguments, the configuration and the profiles into the run spec the server takes.
+
+Validating a configuration needs PyYAML and pydantic, ~250 ms of imports on a small machine. The validated
+result depends only on the files' bytes and a few flags, so it is cached under ~/.dstack/cache/configs by
+a hash of exactly those; a warm `dstack run` of an unchanged file then needs neither library. Everything
+that depends on the moment (the environment, the run name, run arguments) is applied after the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dstack import __version__
+from dstack.cli.errors import CLIError
+from dstack.config.env import resolve_env_values
+from dstack.config.errors import InterpolationError
+from dstack.config.interpolation import interpolate_lines, run_variables
+from dstack.config.names import validate_run_name
+
+CONFIG_NAMES = (".dstack.yml", ".dstack.yaml")
+DEFAULT_CODE_LIMIT = 500 * 1024**2
+
+
+@dataclass
+class PreparedRun:
+    spec: dict[str, Any]  # the run spec, without the code hash (known after packing)
+    code_root: Path
+    configuration: dict[str, Any]
+    profile: dict[str, Any]
+    retry: bool
+    code_limit: int
+    summary: dict[str, str] = field(default_factory=dict)
+    config_file: Path = field(default_factory=Path)
+
+
+def prepare(args: argparse.Namespace) -> PreparedRun:
+    from dstack.code import find_code_root
+
+    workdir = Path(args.workdir or ".").absolute()
+    if not workdir.is_dir():
+        raise CLIError(f"The working directory {args.workdir} does not exist or is not a directory")
+    config_file = _config_file(args, workdir)
+    code_root = find_code_root(workdir)
+    validated = _validated(args, config_file, code_root)
+    configuration, profile, ports = validated["configuration"], validated["profile"], validated["ports"]
+    env = resolve_env_values(configuration["env"], os.environ, args.env)
+    name = validate_run_name(args.name) if args.name else configuration.get("name")
+    # Check interpolation now, before any prompt; the real run name is filled in by `finalize`.
+    _interpolate(configuration, config_file, args, name or "run-name", env)
+    workdir_rel = os.path.relpath(workdir.resolve(), code_root)
+    working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
+    python = configuration.get("python")
+    if python is None and configuration.get("image") is None:
+        python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the task gets the CLI's own Python
+    spec = {
+        "run_name": name,
+        "configuration_path": _display_path(config_file, code_root),
+        "configuration": configuration,
+        "profile": profile,
+        "env": env,
+        "working_dir": working_dir,
+        "build_policy": args.build_policy or "use-build",
+        "ports": ports,
+        "python": python,
+        "image": configuration.get("image"),
+        "commands": [],
+        "build": [],
+    }
+    prepared = PreparedRun(
+        spec=spec,
+        code_root=code_root,
+        configuration=configuration,
+        profile=profile,
+        retry=profile.get("retry") is not None,
+        code_limit=_code_limit(),
+        config_file=config_file,
+    )
+    prepared.summary = _summary(prepared, args)
+    return prepared
+
+
+def finalize(prepared: PreparedRun, args: argparse.Namespace, run_name: str) -> None:
+    """Fill in what depends on the run's name: the interpolated commands."""
+    spec = prepared.spec
+    spec["run_name"] = run_name
+    spec["commands"], spec["build"] = _interpolate(
+        prepared.configuration, prepared.config_file, args, run_name, spec["env"]
+    )
+
+
+def _interpolate(
+    configuration: dict[str, Any],
+    config_file: Path,
+    args: argparse.Namespace,
+    run_name: str,
+    env: dict[str, str],
+) -> tuple[list[str], list[str]]:
+    variables = run_variables(run_name=run_name, run_args=args.run_args, env=env)
+    try:
+        return (
+            interpolate_lines(configuration["commands"], variables),
+            interpolate_lines(configuration["build"], variables),
+        )
+    except InterpolationError:
+        # Re-run on the validated model: its error names the file, line and column.
+        from dstack.config import interpolate_commands, load_configuration
+
+        model = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
+        return interpolate_commands(model, run_name=run_name, run_args=args.run_args, env=env)
+
+
+def _config_file(args: argparse.Namespace, workdir: Path) -> Path:
+    if args.file:
+        path = Path(args.file)  # relative to the current directory, as a shell user expects
+        if not path.exists():
+            raise CLIError(f"The configuration file {args.file} does not exist")
+        if not path.is_file():
+            raise CLIError(f"{args.file} is not a file")
+        return path.absolute()
+    for name in CONFIG_NAMES:
+        if (workdir / name).is_file():
+            return workdir / name
+    shown = args.workdir or "."
+    raise CLIError(f"No configuration in {shown}: create {shown}/.dstack.yml or pass one with -f FILE")
+
+
+def _profile_files(code_root: Path) -> list[Path]:
+    return [code_root / ".dstack" / "profiles.yml", Path.home() / ".dstack" / "profiles.yml"]
+
+
+def _validated(args: argparse.Namespace, config_file: Path, code_root: Path) -> dict[str, Any]:
+    """{configuration, profile, ports} as JSON-able data, from the cache when the inputs are unchanged."""
+    try:
+        config_bytes = config_file.read_bytes()
+    except OSError as e:
+        raise CLIError(f"Cannot read {args.file or config_file}: {e.strerror}") from e
+    flags = {
+        k: getattr(args, k, None)
+        for k in (
+            "gpu",
+            "cpu",
+            "memory",
+            "disk",
+            "backends",
+            "max_price",
+            "max_duration",
+            "spot_policy",
+            "retry",
+            "retry_limit",
+            "profile",
+            "port",
+        )
+    }
+    key = hashlib.sha256()
+    key.update(json.dumps([__version__, str(config_file), flags], sort_keys=True).encode())
+    key.update(config_bytes)
+    for path in _profile_files(code_root):
+        key.update(path.read_bytes() if path.is_file() else b"\0missing\0")
+    cache_file = Path.home() / ".dstack" / "cache" / "configs" / f"{key.hexdigest()}.json"
+    try:
+        return json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        pass
+    result = _validate(args, config_file, code_root)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result))
+        tmp.replace(cache_file)
+    except OSError:
+        pass  # a cache we cannot write only costs speed
+    return result
+
+
+def _validate(args: argparse.Namespace, config_file: Path, code_root: Path) -> dict[str, Any]:
+    from dstack.config import (
+        load_configuration,
+        load_profiles,
+        merge_ports,
+        parse_overrides,
+        resolve_profile,
+        select_profile,
+    )
+
+    configuration = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
+    profile = select_profile(load_profiles(_profile_files(code_root)), args.profile)
+    overrides = parse_overrides(
+        gpu=args.gpu,
+        cpu=args.cpu,
+        memory=args.memory,
+        disk=args.disk,
+        backends=args.backends,
+        max_price=args.max_price,
+        max_duration=args.max_duration,
+        spot_policy=args.spot_policy,
+        retry=args.retry,
+        retry_limit=args.retry_limit,
+    )
+    effective = resolve_profile(configuration, profile, overrides)
+    ports = merge_ports(configuration.ports, args.port)
+    return {
+        "configuration": configuration.model_dump(mode="json"),
+        "profile": effective.model_dump(mode="json"),
+        "ports": [p.model_dump(mode="json") for p in ports],
+    }
+
+
+def _summary(prepared: PreparedRun, args: argparse.Namespace) -> dict[str, str]:
+    profile = prepared.profile
+    retry = profile.get("retry")
+    max_duration = profile.get("max_duration")
+    return {
+        "Configuration": prepared.spec["configuration_path"],
+        "Environment": (
+            f"image {prepared.spec['image']}"
+            if prepared.spec["image"]
+            else f"Python {prepared.spec['python']}"
+        ),
+        "Max price": f"${profile['max_price']:g}/h" if profile.get("max_price") else "-",
+        "Max duration": _duration(max_duration) if max_duration else "-",
+        "Spot policy": str(profile.get("spot_policy") or "on-demand"),
+        "Retry policy": f"wait up to {_duration(retry['duration'])} for capacity" if retry else "no",
+    }
+
+
+def _duration(seconds: int) -> str:
+    from dstack.config.durations import format_duration
+
+    return format_duration(int(seconds))
+
+
+def _display_path(config_file: Path, code_root: Path) -> str:
+    try:
+        return str(config_file.resolve().relative_to(code_root))
+    except ValueError:
+        return str(config_file)
+
+
+def _rel_to_cwd(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _code_limit() -> int:
+    value = os.environ.get("DSTACK_CODE_LIMIT_MB")
+    if not value:
+        return DEFAULT_CODE_LIMIT
+    try:
+        return int(float(value) * 1024**2)
+    except ValueError:
+        raise CLIError(f"DSTACK_CODE_LIMIT_MB must be a number of megabytes, not {value!r}") from None

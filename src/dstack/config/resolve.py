@@ -1,0 +1,182 @@
+"""Command-line overrides, and the effective profile of a run: CLI > configuration > profile > default."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, get_args
+
+from pydantic import BaseModel, Field, ValidationError
+
+from dstack.config.error_messages import flag_error
+from dstack.config.errors import ConfigError, InvalidValue
+from dstack.config.profiles import (
+    BackendName,
+    MaxDuration,
+    Profile,
+    ProfileParams,
+    Retry,
+    RetrySetting,
+    SpotPolicy,
+    positive_duration,
+)
+from dstack.config.ranges import Memory, Range
+from dstack.config.resources import RESOURCE_FIELDS, CPUSpec, GPUSpec, ResourcesSpec, default_resources
+from dstack.config.task import TaskConfiguration
+
+
+class ResourcesOverrides(ResourcesSpec):
+    """Resources given by CLI flags (`--gpu`, `--cpu`, `--memory`, `--disk`); None means not given."""
+
+    block_name = "resource flags"
+
+
+class ProfileOverrides(BaseModel):
+    """What CLI flags set; None means the flag was not given. `retry=False` is `--no-retry`."""
+
+    resources: ResourcesOverrides = Field(default_factory=ResourcesOverrides)
+    backends: list[BackendName] | None = None
+    regions: list[str] | None = None
+    spot_policy: SpotPolicy | None = None
+    max_price: float | None = Field(default=None, gt=0)
+    max_duration: MaxDuration = None
+    retry: RetrySetting = None
+
+
+class EffectiveProfile(BaseModel):
+    """Everything about where and how long a run may go, resolved; JSON-serialisable."""
+
+    resources: ResourcesSpec
+    # Which of cpu/memory/disk/gpu/shm_size the user set anywhere: unset cpu/memory means "share the machine".
+    resources_explicit: dict[str, bool]
+    backends: list[str] | None = None
+    regions: list[str] | None = None
+    spot_policy: SpotPolicy = SpotPolicy.ON_DEMAND
+    max_price: float | None = None
+    max_duration: int | None = None  # seconds; None = no limit
+    retry: Retry | None = None  # None = no retry
+    profile_name: str | None = None
+
+
+def parse_overrides(
+    *,
+    gpu: str | None = None,
+    cpu: str | None = None,
+    memory: str | None = None,
+    disk: str | None = None,
+    backends: list[str] | None = None,
+    max_price: float | None = None,
+    max_duration: str | None = None,
+    spot_policy: str | None = None,
+    retry: bool | None = None,
+    retry_limit: str | None = None,
+) -> ProfileOverrides:
+    """Parse CLI flag values; a bad one raises ConfigError("Invalid --gpu value 'x': ...")."""
+    resources = ResourcesOverrides(
+        gpu=_flag("--gpu", GPUSpec, gpu),
+        cpu=_flag("--cpu", CPUSpec, cpu),
+        memory=_flag("--memory", Range[Memory], memory),
+        disk=_flag("--disk", Range[Memory], disk),
+    )
+    allowed_backends: tuple[str, ...] = get_args(BackendName)
+    for backend in backends or []:
+        if backend not in allowed_backends:
+            raise ConfigError(
+                f"Invalid --backend value '{backend}': use one of {', '.join(allowed_backends)}"
+            )
+    if max_price is not None and not (math.isfinite(max_price) and max_price > 0):
+        raise ConfigError(f"Invalid --max-price value '{max_price}': use a price in USD per hour above 0")
+    return ProfileOverrides(
+        resources=resources,
+        backends=list(backends) if backends is not None else None,
+        spot_policy=_spot_policy(spot_policy),
+        max_price=max_price,
+        max_duration=_max_duration(max_duration),
+        retry=_retry(retry, retry_limit),
+    )
+
+
+def resolve_profile(
+    configuration: TaskConfiguration, profile: Profile | None, overrides: ProfileOverrides
+) -> EffectiveProfile:
+    """Merge the layers field by field; resources merge per sub-field (gpu as a whole)."""
+    layers: list[ProfileParams | ProfileOverrides] = [overrides, configuration]
+    if profile is not None:
+        layers.append(profile)
+
+    def first(field: str) -> Any:
+        return next((getattr(layer, field) for layer in layers if getattr(layer, field) is not None), None)
+
+    defaults = default_resources()
+    chosen: dict[str, Any] = {}
+    explicit: dict[str, bool] = {}
+    for field in RESOURCE_FIELDS:
+        given = next(
+            (
+                getattr(layer.resources, field)
+                for layer in layers
+                if layer.resources is not None and getattr(layer.resources, field) is not None
+            ),
+            None,
+        )
+        explicit[field] = given is not None
+        chosen[field] = given if given is not None else getattr(defaults, field)
+    gpu: GPUSpec | None = chosen["gpu"]
+    if gpu is not None and gpu.count.max == 0:
+        chosen["gpu"] = None  # `gpu: 0` asks for no GPU; one spelling of "none" is easier downstream
+    max_duration = first("max_duration")
+    retry = first("retry")
+    return EffectiveProfile(
+        resources=ResourcesSpec(**chosen),
+        resources_explicit=explicit,
+        backends=first("backends"),
+        regions=first("regions"),
+        spot_policy=first("spot_policy") or SpotPolicy.ON_DEMAND,
+        max_price=first("max_price"),
+        max_duration=None if max_duration == "off" else max_duration,
+        retry=retry or None,
+        profile_name=profile.name if profile is not None else None,
+    )
+
+
+def _flag(flag: str, model: type[Any], value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise flag_error(flag, value, error) from None
+
+
+def _spot_policy(value: str | None) -> SpotPolicy | None:
+    if value is None:
+        return None
+    try:
+        return SpotPolicy(value)
+    except ValueError:
+        allowed = ", ".join(policy.value for policy in SpotPolicy)
+        raise ConfigError(f"Invalid --spot-policy value '{value}': use one of {allowed}") from None
+
+
+def _max_duration(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    if value.strip().lower() == "off":
+        return "off"
+    return _duration_flag("--max-duration", value)
+
+
+def _retry(retry: bool | None, retry_limit: str | None) -> Retry | bool | None:
+    if retry_limit is not None:
+        if retry is False:
+            raise ConfigError("--no-retry and --retry-limit contradict each other; give only one of them")
+        return Retry(duration=_duration_flag("--retry-limit", retry_limit))
+    if retry is None:
+        return None
+    return Retry() if retry else False
+
+
+def _duration_flag(flag: str, value: str) -> int:
+    try:
+        return positive_duration(value)
+    except InvalidValue as error:
+        raise ConfigError(f"Invalid {flag} value '{value}': {error.reason}") from None

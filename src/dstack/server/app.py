@@ -1,0 +1,88 @@
+"""The FastAPI application and its lifespan: database, admin, backends and background workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from dstack import __version__
+from dstack.server.backends.base import Backend
+from dstack.server.backends.local import LocalBackend
+from dstack.server.backends.registry import BackendRegistry
+from dstack.server.background.manager import BackgroundWorkers
+from dstack.server.config_file import load_server_config
+from dstack.server.context import ServerContext
+from dstack.server.db.engine import Database
+from dstack.server.db.migrate import migrate
+from dstack.server.routers import code, misc, runs
+from dstack.server.services.errors import ServiceError
+from dstack.server.services.projects import ProjectResolver
+from dstack.server.services.users import Authenticator, init_admin
+from dstack.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] | None = None) -> FastAPI:
+    """`on_ready(issued_token)` is called once the server can take requests (the token, if it made one)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.ensure_dirs()
+        config = load_server_config(settings.config_file)
+        db = Database(settings.resolved_database_url())
+        await migrate(db.writer)
+        _, issued = await init_admin(db, settings.admin_token)
+        backends: list[Backend] = [
+            LocalBackend(settings.agents_dir, price=b.price, declared=b.resources) for b in config.backends
+        ]
+        registry = BackendRegistry(db, backends)
+        ctx = ServerContext(settings=settings, db=db, backends=registry)
+        app.state.ctx = ctx
+        app.state.auth = Authenticator(db)
+        app.state.projects = ProjectResolver(db)
+        await registry.start()
+        workers = BackgroundWorkers(ctx)
+        await workers.start()
+        if on_ready is not None:
+            on_ready(issued)
+        try:
+            yield
+        finally:
+            await workers.stop()
+            await registry.close()
+            await db.close()
+
+    app = FastAPI(
+        title="dstack",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        openapi_url="/api/openapi.json",
+        redoc_url=None,
+    )
+    app.include_router(misc.router)
+    app.include_router(runs.router)
+    app.include_router(code.router)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse({"error": f"Invalid request: {where}: {first.get('msg')}"}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    return app

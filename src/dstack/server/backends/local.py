@@ -1,0 +1,154 @@
+"""The `local` backend: this machine, with an agent process the server starts and keeps alive.
+
+The agent is a separate process in its own session, so tasks survive a server restart; a restarted server
+finds it again through `agent.json` in the agent's folder and checks its token before trusting it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dstack.server.backends.agent_client import AgentClient, AgentError
+from dstack.server.backends.base import Backend, HostInfo
+
+log = logging.getLogger(__name__)
+
+HOST_NAME = "local"
+AGENT_START_TIMEOUT = 20.0
+
+
+class LocalBackend(Backend):
+    type = "local"
+
+    def __init__(
+        self, agents_dir: Path, *, price: float = 0.0, declared: dict[str, Any] | None = None
+    ) -> None:
+        self.dir = agents_dir / HOST_NAME
+        self.price = price
+        self.declared = declared or {}
+        self._client: AgentClient | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = asyncio.Lock()
+        self._fingerprint: dict[str, Any] | None = None
+
+    async def start(self) -> None:
+        await self._ensure_agent()
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    def agent(self, host_name: str) -> AgentClient:
+        if self._client is None:
+            raise AgentError("The local agent is not started")
+        return self._client
+
+    async def hosts(self) -> list[HostInfo]:
+        if self._fingerprint is None:
+            self._fingerprint = await self.agent(HOST_NAME).host()
+        resources = dict(self._fingerprint)
+        resources.update(self.declared)
+        return [HostInfo(backend=self.type, name=HOST_NAME, resources=resources, price=self.price)]
+
+    async def recover(self, host_name: str) -> bool:
+        try:
+            await self._ensure_agent()
+        except AgentError as e:
+            log.warning("local agent did not come back: %s", e)
+            return False
+        return True
+
+    async def _ensure_agent(self) -> None:
+        async with self._lock:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self.dir.chmod(0o700)
+            token = _read_or_create_token(self.dir / "token")
+            url = _running_agent_url(self.dir)
+            if url is not None and await _answers(url, token):
+                await self._use(url, token)
+                return
+            url = await self._spawn(token)
+            await self._use(url, token)
+
+    async def _use(self, url: str, token: str) -> None:
+        if self._client is not None and self._client.url == url:
+            return
+        if self._client is not None:
+            await self._client.close()
+        self._client = AgentClient(url, token)
+        self._fingerprint = None
+
+    async def _spawn(self, token: str) -> str:
+        info_file = self.dir / "agent.json"
+        info_file.unlink(missing_ok=True)
+        self._process = await asyncio.to_thread(_start_agent_process, self.dir, token)
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise AgentError(
+                    f"The local agent exited at start with code {self._process.returncode}; "
+                    f"see {self.dir / 'agent.log'}"
+                )
+            url = _running_agent_url(self.dir)
+            if url is not None and await _answers(url, token):
+                return url
+            await asyncio.sleep(0.02)
+        raise AgentError(
+            f"The local agent did not start within {AGENT_START_TIMEOUT:.0f} s; see {self.dir / 'agent.log'}"
+        )
+
+
+def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, DSTACK_AGENT_TOKEN=token)
+    with (agent_dir / "agent.log").open("ab") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dstack.agent", "--work-dir", str(agent_dir), "--host", "127.0.0.1"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,  # tasks must outlive the server, so the agent must too
+            close_fds=True,
+        )
+
+
+def _read_or_create_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token)
+        return token
+
+
+def _running_agent_url(agent_dir: Path) -> str | None:
+    try:
+        info = json.loads((agent_dir / "agent.json").read_text())
+        os.kill(int(info["pid"]), 0)
+        return f"http://{info['host']}:{int(info['port'])}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+async def _answers(url: str, token: str) -> bool:
+    """True if an agent at `url` answers and accepts our token (so it is ours, not a stranger's)."""
+    client = AgentClient(url, token, timeout=2.0)
+    try:
+        await client.host()
+        return True
+    except AgentError:
+        return False
+    finally:
+        await client.close()

@@ -1,0 +1,107 @@
+"""Background processing: the scheduling loop, plus a claim loop that gives every placed job a supervisor.
+
+A job is claimed with a row lease (lock_token, lock_expires_at) by compare-and-set, so two workers - or two
+server replicas on PostgreSQL - never supervise one job at once; a crashed worker's jobs are claimed again
+once their lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+import uuid
+
+from sqlalchemy import or_, select, update
+
+from dstack.core.statuses import ACTIVE_STATUSES
+from dstack.server.background.scheduling import SchedulingLoop
+from dstack.server.background.supervisor import Supervisor
+from dstack.server.context import ServerContext
+from dstack.server.db.models import JobRow
+from dstack.server.events import SUPERVISE
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = [s.value for s in ACTIVE_STATUSES]
+
+
+class BackgroundWorkers:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.scheduling = SchedulingLoop(ctx)
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.ctx.db.is_sqlite:
+            # SQLite belongs to this one process: leases left by a previous (dead) process are void.
+            async with self.ctx.db.write() as session:
+                await session.execute(update(JobRow).values(lock_token=None, lock_expires_at=None))
+        self._loops = [
+            asyncio.create_task(self.scheduling.run_forever(), name="scheduling"),
+            asyncio.create_task(self._claim_forever(), name="claims"),
+        ]
+
+    async def stop(self) -> None:
+        tasks = self._loops + list(self._supervisors.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _claim_forever(self) -> None:
+        signal = self.ctx.notifier.signal(SUPERVISE)
+        while True:
+            version = signal.version
+            try:
+                await self.claim_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming jobs failed")
+            await signal.wait(version, self.ctx.settings.poll_seconds)
+
+    async def claim_once(self) -> None:
+        now = time.time()
+        async with self.ctx.db.read() as session:
+            candidates = (
+                (
+                    await session.execute(
+                        select(JobRow.id).where(
+                            JobRow.status.in_(_ACTIVE),
+                            or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        candidates = [c for c in candidates if c not in self._supervisors]
+        if not candidates:
+            return
+        token = str(uuid.uuid4())
+        async with self.ctx.db.write() as session:
+            claimed = []
+            for job_id in candidates:
+                result = await session.execute(
+                    update(JobRow)
+                    .where(
+                        JobRow.id == job_id,
+                        JobRow.status.in_(_ACTIVE),
+                        or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now),
+                    )
+                    .values(lock_token=token, lock_expires_at=now + self.ctx.settings.lease_seconds)
+                )
+                if result.rowcount == 1:  # type: ignore[attr-defined]
+                    claimed.append(job_id)
+        for job_id in claimed:
+            task = asyncio.create_task(Supervisor(self.ctx, job_id, token).run(), name=f"job {job_id}")
+            self._supervisors[job_id] = task
+            task.add_done_callback(functools.partial(self._forget, job_id))
+
+    def _forget(self, job_id: str, _task: asyncio.Task[None]) -> None:
+        self._supervisors.pop(job_id, None)

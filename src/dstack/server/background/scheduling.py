@@ -1,0 +1,141 @@
+"""The scheduling loop: places waiting runs on hosts, first come first served.
+
+It is woken by events (a submission, a job ending, a stop) rather than a timer; the poll interval is only
+a safety net and how another replica's changes are noticed. One pass is one write transaction, so the
+allocations it reads are the ones it updates: two passes can never hand out the same GPU or port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from sqlalchemy import select
+
+from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
+from dstack.server.context import ServerContext
+from dstack.server.db.models import JobRow, RunRow
+from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
+from dstack.server.scheduler import placement
+from dstack.server.scheduler.placement import HostUsage, mismatch
+from dstack.server.schemas import RunSpec
+from dstack.server.services import specs
+from dstack.server.services.transitions import apply_status
+from dstack.server.services.usage import load_usages
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+_WAITING = [s.value for s in WAITING_STATUSES]
+
+
+class SchedulingLoop:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._checked: dict[str, specs.CheckedSpec] = {}  # run id -> parsed spec; specs never change
+
+    async def run_forever(self) -> None:
+        signal = self.ctx.notifier.signal(SCHEDULE)
+        while True:
+            version = signal.version
+            try:
+                next_deadline = await self.pass_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduling pass failed")
+                next_deadline = None
+            timeout = self.ctx.settings.poll_seconds
+            if next_deadline is not None:
+                timeout = max(0.0, min(timeout, next_deadline - time.time()))
+            await signal.wait(version, timeout)
+
+    async def pass_once(self) -> float | None:
+        """Place what fits; returns the earliest retry deadline among runs left waiting."""
+        async with self.ctx.db.read() as session:
+            anything = await session.execute(select(JobRow.id).where(JobRow.status.in_(_WAITING)).limit(1))
+            if anything.first() is None:
+                return None
+        hosts = await self.ctx.backends.hosts()
+        now = time.time()
+        changed: list[str] = []
+        placed = False
+        earliest: float | None = None
+        async with self.ctx.db.write() as session:
+            rows = (
+                await session.execute(
+                    select(RunRow, JobRow)
+                    .join(JobRow, JobRow.run_id == RunRow.id)
+                    .where(JobRow.status.in_(_WAITING))
+                    .order_by(RunRow.submitted_at, RunRow.id)
+                    .limit(BATCH)
+                )
+            ).all()
+            usages = await load_usages(session, hosts)
+            blocked: set[str] = set()
+            for run, job in rows:
+                before = (run.status, run.status_message)
+                if self._place(run, job, usages, blocked, now):
+                    placed = True
+                elif not RunStatus(run.status).is_finished and run.retry_deadline is not None:
+                    earliest = min(earliest or run.retry_deadline, run.retry_deadline)
+                if (run.status, run.status_message) != before:
+                    changed.append(run.id)
+        for run_id in changed:
+            self.ctx.notifier.notify(run_channel(run_id))
+        if placed:
+            self.ctx.notifier.notify(SUPERVISE)
+        return earliest
+
+    def _place(
+        self, run: RunRow, job: JobRow, usages: list[HostUsage], blocked: set[str], now: float
+    ) -> bool:
+        checked = self._checked.get(run.id)
+        if checked is None:
+            checked = self._checked[run.id] = specs.check(RunSpec.model_validate_json(run.spec))
+        req = checked.requirements
+        decision = placement.decide(req, usages, job.id, blocked)
+        if decision.allocation is not None and decision.host is not None:
+            host = decision.host
+            job.host_id = host.id
+            job.allocation = json.dumps(decision.allocation.to_json())
+            run.backend = host.backend
+            run.resources = placement.describe_allocation(host, decision.allocation)
+            run.price = host.price
+            apply_status(run, job, RunStatus.PROVISIONING)
+            next(u for u in usages if u.host.id == host.id).allocations.append(decision.allocation)
+            self._checked.pop(run.id, None)
+            return True
+        expired = run.retry_deadline is not None and now >= run.retry_deadline
+        if decision.wait_reason is not None:
+            # It fits a host that is busy now: it queues there, and later runs may not jump ahead of it.
+            blocked.update(u.host.id for u in usages if mismatch(req, u.host) is None)
+            if expired:
+                self._fail(
+                    run,
+                    job,
+                    TerminationReason.RETRY_LIMIT_EXCEEDED,
+                    f"retry limit exceeded while waiting for capacity ({decision.wait_reason})",
+                )
+            else:
+                apply_status(
+                    run,
+                    job,
+                    RunStatus.PENDING,
+                    status_message=f"Waiting for capacity: {decision.wait_reason}",
+                )
+            return False
+        reason = decision.impossible_reason or "No offer fits."
+        if run.retry_deadline is None:
+            self._fail(run, job, TerminationReason.NO_CAPACITY, reason)
+        elif expired:
+            self._fail(run, job, TerminationReason.RETRY_LIMIT_EXCEEDED, f"retry limit exceeded: {reason}")
+        else:
+            apply_status(run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {reason}")
+        return False
+
+    def _fail(self, run: RunRow, job: JobRow, reason: TerminationReason, message: str) -> None:
+        apply_status(run, job, RunStatus.FAILED, reason=reason, message=message)
+        self._checked.pop(run.id, None)

@@ -1,0 +1,297 @@
+"""One supervisor per placed job: hand it to its agent, mirror its output, follow its status, stop it on
+request, and record how it ended. It holds the job's row lease the whole time and renews it.
+
+Order matters for readers: every byte of output is appended before the final status is recorded, so a
+stream that sees a finished run has already seen (or can still read) all of its output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import update
+
+from dstack.core.statuses import RunStatus, TerminationReason
+from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.context import ServerContext
+from dstack.server.db.models import JobRow, RunRow
+from dstack.server.events import SCHEDULE, run_channel, stop_channel
+from dstack.server.schemas import RunSpec
+from dstack.server.services import code as code_service
+from dstack.server.services.logs import LogAppender
+from dstack.server.services.transitions import apply_status
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LONG_POLL = 5.0  # seconds an idle log request waits at the agent
+HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
+STOP_GRACE = 10.0
+
+
+class LeaseLost(Exception):
+    """Another worker owns the job now; this supervisor must let go without writing anything."""
+
+
+class JobFinished(Exception):
+    pass
+
+
+class Supervisor:
+    def __init__(self, ctx: ServerContext, job_id: str, token: str) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.token = token
+        self._stop_sent: str | None = None
+        self._lease_lost = False
+        self._task: asyncio.Task[Any] | None = None
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        renewer = asyncio.create_task(self._renew_lease())
+        try:
+            run, job = await self._load()
+            if job.host_id is None:
+                raise RuntimeError("a placed job has no host")
+            host_id = job.host_id
+            watcher = asyncio.create_task(self._watch_stop(host_id, run.id))
+            try:
+                if not await self._reach(host_id, self._agent_has_job):
+                    if run.stop_requested:
+                        await self._finish_unstarted(run.stop_requested)
+                        return
+                    await self._reach(host_id, lambda agent: self._provision(agent, run))
+                await self._follow(host_id, run.id)
+            finally:
+                watcher.cancel()
+        except (LeaseLost, JobFinished):
+            pass
+        except asyncio.CancelledError:
+            if self._lease_lost:
+                log.info("job %s: lease lost, another worker took over", self.job_id)
+                return
+            raise
+        except Exception as e:
+            log.exception("job %s: supervisor failed", self.job_id)
+            with contextlib.suppress(Exception):
+                await self._finish(
+                    RunStatus.FAILED, TerminationReason.SERVER_ERROR, f"server error: {e}", None
+                )
+        finally:
+            renewer.cancel()
+
+    async def _reach(self, host_id: str, call: Callable[[AgentClient], Awaitable[T]]) -> T:
+        """Call the host's agent; while it does not answer, try to recover it, up to HOST_LOST_AFTER."""
+        since = time.monotonic()
+        while True:
+            try:
+                return await call(self.ctx.backends.agent(host_id))
+            except AgentUnreachable:
+                if time.monotonic() - since > HOST_LOST_AFTER:
+                    await self._finish(
+                        RunStatus.FAILED,
+                        TerminationReason.HOST_LOST,
+                        "host lost: its agent stopped answering",
+                        None,
+                    )
+                    raise JobFinished() from None
+                await self.ctx.backends.recover(host_id)
+                await asyncio.sleep(1.0)
+
+    # -- provisioning ------------------------------------------------------------------------------------
+
+    async def _agent_has_job(self, agent: AgentClient) -> bool:
+        try:
+            await agent.get_job(self.job_id)
+            return True
+        except AgentUnreachable:
+            raise
+        except AgentError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def _provision(self, agent: AgentClient, run: RunRow) -> None:
+        spec = RunSpec.model_validate_json(run.spec)
+        try:
+            if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
+                await agent.upload_code(
+                    spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
+                )
+            await agent.submit_job(self._job_request(spec))
+        except AgentUnreachable:
+            raise
+        except AgentError as e:
+            await self._finish(
+                RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
+            )
+            raise JobFinished() from e
+        await self._set_status(RunStatus.PULLING)
+
+    def _job_request(self, spec: RunSpec) -> dict[str, Any]:
+        profile = spec.profile
+        return {
+            "id": self.job_id,
+            "run_name": spec.run_name,
+            "commands": spec.build + spec.commands,
+            "env": spec.env,
+            "working_dir": spec.working_dir,
+            "code_hash": spec.code_hash,
+            "stop_grace_seconds": STOP_GRACE,
+            "max_duration": profile.get("max_duration"),
+        }
+
+    # -- following ---------------------------------------------------------------------------------------
+
+    async def _follow(self, host_id: str, run_id: str) -> None:
+        appender = LogAppender(self.ctx.settings, self.job_id)
+        agent_status: str | None = None
+        try:
+            while True:
+                try:
+                    chunk = await self._reach(
+                        host_id, functools.partial(self._poll_logs, offset=appender.size)
+                    )
+                except AgentError as e:
+                    if e.status == 404:  # the agent restarted with no memory of the job
+                        await self._finish(
+                            RunStatus.FAILED,
+                            TerminationReason.HOST_LOST,
+                            "host lost: its agent no longer knows the job",
+                            None,
+                        )
+                        return
+                    raise
+                if chunk.data:
+                    appender.append(chunk.data)
+                    self.ctx.notifier.notify(run_channel(run_id))
+                if chunk.status != agent_status:
+                    agent_status = chunk.status
+                    if agent_status == "running":
+                        await self._set_status(RunStatus.RUNNING)
+                if chunk.finished:
+                    await self._reach(host_id, self._finish_from_agent)
+                    return
+        finally:
+            appender.close()
+
+    async def _poll_logs(self, agent: AgentClient, *, offset: int) -> LogChunk:
+        return await agent.logs(self.job_id, offset=offset, wait=LONG_POLL)
+
+    async def _finish_from_agent(self, agent: AgentClient) -> None:
+        state = await agent.get_job(self.job_id)
+        run, _ = await self._load()
+        status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
+        if status == "done":
+            await self._finish(RunStatus.DONE, None, None, 0)
+        elif run.stop_requested == "abort":
+            await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
+        elif run.stop_requested == "stop":
+            await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, exit_code)
+        elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
+            await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
+        elif status == "failed" and exit_code is not None:
+            await self._finish(RunStatus.FAILED, TerminationReason.COMMANDS_FAILED, None, exit_code)
+        elif status == "failed":
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.FAILED_TO_START,
+                f"failed to start: {reason_text or 'unknown error'}",
+                None,
+            )
+        else:
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.HOST_LOST,
+                f"host lost: {reason_text or 'the job was stopped on its host'}",
+                exit_code,
+            )
+        with contextlib.suppress(AgentError):
+            await agent.delete_job(self.job_id)  # the server holds the output now
+
+    # -- stopping ----------------------------------------------------------------------------------------
+
+    async def _watch_stop(self, host_id: str, run_id: str) -> None:
+        signal = self.ctx.notifier.signal(stop_channel(run_id))
+        while True:
+            version = signal.version
+            with contextlib.suppress(AgentError):
+                run, _ = await self._load()
+                wanted = run.stop_requested
+                if (
+                    wanted is not None
+                    and wanted != self._stop_sent
+                    and (wanted == "abort" or not self._stop_sent)
+                ):
+                    agent = self.ctx.backends.agent(host_id)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
+                    self._stop_sent = wanted
+            await signal.wait(version, self.ctx.settings.poll_seconds)
+
+    async def _finish_unstarted(self, stop_requested: str) -> None:
+        if stop_requested == "abort":
+            await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, None)
+        else:
+            await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, None)
+
+    # -- rows --------------------------------------------------------------------------------------------
+
+    async def _load(self) -> tuple[RunRow, JobRow]:
+        async with self.ctx.db.read() as session:
+            job = await session.get(JobRow, self.job_id)
+            if job is None:
+                raise LeaseLost()
+            run = await session.get(RunRow, job.run_id)
+            if run is None:
+                raise LeaseLost()
+            return run, job
+
+    async def _set_status(self, status: RunStatus) -> None:
+        async with self.ctx.db.write() as session:
+            run, job = await self._owned(session)
+            if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
+                return  # a stop is under way; keep showing it
+            apply_status(run, job, status)
+            run_id = run.id
+        self.ctx.notifier.notify(run_channel(run_id))
+
+    async def _finish(
+        self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
+    ) -> None:
+        async with self.ctx.db.write() as session:
+            run, job = await self._owned(session)
+            apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            run_id = run.id
+        self.ctx.notifier.notify(run_channel(run_id))
+        self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+
+    async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
+        job = await session.get(JobRow, self.job_id)
+        if job is None or job.lock_token != self.token:
+            raise LeaseLost()
+        run = await session.get(RunRow, job.run_id)
+        assert run is not None
+        return run, job
+
+    async def _renew_lease(self) -> None:
+        lease = self.ctx.settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            async with self.ctx.db.write() as session:
+                result = await session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == self.job_id, JobRow.lock_token == self.token)
+                    .values(lock_expires_at=time.time() + lease)
+                )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                # Stop at once: two writers appending to one log file would corrupt it.
+                self._lease_lost = True
+                if self._task is not None:
+                    self._task.cancel()
+                return

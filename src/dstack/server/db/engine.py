@@ -1,0 +1,64 @@
+"""Database engines and sessions.
+
+SQLite: one writer connection (every write transaction starts with BEGIN IMMEDIATE, so writers queue in
+this process instead of failing with "database is locked") and a pool of readers that WAL lets run beside
+the writer. PostgreSQL: one ordinary pool for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+            self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            _configure_sqlite(self.writer, immediate=True)
+            _configure_sqlite(self.reader, immediate=False)
+        else:
+            self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            self.reader = self.writer
+        self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A transaction that commits on success and rolls back on error."""
+        async with self._write_sessions() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with self._read_sessions() as session:
+            yield session
+
+    async def close(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()
+
+
+def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the driver so we can choose how BEGIN is spelled.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,138 @@
+"""Database tables. Times are unix seconds (float): portable across SQLite and PostgreSQL, cheap to compare.
+
+Schema changes go through an Alembic migration in `migrations/versions/`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Only a hash is stored: a leaked database does not leak usable tokens.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ProjectRow(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class MemberRow(Base):
+    __tablename__ = "members"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="user")
+
+
+class CodeRow(Base):
+    """A code archive the project uploaded; the bytes live in server_dir/code/<hash>.tar."""
+
+    __tablename__ = "code"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class HostRow(Base):
+    """A machine a backend can run jobs on, with the agent that runs them there."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(128))
+    agent_url: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    resources: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the agent's fingerprint + declared
+    price: Mapped[float] = mapped_column(Float, default=0.0)
+    status: Mapped[str] = mapped_column(String(16), default="unknown")  # unknown | ready | unreachable
+    last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (UniqueConstraint("backend", "name"),)
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str | None] = mapped_column(Text, nullable=True)  # e.g. why it waits
+    termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    spec: Mapped[str] = mapped_column(Text)  # JSON RunSpec as validated at submission
+    # Where and how it runs, denormalised for `ps` (one query, no joins).
+    backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    resources: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    price: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Retry window end (unix seconds) for runs waiting for capacity; None = no retry.
+    retry_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # stop | abort
+
+    __table_args__ = (
+        UniqueConstraint("project_id", "name"),
+        Index("ix_runs_project_submitted", "project_id", "submitted_at"),
+        Index("ix_runs_status", "status"),
+    )
+
+
+class JobRow(Base):
+    """One submission of a run's job on a host. A run has one job per submission."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    submission_num: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(String(16))
+    submitted_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), nullable=True)
+    allocation: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: what it holds on its host
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_size: Mapped[int] = mapped_column(Integer, default=0)  # bytes mirrored from the agent so far
+    # Row lease: a worker owns the row while lock_expires_at is in the future and lock_token is its own.
+    lock_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    lock_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        Index("ix_jobs_run", "run_id"),
+        Index("ix_jobs_status", "status"),
+        Index("ix_jobs_host_status", "host_id", "status"),
+    )
+
+
+class LeaseRow(Base):
+    """Named singleton leases, e.g. the scheduling pass, so only one replica schedules at a time."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)

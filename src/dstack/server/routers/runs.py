@@ -1,0 +1,108 @@
+"""Runs: plan, submit, list, get, stop, and their output (plain or as the attach stream)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import StreamingResponse
+
+from dstack.server.context import ServerContext
+from dstack.server.routers.deps import get_ctx, get_project, get_user
+from dstack.server.schemas import RunRequest, StopRequest
+from dstack.server.services import attach, logs
+from dstack.server.services import runs as runs_service
+from dstack.server.services.projects import Project
+from dstack.server.services.users import User
+
+router = APIRouter(prefix="/api/project/{project}/runs")
+
+
+@router.post("/plan")
+async def plan(
+    body: RunRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    return await runs_service.plan(ctx, project, body.spec)
+
+
+@router.post("/submit")
+async def submit(
+    body: RunRequest,
+    ctx: ServerContext = Depends(get_ctx),
+    project: Project = Depends(get_project),
+    user: User = Depends(get_user),
+) -> dict[str, Any]:
+    return await runs_service.submit(ctx, project, user, body.spec)
+
+
+@router.get("")
+async def list_runs(
+    all: bool = False,
+    limit: int | None = Query(default=None, ge=1),
+    ctx: ServerContext = Depends(get_ctx),
+    project: Project = Depends(get_project),
+) -> list[dict[str, Any]]:
+    return await runs_service.list_runs(ctx, project, all_runs=all, limit=limit)
+
+
+@router.get("/{name}")
+async def get_run(
+    name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    run, job = await runs_service.get(ctx, project, name)
+    return runs_service.run_json(run, job, project.name, None)
+
+
+@router.post("/stop")
+async def stop(
+    body: StopRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> list[dict[str, Any]]:
+    return await runs_service.stop(ctx, project, body.names, abort=body.abort)
+
+
+@router.get("/{name}/logs")
+async def run_logs(
+    name: str,
+    offset: int = Query(default=0, ge=0),
+    tail: int | None = Query(default=None, ge=0),
+    ctx: ServerContext = Depends(get_ctx),
+    project: Project = Depends(get_project),
+) -> Response:
+    """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
+    _, job = await runs_service.get(ctx, project, name)
+    if job is None:
+        return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
+    path = logs.log_path(ctx.settings, job.id)
+    if tail is not None:
+        offset = logs.tail_offset(path, tail)
+    end = logs.size(ctx.settings, job.id)
+
+    def body() -> Any:
+        position = offset
+        while position < end:
+            data = logs.read(path, position, min(logs.READ_CHUNK, end - position))
+            if not data:
+                return
+            position += len(data)
+            yield data
+
+    return StreamingResponse(body(), media_type="application/octet-stream", headers={"X-Log-End": str(end)})
+
+
+@router.get("/{name}/attach")
+async def attach_stream(
+    name: str,
+    offset: int = Query(default=0, ge=0),
+    tail: int | None = Query(default=None, ge=0),
+    follow: bool = True,
+    ctx: ServerContext = Depends(get_ctx),
+    project: Project = Depends(get_project),
+) -> StreamingResponse:
+    """Status changes and output as frames (see dstack.core.frames) until the run ends."""
+    _, job = await runs_service.get(ctx, project, name)
+    if tail is not None and job is not None:
+        offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail)
+    return StreamingResponse(
+        attach.stream(ctx, project, name, offset=offset, follow=follow),
+        media_type="application/x-dstack-frames",
+    )

@@ -1,0 +1,45 @@
+"""Request bodies of the server API. Responses are plain dicts built by the services (see `runs.run_json`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CODE_HASH_PATTERN = "^[0-9a-f]{64}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PortSpec(_Strict):
+    local_port: int | None = Field(default=None, ge=1, le=65535)
+    container_port: int = Field(ge=1, le=65535)
+
+
+class RunSpec(_Strict):
+    """What the CLI (or any API user) submits: the configuration, resolved as far as the client can."""
+
+    run_name: str | None = None
+    configuration_path: str = ""
+    configuration: dict[str, Any]  # a TaskConfiguration, re-validated by the server
+    profile: dict[str, Any] = Field(default_factory=dict)  # an EffectiveProfile
+    commands: list[str] = Field(default_factory=list)  # interpolated
+    build: list[str] = Field(default_factory=list)  # interpolated
+    env: dict[str, str] = Field(default_factory=dict)  # resolved
+    working_dir: str | None = None  # relative to the code root
+    code_hash: str | None = Field(default=None, pattern=CODE_HASH_PATTERN)
+    build_policy: Literal["use-build", "build", "force-build"] = "use-build"
+    ports: list[PortSpec] = Field(default_factory=list)
+    python: str | None = None  # the Python version the task gets when no image is set
+    image: str | None = None
+
+
+class RunRequest(_Strict):
+    spec: RunSpec
+
+
+class StopRequest(_Strict):
+    names: list[str]
+    abort: bool = False

@@ -1,0 +1,77 @@
+"""The attach stream: a run's status changes and output, live, from a byte offset, until it ends."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dstack.core import frames
+from dstack.core.statuses import RunStatus
+from dstack.server.context import ServerContext
+from dstack.server.events import run_channel
+from dstack.server.services import logs
+from dstack.server.services import runs as runs_service
+from dstack.server.services.projects import Project
+
+# While output floods, re-read the run row at most this often; a quiet stream re-reads it on every wake.
+STATUS_REFRESH = 1.0
+
+
+async def stream(
+    ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool
+) -> AsyncIterator[bytes]:
+    run, job = await runs_service.get(ctx, project, name)
+    signal = ctx.notifier.signal(run_channel(run.id))
+    last_status: tuple[str, str | None] | None = None
+    refreshed = time.monotonic()
+    while True:
+        version = signal.version
+        sent = 0
+        if job is not None:
+            async for frame in _drain(ctx, job.id, offset):
+                sent += len(frame) - frames.HEADER.size - frames.OFFSET.size
+                yield frame
+            offset += sent
+        if sent and time.monotonic() - refreshed < STATUS_REFRESH:
+            continue
+        run, job = await runs_service.get(ctx, project, name)
+        refreshed = time.monotonic()
+        status = (run.status, run.status_message)
+        if status != last_status:
+            last_status = status
+            yield frames.json_frame(
+                frames.STATUS, {"status": run.status, "status_message": run.status_message}
+            )
+        if sent:
+            continue
+        if RunStatus(run.status).is_finished:
+            # The supervisor writes all output before it records the end, so one more drain is complete.
+            if job is not None and offset < logs.size(ctx.settings, job.id):
+                continue
+            yield frames.json_frame(frames.END, end_payload(run))
+            return
+        if not follow:
+            return
+        if not await signal.wait(version, frames.HEARTBEAT_INTERVAL):
+            yield frames.heartbeat_frame()
+
+
+async def _drain(ctx: ServerContext, job_id: str, offset: int) -> AsyncIterator[bytes]:
+    """Log frames from `offset` to the current end of the file, at most ~8 MiB per call."""
+    path = logs.log_path(ctx.settings, job_id)
+    for _ in range(8):
+        data = logs.read(path, offset)
+        if not data:
+            return
+        yield frames.log_frame(offset, data)
+        offset += len(data)
+
+
+def end_payload(run: Any) -> dict[str, Any]:
+    return {
+        "status": run.status,
+        "exit_code": run.exit_code,
+        "termination_reason": run.termination_reason,
+        "termination_message": run.termination_message,
+    }

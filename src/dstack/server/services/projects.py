@@ -1,0 +1,45 @@
+"""Projects and membership: every project route resolves its project here, once per request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from dstack.server.db.engine import Database
+from dstack.server.db.models import MemberRow, ProjectRow
+from dstack.server.services.errors import Forbidden, NotFound
+from dstack.server.services.users import User
+
+
+@dataclass(frozen=True)
+class Project:
+    id: str
+    name: str
+
+
+class ProjectResolver:
+    """Caches (project name, user) -> Project; membership changes are rare and only happen via this server."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._cache: dict[tuple[str, str], Project] = {}
+
+    async def resolve(self, name: str, user: User) -> Project:
+        key = (name, user.id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        async with self._db.read() as session:
+            row = (
+                await session.execute(select(ProjectRow).where(ProjectRow.name == name))
+            ).scalar_one_or_none()
+            if row is None:
+                raise NotFound(f"Project {name} not found")
+            if not user.is_admin:
+                member = await session.get(MemberRow, (row.id, user.id))
+                if member is None:
+                    raise Forbidden(f"You are not a member of project {name}")
+        project = Project(id=row.id, name=row.name)
+        self._cache[key] = project
+        return project

@@ -1,0 +1,255 @@
+"""Runs: submit, list, get, stop, plan. Routers stay thin; the rules live here."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from dstack.core.statuses import (
+    FINISHED_STATUSES,
+    WAITING_STATUSES,
+    RunStatus,
+    TerminationReason,
+)
+from dstack.server.context import ServerContext
+from dstack.server.db.models import CodeRow, JobRow, RunRow
+from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
+from dstack.server.scheduler import placement
+from dstack.server.schemas import RunSpec
+from dstack.server.services import logs, specs
+from dstack.server.services.errors import Conflict, NotFound, ServiceError
+from dstack.server.services.projects import Project
+from dstack.server.services.transitions import apply_status
+from dstack.server.services.usage import load_usages
+from dstack.server.services.users import User
+
+PS_DEFAULT_LIMIT = 50
+PS_MAX_LIMIT = 1000
+_FINISHED = [s.value for s in FINISHED_STATUSES]
+
+
+async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
+    checked = specs.check(spec)
+    hosts = await ctx.backends.hosts()
+    async with ctx.db.read() as session:
+        usages = await load_usages(session, hosts)
+    offers = placement.offers(checked.requirements, usages)
+    run_name = spec.run_name
+    if run_name is None:
+        async with ctx.db.read() as session:
+            run_name = await _free_name(session, project)
+    return {
+        "project": project.name,
+        "run_name": run_name,
+        "configuration_path": spec.configuration_path,
+        "requirements": checked.describe(),
+        "sharing": placement.SHARING_POLICY,
+        "offers": [_offer_json(o) for o in offers[:50]],
+        "total_offers": len(offers),
+        "no_offer_message": None if offers else placement.no_offer_message(checked.requirements, hosts),
+    }
+
+
+def _offer_json(offer: placement.Offer) -> dict[str, Any]:
+    host = offer.host
+    return {
+        "backend": host.backend,
+        "region": host.region,
+        "instance": host.name,
+        "resources": placement.describe_resources(host),
+        "spot": host.spot,
+        "price": host.price,
+        "availability": offer.availability,
+        "note": offer.note,
+    }
+
+
+async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
+    checked = specs.check(spec)
+    now = time.time()
+    async with ctx.db.write() as session:
+        if spec.code_hash is not None:
+            code = await session.get(CodeRow, (project.id, spec.code_hash))
+            if code is None:
+                raise ServiceError(
+                    f"Code {spec.code_hash[:12]} has not been uploaded; upload it before submitting"
+                )
+        name = await _claim_name(ctx, session, project, spec.run_name)
+        stored = spec.model_copy(update={"run_name": name})
+        run = RunRow(
+            id=str(uuid.uuid4()),
+            project_id=project.id,
+            user_id=user.id,
+            name=name,
+            submitted_at=now,
+            status=RunStatus.SUBMITTED.value,
+            spec=stored.model_dump_json(),
+            retry_deadline=now + checked.retry_seconds if checked.retry_seconds is not None else None,
+        )
+        job = JobRow(
+            id=str(uuid.uuid4()),
+            run_id=run.id,
+            submission_num=0,
+            status=RunStatus.SUBMITTED.value,
+            submitted_at=now,
+        )
+        session.add(run)
+        await session.flush()
+        session.add(job)
+    ctx.notifier.notify(SCHEDULE)
+    return run_json(run, job, project.name, user.name)
+
+
+async def _free_name(session: Any, project: Project) -> str:
+    """A random name no run of the project has (the CLI interpolates ${{ run.name }} with it)."""
+    from dstack.config.names import random_run_name
+
+    for _ in range(100):
+        candidate = random_run_name()
+        taken = await session.execute(
+            select(RunRow.id).where(RunRow.project_id == project.id, RunRow.name == candidate)
+        )
+        if taken.first() is None:
+            return candidate
+    raise ServiceError("Could not find a free run name; pass one with -n")
+
+
+async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted: str | None) -> str:
+    if wanted is None:
+        return await _free_name(session, project)
+    existing = (
+        await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == wanted))
+    ).scalar_one_or_none()
+    if existing is not None:
+        if existing.status not in _FINISHED:
+            raise Conflict(
+                f"Run {wanted} is {existing.status}; "
+                f"stop it first (dstack stop {wanted}) or choose another name"
+            )
+        # A finished run's name is reused by the new run: the old one (and its logs) is replaced.
+        job_ids = (
+            (await session.execute(select(JobRow.id).where(JobRow.run_id == existing.id))).scalars().all()
+        )
+        await session.execute(delete(JobRow).where(JobRow.run_id == existing.id))
+        await session.delete(existing)
+        await session.flush()
+        for job_id in job_ids:
+            logs.remove(ctx.settings, job_id)
+    return wanted
+
+
+async def list_runs(
+    ctx: ServerContext, project: Project, *, all_runs: bool, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active."""
+    limit = min(limit or (PS_MAX_LIMIT if all_runs else PS_DEFAULT_LIMIT), PS_MAX_LIMIT)
+    async with ctx.db.read() as session:
+        query = select(RunRow).where(RunRow.project_id == project.id)
+        if not all_runs:
+            query = query.where(RunRow.status.not_in(_FINISHED))
+        rows = list(
+            (await session.execute(query.order_by(RunRow.submitted_at.desc()).limit(limit))).scalars()
+        )
+        if not all_runs and not rows:
+            latest = (
+                await session.execute(
+                    select(RunRow)
+                    .where(RunRow.project_id == project.id)
+                    .order_by(RunRow.submitted_at.desc())
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+            rows = [latest] if latest is not None else []
+    return [run_json(r, None, project.name, None, with_spec=False) for r in rows]
+
+
+async def get(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+    async with ctx.db.read() as session:
+        return await find(session, project, name)
+
+
+async def find(session: Any, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+    run = (
+        await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == name))
+    ).scalar_one_or_none()
+    if run is None:
+        raise NotFound(f"Run {name} not found in project {project.name}")
+    job = (
+        await session.execute(
+            select(JobRow).where(JobRow.run_id == run.id).order_by(JobRow.submission_num.desc()).limit(1)
+        )
+    ).scalar_one_or_none()
+    return run, job
+
+
+async def stop(
+    ctx: ServerContext, project: Project, names: list[str], *, abort: bool
+) -> list[dict[str, Any]]:
+    """Waiting runs end at once; placed runs go to `terminating` and their supervisor stops the job."""
+    result = []
+    touched = []
+    async with ctx.db.write() as session:
+        for name in names:
+            run, job = await find(session, project, name)
+            status = RunStatus(run.status)
+            if status.is_finished:
+                pass
+            elif status in WAITING_STATUSES:
+                apply_status(
+                    run,
+                    job,
+                    RunStatus.ABORTED if abort else RunStatus.TERMINATED,
+                    reason=TerminationReason.ABORTED_BY_USER if abort else TerminationReason.STOPPED_BY_USER,
+                )
+            else:
+                # An abort may follow a graceful stop; never downgrade an abort to a stop.
+                if abort or run.stop_requested != "abort":
+                    run.stop_requested = "abort" if abort else "stop"
+                apply_status(run, job, RunStatus.TERMINATING)
+            touched.append(run.id)
+            result.append(run_json(run, job, project.name, None))
+    for run_id in touched:
+        ctx.notifier.notify(run_channel(run_id))
+        ctx.notifier.notify(stop_channel(run_id))
+    ctx.notifier.notify(SUPERVISE)
+    ctx.notifier.notify(SCHEDULE)
+    return result
+
+
+def run_json(
+    run: RunRow, job: JobRow | None, project: str, user: str | None, *, with_spec: bool = True
+) -> dict[str, Any]:
+    spec = json.loads(run.spec)
+    data: dict[str, Any] = {
+        "id": run.id,
+        "name": run.name,
+        "project": project,
+        "user": user,
+        "status": run.status,
+        "status_message": run.status_message,
+        "submitted_at": run.submitted_at,
+        "finished_at": run.finished_at,
+        "termination_reason": run.termination_reason,
+        "termination_message": run.termination_message,
+        "exit_code": run.exit_code,
+        "backend": run.backend,
+        "resources": run.resources,
+        "price": run.price,
+        "configuration_path": spec.get("configuration_path"),
+    }
+    if with_spec:
+        data["spec"] = spec
+    if job is not None:
+        data["job"] = {
+            "id": job.id,
+            "status": job.status,
+            "submission_num": job.submission_num,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "allocation": json.loads(job.allocation) if job.allocation else None,
+        }
+    return data

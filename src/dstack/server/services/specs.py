@@ -1,0 +1,98 @@
+"""Checking a submitted run spec and deriving what the scheduler needs from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from dstack.config import ConfigError, EffectiveProfile, TaskConfiguration
+from dstack.config.profiles import RetryEvent
+from dstack.server.scheduler.model import GpuRequest, Requirements, Span
+from dstack.server.schemas import RunSpec
+from dstack.server.services.errors import ServiceError
+
+
+@dataclass(frozen=True)
+class CheckedSpec:
+    spec: RunSpec
+    configuration: TaskConfiguration
+    profile: EffectiveProfile
+    requirements: Requirements
+
+    @property
+    def retry_seconds(self) -> int | None:
+        """How long a run may wait for capacity (from its submission); None = it fails at once."""
+        retry = self.profile.retry
+        if retry is None or RetryEvent.NO_CAPACITY not in retry.on_events:
+            return None
+        return int(retry.duration)
+
+    def describe(self) -> str:
+        req = self.requirements
+        parts = [f"{req.cpu.describe()}xCPU", f"{req.memory_gb.describe('GB')} memory"]
+        if req.disk_gb is not None:
+            parts.append(f"{req.disk_gb.describe('GB')} disk")
+        gpu = self.profile.resources.gpu
+        parts.append(f"GPU {gpu}" if gpu is not None else "no GPU")
+        if req.ports:
+            parts.append("ports " + ", ".join(str(p) for p in req.ports))
+        return ", ".join(parts)
+
+
+def check(spec: RunSpec) -> CheckedSpec:
+    try:
+        configuration = TaskConfiguration.model_validate(spec.configuration)
+        profile = EffectiveProfile.model_validate(spec.profile)
+    except (ValidationError, ConfigError) as e:
+        raise ServiceError(f"The run spec is not valid: {_first_error(e)}") from e
+    if spec.image is not None and spec.python is not None:
+        raise ServiceError("The run spec sets both image and python; they are mutually exclusive")
+    return CheckedSpec(
+        spec=spec, configuration=configuration, profile=profile, requirements=requirements_of(spec, profile)
+    )
+
+
+def _first_error(e: Exception) -> str:
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return f"{where}: {first['msg']}"
+    return str(e)
+
+
+def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
+    resources = profile.resources
+    explicit = profile.resources_explicit
+    cpu = resources.cpu
+    memory = resources.memory
+    gpu = resources.gpu
+    gpu_request = None
+    if gpu is not None:
+        gpu_request = GpuRequest(
+            count=_span(gpu.count.min, gpu.count.max),
+            names=tuple(n.upper() for n in gpu.name or ()),
+            memory_gb=_span(gpu.memory.min, gpu.memory.max) if gpu.memory is not None else None,
+            vendor=gpu.vendor,
+        )
+    return Requirements(
+        cpu=_span(cpu.count.min, cpu.count.max) if cpu is not None else Span(2, None),
+        memory_gb=_span(memory.min, memory.max) if memory is not None else Span(8, None),
+        disk_gb=_span(resources.disk.min, resources.disk.max) if resources.disk is not None else None,
+        gpu=gpu_request,
+        cpu_explicit=bool(explicit.get("cpu")),
+        memory_explicit=bool(explicit.get("memory")),
+        arch=cpu.arch if cpu is not None else None,
+        ports=tuple(p.container_port for p in spec.ports),
+        needs_containers=spec.image is not None,
+        max_price=profile.max_price,
+        spot_policy=str(
+            profile.spot_policy.value if hasattr(profile.spot_policy, "value") else profile.spot_policy
+        ),
+        backends=tuple(profile.backends) if profile.backends else None,
+        regions=tuple(profile.regions) if profile.regions else None,
+    )
+
+
+def _span(low: object, high: object) -> Span:
+    return Span(float(low) if low is not None else 0.0, float(high) if high is not None else None)  # type: ignore[arg-type]

@@ -1,0 +1,73 @@
+"""Server settings: where its state lives and how it is reached. Read once at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_PORT = 3000
+DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
+
+
+def dstack_home() -> Path:
+    return Path.home() / ".dstack"
+
+
+def default_server_dir() -> Path:
+    env = os.environ.get("DSTACK_SERVER_DIR")
+    return Path(env) if env else dstack_home() / "server"
+
+
+@dataclass
+class ServerSettings:
+    server_dir: Path = field(default_factory=default_server_dir)
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    admin_token: str | None = None
+    database_url: str | None = None  # None -> SQLite under server_dir
+    code_limit_bytes: int = DEFAULT_CODE_LIMIT_BYTES
+    # How long a claimed row stays claimed without renewal; a crashed worker's rows free up after this.
+    lease_seconds: float = 15.0
+    # Background loops are woken by events; this is only the safety-net poll (and how other replicas notice).
+    poll_seconds: float = 2.0
+    write_cli_config: bool = True
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server_dir / "data"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.server_dir / "logs"
+
+    @property
+    def code_dir(self) -> Path:
+        return self.server_dir / "code"
+
+    @property
+    def agents_dir(self) -> Path:
+        return self.server_dir / "agents"
+
+    @property
+    def config_file(self) -> Path:
+        return self.server_dir / "config.yml"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def resolved_database_url(self) -> str:
+        url = self.database_url or os.environ.get("DSTACK_DATABASE_URL")
+        if url:
+            # Users paste the URL their other tools use; route it to the async driver we ship.
+            if url.startswith("postgresql://") or url.startswith("postgres://"):
+                url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+            return url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'sqlite.db'}"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.server_dir, self.data_dir, self.logs_dir, self.code_dir, self.agents_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.server_dir.chmod(0o700)

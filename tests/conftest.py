@@ -1,0 +1,13 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_interpreter_downloads() -> None:
+    # uv must never fetch a Python from the internet in tests: only the machine's interpreters are used.
+    os.environ["UV_PYTHON_DOWNLOADS"] = "never"
