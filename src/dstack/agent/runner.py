@@ -196,13 +196,14 @@ class Runner:
         # The code's own symlinks could bend the path; they are checked on unpack, and this makes sure.
         if not is_inside(cwd, job.code_dir):
             raise PrepareError(f"The working directory {spec.working_dir} leads outside the code folder")
-        job.script_path.write_text(render_script(spec.commands), encoding="utf-8")
+        job.script_path.write_text(render_script(spec.build + spec.commands), encoding="utf-8")
         return LaunchSpec(
             job_id=spec.id,
             marker=job.state.marker,
             script=job.script_path,
             cwd=cwd,
             env=self._job_environment(job),
+            resources=spec.resources,
         )
 
     def _job_environment(self, job: Job) -> Dict[str, str]:
@@ -211,6 +212,10 @@ class Runner:
         env["PYTHONUNBUFFERED"] = "1"
         env.update(job.spec.env)
         # After it, so that a task cannot hide from (or pose as) another job.
+        gpus = ",".join(str(index) for index in job.spec.resources.gpus)
+        # A task sees only the GPUs it holds (none, if it holds none).
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+        env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Protocol
+
+from dstack.agent.jobs.spec import JobResources
 
 
 @dataclass(frozen=True)
@@ -14,6 +16,7 @@ class LaunchSpec:
     script: Path  # a bash script holding the job's commands
     cwd: Path
     env: Dict[str, str]
+    resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -66,7 +67,10 @@ class Supervisor:
                     if run.stop_requested:
                         await self._finish_unstarted(run.stop_requested)
                         return
-                    await self._reach(host_id, lambda agent: self._provision(agent, run))
+                    allocation = json.loads(job.allocation) if job.allocation else {}
+                    await self._reach(
+                        host_id, functools.partial(self._provision, run=run, allocation=allocation)
+                    )
                 await self._follow(host_id, run.id)
             finally:
                 watcher.cancel()
@@ -117,14 +121,14 @@ class Supervisor:
                 return False
             raise
 
-    async def _provision(self, agent: AgentClient, run: RunRow) -> None:
+    async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
             if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
                 await agent.upload_code(
                     spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
                 )
-            await agent.submit_job(self._job_request(spec))
+            await agent.submit_job(self._job_request(spec, allocation))
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -134,17 +138,29 @@ class Supervisor:
             raise JobFinished() from e
         await self._set_status(RunStatus.PULLING)
 
-    def _job_request(self, spec: RunSpec) -> dict[str, Any]:
+    def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
         profile = spec.profile
+        cpus = allocation.get("cpus") or None
+        memory_gb = allocation.get("memory_gb") or None
         return {
             "id": self.job_id,
             "run_name": spec.run_name,
-            "commands": spec.build + spec.commands,
+            "commands": spec.commands,
             "env": spec.env,
             "working_dir": spec.working_dir,
             "code_hash": spec.code_hash,
             "stop_grace_seconds": STOP_GRACE,
             "max_duration": profile.get("max_duration"),
+            "python": spec.python if spec.image is None else None,
+            "image": spec.image,
+            "build": spec.build,
+            "build_policy": spec.build_policy,
+            "resources": {
+                "cpus": cpus,
+                "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
+                "gpus": allocation.get("gpus", []),
+            },
+            "ports": [p.container_port for p in spec.ports],
         }
 
     # -- following ---------------------------------------------------------------------------------------
