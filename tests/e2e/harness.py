@@ -126,3 +126,84 @@ def wait_for(condition: Callable[[], Any], *, timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Terminal:
+    """The real `dstack` command on a pseudo-terminal: what a user at a keyboard sees and types."""
+
+    def __init__(self, env: DstackEnv, *args: str, cwd: Path | None = None) -> None:
+        import pty
+
+        self.output = b""
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: exec dstack with the pty as its controlling terminal
+            try:
+                os.chdir(cwd or env.home)
+                os.execve(DSTACK, [DSTACK, *args], {**env.env, "TERM": "xterm"})
+            finally:
+                os._exit(127)
+        self.pid = pid
+        self.fd = fd
+        self.exit_code: int | None = None
+
+    def expect(self, text: str, timeout: float = 60) -> None:
+        import select
+
+        needle = text.encode()
+        deadline = time.monotonic() + timeout
+        while needle not in self.output:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {text!r}; the terminal shows:\n{self.text}")
+            ready, _, _ = select.select([self.fd], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(f"the command ended before printing {text!r}:\n{self.text}")
+                self.output += chunk
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def interrupt(self) -> None:
+        self.type("\x03")  # Ctrl+C: the terminal sends SIGINT to the foreground process group
+
+    def wait(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._drain()
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exit_code = os.waitstatus_to_exitcode(status)
+                self._drain()
+                return self.exit_code
+            time.sleep(0.05)
+        raise AssertionError(f"the command did not exit within {timeout} s:\n{self.text}")
+
+    def _drain(self) -> None:
+        import select
+
+        while select.select([self.fd], [], [], 0)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def close(self) -> None:
+        if self.exit_code is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        os.close(self.fd)

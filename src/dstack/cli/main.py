@@ -111,7 +111,7 @@ def _known_error_message(e: Exception) -> str | None:
         module = sys.modules.get(module_name)
         cls = getattr(module, class_name, None) if module is not None else None
         if cls is not None and isinstance(e, cls):
-            return str(getattr(e, "message", None) or e)
+            return str(e)
     return None
 
 

@@ -83,13 +83,9 @@ def _rich_table(
 
 
 def confirm(question: str, *, default: bool | None = None) -> bool:
-    """Ask a yes/no question on the terminal. Without a terminal there is nobody to ask: that is an error."""
+    """Ask a yes/no question; a piped answer (`yes | dstack run`) counts, no answer at all is an error."""
     from dstack.cli.errors import CLIError
 
-    if not is_tty(sys.stdin):
-        raise CLIError(
-            f"{question} needs an answer, but standard input is not a terminal; pass -y to skip the question"
-        )
     suffix = " [y/n]: "
     while True:
         sys.stderr.write(question + suffix)

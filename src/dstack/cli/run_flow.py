@@ -10,7 +10,7 @@ from dstack.api.client import Client
 from dstack.cli.connection import get_client
 from dstack.cli.errors import CLIError
 from dstack.cli.follow import Follower
-from dstack.cli.output import confirm, note, table
+from dstack.cli.output import confirm, human_size, note, table
 from dstack.cli.runspec import PreparedRun, finalize, prepare
 
 PLAN_OFFERS_SHOWN = 3
@@ -85,6 +85,7 @@ def upload_code(client: Client, prepared: PreparedRun) -> str:
     packed = pack_code(prepared.code_root, limit_bytes=prepared.code_limit)
     if client.has_code(packed.sha256):
         return packed.sha256
+    note(f"Uploading the code: {packed.files} files, {human_size(packed.size)}", dim=True)
     with _progress(packed.size) as advance:
         client.upload_code(packed.sha256, packed.path, progress=advance)
     return packed.sha256
