@@ -35,11 +35,13 @@ class AttachStream:
             if not header:
                 return
             kind, length = frames.HEADER.unpack(header)
-            payload = self._read(length) if length else b""
             if kind == frames.LOG:
-                (offset,) = frames.OFFSET.unpack_from(payload)
-                yield Frame(kind, offset=offset, data=payload[frames.OFFSET.size :])
-            elif kind == frames.HEARTBEAT:
+                # Offset and data are read apart, so megabytes of output are never sliced (copied) again.
+                (offset,) = frames.OFFSET.unpack(self._read(frames.OFFSET.size))
+                yield Frame(kind, offset=offset, data=self._read(length - frames.OFFSET.size))
+                continue
+            payload = self._read(length) if length else b""
+            if kind == frames.HEARTBEAT:
                 yield Frame(kind)
             else:
                 yield Frame(kind, info=json.loads(payload))

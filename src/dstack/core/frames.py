@@ -24,7 +24,12 @@ HEARTBEAT_INTERVAL = 3.0  # the client treats 10 s of silence as a dead link
 
 
 def log_frame(offset: int, data: bytes) -> bytes:
-    return HEADER.pack(LOG, OFFSET.size + len(data)) + OFFSET.pack(offset) + data
+    return log_header(offset, len(data)) + data
+
+
+def log_header(offset: int, size: int) -> bytes:
+    """The frame's header alone: a writer may send the data after it without copying it into one buffer."""
+    return HEADER.pack(LOG, OFFSET.size + size) + OFFSET.pack(offset)
 
 
 def json_frame(kind: bytes, payload: dict[str, Any]) -> bytes:

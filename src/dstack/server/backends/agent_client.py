@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from dstack.server.backends.agent_logs import RawHttpPool, RawResponseError
+
 
 class AgentError(Exception):
     """The agent answered with an error; `status` is its HTTP status."""
@@ -40,6 +42,7 @@ class AgentClient:
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
+        self._logs_pool = RawHttpPool(self.url, token)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -48,6 +51,7 @@ class AgentClient:
         )
 
     async def close(self) -> None:
+        self._logs_pool.close()
         await self._client.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -103,25 +107,33 @@ class AgentClient:
     async def delete_job(self, job_id: str) -> None:
         await self._request("DELETE", f"/api/jobs/{job_id}")
 
-    async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 8 * 1024 * 1024) -> LogChunk:
-        response = await self._request(
-            "GET",
-            f"/api/jobs/{job_id}/logs",
-            params={"offset": offset, "wait": wait, "limit": limit},
-            timeout=httpx.Timeout(self._timeout + wait),
-        )
-        exit_code = response.headers.get("X-Exit-Code")
+    async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 16 * 1024 * 1024) -> LogChunk:
+        try:
+            status, headers, body = await self._logs_pool.get(
+                f"/api/jobs/{job_id}/logs",
+                {"offset": offset, "wait": wait, "limit": limit},
+                self._timeout + wait,
+            )
+        except RawResponseError as e:
+            raise AgentUnreachable(f"Cannot reach the agent at {self.url}: {e}") from e
+        if status >= 400:
+            raise AgentError(_error_text(body, status), status)
+        exit_code = headers.get("x-exit-code")
         return LogChunk(
-            data=response.content,
-            end=int(response.headers["X-Log-End"]),
-            size=int(response.headers["X-Log-Size"]),
-            status=response.headers["X-Job-Status"],
-            exit_code=int(exit_code) if exit_code not in (None, "") else None,
+            data=body,
+            end=int(headers["x-log-end"]),
+            size=int(headers["x-log-size"]),
+            status=headers["x-job-status"],
+            exit_code=int(exit_code) if exit_code else None,
         )
 
 
 def _error_message(response: httpx.Response) -> str:
+    return _error_text(response.content, response.status_code)
+
+
+def _error_text(body: bytes, status: int) -> str:
     try:
-        return str(json.loads(response.content)["error"])
+        return str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):
-        return f"the agent answered HTTP {response.status_code}"
+        return f"the agent answered HTTP {status}"

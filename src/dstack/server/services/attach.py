@@ -16,6 +16,8 @@ from dstack.server.services.projects import Project
 
 # While output floods, re-read the run row at most this often; a quiet stream re-reads it on every wake.
 STATUS_REFRESH = 1.0
+STREAM_CHUNK = 4 * 1024 * 1024
+DRAIN_LIMIT = 32 * 1024 * 1024
 
 
 async def stream(
@@ -29,10 +31,13 @@ async def stream(
         version = signal.version
         sent = 0
         if job is not None:
-            async for frame in _drain(ctx, job.id, offset):
-                sent += len(frame) - frames.HEADER.size - frames.OFFSET.size
-                yield frame
-            offset += sent
+            path = logs.log_path(ctx.settings, job.id)
+            # Bounded, so a flood of output still lets status changes through now and then.
+            while sent < DRAIN_LIMIT and (data := logs.read(path, offset, STREAM_CHUNK)):
+                yield frames.log_header(offset, len(data))
+                yield data
+                offset += len(data)
+                sent += len(data)
         if sent and time.monotonic() - refreshed < STATUS_REFRESH:
             continue
         run, job = await runs_service.get(ctx, project, name)
@@ -55,17 +60,6 @@ async def stream(
             return
         if not await signal.wait(version, frames.HEARTBEAT_INTERVAL):
             yield frames.heartbeat_frame()
-
-
-async def _drain(ctx: ServerContext, job_id: str, offset: int) -> AsyncIterator[bytes]:
-    """Log frames from `offset` to the current end of the file, at most ~8 MiB per call."""
-    path = logs.log_path(ctx.settings, job_id)
-    for _ in range(8):
-        data = logs.read(path, offset)
-        if not data:
-            return
-        yield frames.log_frame(offset, data)
-        offset += len(data)
 
 
 def end_payload(run: Any) -> dict[str, Any]:

@@ -1,0 +1,151 @@
+"""Issue 2 figures: a warm `dstack run -y` of `echo hi`, `dstack --help`, and 1 GiB of output streamed.
+
+    .venv/bin/python bench/run_latency.py [--runs 20] [--gib 1]
+
+Everything runs in a throwaway HOME with its own embedded server and agent, stopped at the end.
+Each figure is shown next to the plain command doing the same work, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.e2e.harness import DSTACK, DstackEnv  # noqa: E402
+
+
+def timed(command: list[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True)
+        samples.append(time.perf_counter() - start)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed: {result.stderr}")
+    return samples
+
+
+def timed_on_terminal(command: list[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
+    """The same, with stdout/stderr on a pseudo-terminal (rich output, as a user at a terminal sees it)."""
+    import pty
+
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.chdir(cwd)
+            os.execve(command[0], command, {**env, "TERM": "xterm"})
+        while True:
+            try:
+                if not os.read(fd, 65536):
+                    break
+            except OSError:
+                break
+        _, status = os.waitpid(pid, 0)
+        samples.append(time.perf_counter() - start)
+        os.close(fd)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"{' '.join(command)} failed on a terminal")
+    return samples
+
+
+def row(name: str, samples: list[float], baseline: list[float] | None = None, goal: str = "") -> list[str]:
+    median = statistics.median(samples)
+    p90 = sorted(samples)[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else max(samples)
+    base = f"{statistics.median(baseline) * 1000:.1f} ms" if baseline else ""
+    return [name, f"{median * 1000:.0f} ms", f"{p90 * 1000:.0f} ms", base, goal]
+
+
+def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[str], list[str]]:
+    """A task printing `gib` GiB of numbered lines to an attached CLI; checks every byte arrived in order."""
+    count = int(gib * 1024**3 / 10.0)  # `seq` lines average ~10 bytes at this size
+    (project / ".dstack.yml").write_text(f"type: task\ncommands:\n  - seq 1 {count}\n")
+    expected = hashlib.sha256()
+    expected_size = 0
+    seq = subprocess.Popen(["seq", "1", str(count)], stdout=subprocess.PIPE)
+    assert seq.stdout is not None
+    start = time.perf_counter()
+    while chunk := seq.stdout.read(1 << 20):
+        expected.update(chunk)
+        expected_size += len(chunk)
+    seq.wait()
+    baseline_seconds = time.perf_counter() - start
+
+    start = time.perf_counter()
+    cli = subprocess.Popen([DSTACK, "run", ".", "-y"], env=env.env, cwd=project, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
+    assert cli.stdout is not None
+    received = hashlib.sha256()
+    size = 0
+    first_byte = None
+    while chunk := cli.stdout.read1(1 << 20):
+        if first_byte is None:
+            first_byte = time.perf_counter()
+        received.update(chunk)
+        size += len(chunk)
+    code = cli.wait()
+    end = time.perf_counter()
+    ok = code == 0 and size == expected_size and received.digest() == expected.digest()
+    total = end - start
+    streaming = end - (first_byte or start)
+    mb = size / 1e6
+    rows = [
+        [f"{gib:g} GiB of lines, attached CLI (whole run)", f"{mb / total:.0f} MB/s", f"{total:.1f} s",
+         f"seq | sha256: {expected_size / 1e6 / baseline_seconds:.0f} MB/s", ">= 200 MB/s"],
+        [f"{gib:g} GiB of lines, first to last byte", f"{mb / streaming:.0f} MB/s", f"{streaming:.1f} s", "", ""],
+    ]
+    check = [f"every line once and in order: {'yes' if ok else 'NO'} ({size} of {expected_size} bytes, exit {code})"]
+    return rows[0], rows[1] + check
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--gib", type=float, default=1.0)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="dstack-bench-"))
+    env = DstackEnv(home / "home")
+    try:
+        project = env.home / "project"
+        project.mkdir()
+        (project / ".dstack.yml").write_text("type: task\ncommands:\n  - echo hi\n")
+        env.run("run", ".", "-y", cwd=project, check=True)  # starts the server, warms every cache
+        env.run("run", ".", "-y", cwd=project, check=True)
+        warm = timed([DSTACK, "run", ".", "-y"], env.env, project, args.runs)
+        warm_tty = timed_on_terminal([DSTACK, "run", ".", "-y"], env.env, project, max(5, args.runs // 2))
+        bash = timed(["bash", "-c", "echo hi"], env.env, project, args.runs)
+        help_ = timed([DSTACK, "--help"], env.env, project, args.runs)
+        python = timed([sys.executable, "-c", "pass"], env.env, project, args.runs)
+        ps = timed([DSTACK, "ps"], env.env, project, args.runs)
+        table = [
+            ["measure", "median", "p90", "plain command (median)", "goal"],
+            row("warm `dstack run -y` echo hi (piped)", warm, bash, "<= 500 ms"),
+            row("warm `dstack run -y` echo hi (terminal)", warm_tty, bash, "<= 500 ms"),
+            row("`dstack --help`", help_, python, "<= 150 ms"),
+            row("warm `dstack ps`", ps, python, ""),
+        ]
+        whole, streaming = stream_gib(env, project, args.gib)
+        table += [whole, streaming[:5]]
+        widths = [max(len(r[i]) for r in table) for i in range(5)]
+        for r in table:
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
+        print(streaming[5])
+        print("plain command: bash -c 'echo hi' for runs, python -c pass for --help and ps, seq for streaming")
+    finally:
+        env.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
