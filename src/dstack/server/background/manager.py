@@ -14,18 +14,13 @@ import logging
 import time
 import uuid
 
-from sqlalchemy import or_, select, update
-
-from dstack.core.statuses import ACTIVE_STATUSES
+from dstack.server.background import leases
 from dstack.server.background.scheduling import SchedulingLoop
 from dstack.server.background.supervisor import Supervisor
 from dstack.server.context import ServerContext
-from dstack.server.db.models import JobRow
 from dstack.server.events import SUPERVISE
 
 log = logging.getLogger(__name__)
-
-_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
 
 class BackgroundWorkers:
@@ -38,8 +33,7 @@ class BackgroundWorkers:
     async def start(self) -> None:
         if self.ctx.db.is_sqlite:
             # SQLite belongs to this one process: leases left by a previous (dead) process are void.
-            async with self.ctx.db.write() as session:
-                await session.execute(update(JobRow).values(lock_token=None, lock_expires_at=None))
+            await leases.release_all(self.ctx.db)
         self._loops = [
             asyncio.create_task(self.scheduling.run_forever(), name="scheduling"),
             asyncio.create_task(self._claim_forever(), name="claims"),
@@ -67,37 +61,13 @@ class BackgroundWorkers:
 
     async def claim_once(self) -> None:
         now = time.time()
-        async with self.ctx.db.read() as session:
-            candidates = (
-                (
-                    await session.execute(
-                        select(JobRow.id).where(
-                            JobRow.status.in_(_ACTIVE),
-                            or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now),
-                        )
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        candidates = [c for c in candidates if c not in self._supervisors]
+        candidates = [c for c in await leases.claimable_jobs(self.ctx.db, now) if c not in self._supervisors]
         if not candidates:
             return
         token = str(uuid.uuid4())
-        async with self.ctx.db.write() as session:
-            claimed = []
-            for job_id in candidates:
-                result = await session.execute(
-                    update(JobRow)
-                    .where(
-                        JobRow.id == job_id,
-                        JobRow.status.in_(_ACTIVE),
-                        or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now),
-                    )
-                    .values(lock_token=token, lock_expires_at=now + self.ctx.settings.lease_seconds)
-                )
-                if result.rowcount == 1:  # type: ignore[attr-defined]
-                    claimed.append(job_id)
+        claimed = await leases.claim_jobs(
+            self.ctx.db, candidates, token, now, self.ctx.settings.lease_seconds
+        )
         for job_id in claimed:
             task = asyncio.create_task(Supervisor(self.ctx, job_id, token).run(), name=f"job {job_id}")
             self._supervisors[job_id] = task

@@ -16,10 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import update
-
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.background import leases
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
@@ -299,13 +298,7 @@ class Supervisor:
         lease = self.ctx.settings.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            async with self.ctx.db.write() as session:
-                result = await session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == self.job_id, JobRow.lock_token == self.token)
-                    .values(lock_expires_at=time.time() + lease)
-                )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
+            if not await leases.renew_lease(self.ctx.db, self.job_id, self.token, time.time() + lease):
                 # Stop at once: two writers appending to one log file would corrupt it.
                 self._lease_lost = True
                 if self._task is not None:
