@@ -25,8 +25,8 @@ class CodeTooLargeError(CodeError):
             total_text, limit_text = f"{total:,} bytes", f"{limit:,} bytes"
         files = ", ".join(f"{path} ({format_size(size)})" for path, size in biggest)
         super().__init__(
-            f"The code in {root} is {total_text}, over the {limit_text} limit. "
-            f"Biggest files: {files}. Add them to .dstackignore (or .gitignore)."
+            f"The code in {root} is {total_text}, over the {limit_text} limit; the biggest files are "
+            f"{files}: add them to .dstackignore (or .gitignore), or raise the limit with DSTACK_CODE_LIMIT_MB"
         )
 
 

@@ -27,8 +27,11 @@ _Chain = tuple[tuple[int, PatternList], ...]
 class IgnoreRules:
     """Lazily loaded, cached ignore rules for one code root; cheap enough to ask per watcher event."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, always_ignored: frozenset[str] = frozenset()) -> None:
+        """`always_ignored`: paths relative to root left out whatever the ignore files say (e.g. dstack's
+        own state folder, when someone packs their home directory)."""
         self.root = root
+        self._always = frozenset(_normalise(p) for p in always_ignored)
         self._patterns: dict[str, PatternList | None] = {}
         self._chains: dict[str, _Chain] = {}
         self._ignored_dirs: dict[str, bool] = {}
@@ -64,7 +67,7 @@ class IgnoreRules:
     def _decide(self, parent_dir: str, name: str, is_dir: bool) -> bool:
         """The verdict for an entry of a directory known not to be ignored."""
         path = f"{parent_dir}/{name}" if parent_dir else name
-        ignored = name == GIT_DIR or self._last_verdict(path, parent_dir, is_dir)
+        ignored = name == GIT_DIR or path in self._always or self._last_verdict(path, parent_dir, is_dir)
         if is_dir:
             self._ignored_dirs[path] = ignored
         return ignored

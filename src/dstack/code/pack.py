@@ -35,16 +35,31 @@ def pack_code(
     from dstack.code.archive import write_archive
     from dstack.code.cache import ArchiveCache, default_cache_dir, manifest_digest
 
-    scanned = list(scan_tree(root, rules if rules is not None else IgnoreRules(root)))
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    if rules is None:
+        rules = IgnoreRules(root, always_ignored=_state_dirs_inside(root, cache_dir))
+    scanned = list(scan_tree(root, rules))
     _check_size(root, scanned, limit_bytes)
     files = sum(1 for item in scanned if item.entry.kind != "dir")
-    cache = ArchiveCache(cache_dir if cache_dir is not None else default_cache_dir())
+    cache = ArchiveCache(cache_dir)
     root_key = os.fspath(root.resolve())
     manifest = manifest_digest(scanned)
     archive = cache.lookup(root_key, manifest)
     if archive is None:
         archive = cache.store(root_key, manifest, lambda sink: write_archive(root, scanned, sink))
     return PackedCode(path=archive.path, sha256=archive.sha256, size=archive.size, files=files)
+
+
+def _state_dirs_inside(root: Path, cache_dir: Path) -> frozenset[str]:
+    """dstack's own folders (server database, archives, tokens) never travel, even from a home directory."""
+    found = set()
+    resolved_root = root.resolve()
+    for folder in (Path.home() / ".dstack", cache_dir):
+        try:
+            found.add(folder.resolve().relative_to(resolved_root).as_posix())
+        except ValueError:
+            continue
+    return frozenset(found)
 
 
 def _check_size(root: Path, scanned: list[ScannedEntry], limit_bytes: int) -> None:

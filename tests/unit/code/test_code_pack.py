@@ -313,3 +313,22 @@ def test_an_unreadable_file_is_a_code_error_naming_it(
     assert message.startswith(f"Cannot read {root / 'secret.key'}")
     assert "add it to .dstackignore" in message
     assert not list(cache.iterdir())
+
+
+def test_dstack_state_folders_never_travel_even_from_a_home_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tarfile
+
+    from dstack.code import pack_code
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    (home / ".dstack" / "server").mkdir(parents=True)
+    (home / ".dstack" / "config.yml").write_text("token: secret")
+    (home / "train.py").write_text("print(1)")
+    packed = pack_code(home, cache_dir=home / ".dstack" / "cache" / "code")
+    with tarfile.open(packed.path) as archive:
+        names = archive.getnames()
+    assert "train.py" in names
+    assert not any(name.startswith(".dstack") for name in names)
