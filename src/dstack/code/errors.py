@@ -26,7 +26,7 @@ class CodeTooLargeError(CodeError):
         files = ", ".join(f"{path} ({format_size(size)})" for path, size in biggest)
         super().__init__(
             f"The code in {root} is {total_text}, over the {limit_text} limit; the biggest files are "
-            f"{files}: add them to .dstackignore (or .gitignore), or raise the limit with DSTACK_CODE_LIMIT_MB"
+            f"{files}: add them to .dstackignore (or .gitignore) or raise DSTACK_CODE_LIMIT_MB"
         )
 
 

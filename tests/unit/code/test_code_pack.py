@@ -141,10 +141,10 @@ def test_over_the_limit_names_the_biggest_files_and_writes_nothing(
     assert (error.total, error.limit) == (2100 + len("ignored.bin\n"), 1000)
     assert [path for path, _ in error.biggest] == ["f600.bin", "f500.bin", "f400.bin", "f300.bin", "f200.bin"]
     message = str(error)
-    assert message.startswith(f"The code in {tmp_path / 'code'} is 2.1 KB, over the 1000 B limit.")
+    assert message.startswith(f"The code in {tmp_path / 'code'} is 2.1 KB, over the 1000 B limit;")
     assert "f600.bin (600 B), f500.bin (500 B)" in message
     assert "f100.bin" not in message and "ignored.bin" not in message
-    assert message.endswith("Add them to .dstackignore (or .gitignore).")
+    assert message.endswith("add them to .dstackignore (or .gitignore) or raise DSTACK_CODE_LIMIT_MB")
     assert not cache.exists()
     # Ignored files do not count: the same tree fits once the big ones are ignored.
     (tmp_path / "code" / ".dstackignore").write_text("ignored.bin\nf[3-6]*.bin\n")
