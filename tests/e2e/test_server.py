@@ -106,3 +106,15 @@ def test_postgresql_database(dstack_env: DstackEnv, tmp_path: Path, project_dir:
         finally:
             server.terminate()
             server.wait(timeout=30)
+
+
+def test_background_server_stops_and_comes_back(dstack_env: DstackEnv, project_dir: Path) -> None:
+    task(project_dir, ["echo one"])
+    assert dstack_env.run("run", ".", "-y", cwd=project_dir, check=True).stdout.strip() == "one"
+    pid = dstack_env.server_pid()
+    stopped = dstack_env.run("server", "--stop")
+    assert stopped.returncode == 0 and "Stopped the dstack server" in stopped.stderr
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert dstack_env.run("server", "--stop").returncode == 1  # nothing left to stop: one sentence
+    again = dstack_env.run("ps", "-a")
+    assert again.returncode == 0 and "Restarted a dstack server" in again.stderr

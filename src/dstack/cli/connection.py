@@ -86,7 +86,10 @@ def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
         config.upsert(entry)
         save_config(config)
     verb = "Restarted" if restart is not None else "Started"
-    note(f"{verb} a dstack server in the background at {url} (log: {_tilde(log)})", dim=True)
+    note(
+        f"{verb} a dstack server in the background at {url} (log: {_tilde(log)}; stop: dstack server --stop)",
+        dim=True,
+    )
     return entry
 
 

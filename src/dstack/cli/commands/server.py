@@ -31,6 +31,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         choices=["debug", "info", "warning", "error"],
         help="server log level",
     )
+    parser.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the server running in the background (running tasks keep running)",
+    )
     parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -40,6 +45,8 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.server.main import PortInUse, serve
     from dstack.server.settings import ServerSettings
 
+    if args.stop:
+        return _stop_background_server()
     if not 1 <= args.port <= 65535:
         raise CLIError(f"Port {args.port} is not valid; use 1-65535")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -57,3 +64,33 @@ def execute(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _stop_background_server() -> int:
+    import json
+    import signal
+    import time
+
+    from dstack.cli.connection import server_dir
+    from dstack.cli.errors import CLIError
+    from dstack.cli.output import note
+
+    info_file = server_dir() / "server.json"
+    try:
+        info = json.loads(info_file.read_text())
+        pid = int(info["pid"])
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError, KeyError):
+        raise CLIError("No dstack server is running in the background") from None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            note(
+                f"Stopped the dstack server at {info.get('url')}; "
+                "tasks keep running, and the next command starts it again"
+            )
+            return 0
+        time.sleep(0.05)
+    raise CLIError(f"The dstack server (pid {pid}) did not stop within 15 s")
