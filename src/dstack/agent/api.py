@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
@@ -17,6 +18,9 @@ from dstack.agent.jobs.spec import MAX_STOP_GRACE_SECONDS, SpecError, parse_job_
 from dstack.agent.runner import REASON_ABORTED, REASON_STOPPED, Runner
 
 DEFAULT_LOG_LIMIT = 4 * 1024 * 1024
+_FLOOD_BYTES = 64 * 1024
+_BATCH_BYTES = 1024 * 1024
+_BATCH_SECONDS = 0.003
 MAX_LOG_LIMIT = 16 * 1024 * 1024
 MAX_LOG_WAIT_SECONDS = 60.0
 MAX_TIMESTAMPS = 100_000
@@ -122,6 +126,10 @@ class AgentApi:
         seen = job.state
         if offset == size and not seen.is_final and wait > 0:
             job.logs.wait_for_change(offset, wait, lambda: job.state.status == seen.status)
+        if wait > 0 and _FLOOD_BYTES <= job.logs.size() - offset < _BATCH_BYTES:
+            # A flood of output: a moment's wait turns many small answers into one big one, which costs
+            # the agent and the server far less per byte. A trickle (a line now and then) never waits.
+            _wait_for_batch(job, offset + _BATCH_BYTES, _BATCH_SECONDS, seen.status)
         # Status before size: a final status read here guarantees the size includes all output.
         state = job.state
         size = job.logs.size()
@@ -190,3 +198,13 @@ def _parse_stop(body: Any) -> Tuple[bool, Optional[float]]:
             f"Field grace_seconds must be between 0 and {MAX_STOP_GRACE_SECONDS:g} seconds",
         )
     return abort, None if grace is None else float(grace)
+
+
+def _wait_for_batch(job: Job, target: int, seconds: float, status: str) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        size = job.logs.size()
+        remaining = deadline - time.monotonic()
+        if size >= target or remaining <= 0 or job.state.status != status:
+            return
+        job.logs.wait_for_change(size, remaining, lambda: job.state.status == status)
