@@ -113,21 +113,21 @@ def apply_batch(
     tar: tarfile.TarFile, plan: List[Tuple[str, tarfile.TarInfo]], code_dir: str
 ) -> Dict[str, Any]:
     """Apply the checked members in order; a change that fails is reported and the others go on."""
-    root = os.path.realpath(code_dir)
+    applier = _Applier(os.path.realpath(code_dir))
     put = deleted = 0
     errors: List[Dict[str, str]] = []
     for rel, member in plan:
         try:
             if DELETE_KEYWORD in member.pax_headers:
-                _delete(root, rel)
+                applier.delete(rel)
                 deleted += 1
                 continue
             if member.isdir():
-                _put_dir(root, rel, member)
+                applier.put_dir(rel, member.mode)
             elif member.issym():
-                _put_symlink(root, rel, member.linkname)
+                applier.put_symlink(rel, member.linkname)
             else:
-                _put_file(root, rel, tar, member)
+                applier.put_file(rel, tar, member)
             put += 1
         except Refused as e:
             errors.append({"path": rel, "error": str(e)})
@@ -136,17 +136,103 @@ def apply_batch(
     return {"put": put, "deleted": deleted, "errors": errors}
 
 
-def _parent(root: str, rel: str, create: bool) -> str:
-    """The real path of rel's folder, which must lie inside root (created if asked)."""
-    folder = os.path.dirname(rel)
+class _Applier:
+    """Applies one batch under root. The real path of each folder is resolved and checked once per batch
+    (a burst puts many files in few folders), and resolved again after anything that may reshape the
+    tree: a deletion, a folder or symlink put, a file that replaced a folder.
+
+    The checks hold against what the batch says; the task itself runs as the same user and could
+    write anywhere this agent can, so racing it buys it nothing.
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._folders: Dict[str, str] = {}
+        self._temp_prefix = f"{_TEMP_PREFIX}{os.urandom(6).hex()}-"
+        self._temps = 0
+
+    def delete(self, rel: str) -> None:
+        self._folders.clear()
+        _remove(os.path.join(self._parent(rel, create=False), os.path.basename(rel)))
+
+    def put_dir(self, rel: str, mode: int) -> None:
+        self._folders.clear()
+        path = os.path.join(self._parent(rel, create=True), os.path.basename(rel))
+        try:
+            status: Optional[os.stat_result] = os.lstat(path)
+        except FileNotFoundError:
+            status = None
+        if status is not None and not stat.S_ISDIR(status.st_mode):
+            os.unlink(path)
+            status = None
+        if status is None:
+            os.mkdir(path, 0o755)
+        os.chmod(path, _safe_mode(mode) | stat.S_IRWXU)  # a folder we cannot enter could not be synced
+
+    def put_symlink(self, rel: str, target: str) -> None:
+        self._folders.clear()
+        parent = self._parent(rel, create=True)
+        if not _inside(os.path.realpath(os.path.join(parent, target)), self.root):
+            raise Refused("the symlink points outside the code folder")
+        path = os.path.join(parent, os.path.basename(rel))
+        _remove_folder(path)
+        temp = self._temp_path(parent)
+        os.symlink(target, temp)
+        try:
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+
+    def put_file(self, rel: str, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        source = tar.extractfile(member)
+        if source is None:
+            raise Refused("its content cannot be read from the batch")
+        parent = self._parent(rel, create=True)
+        path = os.path.join(parent, os.path.basename(rel))
+        temp = self._temp_path(parent)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with source, os.fdopen(fd, "wb") as target:
+                shutil.copyfileobj(source, target, _CHUNK)
+                os.fchmod(target.fileno(), _safe_mode(member.mode))
+            if _remove_folder(path):
+                self._folders.clear()
+            os.replace(temp, path)  # replaces a file or symlink itself, never what a symlink points to
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _parent(self, rel: str, create: bool) -> str:
+        """The real path of rel's folder, which must lie inside root (created if asked)."""
+        folder = os.path.dirname(rel)
+        if not folder:
+            return self.root
+        real = self._folders.get(folder)
+        if real is not None:
+            return real
+        real = _real_folder(self.root, folder)
+        if create:
+            os.makedirs(real, mode=0o755, exist_ok=True)
+            # Check what was actually created, in case a component changed on the way.
+            if not _inside(os.path.realpath(real), self.root):
+                raise Refused("it leads outside the code folder")
+            self._folders[folder] = real
+        return real
+
+    def _temp_path(self, parent: str) -> str:
+        self._temps += 1
+        return os.path.join(parent, f"{self._temp_prefix}{self._temps}")
+
+
+def _real_folder(root: str, folder: str) -> str:
+    """The real path of a folder under root, which must lie inside it (it need not exist yet)."""
     real = os.path.realpath(os.path.join(root, folder)) if folder else root
     if not _inside(real, root):
         raise Refused("it leads outside the code folder")
-    if create and real != root:
-        os.makedirs(real, mode=0o755, exist_ok=True)
-        # The task may have swapped a folder for a symlink meanwhile: check what was actually created.
-        if not _inside(os.path.realpath(real), root):
-            raise Refused("it leads outside the code folder")
     return real
 
 
@@ -166,67 +252,15 @@ def _remove(path: str) -> None:
         os.unlink(path)
 
 
-def _delete(root: str, rel: str) -> None:
-    _remove(os.path.join(_parent(root, rel, create=False), os.path.basename(rel)))
-
-
-def _put_dir(root: str, rel: str, member: tarfile.TarInfo) -> None:
-    path = os.path.join(_parent(root, rel, create=True), os.path.basename(rel))
-    try:
-        status: Optional[os.stat_result] = os.lstat(path)
-    except FileNotFoundError:
-        status = None
-    if status is not None and not stat.S_ISDIR(status.st_mode):
-        os.unlink(path)
-        status = None
-    if status is None:
-        os.mkdir(path, 0o755)
-    os.chmod(path, _safe_mode(member.mode) | stat.S_IRWXU)  # a folder we cannot enter could not be synced
-
-
-def _put_symlink(root: str, rel: str, target: str) -> None:
-    parent = _parent(root, rel, create=True)
-    if not _inside(os.path.realpath(os.path.join(parent, target)), root):
-        raise Refused("the symlink points outside the code folder")
-    path = os.path.join(parent, os.path.basename(rel))
-    _remove_folder(path)
-    temp = os.path.join(parent, f"{_TEMP_PREFIX}{os.urandom(8).hex()}")
-    os.symlink(target, temp)
-    try:
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
-def _put_file(root: str, rel: str, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-    source = tar.extractfile(member)
-    if source is None:
-        raise Refused("its content cannot be read from the batch")
-    parent = _parent(root, rel, create=True)
-    path = os.path.join(parent, os.path.basename(rel))
-    fd, temp = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=parent)
-    try:
-        with source, os.fdopen(fd, "wb") as target:
-            shutil.copyfileobj(source, target, _CHUNK)
-            os.fchmod(target.fileno(), _safe_mode(member.mode))
-        _remove_folder(path)
-        os.replace(temp, path)  # replaces a file or symlink itself, never what a symlink points to
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _remove_folder(path: str) -> None:
+def _remove_folder(path: str) -> bool:
     """A file or symlink is about to take the place of a folder (rename cannot replace one)."""
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
             shutil.rmtree(path)
+            return True
     except FileNotFoundError:
         pass
+    return False
 
 
 def _safe_mode(mode: int) -> int:
@@ -273,8 +307,7 @@ def _is_relative_path(path: str) -> bool:
 def _compare_one(root: str, rel: str, kind: str, detail: Any) -> Any:
     """True: the job has the same entry; False: it differs; a sha256: same size, compare the content."""
     try:
-        parent = _parent(root, rel, create=False)
-        path = os.path.join(parent, os.path.basename(rel))
+        path = os.path.join(_real_folder(root, os.path.dirname(rel)), os.path.basename(rel))
         status = os.lstat(path)
         if kind == "dir":
             return stat.S_ISDIR(status.st_mode)

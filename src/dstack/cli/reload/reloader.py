@@ -55,7 +55,6 @@ class Reloader:
         self.root = root
         self.rules = rules
         self.index = Index()
-        self.batches_sent = 0
         self._transport = transport
         self._warn_out = warn
         self._info = info
@@ -217,7 +216,6 @@ class Reloader:
         self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
 
     def _applied(self, deletes: list[str], puts: list[tuple[str, Entry]], result: dict[str, Any]) -> None:
-        self.batches_sent += 1
         self._check_job(result.get("job_id"))
         failed = {}
         for error in result.get("errors") or []:
