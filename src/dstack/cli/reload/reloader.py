@@ -82,8 +82,6 @@ class Reloader:
         if baseline:
             self.index = Index(dict(scan(self.root, "", self.rules, self._warn_once)))
             self._compare_first = False
-        else:
-            self._dirty.add("")
         for target, name in ((self._watch, "reload-watch"), (self._send_loop, "reload-send")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -129,16 +127,17 @@ class Reloader:
                     return
                 if self._retry_at is not None and time.monotonic() < self._retry_at:
                     continue
-                if self._dirty:
+                if self._dirty or self._compare_first:
                     self._attempt()
         except Exception as e:  # a bug must not take the attached run down with it
-            self._warn_once(f"stopped sending edits after an unexpected error: {e!r}")
+            if not self._stop.is_set():  # stopping closes the connection under a send: not news
+                self._warn_once(f"stopped sending edits after an unexpected error: {e!r}")
         finally:
             self._stop.set()
 
     def _gather(self) -> bool:
         """Wait for changes (or a retry), then take everything pending; False to stop."""
-        if not self._dirty:
+        if not self._dirty and not self._compare_first:
             timeout: float | None = None  # nothing to send: sleep until the watcher has something
         elif self._retry_at is None:
             timeout = 0.0
@@ -201,7 +200,7 @@ class Reloader:
         except NotReady:
             self._retry_at = time.monotonic() + NOT_READY_RETRY
         except LinkDown as e:
-            if not self._link_down:
+            if not self._link_down and not self._stop.is_set():
                 self._link_down = True
                 self._info(f"reload: {e.message}; edits are kept and sent once the link is back")
             self._retry_later()
@@ -234,7 +233,6 @@ class Reloader:
             if self._job_id is not None and job_id != self._job_id:
                 # A new job started from the original code: what this CLI sent before is not there.
                 self._compare_first = True
-                self._dirty.add("")
             self._job_id = job_id
 
     def _compare_all(self) -> None:
