@@ -76,6 +76,14 @@ def batches_applied(env: DstackEnv) -> list[str]:
     return [line for line in log.read_text().splitlines() if "reload batch applied" in line]
 
 
+def task_code(env: DstackEnv) -> Path:
+    """The running task's copy of the code (the local backend keeps it under the agent's folder)."""
+    jobs = env.home / ".dstack" / "server" / "agents" / "local" / "jobs"
+    found = wait_for(lambda: list(jobs.glob("*/code")), timeout=START_TIMEOUT, what="the task's code")
+    assert len(found) == 1, found
+    return found[0]
+
+
 def stop_cli(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -111,8 +119,14 @@ def test_edits_new_files_deletions_and_folders_reach_the_task(
 
         (project_dir / "index.html").write_text("v2")
         wait_served(port, "/index.html", (200, b"v2"), "the edit")
+        wait_for(lambda: batches_applied(dstack_env), timeout=10, what="the agent's log line")
+        applied = [line.split("applied: ")[-1] for line in batches_applied(dstack_env)]
+        assert applied == ["1 put, 0 deleted, 0 failed"]  # only the changed file travelled
         (project_dir / "new.txt").write_text("brand new")
         wait_served(port, "/new.txt", (200, b"brand new"), "the new file")
+        blob = os.urandom(12 * 1024**2)
+        (project_dir / "blob.data").write_bytes(blob)
+        wait_served(port, "/blob.data", (200, blob), "a 12 MB file")
         (project_dir / "old.txt").unlink()
         wait_served(port, "/old.txt", (404, None), "the deletion")
 
@@ -208,7 +222,13 @@ def test_a_git_checkout_of_a_thousand_files_travels_as_one_batch(
         before = len(batches_applied(dstack_env))
         git(project_dir, "checkout", "-q", "other")
         wait_served(port, "/files/f0999.txt", (200, b"other"), "the checkout")
-        wait_served(port, "/files/f0000.txt", (200, b"other"), "the checkout")
+        copy = task_code(dstack_env) / "files"
+        wait_for(
+            lambda: all((copy / f"f{i:04}.txt").read_bytes() == b"other" for i in range(1000)),
+            timeout=SYNC_TIMEOUT,
+            what="all 1,000 files in the task's copy",
+        )
+        wait_for(lambda: len(batches_applied(dstack_env)) > before, timeout=10, what="the agent's log line")
         new = batches_applied(dstack_env)[before:]
         assert len(new) == 1, new
         assert "1000 put, 0 deleted, 0 failed" in new[0]
@@ -237,6 +257,7 @@ def test_attach_reload_sends_what_differs_and_outlives_a_server_restart(
     cli = start(dstack_env, project_dir, "attach", name, "--reload")
     try:
         wait_served(port, "/b.txt", (200, b"edited while detached"), "the edit made while detached")
+        wait_for(lambda: batches_applied(dstack_env), timeout=10, what="the agent's log line")
         applied = [line.split("applied: ")[-1] for line in batches_applied(dstack_env)]
         assert applied == ["1 put, 0 deleted, 0 failed"]
 
