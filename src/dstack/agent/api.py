@@ -10,6 +10,7 @@ from typing import Any, List, Optional, Tuple
 
 from dstack.agent import __version__
 from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
+from dstack.agent.filesync import FileSync
 from dstack.agent.host import host_facts
 from dstack.agent.httpserver import ApiError, Exchange, Route
 from dstack.agent.jobs.job import Job
@@ -41,6 +42,7 @@ class AgentApi:
         self._runner = runner
         self._code_store = code_store
         self._max_code_bytes = max_code_bytes
+        self._files = FileSync(registry, max_code_bytes)
 
     def routes(self) -> List[Route]:
         return [
@@ -55,6 +57,7 @@ class AgentApi:
             Route("GET", _JOB + r"/logs", self.job_logs),
             Route("GET", _JOB + r"/timestamps", self.job_timestamps),
             Route("POST", _JOB + r"/stop", self.stop_job),
+            *self._files.routes(),  # --reload: live edits to a running job's code
         ]
 
     def health(self, exchange: Exchange) -> None:

@@ -18,6 +18,8 @@ PLAN_OFFERS_SHOWN = 3
 
 def run(args: argparse.Namespace) -> int:
     prepared = prepare(args)
+    if args.reload and args.detach:
+        raise CLIError("--reload sends your edits while the CLI stays attached; drop -d to use it")
     client = get_client(args.project)
     plan = client.plan(prepared.spec)
     print_plan(plan, prepared)
@@ -27,6 +29,10 @@ def run(args: argparse.Namespace) -> int:
         note("Exiting...")
         return 0
     finalize(prepared, args, plan["run_name"])
+    if args.reload:  # watching starts before packing, so no edit falls between the two
+        from dstack.cli.reload import start_reload
+
+        start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
     prepared.spec["code_hash"] = upload_code(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]

@@ -19,6 +19,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tail", type=int, metavar="N", help="start with the last N lines (default: all output)"
     )
     parser.add_argument("--project", help="the project (default: the configured default)")
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="send every change of a local file (in the current folder's code) to the running task",
+    )
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -26,5 +31,9 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.follow import Follower
 
     client = get_client(args.project, start_embedded=False)
-    client.get_run(args.run_name)
+    run = client.get_run(args.run_name)
+    if args.reload:
+        from dstack.cli.reload import attach_reload
+
+        attach_reload(client, run)
     return Follower(client, args.run_name, tail=args.tail).follow()

@@ -107,6 +107,23 @@ class AgentClient:
     async def delete_job(self, job_id: str) -> None:
         await self._request("DELETE", f"/api/jobs/{job_id}")
 
+    async def sync_files(self, job_id: str, body: AsyncIterator[bytes], length: int) -> dict[str, Any]:
+        """Apply a --reload batch (a tar, see dstack.agent.filesync) to the job's code folder."""
+        response = await self._request(
+            "POST",
+            f"/api/jobs/{job_id}/files",
+            content=body,
+            headers={"Content-Length": str(length), "Content-Type": "application/x-tar"},
+            timeout=httpx.Timeout(self._timeout, write=300.0, read=300.0),
+        )
+        return response.json()
+
+    async def compare_files(self, job_id: str, entries: list[list[Any]]) -> list[Any]:
+        response = await self._request(
+            "POST", f"/api/jobs/{job_id}/files/compare", json={"entries": entries}, timeout=120.0
+        )
+        return response.json()["results"]
+
     async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 16 * 1024 * 1024) -> LogChunk:
         try:
             status, headers, body = await self._logs_pool.get(

@@ -1,0 +1,90 @@
+"""Live edits for `dstack run --reload` (SPEC §7): relaying the CLI's batches to the job's agent.
+
+The server keeps nothing: a batch (a tar, see dstack.agent.filesync) streams from the CLI to the agent
+of the host the run is placed on, and the agent's answer comes back with the job's id, so a CLI notices
+when a run got a new job (with a fresh copy of the code) and compares its files again.
+
+Statuses the CLI acts on: 409 not yet (the task is not running: keep the changes and retry), 410 never
+(the run has finished: stop watching), 503 the host does not answer (retry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dstack.core.statuses import RunStatus
+from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable
+from dstack.server.backends.registry import UnknownHost
+from dstack.server.context import ServerContext
+from dstack.server.services import runs as runs_service
+from dstack.server.services.errors import Conflict, ServiceError, TooLarge
+from dstack.server.services.projects import Project
+
+# The agent applies changes only to a running job; earlier, its code is not unpacked yet.
+_SYNCABLE = (RunStatus.RUNNING, RunStatus.TERMINATING)
+
+
+class Gone(ServiceError):
+    status_code = 410
+
+
+class LengthRequired(ServiceError):
+    status_code = 411
+
+
+class HostUnavailable(ServiceError):
+    status_code = 503
+
+
+async def apply(
+    ctx: ServerContext, project: Project, name: str, body: AsyncIterator[bytes], length: int | None
+) -> dict[str, Any]:
+    if length is None:
+        raise LengthRequired("Send the batch with a Content-Length header")
+    limit = ctx.settings.code_limit_bytes
+    if length > limit:
+        raise TooLarge(f"The batch is {length} bytes, over the server's limit of {limit} bytes for code")
+    agent, job_id = await _target(ctx, project, name)
+    try:
+        result = await agent.sync_files(job_id, body, length)
+    except AgentError as e:
+        raise _relayed(name, e) from e
+    return {"job_id": job_id, **result}
+
+
+async def compare(
+    ctx: ServerContext, project: Project, name: str, entries: list[list[Any]]
+) -> dict[str, Any]:
+    agent, job_id = await _target(ctx, project, name)
+    try:
+        results = await agent.compare_files(job_id, entries)
+    except AgentError as e:
+        raise _relayed(name, e) from e
+    return {"job_id": job_id, "results": results}
+
+
+async def _target(ctx: ServerContext, project: Project, name: str) -> tuple[AgentClient, str]:
+    run, job = await runs_service.get(ctx, project, name)
+    status = RunStatus(run.status)
+    if status.is_finished:
+        raise Gone(f"Run {name} is {status.value}; it takes no more changes")
+    if status not in _SYNCABLE or job is None or job.host_id is None:
+        raise Conflict(f"Run {name} is {status.value}; changes reach it once it is running")
+    try:
+        return ctx.backends.agent(job.host_id), job.id
+    except UnknownHost as e:
+        raise HostUnavailable(f"The host of run {name} is not offered by any backend now") from e
+
+
+def _relayed(name: str, error: AgentError) -> ServiceError:
+    if isinstance(error, AgentUnreachable):
+        return HostUnavailable(f"Cannot reach the host of run {name}; it may be restarting")
+    if error.status == 409:
+        return Conflict(f"Run {name} is starting; changes reach it once it is running")
+    if error.status in (404, 410):
+        return Gone(f"Run {name} has finished; it takes no more changes")
+    if error.status is not None and error.status < 500:
+        error_type = TooLarge if error.status == 413 else ServiceError
+        return error_type(str(error))
+    return HostUnavailable(f"The agent of run {name} failed: {error}")
