@@ -6,6 +6,7 @@ import os
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
+from urllib.parse import quote
 
 from dstack.agent import __version__
 from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
@@ -121,12 +122,16 @@ class AgentApi:
             )
         seen = job.state
         if offset == size and not seen.is_final and wait > 0:
-            job.logs.wait_for_change(offset, wait, lambda: job.state.status == seen.status)
+            job.logs.wait_for_change(
+                offset, wait, lambda: (job.state.status, job.state.message) == (seen.status, seen.message)
+            )
         # Status before size: a final status read here guarantees the size includes all output.
         state = job.state
         size = job.logs.size()
         count = min(limit, MAX_LOG_LIMIT, size - offset)
         headers = {"X-Log-End": str(offset + count), "X-Log-Size": str(size), "X-Job-Status": state.status}
+        if state.message:
+            headers["X-Job-Message"] = quote(state.message, safe=" /:,.()")  # header values are ASCII
         if state.is_final and state.exit_code is not None:
             headers["X-Exit-Code"] = str(state.exit_code)
         try:

@@ -21,6 +21,7 @@ from dstack.core import frames
 from dstack.core.statuses import RunStatus
 
 RECONNECT_FOR = 60.0  # seconds to keep trying after the link is lost
+_ENVIRONMENT_STATUSES = (RunStatus.PULLING.value, RunStatus.RUNNING.value)
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Follower:
     on_status: Callable[[str, str | None], None] | None = None
     status: str | None = None
     _shown: set[str] = field(default_factory=set)
+    _last_message: str | None = None
 
     def follow(self) -> int:
         """Stream until the run ends; returns the CLI's exit code for it."""
@@ -95,6 +97,10 @@ class Follower:
             note("Waiting for capacity... To exit, press Ctrl+C...")
             if message:
                 note(message, dim=True)
+        elif status in _ENVIRONMENT_STATUSES and message and message != self._last_message:
+            # What the host does for the environment: pulling an image, building, using a cached build.
+            self._last_message = message
+            note(message, dim=True)
 
     def _finish(self, end: dict[str, Any]) -> int:
         status = end["status"]

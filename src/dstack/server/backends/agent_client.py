@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -30,6 +31,7 @@ class LogChunk:
     size: int  # bytes the agent holds so far
     status: str
     exit_code: int | None
+    message: str | None = None  # what the agent is doing for the job ("Pulling image x", ...)
 
     @property
     def finished(self) -> bool:
@@ -111,12 +113,14 @@ class AgentClient:
             timeout=httpx.Timeout(self._timeout + wait),
         )
         exit_code = response.headers.get("X-Exit-Code")
+        message = response.headers.get("X-Job-Message")
         return LogChunk(
             data=response.content,
             end=int(response.headers["X-Log-End"]),
             size=int(response.headers["X-Log-Size"]),
             status=response.headers["X-Job-Status"],
             exit_code=int(exit_code) if exit_code not in (None, "") else None,
+            message=unquote(message) if message else None,
         )
 
 
