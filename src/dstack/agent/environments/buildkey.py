@@ -95,6 +95,7 @@ def _add_named(path: Path, code_dir: Path, found: Set[Path]) -> None:
 
 
 def _add_file(path: Path, code_dir: Path, found: Set[Path]) -> None:
+    path = Path(os.path.normpath(path))  # "extra/../constraints.txt" is "constraints.txt"
     if len(found) >= _MAX_NAMED_FILES or path in found or not is_inside(path, code_dir):
         return
     if not path.is_file():
