@@ -7,8 +7,10 @@ dockerd (tests/dockerd.py), built locally; packages from wheels the tests make (
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,6 +297,62 @@ def test_image_build_is_committed_and_reused(docker_env: DstackEnv, project_dir:
     assert own.stdout.splitlines()[1:] == [BUSYBOX_DEFAULT_OUTPUT]
 
 
+@pytest.fixture
+def silent_registry() -> Iterator[int]:
+    """A "registry" on loopback that accepts connections and never answers: a pull of it hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stopping.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield int(server.getsockname()[1])
+    stopping.set()
+    thread.join(5)
+    for connection in held:
+        connection.close()
+    server.close()
+
+
+def test_pulling_shows_in_the_cli_and_ps_and_a_stop_ends_it(
+    docker_env: DstackEnv, project_dir: Path, silent_registry: int
+) -> None:
+    image = f"127.0.0.1:{silent_registry}/dstack/slow:1"
+    write_config(project_dir, f"image: {image}\ncommands:\n  - echo never\n")
+    attached = docker_env.popen("run", ".", "-y", cwd=project_dir)
+    stderr_lines: list[str] = []
+    reader = threading.Thread(
+        target=lambda: stderr_lines.extend(iter(attached.stderr.readline, "")), daemon=True
+    )
+    reader.start()
+    try:
+        wait_for(
+            lambda: any(f"Pulling image {image}" in line for line in stderr_lines),
+            timeout=90,
+            what="the CLI to show the pull",
+        )
+        listing = docker_env.run("ps", "-v", check=True).stdout
+        row = next(line for line in listing.splitlines() if "pulling" in line)
+        assert f"Pulling image {image}" in row
+        name = row.split()[0]
+        docker_env.run("stop", name, "-y", check=True, timeout=60)
+        assert attached.wait(60) == 1
+    finally:
+        if attached.poll() is None:
+            attached.kill()
+    wait_for(lambda: "terminated" in docker_env.run("ps", "-a").stdout, timeout=30, what="the run to end")
+
+
 def test_pull_failure_is_one_sentence(docker_env: DstackEnv, project_dir: Path) -> None:
     # A registry on a closed loopback port: the pull fails at once and never leaves the machine.
     write_config(project_dir, "image: 127.0.0.1:9/dstack/missing:1\ncommands:\n  - echo never\n")
@@ -314,8 +372,6 @@ def test_without_docker_the_plan_says_image_tasks_cannot_run(env: DstackEnv, pro
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

@@ -168,6 +168,8 @@ class Runner:
         except SetupCancelled:
             self._finish_unstarted(job, REASON_STOPPED)
             return
+        if job.state.message is not None:
+            job.update(message=None)  # "Pulling image x" is over
         try:
             self._run_in(job, env, cwd)
         finally:

@@ -25,7 +25,9 @@ def test_a_python_the_host_has_or_may_download_fits() -> None:
     assert mismatch(Requirements(python="3.12"), _host()) is None
     assert mismatch(Requirements(python="3.13"), _host(python_downloads=True)) is None
     # A host that does not say which Pythons it has is not refused for it.
-    unknown = Host.from_resources(id="h", backend="local", name="local", resources={"cpus": 4, "memory_bytes": 16 * 1024**3})
+    unknown = Host.from_resources(
+        id="h", backend="local", name="local", resources={"cpus": 4, "memory_bytes": 16 * 1024**3}
+    )
     assert mismatch(Requirements(python="3.13"), unknown) is None
 
 

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
@@ -18,6 +19,11 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 REQUEST_TIMEOUT_SECONDS = 30.0
 PULL_READ_TIMEOUT_SECONDS = 600.0  # the longest silence accepted while a layer downloads
 _MAX_HEADER_BYTES = 64 * 1024
+_CANCEL_POLL_SECONDS = 0.25
+
+
+class DockerCancelled(Exception):
+    pass
 
 
 class DockerError(Exception):
@@ -120,12 +126,45 @@ class DockerClient:
                 return None
             raise
 
-    def pull(self, name: str, on_progress: Callable[[str], None]) -> None:
-        """Pull `name`, passing each progress status line on; raises DockerError if the pull fails."""
+    def pull(self, name: str, on_progress: Callable[[str], None], cancelled: Callable[[], bool]) -> None:
+        """Pull `name`, passing each progress status line on; raises DockerError if the pull fails.
+
+        The pull runs in a helper thread, so that a stop of the job ends it at once (by closing its
+        connection, which makes the daemon give it up) even while the registry does not answer.
+        """
+        connections: List[_UnixConnection] = []
+        errors: List[BaseException] = []
+
+        def pull() -> None:
+            try:
+                self._pull(name, on_progress, connections)
+            except BaseException as e:
+                errors.append(e)
+
+        worker = threading.Thread(target=pull, name="docker-pull", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(_CANCEL_POLL_SECONDS)
+            if worker.is_alive() and cancelled():
+                for connection in connections:
+                    _shutdown(connection)
+                worker.join(REQUEST_TIMEOUT_SECONDS)
+                raise DockerCancelled(f"The pull of {name} was cancelled")
+        if errors:
+            raise errors[0]
+
+    def _pull(
+        self, name: str, on_progress: Callable[[str], None], connections: List[_UnixConnection]
+    ) -> None:
         image, tag = split_reference(name)
         query = {"fromImage": image, "tag": tag} if tag else {"fromImage": image}
-        connection, response = self._send("POST", "/images/create", query, timeout=PULL_READ_TIMEOUT_SECONDS)
+        connection = _UnixConnection(self.socket_path, PULL_READ_TIMEOUT_SECONDS)
+        connections.append(connection)
         try:
+            connection.request("POST", "/images/create?" + urlencode(query))
+            response = connection.getresponse()
+            if response.status >= 400:
+                raise DockerError(_error_text(response.read(), response.status), response.status)
             for raw in response:
                 line = raw.strip()
                 if not line:
@@ -242,6 +281,15 @@ class DockerClient:
         except DockerError as e:
             if e.status != 404:
                 raise
+
+
+def _shutdown(connection: _UnixConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def split_reference(name: str) -> Tuple[str, Optional[str]]:

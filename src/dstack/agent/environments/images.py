@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any, Callable, Dict, Optional
 
-from dstack.agent.drivers.dockerapi import DockerClient, DockerError
+from dstack.agent.drivers.dockerapi import DockerCancelled, DockerClient, DockerError
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,15 @@ class Images:
             last_note = [time.monotonic()]
 
             def progress(status: str) -> None:
-                if cancelled():
-                    raise PullCancelled()
                 # Progress lines come many a second; the run's status shows one now and then.
                 if time.monotonic() - last_note[0] >= _PULL_NOTE_EVERY_SECONDS:
                     last_note[0] = time.monotonic()
                     notify(f"Pulling image {name}: {status}")
 
-            self._client.pull(name, progress)
+            self._client.pull(name, progress, cancelled)
             info = self._client.inspect_image(name)
+        except DockerCancelled as e:
+            raise PullCancelled() from e
         except DockerError as e:
             raise ImageError(f"Could not pull image {name}: {e}") from e
         if info is None:

@@ -54,7 +54,8 @@ class SetupCancelled(Exception):
 class PendingBuild:
     key: str
     description: str  # "Python 3.12" / "image busybox"
-    announcement: str  # the status message and first output line of the build
+    # The first line of the build's output. Not a status message as well: the CLI would show it twice.
+    announcement: str
     folder: Optional[Path] = None  # python: the new build's folder
     base_image: Optional[Dict[str, Any]] = None  # docker: the base image's inspect data
 
@@ -166,7 +167,6 @@ class EnvironmentManager:
                 return env
             _refuse_without_build(spec)
             announcement = _announcement(f"Python {version}", key)
-            notify(announcement)
             folder = self._builds.new_build(key)
             env._releases.append(lambda: self._builds.release(folder))
             env.venv = self._factory.create(folder / VENV_DIR, version, interpreter)
@@ -204,7 +204,6 @@ class EnvironmentManager:
                 return env
             _refuse_without_build(spec)
             announcement = _announcement(f"image {image}", key)
-            notify(announcement)
             env.image = str(info.get("Id") or image)
             env.build = PendingBuild(
                 key=key, description=f"image {image}", announcement=announcement, base_image=info

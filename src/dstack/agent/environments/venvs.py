@@ -143,7 +143,7 @@ class SharedVenvs:
         with lock:
             path = self._root / version
             interpreter = self._factory.interpreter(version, notify)
-            if is_ready(path) and _made_from(path, interpreter):
+            if is_ready(path) and _intact(path):
                 return Venv(path=path, version=version, interpreter=interpreter)
             notify(f"Creating the Python {version} environment")
             venv = self._factory.create(path, version, interpreter)
@@ -151,7 +151,7 @@ class SharedVenvs:
             return venv
 
 
-def _made_from(path: Path, interpreter: str) -> bool:
-    """False if the interpreter the venv points at is gone (e.g. pyenv upgraded 3.12.1 to 3.12.2)."""
+def _intact(path: Path) -> bool:
+    """False if the interpreter the venv points at is gone (e.g. pyenv replaced 3.12.1 by 3.12.2)."""
     python = path / "bin" / "python"
-    return os.path.exists(os.path.realpath(python)) and os.access(python, os.X_OK) and bool(interpreter)
+    return os.path.exists(os.path.realpath(python)) and os.access(python, os.X_OK)
