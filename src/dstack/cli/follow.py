@@ -21,7 +21,6 @@ from dstack.core import frames
 from dstack.core.statuses import RunStatus
 
 RECONNECT_FOR = 60.0  # seconds to keep trying after the link is lost
-_ENVIRONMENT_STATUSES = (RunStatus.PULLING.value, RunStatus.RUNNING.value)
 
 
 @dataclass
@@ -97,8 +96,8 @@ class Follower:
             note("Waiting for capacity... To exit, press Ctrl+C...")
             if message:
                 note(message, dim=True)
-        elif status in _ENVIRONMENT_STATUSES and message and message != self._last_message:
-            # What the host does for the environment: pulling an image, building, using a cached build.
+        elif status == RunStatus.PULLING.value and message and message != self._last_message:
+            # What the host does for the environment: pulling an image, creating a venv.
             self._last_message = message
             note(message, dim=True)
 

@@ -191,8 +191,7 @@ class Supervisor:
                     self.ctx.notifier.notify(run_channel(run_id))
                 if (chunk.status, chunk.message) != (agent_status, agent_message):
                     agent_status, agent_message = chunk.status, chunk.message
-                    # The agent's note goes along: "Pulling image x" while preparing, "Using cached
-                    # build ..." once running.
+                    # The agent's note goes along as the run's status message ("Pulling image x").
                     if agent_status == "running":
                         await self._set_status(RunStatus.RUNNING, agent_message)
                     elif agent_status == "preparing":
@@ -218,7 +217,7 @@ class Supervisor:
         elif run.stop_requested == "stop":
             await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, exit_code)
         elif status == "failed" and reason_code == "build_failed":
-            message = f"build failed: {reason_text}" if reason_text else None
+            message = f"build failed: {reason_text[:1].lower()}{reason_text[1:]}" if reason_text else None
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
         elif status == "failed" and reason_code == "build_not_found":
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
