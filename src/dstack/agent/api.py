@@ -7,6 +7,7 @@ import time
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
+from urllib.parse import quote
 
 from dstack.agent import __version__
 from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
@@ -128,7 +129,9 @@ class AgentApi:
             )
         seen = job.state
         if offset == size and not seen.is_final and wait > 0:
-            job.logs.wait_for_change(offset, wait, lambda: job.state.status == seen.status)
+            job.logs.wait_for_change(
+                offset, wait, lambda: (job.state.status, job.state.message) == (seen.status, seen.message)
+            )
         if wait > 0 and _FLOOD_BYTES <= job.logs.size() - offset < _BATCH_BYTES:
             # A flood of output: a moment's wait turns many small answers into one big one, which costs
             # the agent and the server far less per byte. A trickle (a line now and then) never waits.
@@ -138,6 +141,8 @@ class AgentApi:
         size = job.logs.size()
         count = min(limit, MAX_LOG_LIMIT, size - offset)
         headers = {"X-Log-End": str(offset + count), "X-Log-Size": str(size), "X-Job-Status": state.status}
+        if state.message:
+            headers["X-Job-Message"] = quote(state.message, safe=" /:,.()")  # header values are ASCII
         if state.is_final and state.exit_code is not None:
             headers["X-Exit-Code"] = str(state.exit_code)
         try:

@@ -1,6 +1,8 @@
 """Facts about the host the agent runs on (what the server needs to offer its capacity).
 
-GPU detection will grow here; every fact is best effort and never fails the request.
+GPU detection will grow here; every fact is best effort and never fails the request. `docker` is the
+Docker daemon's version (None: no daemon answers, so the host cannot run image tasks); `pythons` the
+Python versions it has, and `python_downloads` whether uv may install others.
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ import os
 import platform
 import socket
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
+
+from dstack.agent.drivers.dockerapi import DockerClient, DockerError, docker_socket
+from dstack.agent.environments.pythons import downloads_allowed, find_interpreters, sort_versions
+
+_DOCKER_PROBE_TIMEOUT_SECONDS = 2.0
 
 
 def host_facts(work_dir: Path) -> Dict[str, Any]:
@@ -20,7 +27,21 @@ def host_facts(work_dir: Path) -> Dict[str, Any]:
         "memory_bytes": memory_bytes(),
         "disk_free_bytes": disk_free_bytes(work_dir),
         "gpus": gpus(),
+        "docker": docker_version(),
+        "pythons": sort_versions(list(find_interpreters())),
+        "python_downloads": downloads_allowed(),
     }
+
+
+def docker_version() -> Optional[str]:
+    path = docker_socket()
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        version = DockerClient(path).version(timeout=_DOCKER_PROBE_TIMEOUT_SECONDS).get("Version")
+    except DockerError:
+        return None
+    return str(version) if version else "unknown"
 
 
 def cpu_count() -> int:

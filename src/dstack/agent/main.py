@@ -17,6 +17,7 @@ from dstack.agent import __version__
 from dstack.agent.api import AgentApi
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.process import ProcessDriver
+from dstack.agent.environments.manager import EnvironmentManager
 from dstack.agent.fsutil import read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
@@ -72,7 +73,8 @@ class Agent:
         self._children = ChildProcesses()
         self._code_store = CodeStore(settings.work_dir / "code")
         self._registry = JobRegistry(settings.work_dir / "jobs")
-        self._runner = Runner(ProcessDriver(self._children), self._code_store, os.environ)
+        environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
+        self._runner = Runner(ProcessDriver(self._children), self._code_store, os.environ, environments)
         self._api = AgentApi(
             settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes
         )

@@ -1,19 +1,33 @@
-"""Runs jobs: prepare (unpack, script), start through the driver, collect output, stop, finish, recover.
+"""Runs jobs: prepare (unpack, environment), build, start through the driver, collect output, stop,
+finish, recover.
 
-Driver-agnostic: everything specific to how processes are started lives behind the `Driver` protocol.
+Driver-agnostic: everything specific to how processes are started lives behind the `Driver` protocol; a
+job with an image runs in a container (DockerDriver), any other as processes (ProcessDriver). The
+environment (a venv, an image, a cached build) comes from `EnvironmentManager`; a build runs as a phase of
+its own, with its output in the job's output, before the commands.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import shutil
 import threading
 import time
-from typing import Dict, List, Mapping, Optional
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
-from dstack.agent.drivers.base import Driver, JobHandle, LaunchSpec
+from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec
+from dstack.agent.environments.manager import (
+    BUILD_FAILED,
+    EnvironmentManager,
+    SetupCancelled,
+    SetupError,
+    TaskEnvironment,
+)
+from dstack.agent.environments.venvs import Venv
 from dstack.agent.fsutil import is_inside
 from dstack.agent.jobs.job import ACTIVE_STATUSES, DONE, FAILED, RUNNING, TERMINATED, Job, StopRequest
 from dstack.agent.output import OutputReader
@@ -32,18 +46,31 @@ REASON_AGENT_RESTARTED = "Agent restarted while the job was running"
 # After the job's processes are gone, its pipe reaches EOF at once; this only bounds the wait for a
 # process that escaped the job's tree and still holds the pipe open.
 _DRAIN_TIMEOUT_SECONDS = 5.0
+CODE_MOUNT = "/workflow"  # where a container sees the job's code (dstack's own convention)
+BUILD_SCRIPT_FILE = "build.sh"
 
 
 class PrepareError(Exception):
     """The job could not be prepared; the message is the job's reason (one sentence)."""
 
+    def __init__(self, message: str, code: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class Runner:
-    def __init__(self, driver: Driver, code_store: CodeStore, base_env: Mapping[str, str]) -> None:
-        self._driver = driver
+    def __init__(
+        self,
+        driver: Driver,
+        code_store: CodeStore,
+        base_env: Mapping[str, str],
+        environments: EnvironmentManager,
+    ) -> None:
+        self._process_driver = driver
         self._code_store = code_store
+        self._environments = environments
         self._base_env = {name: value for name, value in base_env.items() if name != TOKEN_ENV}
-        self._handles: Dict[str, JobHandle] = {}
+        self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 
     def close(self) -> None:
@@ -70,12 +97,13 @@ class Runner:
                 return True
             grace = job.spec.stop_grace_seconds if grace_seconds is None else max(0.0, grace_seconds)
             job.stop_request = StopRequest(reason=reason, abort=abort, grace_seconds=grace)
-            handle = self._handles.get(job.id)
+            entry = self._handles.get(job.id)
         log.info("Stopping job %s (%s)", job.id, reason)
-        if handle is not None:
+        if entry is not None:
             # Not under the lock and not in the caller's thread: a graceful stop can take the whole grace.
+            driver, handle = entry
             threading.Thread(
-                target=self._driver.stop, args=(handle, grace, abort), name=f"stop-{job.id}", daemon=True
+                target=driver.stop, args=(handle, grace, abort), name=f"stop-{job.id}", daemon=True
             ).start()
         return True
 
@@ -90,11 +118,19 @@ class Runner:
             thread.start()
         for thread in threads:
             thread.join()
+        # No job runs now: builds that were cut short or superseded can go.
+        self._environments.collect_garbage()
 
     def _recover_one(self, job: Job) -> None:
         log.info("Job %s was %s when the agent stopped; ending what is left of it", job.id, job.state.status)
         try:
-            self._driver.recover(job.state.marker, job.spec.stop_grace_seconds)
+            # Its build ran as processes even for an image job only if Docker is gone; try both.
+            self._process_driver.recover(job.state.marker, job.spec.stop_grace_seconds)
+            if job.spec.image is not None:
+                try:
+                    self._environments.docker().recover(job.state.marker, job.spec.stop_grace_seconds)
+                except SetupError as e:
+                    log.warning("Could not look for the containers of job %s: %s", job.id, e)
         finally:
             job.update(status=FAILED, reason=REASON_AGENT_RESTARTED)
 
@@ -103,9 +139,11 @@ class Runner:
             self._run(job)
         except Exception:
             log.exception("Job %s failed in the agent", job.id)
-            handle = self._handles.get(job.id)
-            if handle is not None:
-                self._driver.stop(handle, 0.0, abort=True)  # an unsupervised job must not keep running
+            entry = self._handles.get(job.id)
+            if entry is not None:
+                driver, handle = entry
+                driver.stop(handle, 0.0, abort=True)  # an unsupervised job must not keep running
+                driver.release(handle)
             if not job.state.is_final:
                 job.update(status=FAILED, reason="The agent failed while running the job; see its log")
         finally:
@@ -113,29 +151,118 @@ class Runner:
 
     def _run(self, job: Job) -> None:
         try:
-            launch = self._prepare(job)
+            cwd = self._prepare(job)
+            env = self._environments.prepare(
+                job.spec,
+                cwd,
+                job.code_dir,
+                notify=lambda message: job.update(message=message),
+                cancelled=lambda: job.stop_request is not None,
+            )
         except PrepareError as e:
-            self._finish_unstarted(job, str(e))
+            self._finish_unstarted(job, str(e), e.code)
             return
+        except SetupError as e:
+            self._finish_unstarted(job, str(e), e.code)
+            return
+        except SetupCancelled:
+            self._finish_unstarted(job, REASON_STOPPED)
+            return
+        if job.state.message is not None:
+            job.update(message=None)  # "Pulling image x" is over
+        try:
+            self._run_in(job, env, cwd)
+        finally:
+            env.close()
+
+    def _run_in(self, job: Job, env: TaskEnvironment, cwd: Path) -> None:
+        try:
+            driver: Driver = self._environments.docker() if env.in_container else self._process_driver
+        except SetupError as e:
+            self._finish_unstarted(job, str(e), e.code)
+            return
+        if env.build is not None and not self._build(job, env, cwd, driver):
+            return
+        spec = job.spec
+        # A job with neither python nor image (only an agent's API user sends one) has no environment to
+        # build into: its build commands simply run first, every time.
+        commands = spec.commands if spec.python or spec.image else spec.build + spec.commands
+        job.script_path.write_text(render_script(commands), encoding="utf-8")
+        launch = self._launch(job, env, cwd, job.script_path, use_image_command=not commands)
+        if env.note:
+            _announce(job, env.note)
+        handle = self._start(job, driver, launch, main=True)
+        if handle is None:
+            return
+        log.info("Job %s started (pid %d)", job.id, handle.pid)
+        try:
+            exit_code = self._follow(job, driver, handle, spec.max_duration)
+        finally:
+            driver.release(handle)
+        self._finish_started(job, exit_code)
+
+    def _build(self, job: Job, env: TaskEnvironment, cwd: Path, driver: Driver) -> bool:
+        """Run the build phase and cache its result; False if the job ended there."""
+        script = job.folder / BUILD_SCRIPT_FILE
+        script.write_text(render_script(job.spec.build), encoding="utf-8")
+        if env.build is not None:
+            _announce(job, env.build.announcement)
+        handle = self._start(job, driver, self._launch(job, env, cwd, script), main=False)
+        if handle is None:
+            self._environments.build_failed(env)
+            return False
+        log.info("Job %s: build started (pid %d)", job.id, handle.pid)
+        try:
+            exit_code = self._follow(job, driver, handle, None)
+            if job.stop_request is not None:
+                self._environments.build_failed(env)
+                self._finish_unstarted(job, job.stop_request.reason)
+                return False
+            if exit_code != 0:
+                self._environments.build_failed(env)
+                job.update(
+                    status=FAILED,
+                    reason=f"The build commands failed with exit code {exit_code}",
+                    reason_code=BUILD_FAILED,
+                )
+                log.info("Job %s: build failed (exit code %d)", job.id, exit_code)
+                return False
+            self._environments.build_succeeded(env, getattr(handle, "container_id", None))
+        except SetupError as e:
+            self._finish_unstarted(job, str(e), e.code)
+            return False
+        finally:
+            driver.release(handle)
+            self._handles.pop(job.id, None)
+        return True
+
+    def _start(self, job: Job, driver: Driver, launch: LaunchSpec, main: bool) -> Optional[JobHandle]:
         with job.lock:
             if job.stop_request is not None:
                 self._finish_unstarted(job, job.stop_request.reason)
-                return
+                return None
             try:
-                handle = self._driver.start(launch)
+                handle = driver.start(launch)
             except OSError as e:
-                self._finish_unstarted(job, f"Could not start the job: {e.strerror or e}")
-                return
-            self._handles[job.id] = handle
-            job.update(status=RUNNING, started_at=time.time(), pid=handle.pid, pgid=handle.pgid)
-        log.info("Job %s started (pid %d)", job.id, handle.pid)
+                what = "the job" if main else "the build"
+                self._finish_unstarted(job, f"Could not start {what}: {e.strerror or e}")
+                return None
+            self._handles[job.id] = (driver, handle)
+            if main:
+                job.update(
+                    status=RUNNING, started_at=time.time(), pid=handle.pid, pgid=handle.pgid, message=None
+                )
+        return handle
+
+    def _follow(self, job: Job, driver: Driver, handle: JobHandle, max_duration: Optional[int]) -> int:
+        """Collect the output until the main process ends, then end what it left; its exit code."""
         reader = OutputReader(handle.output_fd, job.logs, name=f"output-{job.id}")
         reader.start()
         try:
-            exit_code = self._wait(job, handle)
+            exit_code = self._wait(job, driver, handle, max_duration)
             # Whatever the commands left in the background must not outlive the job.
             stop = job.stop_request
-            self._driver.stop(
+            driver.stop(
                 handle,
                 stop.grace_seconds if stop else job.spec.stop_grace_seconds,
                 abort=bool(stop and stop.abort),
@@ -143,24 +270,24 @@ class Runner:
             reader.finish(_DRAIN_TIMEOUT_SECONDS)
         finally:
             os.close(handle.output_fd)
-        self._finish_started(job, exit_code)
+        return exit_code
 
-    def _wait(self, job: Job, handle: JobHandle) -> int:
-        deadline = None if job.spec.max_duration is None else time.monotonic() + job.spec.max_duration
+    def _wait(self, job: Job, driver: Driver, handle: JobHandle, max_duration: Optional[int]) -> int:
+        deadline = None if max_duration is None else time.monotonic() + max_duration
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            exit_code = self._driver.wait(handle, timeout)
+            exit_code = driver.wait(handle, timeout)
             if exit_code is not None:
                 return exit_code
             self.stop(job, abort=False, grace_seconds=None, reason=REASON_MAX_DURATION)
             deadline = None
 
-    def _finish_unstarted(self, job: Job, failure: str) -> None:
+    def _finish_unstarted(self, job: Job, failure: str, code: Optional[str] = None) -> None:
         stop = job.stop_request
         if stop is not None:
             job.update(status=TERMINATED, reason=stop.reason)
         else:
-            job.update(status=FAILED, reason=failure)
+            job.update(status=FAILED, reason=failure, reason_code=code)
         log.info("Job %s ended before starting: %s", job.id, job.state.reason)
 
     def _finish_started(self, job: Job, exit_code: int) -> None:
@@ -174,7 +301,8 @@ class Runner:
                 job.update(status=FAILED, exit_code=exit_code, reason=_exit_reason(exit_code))
         log.info("Job %s is %s (exit code %d)", job.id, job.state.status, exit_code)
 
-    def _prepare(self, job: Job) -> LaunchSpec:
+    def _prepare(self, job: Job) -> Path:
+        """Unpack the job's code; returns its working directory."""
         spec = job.spec
         shutil.rmtree(job.code_dir, ignore_errors=True)
         job.code_dir.mkdir()
@@ -196,31 +324,58 @@ class Runner:
         # The code's own symlinks could bend the path; they are checked on unpack, and this makes sure.
         if not is_inside(cwd, job.code_dir):
             raise PrepareError(f"The working directory {spec.working_dir} leads outside the code folder")
-        job.script_path.write_text(render_script(spec.build + spec.commands), encoding="utf-8")
+        return cwd
+
+    def _launch(
+        self, job: Job, env: TaskEnvironment, cwd: Path, script: Path, use_image_command: bool = False
+    ) -> LaunchSpec:
+        container = None
+        if env.image is not None:
+            relative = os.path.relpath(cwd, job.code_dir)
+            container = ContainerSpec(
+                image=env.image,
+                code_dir=job.code_dir,
+                code_mount=CODE_MOUNT,
+                workdir=CODE_MOUNT if relative == "." else posixpath.join(CODE_MOUNT, relative),
+                use_image_command=use_image_command,
+            )
         return LaunchSpec(
-            job_id=spec.id,
+            job_id=job.spec.id,
             marker=job.state.marker,
-            script=job.script_path,
+            script=script,
             cwd=cwd,
-            env=self._job_environment(job),
-            resources=spec.resources,
+            env=self._job_environment(job, env.venv, in_container=container is not None),
+            resources=job.spec.resources,
+            container=container,
         )
 
-    def _job_environment(self, job: Job) -> Dict[str, str]:
-        env = dict(self._base_env)
+    def _job_environment(self, job: Job, venv: Optional[Venv], in_container: bool) -> Dict[str, str]:
+        # A container has its image's own environment: the host's must not leak into it (PATH least).
+        env = {} if in_container else dict(self._base_env)
         # Before the job's own env, so that a task may still turn it off.
         env["PYTHONUNBUFFERED"] = "1"
         env.update(job.spec.env)
+        if venv is not None:
+            # After the job's env: `python` and `pip` must be the venv's whatever PATH the task set.
+            env.pop("PYTHONHOME", None)
+            env.update(venv.environment(env.get("PATH") or os.defpath))
         # After it, so that a task cannot hide from (or pose as) another job.
         gpus = ",".join(str(index) for index in job.spec.resources.gpus)
-        # A task sees only the GPUs it holds (none, if it holds none).
-        env["CUDA_VISIBLE_DEVICES"] = gpus
-        env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
+        if not in_container or not gpus:
+            # A task sees only the GPUs it holds (none, if it holds none). A container is given its GPUs
+            # by the daemon and numbers them from 0 itself.
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+            env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker
         env.pop(TOKEN_ENV, None)
         return env
+
+
+def _announce(job: Job, line: str) -> None:
+    # Only between phases, when no output reader is appending to the job's log.
+    job.logs.append((line + "\n").encode("utf-8"), time.time())
 
 
 def _exit_reason(exit_code: int) -> str:

@@ -33,6 +33,7 @@ class Follower:
     on_status: Callable[[str, str | None], None] | None = None
     status: str | None = None
     _shown: set[str] = field(default_factory=set)
+    _last_message: str | None = None
 
     def follow(self) -> int:
         """Stream until the run ends; returns the CLI's exit code for it."""
@@ -95,6 +96,10 @@ class Follower:
             note("Waiting for capacity... To exit, press Ctrl+C...")
             if message:
                 note(message, dim=True)
+        elif status == RunStatus.PULLING.value and message and message != self._last_message:
+            # What the host does for the environment: pulling an image, creating a venv.
+            self._last_message = message
+            note(message, dim=True)
 
     def _finish(self, end: dict[str, Any]) -> int:
         status = end["status"]

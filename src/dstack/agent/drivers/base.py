@@ -10,6 +10,17 @@ from dstack.agent.jobs.spec import JobResources
 
 
 @dataclass(frozen=True)
+class ContainerSpec:
+    """What a container driver needs beyond a process: the image and how the job's files appear in it."""
+
+    image: str
+    code_dir: Path  # mounted read-write at `code_mount`
+    code_mount: str
+    workdir: str  # the working directory inside the container
+    use_image_command: bool = False  # no commands: run the image's own entrypoint/command
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     job_id: str
     marker: str  # unique per job, must end up in the environment of every process of the job
@@ -17,6 +28,7 @@ class LaunchSpec:
     cwd: Path
     env: Dict[str, str]
     resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
+    container: Optional[ContainerSpec] = None  # set for the container driver
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,9 @@ class Driver(Protocol):
 
     def inspect(self, handle: JobHandle) -> List[int]:
         """The pids of the job's processes still alive."""
+
+    def release(self, handle: JobHandle) -> None:
+        """Free what the ended job still holds (a container); called once its output is drained."""
 
     def recover(self, marker: str, grace_seconds: float) -> None:
         """End the processes of a job started by an earlier agent (they cannot be re-attached)."""

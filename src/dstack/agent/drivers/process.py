@@ -63,6 +63,9 @@ class ProcessDriver:
     def inspect(self, handle: JobHandle) -> List[int]:
         return sorted(find_job_processes(handle.marker, handle.pgid))
 
+    def release(self, handle: JobHandle) -> None:
+        pass  # a process leaves nothing behind once it has been waited for
+
     def recover(self, marker: str, grace_seconds: float) -> None:
         # The old process group id may have been reused since: find the job by its marker only.
         terminate_processes(lambda: find_job_processes(marker), grace_seconds)

@@ -41,6 +41,10 @@ class JobState:
     finished_at: Optional[float] = None
     pid: Optional[int] = None
     pgid: Optional[int] = None
+    # What the agent is doing for the job now ("Pulling image x", "Using cached build ..."), for the run's
+    # status; and a stable code for why it failed where the reason alone is not enough (build_failed, ...).
+    message: Optional[str] = None
+    reason_code: Optional[str] = None
 
     @property
     def is_final(self) -> bool:
@@ -116,6 +120,8 @@ class Job:
             "status": state.status,
             "exit_code": state.exit_code,
             "reason": state.reason,
+            "reason_code": state.reason_code,
+            "message": state.message,
             "created_at": state.created_at,
             "started_at": state.started_at,
             "finished_at": state.finished_at,

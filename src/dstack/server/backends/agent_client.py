@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -32,6 +33,7 @@ class LogChunk:
     size: int  # bytes the agent holds so far
     status: str
     exit_code: int | None
+    message: str | None = None  # what the agent is doing for the job ("Pulling image x", ...)
 
     @property
     def finished(self) -> bool:
@@ -136,12 +138,14 @@ class AgentClient:
         if status >= 400:
             raise AgentError(_error_text(body, status), status)
         exit_code = headers.get("x-exit-code")
+        message = headers.get("x-job-message")
         return LogChunk(
             data=body,
             end=int(headers["x-log-end"]),
             size=int(headers["x-log-size"]),
             status=headers["x-job-status"],
             exit_code=int(exit_code) if exit_code else None,
+            message=unquote(message) if message else None,
         )
 
 

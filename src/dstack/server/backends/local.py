@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.server.backends.agent_client import AgentClient, AgentError
-from dstack.server.backends.base import Backend, HostInfo
+from dstack.server.backends.base import CAP_CONTAINERS, Backend, HostInfo
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,17 @@ class LocalBackend(Backend):
             self._fingerprint = await self.agent(HOST_NAME).host()
         resources = dict(self._fingerprint)
         resources.update(self.declared)
-        return [HostInfo(backend=self.type, name=HOST_NAME, resources=resources, price=self.price)]
+        # The agent reports the Docker daemon it can reach; without one, image tasks get no offer here.
+        capabilities = frozenset({CAP_CONTAINERS}) if resources.get("docker") else frozenset()
+        return [
+            HostInfo(
+                backend=self.type,
+                name=HOST_NAME,
+                resources=resources,
+                price=self.price,
+                capabilities=capabilities,
+            )
+        ]
 
     async def recover(self, host_name: str) -> bool:
         try:

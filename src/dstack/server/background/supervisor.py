@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import logging
+import shlex
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -167,6 +168,7 @@ class Supervisor:
     async def _follow(self, host_id: str, run_id: str) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
         agent_status: str | None = None
+        agent_message: str | None = None
         try:
             while True:
                 try:
@@ -186,10 +188,13 @@ class Supervisor:
                 if chunk.data:
                     appender.append(chunk.data)
                     self.ctx.notifier.notify(run_channel(run_id))
-                if chunk.status != agent_status:
-                    agent_status = chunk.status
+                if (chunk.status, chunk.message) != (agent_status, agent_message):
+                    agent_status, agent_message = chunk.status, chunk.message
+                    # The agent's note goes along as the run's status message ("Pulling image x").
                     if agent_status == "running":
-                        await self._set_status(RunStatus.RUNNING)
+                        await self._set_status(RunStatus.RUNNING, agent_message)
+                    elif agent_status == "preparing":
+                        await self._set_status(RunStatus.PULLING, agent_message)
                 if chunk.finished:
                     await self._reach(host_id, self._finish_from_agent)
                     return
@@ -203,12 +208,18 @@ class Supervisor:
         state = await agent.get_job(self.job_id)
         run, _ = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
+        reason_code = state.get("reason_code")
         if status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
         elif run.stop_requested == "abort":
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
         elif run.stop_requested == "stop":
             await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, exit_code)
+        elif status == "failed" and reason_code == "build_failed":
+            message = f"build failed: {reason_text[:1].lower()}{reason_text[1:]}" if reason_text else None
+            await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
+        elif status == "failed" and reason_code == "build_not_found":
+            await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
@@ -267,12 +278,12 @@ class Supervisor:
                 raise LeaseLost()
             return run, job
 
-    async def _set_status(self, status: RunStatus) -> None:
+    async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
             if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
                 return  # a stop is under way; keep showing it
-            apply_status(run, job, status)
+            apply_status(run, job, status, status_message=status_message)
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
 
@@ -304,3 +315,13 @@ class Supervisor:
                 if self._task is not None:
                     self._task.cancel()
                 return
+
+
+def _build_advice(run: RunRow) -> str:
+    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
+    spec = RunSpec.model_validate_json(run.spec)
+    config = f" -f {shlex.quote(spec.configuration_path)}" if spec.configuration_path else ""
+    return (
+        "build not found: this configuration's build is not cached on its host yet; "
+        f"run it with --build to build it (dstack run .{config} --build)"
+    )

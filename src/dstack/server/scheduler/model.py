@@ -59,6 +59,7 @@ class Requirements:
     arch: str | None = None
     ports: tuple[int, ...] = ()
     needs_containers: bool = False
+    python: str | None = None  # the Python version a non-image task runs with ("3.12")
     max_price: float | None = None
     spot_policy: str = "on-demand"
     backends: tuple[str, ...] | None = None
@@ -89,6 +90,8 @@ class Host:
     capabilities: frozenset[str] = frozenset()
     available: bool = True
     unavailable_reason: str | None = None
+    pythons: tuple[str, ...] | None = None  # Python versions installed there; None = not reported
+    python_downloads: bool = False  # whether uv may install the versions it lacks
 
     @classmethod
     def from_resources(
@@ -105,6 +108,7 @@ class Host:
         unavailable_reason: str | None = None,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
+        pythons = resources.get("pythons")
         gpus = tuple(
             Gpu(
                 index=int(g.get("index", i)),
@@ -128,6 +132,8 @@ class Host:
             capabilities=capabilities,
             available=available,
             unavailable_reason=unavailable_reason,
+            pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
+            python_downloads=bool(resources.get("python_downloads", False)),
         )
 
 

@@ -76,6 +76,8 @@ def mismatch(req: Requirements, host: Host) -> str | None:
         return "region"
     if req.needs_containers and CAP_CONTAINERS not in host.capabilities:
         return "containers"
+    if _lacks_python(req, host):
+        return "python"
     if req.spot_policy == "spot" and not host.spot:
         return "spot"
     if req.spot_policy == "on-demand" and host.spot:
@@ -95,6 +97,12 @@ def mismatch(req: Requirements, host: Host) -> str | None:
         if len(matching) < req.gpu.count.min:
             return "gpu"
     return None
+
+
+def _lacks_python(req: Requirements, host: Host) -> bool:
+    # A host that did not report its Pythons, or whose uv may download one, is given the benefit.
+    missing = req.python is not None and host.pythons is not None and req.python not in host.pythons
+    return missing and not host.python_downloads
 
 
 def _arch_matches(asked: str, arch: str) -> bool:
@@ -207,6 +215,7 @@ _MISS_SENTENCES = {
     "backend": lambda r: f"No offer is from backend {', '.join(r.backends or ())}",
     "region": lambda r: f"No offer is in region {', '.join(r.regions or ())}",
     "containers": lambda r: "No offer can run containers (an image task needs Docker on its host)",
+    "python": lambda r: f"No offer has Python {r.python} (not installed, and uv may not download it there)",
     "spot": lambda r: "No offer is a spot instance",
     "on-demand": lambda r: "No offer is on-demand",
     "price": lambda r: f"No offer costs at most ${r.max_price:g}/h",

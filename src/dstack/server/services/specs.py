@@ -85,6 +85,7 @@ def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
         arch=cpu.arch if cpu is not None else None,
         ports=tuple(p.container_port for p in spec.ports),
         needs_containers=spec.image is not None,
+        python=spec.python if spec.image is None else None,
         max_price=profile.max_price,
         spot_policy=str(
             profile.spot_policy.value if hasattr(profile.spot_policy, "value") else profile.spot_policy

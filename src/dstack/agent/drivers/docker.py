@@ -1,0 +1,289 @@
+"""Runs a job in a Docker container, through the Engine API (see dockerapi.py).
+
+The container uses the host's network (the task's ports are on the host's loopback, where the port
+forward expects them), has the job's code folder mounted as its working directory, gets the job's env, and
+is labelled with the job's marker so that a restarted agent can find and remove it.
+
+Its first process is Docker's init (it reaps zombies and passes signals on) running a small POSIX sh
+wrapper, which runs the commands with bash where the image has it, else with /bin/sh. On a stop the
+wrapper sends SIGTERM to every process of the container (as the process driver does to the job's process
+tree); Docker kills whatever is left once the grace is over. With no commands the image's own entrypoint
+and command run instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from dstack.agent.drivers.base import JobHandle, LaunchSpec
+from dstack.agent.drivers.dockerapi import DockerClient, DockerError
+
+log = logging.getLogger(__name__)
+
+LABEL_MARKER = "dstack.job.marker"
+LABEL_JOB = "dstack.job.id"
+SCRIPT_MOUNT = "/.dstack/job.sh"
+ENV_MOUNT = "/.dstack/env.sh"
+# `kill -TERM -1` (the one spelling that dash, busybox and bash all take) signals every process the
+# wrapper may signal but itself and init: the whole job, however deep its process tree. A `wait` cut short
+# by the trap is waited again, so the exit code is the commands' own (127: already collected). The job's
+# env comes from a sourced file rather than the container's config, so that a build container committed
+# as an image keeps none of it (secrets included).
+WRAPPER = (
+    "stopping=\n"
+    "trap 'stopping=1; kill -TERM -1 2>/dev/null' TERM INT HUP\n"
+    ". " + ENV_MOUNT + "\n"
+    "if command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + " &\n"
+    "else /bin/sh " + SCRIPT_MOUNT + " &\nfi\n"
+    "pid=$!\n"
+    'wait "$pid"; code=$?\n'
+    'while [ -n "$stopping" ]; do stopping=; wait "$pid"; c=$?; [ "$c" = 127 ] && break; code=$c; done\n'
+    'exit "$code"\n'
+)
+_FRAME_HEADER = struct.Struct(">BxxxL")
+_SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_WAIT_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ContainerHandle(JobHandle):
+    container_id: str = ""
+    exited: threading.Event = field(default_factory=threading.Event)
+    result: List[int] = field(default_factory=list)  # the exit code, once known
+    stream: Any = None  # the attach socket
+
+
+class DockerDriver:
+    def __init__(self, client: DockerClient) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> DockerClient:
+        return self._client
+
+    def start(self, launch: LaunchSpec) -> JobHandle:
+        try:
+            return self._start(launch)
+        except DockerError as e:
+            raise OSError(str(e)) from e
+
+    def _start(self, launch: LaunchSpec) -> JobHandle:
+        container_id = self._client.create_container(self._config(launch))
+        try:
+            stream, first_bytes = self._client.attach(container_id)
+        except DockerError:
+            self._client.remove_container(container_id)
+            raise
+        read_fd, write_fd = os.pipe()
+        threading.Thread(
+            target=_pump,
+            args=(stream, first_bytes, write_fd),
+            name=f"docker-out-{launch.job_id}",
+            daemon=True,
+        ).start()
+        try:
+            self._client.start(container_id)
+            state = (self._client.inspect_container(container_id) or {}).get("State", {})
+        except DockerError:
+            self._client.remove_container(container_id)  # ends the stream, which closes the pipe
+            os.close(read_fd)
+            raise
+        handle = ContainerHandle(
+            pid=int(state.get("Pid") or 0),
+            pgid=None,
+            marker=launch.marker,
+            output_fd=read_fd,
+            container_id=container_id,
+            stream=stream,
+        )
+        threading.Thread(
+            target=self._wait_loop, args=(handle,), name=f"docker-wait-{launch.job_id}", daemon=True
+        ).start()
+        return handle
+
+    def _config(self, launch: LaunchSpec) -> Dict[str, Any]:
+        container = launch.container
+        if container is None:
+            raise DockerError("The job has no container spec")
+        resources = launch.resources
+        mounts: List[Dict[str, Any]] = [
+            {"Type": "bind", "Source": str(container.code_dir), "Target": container.code_mount}
+        ]
+        env = dict(launch.env)
+        if not container.use_image_command:
+            env_file = launch.script.with_name(launch.script.name + ".env")
+            env = write_env_file(env_file, env)
+            mounts.append(
+                {"Type": "bind", "Source": str(launch.script), "Target": SCRIPT_MOUNT, "ReadOnly": True}
+            )
+            mounts.append({"Type": "bind", "Source": str(env_file), "Target": ENV_MOUNT, "ReadOnly": True})
+        host_config: Dict[str, Any] = {"NetworkMode": "host", "Init": True, "Mounts": mounts}
+        if resources.cpus:
+            host_config["NanoCpus"] = int(resources.cpus * 1e9)
+        if resources.memory_bytes:
+            host_config["Memory"] = resources.memory_bytes
+        if resources.shm_bytes:
+            host_config["ShmSize"] = resources.shm_bytes
+        if resources.gpus:
+            host_config["DeviceRequests"] = [
+                {
+                    "Driver": "nvidia",
+                    "DeviceIDs": [str(index) for index in resources.gpus],
+                    "Capabilities": [["gpu"]],
+                }
+            ]
+        config: Dict[str, Any] = {
+            "Image": container.image,
+            "Env": [f"{name}={value}" for name, value in env.items()],
+            "WorkingDir": container.workdir,
+            "Labels": {LABEL_MARKER: launch.marker, LABEL_JOB: launch.job_id},
+            "AttachStdin": False,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": False,
+            "OpenStdin": False,
+            "HostConfig": host_config,
+        }
+        if not container.use_image_command:
+            config["Entrypoint"] = ["/bin/sh", "-c", WRAPPER]
+            config["Cmd"] = ["dstack-job"]
+        return config
+
+    def _wait_loop(self, handle: ContainerHandle) -> None:
+        code = 1
+        while True:
+            try:
+                code = self._client.wait(handle.container_id)
+                break
+            except DockerError as e:
+                # The daemon restarted or the link broke: the container may still run; ask again.
+                info = _safe_inspect(self._client, handle.container_id)
+                if info is None or not info.get("State", {}).get("Running"):
+                    code = int((info or {}).get("State", {}).get("ExitCode", 1) or 1) if info else 1
+                    log.warning("Lost the wait on container %s: %s", handle.container_id[:12], e)
+                    break
+                time.sleep(_WAIT_RETRY_SECONDS)
+        handle.result.append(code)
+        handle.exited.set()
+
+    def wait(self, handle: JobHandle, timeout: Optional[float]) -> Optional[int]:
+        container = _container(handle)
+        if not container.exited.wait(timeout):
+            return None
+        return container.result[0]
+
+    def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
+        container = _container(handle)
+        try:
+            if abort:
+                self._client.kill(container.container_id)
+            else:
+                self._client.stop(container.container_id, grace_seconds)
+        except DockerError as e:
+            log.warning("Could not stop container %s: %s", container.container_id[:12], e)
+
+    def inspect(self, handle: JobHandle) -> List[int]:
+        info = _safe_inspect(self._client, _container(handle).container_id)
+        state = (info or {}).get("State", {})
+        return [int(state["Pid"])] if state.get("Running") and state.get("Pid") else []
+
+    def release(self, handle: JobHandle) -> None:
+        container = _container(handle)
+        try:
+            self._client.remove_container(container.container_id)
+        except DockerError as e:
+            log.warning("Could not remove container %s: %s", container.container_id[:12], e)
+        _close_quietly(container.stream)
+
+    def recover(self, marker: str, grace_seconds: float) -> None:
+        try:
+            containers = self._client.list_containers(f"{LABEL_MARKER}={marker}")
+        except DockerError as e:
+            log.warning("Could not look for the containers of an earlier job: %s", e)
+            return
+        for container_id in containers:
+            try:
+                self._client.stop(container_id, grace_seconds)
+                self._client.remove_container(container_id)
+            except DockerError as e:
+                log.warning("Could not remove container %s: %s", container_id[:12], e)
+
+
+def write_env_file(path: Path, env: Dict[str, str]) -> Dict[str, str]:
+    """Write the exportable variables as sh `export` lines (private to the agent's user).
+
+    Returns the rest: names sh cannot export (they can only go in the container's config).
+    """
+    lines, rest = [], {}
+    for name, value in env.items():
+        if _SHELL_NAME_RE.match(name):
+            lines.append(f"export {name}={shlex.quote(value)}\n")
+        else:
+            rest[name] = value
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("".join(lines))
+    return rest
+
+
+def _container(handle: JobHandle) -> ContainerHandle:
+    if not isinstance(handle, ContainerHandle):
+        raise TypeError("DockerDriver was given a handle it did not create")
+    return handle
+
+
+def _safe_inspect(client: DockerClient, container_id: str) -> Optional[Dict[str, Any]]:
+    try:
+        return client.inspect_container(container_id)
+    except DockerError:
+        return None
+
+
+def _close_quietly(stream: Any) -> None:
+    if stream is not None:
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+def _pump(stream: socket.socket, pending: bytes, write_fd: int) -> None:
+    """Demultiplex the attach stream (8-byte frame headers, stdout and stderr) into the job's pipe."""
+    buffer = bytearray(pending)
+    try:
+        while True:
+            while len(buffer) >= _FRAME_HEADER.size:
+                _, size = _FRAME_HEADER.unpack_from(buffer)
+                if len(buffer) < _FRAME_HEADER.size + size:
+                    break
+                _write_all(write_fd, bytes(buffer[_FRAME_HEADER.size : _FRAME_HEADER.size + size]))
+                del buffer[: _FRAME_HEADER.size + size]
+            try:
+                chunk = stream.recv(256 * 1024)
+            except OSError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+    except OSError as e:  # the runner closed the pipe's read end: nobody reads any more
+        log.debug("Container output pump stopped: %s", e)
+    finally:
+        os.close(write_fd)
+        _close_quietly(stream)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

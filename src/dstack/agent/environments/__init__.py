@@ -1,0 +1,1 @@
+"""Task environments: Python venvs (uv), container images, and the build cache."""

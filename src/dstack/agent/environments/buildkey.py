@@ -1,0 +1,132 @@
+"""The build cache key: the content of everything that defines a built environment.
+
+Into the key go the base (the Python version and interpreter, or the image's id), the working directory,
+the build commands, and the content of the files that define the environment:
+- every file a build command names (`-r requirements.txt`, `-f environment.yml`, `./wheels/x.whl`), and the
+  files a named `requirements` file includes in turn (`-r`, `-c`);
+- for a named folder (`pip install .`), its project files (pyproject.toml, setup.py, ...);
+- the well-known environment files in the working directory, whether named or not, since tools such as
+  `poetry install` or `uv sync` read them implicitly.
+Editing any of them gives a new key, so a new build; nothing else (the task's own code) does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Iterable, List, Set
+
+from dstack.agent.fsutil import is_inside
+
+KEY_VERSION = "1"  # bump when the way keys are made changes, so old cache entries are not reused
+ENV_FILE_PATTERNS = (
+    "requirements*.txt",
+    "requirements*.in",
+    "constraints*.txt",
+    "pyproject.toml",
+    "setup.py",
+    "setup.cfg",
+    "environment.yml",
+    "environment.yaml",
+    "conda.yml",
+    "conda.yaml",
+    "Pipfile",
+    "Pipfile.lock",
+    "poetry.lock",
+    "uv.lock",
+    "pdm.lock",
+)
+_MAX_NAMED_FILES = 1000
+_INCLUDE_RE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)")
+
+
+def build_key(base: Iterable[str], working_dir: str, commands: List[str], cwd: Path, code_dir: Path) -> str:
+    digest = hashlib.sha256()
+
+    def add(kind: str, value: bytes) -> None:
+        # Length-prefixed, so that no two different inputs can run together into the same bytes.
+        digest.update(f"{kind}:{len(value)}:".encode())
+        digest.update(value)
+
+    add("version", KEY_VERSION.encode())
+    for part in base:
+        add("base", part.encode())
+    add("working_dir", working_dir.encode())
+    for command in commands:
+        add("command", command.encode())
+    for path in environment_files(commands, cwd, code_dir):
+        add("file", os.path.relpath(path, code_dir).encode())
+        add("content", _file_digest(path))
+    return digest.hexdigest()
+
+
+def environment_files(commands: List[str], cwd: Path, code_dir: Path) -> List[Path]:
+    """The files whose content defines the environment, sorted, each inside the code folder."""
+    found: Set[Path] = set()
+    for name in _command_paths(commands):
+        _add_named(Path(name) if os.path.isabs(name) else cwd / name, code_dir, found)
+    _add_project_files(cwd, code_dir, found)
+    return sorted(found)
+
+
+def _command_paths(commands: List[str]) -> List[str]:
+    words: List[str] = []
+    for command in commands:
+        try:
+            tokens = shlex.split(command, comments=True)
+        except ValueError:  # an unbalanced quote: bash will say so at build time; split on spaces here
+            tokens = command.split()
+        for token in tokens:
+            words.append(token)
+            if token.startswith("-") and "=" in token:  # --requirement=req.txt
+                words.append(token.split("=", 1)[1])
+    return words
+
+
+def _add_named(path: Path, code_dir: Path, found: Set[Path]) -> None:
+    if is_inside(path, code_dir) and path.is_dir():
+        _add_project_files(path, code_dir, found)
+    else:
+        _add_file(path, code_dir, found)
+
+
+def _add_file(path: Path, code_dir: Path, found: Set[Path]) -> None:
+    path = Path(os.path.normpath(path))  # "extra/../constraints.txt" is "constraints.txt"
+    if len(found) >= _MAX_NAMED_FILES or path in found or not is_inside(path, code_dir):
+        return
+    if not path.is_file():
+        return
+    found.add(path)
+    if path.suffix in (".txt", ".in"):
+        for included in _includes(path):
+            _add_file(path.parent / included, code_dir, found)
+
+
+def _add_project_files(folder: Path, code_dir: Path, found: Set[Path]) -> None:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in sorted(names):
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in ENV_FILE_PATTERNS):
+            _add_file(folder / name, code_dir, found)
+
+
+def _includes(requirements: Path) -> List[str]:
+    try:
+        with open(requirements, encoding="utf-8", errors="replace") as f:
+            return [m.group(1) for m in map(_INCLUDE_RE.match, f) if m]
+    except OSError:
+        return []
+
+
+def _file_digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.digest()

@@ -1,0 +1,157 @@
+"""Python virtual environments for tasks: one per Python version, made with uv and reused across runs.
+
+A venv is made where it will be used and never moved: its scripts' shebangs (`pip`, and whatever a task
+installs) hold its absolute path. A `.dstack-ready` file is written last, so a venv cut short by a crash is
+recognised, removed and made again.
+
+pip is put in offline, from the wheel that the interpreter's own `ensurepip` bundles (uv's `--seed` would
+fetch it from the package index); only an interpreter without that wheel falls back to `--seed`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional
+
+from dstack.agent.environments import pythons
+from dstack.agent.environments.tools import ToolError, last_line, run_tool
+from dstack.agent.reaper import ChildProcesses
+
+READY_FILE = ".dstack-ready"
+
+
+@dataclass(frozen=True)
+class Venv:
+    path: Path
+    version: str
+    interpreter: str  # the base interpreter it was made from
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.path / "bin"
+
+    def environment(self, base_path: str) -> Dict[str, str]:
+        """Variables that make `python` and `pip` this venv's, as activating it would."""
+        return {"VIRTUAL_ENV": str(self.path), "PATH": f"{self.bin_dir}{os.pathsep}{base_path}"}
+
+
+class VenvFactory:
+    """Finds interpreters (installing one with uv where allowed) and makes venvs from them."""
+
+    def __init__(self, children: ChildProcesses, tool_env: Mapping[str, str]) -> None:
+        self._children = children
+        self._env = dict(tool_env)
+        # Environments are made for the agent, not for a project: uv must not read a uv.toml/pyproject
+        # from wherever it runs, nor ask an interpreter download of its own.
+        self._env["UV_PYTHON_DOWNLOADS"] = "never"
+        self._env.pop("VIRTUAL_ENV", None)
+        self._install_lock = threading.Lock()
+
+    def interpreter(self, version: str, notify: Callable[[str], object]) -> str:
+        path = pythons.find_interpreters().get(version)
+        if path is not None:
+            return path
+        with self._install_lock:  # two jobs asking for the same missing version install it once
+            path = pythons.find_interpreters().get(version)
+            if path is not None:
+                return path
+            notify(f"Installing Python {version}")
+            env = dict(self._env)
+            env.pop("UV_PYTHON_DOWNLOADS", None)  # the host's own setting decides (checked by install)
+            return pythons.install_python(self._children, version, env)
+
+    def create(self, path: Path, version: str, interpreter: str) -> Venv:
+        """Make a fresh venv at `path` (whatever was there is removed) with pip in it."""
+        shutil.rmtree(path, ignore_errors=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uv = pythons.find_uv()
+        try:
+            if uv is None:
+                self._run([interpreter, "-m", "venv", str(path)], "python -m venv")
+            else:
+                self._create_with_uv(uv, path, interpreter)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return Venv(path=path, version=version, interpreter=interpreter)
+
+    def _create_with_uv(self, uv: str, path: Path, interpreter: str) -> None:
+        wheels = _bundled_pip_wheels(interpreter)
+        argv = [uv, "venv", "--quiet", "--no-config", "--python", interpreter, str(path)]
+        if wheels is None:
+            self._run([*argv, "--seed"], "uv venv")
+            return
+        self._run(argv, "uv venv")
+        self._run(
+            [
+                uv,
+                "pip",
+                "install",
+                "--quiet",
+                "--no-config",
+                "--python",
+                str(path / "bin" / "python"),
+                "--offline",
+                "--no-index",
+                "--find-links",
+                wheels,
+                "pip",
+            ],
+            "uv pip install pip",
+        )
+
+    def _run(self, argv: List[str], what: str) -> None:
+        code, output = run_tool(self._children, argv, self._env, cwd="/")
+        if code != 0:
+            raise ToolError(f"Could not create the Python environment ({what}): {last_line(output)}")
+
+
+def _bundled_pip_wheels(interpreter: str) -> Optional[str]:
+    """The folder holding the pip wheel that `ensurepip` of this interpreter bundles, if any."""
+    prefix = Path(os.path.realpath(interpreter)).parent.parent
+    candidates = glob.glob(str(prefix / "lib" / "python3*" / "ensurepip" / "_bundled" / "pip-*.whl"))
+    # Debian keeps its ensurepip wheels apart (package python3-pip-whl).
+    candidates += glob.glob("/usr/share/python-wheels/pip-*.whl") if str(prefix) == "/usr" else []
+    return str(Path(sorted(candidates)[-1]).parent) if candidates else None
+
+
+def is_ready(path: Path) -> bool:
+    return (path / READY_FILE).is_file()
+
+
+def mark_ready(path: Path) -> None:
+    (path / READY_FILE).write_text("ok\n", encoding="ascii")
+
+
+class SharedVenvs:
+    """The per-version venv that python tasks without a build share, under ROOT/python/3.X."""
+
+    def __init__(self, root: Path, factory: VenvFactory) -> None:
+        self._root = root
+        self._factory = factory
+        self._locks: Dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def get(self, version: str, notify: Callable[[str], object]) -> Venv:
+        with self._locks_guard:
+            lock = self._locks.setdefault(version, threading.Lock())
+        with lock:
+            path = self._root / version
+            interpreter = self._factory.interpreter(version, notify)
+            if is_ready(path) and _intact(path):
+                return Venv(path=path, version=version, interpreter=interpreter)
+            notify(f"Creating the Python {version} environment")
+            venv = self._factory.create(path, version, interpreter)
+            mark_ready(path)
+            return venv
+
+
+def _intact(path: Path) -> bool:
+    """False if the interpreter the venv points at is gone (e.g. pyenv replaced 3.12.1 by 3.12.2)."""
+    python = path / "bin" / "python"
+    return os.path.exists(os.path.realpath(python)) and os.access(python, os.X_OK)
