@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.e2e.harness import DSTACK, DstackEnv  # noqa: E402
+from tests.e2e.harness import DSTACK, DstackEnv
 
 
 def timed(command: list[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
@@ -83,8 +83,13 @@ def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[str], li
     baseline_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    cli = subprocess.Popen([DSTACK, "run", ".", "-y"], env=env.env, cwd=project, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL)
+    cli = subprocess.Popen(
+        [DSTACK, "run", ".", "-y"],
+        env=env.env,
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     assert cli.stdout is not None
     received = hashlib.sha256()
     size = 0
@@ -101,11 +106,25 @@ def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[str], li
     streaming = end - (first_byte or start)
     mb = size / 1e6
     rows = [
-        [f"{gib:g} GiB of lines, attached CLI (whole run)", f"{mb / total:.0f} MB/s", f"{total:.1f} s",
-         f"seq | sha256: {expected_size / 1e6 / baseline_seconds:.0f} MB/s", ">= 200 MB/s"],
-        [f"{gib:g} GiB of lines, first to last byte", f"{mb / streaming:.0f} MB/s", f"{streaming:.1f} s", "", ""],
+        [
+            f"{gib:g} GiB of lines, attached CLI (whole run)",
+            f"{mb / total:.0f} MB/s",
+            f"{total:.1f} s",
+            f"seq | sha256: {expected_size / 1e6 / baseline_seconds:.0f} MB/s",
+            ">= 200 MB/s",
+        ],
+        [
+            f"{gib:g} GiB of lines, first to last byte",
+            f"{mb / streaming:.0f} MB/s",
+            f"{streaming:.1f} s",
+            "",
+            "",
+        ],
     ]
-    check = [f"every line once and in order: {'yes' if ok else 'NO'} ({size} of {expected_size} bytes, exit {code})"]
+    check = [
+        f"every line once and in order: {'yes' if ok else 'NO'} "
+        f"({size} of {expected_size} bytes, exit {code})"
+    ]
     return rows[0], rows[1] + check
 
 
@@ -141,7 +160,9 @@ def main() -> None:
         for r in table:
             print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
         print(streaming[5])
-        print("plain command: bash -c 'echo hi' for runs, python -c pass for --help and ps, seq for streaming")
+        print(
+            "plain command: bash -c 'echo hi' for runs, python -c pass for --help and ps, seq for streaming"
+        )
     finally:
         env.cleanup()
         shutil.rmtree(home, ignore_errors=True)
