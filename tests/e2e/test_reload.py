@@ -185,7 +185,9 @@ def test_an_app_reloads_itself_with_the_edited_handler(dstack_env: DstackEnv, pr
     (project_dir / "app.py").write_text(app.replace("MESSAGE", "hello v1"))
     # The task gets its own venv (without FastAPI, and tests install nothing from the network), so the app
     # runs on the interpreter of dstack's own venv, which has FastAPI and uvicorn.
-    write_config(project_dir, [f"{sys.executable} -m uvicorn app:app --reload --host 127.0.0.1 --port {port}"])
+    write_config(
+        project_dir, [f"{sys.executable} -m uvicorn app:app --reload --host 127.0.0.1 --port {port}"]
+    )
     cli = start(dstack_env, project_dir, "run", ".", "-y", "--reload")
     try:
         wait_for(
