@@ -1,6 +1,6 @@
 """Facts about the host the agent runs on (what the server needs to offer its capacity).
 
-GPU detection will grow here; every fact is best effort and never fails the request.
+Every fact is best effort and never fails the request.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import socket
 from pathlib import Path
 from typing import Any, Dict, List
 
+from dstack.agent.gpus import detect_gpus
+from dstack.agent.limits import CGROUPS
+
 
 def host_facts(work_dir: Path) -> Dict[str, Any]:
     return {
@@ -20,6 +23,8 @@ def host_facts(work_dir: Path) -> Dict[str, Any]:
         "memory_bytes": memory_bytes(),
         "disk_free_bytes": disk_free_bytes(work_dir),
         "gpus": gpus(),
+        # How CPU and memory caps are enforced for process jobs ("cgroup v2"/"cgroup v1"), or None.
+        "limits": CGROUPS.mechanism(),
     }
 
 
@@ -51,4 +56,4 @@ def disk_free_bytes(path: Path) -> int:
 
 
 def gpus() -> List[Dict[str, Any]]:
-    return []
+    return detect_gpus()

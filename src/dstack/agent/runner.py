@@ -215,6 +215,7 @@ class Runner:
         gpus = ",".join(str(index) for index in job.spec.resources.gpus)
         # A task sees only the GPUs it holds (none, if it holds none).
         env["CUDA_VISIBLE_DEVICES"] = gpus
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # number devices as nvidia-smi does, which the indices are
         env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id

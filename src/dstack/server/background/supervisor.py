@@ -32,8 +32,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LONG_POLL = 5.0  # seconds an idle log request waits at the agent
+# The first wait after a submission is short: a job still preparing after it shows as `pulling`, while a
+# job that starts at once goes straight to `running` (one status write fewer per run).
+FIRST_POLL = 1.0
+# Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
+# safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
+SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
 STOP_GRACE = 10.0
+
+
+_STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
 
 
 class LeaseLost(Exception):
@@ -61,17 +70,22 @@ class Supervisor:
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = job.host_id
-            watcher = asyncio.create_task(self._watch_stop(host_id, run.id))
+            watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
-                if not await self._reach(host_id, self._agent_has_job):
-                    if run.stop_requested:
+                shown = RunStatus(job.status)
+                if run.stop_requested:
+                    # Stopped before it was handed over? Then it ends here; else the watcher stops it.
+                    if not await self._reach(host_id, self._agent_has_job):
                         await self._finish_unstarted(run.stop_requested)
                         return
+                elif shown is RunStatus.PROVISIONING:
+                    # The agent's submit is idempotent: after a crash between submitting and recording it,
+                    # submitting again finds the job the agent already runs.
                     allocation = json.loads(job.allocation) if job.allocation else {}
                     await self._reach(
                         host_id, functools.partial(self._provision, run=run, allocation=allocation)
                     )
-                await self._follow(host_id, run.id)
+                await self._follow(host_id, run.id, shown)
             finally:
                 watcher.cancel()
         except (LeaseLost, JobFinished):
@@ -136,12 +150,12 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-        await self._set_status(RunStatus.PULLING)
 
     def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
         profile = spec.profile
-        cpus = allocation.get("cpus") or None
-        memory_gb = allocation.get("memory_gb") or None
+        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
+        cpus = allocation.get("cpu_limit") or None
+        memory_gb = allocation.get("memory_limit_gb") or None
         return {
             "id": self.job_id,
             "run_name": spec.run_name,
@@ -165,15 +179,16 @@ class Supervisor:
 
     # -- following ---------------------------------------------------------------------------------------
 
-    async def _follow(self, host_id: str, run_id: str) -> None:
+    async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
-        agent_status: str | None = None
+        wait = FIRST_POLL
         try:
             while True:
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size)
+                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
                     )
+                    wait = LONG_POLL
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
                         await self._finish(
@@ -187,22 +202,28 @@ class Supervisor:
                 if chunk.data:
                     appender.append(chunk.data)
                     self.ctx.notifier.notify(run_channel(run_id))
-                if chunk.status != agent_status:
-                    agent_status = chunk.status
-                    if agent_status == "running":
-                        await self._set_status(RunStatus.RUNNING)
                 if chunk.finished:
-                    await self._reach(host_id, self._finish_from_agent)
+                    await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
+                # Only what was seen is recorded: a job that is already running never shows `pulling`.
+                target = RunStatus.RUNNING if chunk.status == "running" else RunStatus.PULLING
+                if target is not shown and _STAGES.index(target) > _STAGES.index(shown):
+                    await self._set_status(target)
+                    shown = target
         finally:
             appender.close()
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=LONG_POLL)
+    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
+        return await agent.logs(self.job_id, offset=offset, wait=wait)
 
-    async def _finish_from_agent(self, agent: AgentClient) -> None:
+    async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
+        if chunk.status == "done":  # the common end needs nothing more from the agent
+            await self._finish(RunStatus.DONE, None, None, 0)
+            with contextlib.suppress(AgentError):
+                await agent.delete_job(self.job_id)
+            return
         state = await agent.get_job(self.job_id)
-        run, _ = await self._load()
+        run, job = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
         if status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
@@ -213,7 +234,12 @@ class Supervisor:
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
-            await self._finish(RunStatus.FAILED, TerminationReason.COMMANDS_FAILED, None, exit_code)
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.COMMANDS_FAILED,
+                _memory_cap_hint(job, exit_code),
+                exit_code,
+            )
         elif status == "failed":
             await self._finish(
                 RunStatus.FAILED,
@@ -233,13 +259,12 @@ class Supervisor:
 
     # -- stopping ----------------------------------------------------------------------------------------
 
-    async def _watch_stop(self, host_id: str, run_id: str) -> None:
+    async def _watch_stop(self, host_id: str, run_id: str, wanted: str | None) -> None:
         signal = self.ctx.notifier.signal(stop_channel(run_id))
+        recheck = SQLITE_STOP_RECHECK if self.ctx.db.is_sqlite else self.ctx.settings.poll_seconds
         while True:
             version = signal.version
             with contextlib.suppress(AgentError):
-                run, _ = await self._load()
-                wanted = run.stop_requested
                 if (
                     wanted is not None
                     and wanted != self._stop_sent
@@ -248,7 +273,12 @@ class Supervisor:
                     agent = self.ctx.backends.agent(host_id)
                     await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
                     self._stop_sent = wanted
-            await signal.wait(version, self.ctx.settings.poll_seconds)
+            await signal.wait(version, recheck)
+            try:
+                run, _ = await self._load()
+            except LeaseLost:
+                return  # the job is gone; the supervisor ends too
+            wanted = run.stop_requested
 
     async def _finish_unstarted(self, stop_requested: str) -> None:
         if stop_requested == "abort":
@@ -311,3 +341,17 @@ class Supervisor:
                 if self._task is not None:
                     self._task.cancel()
                 return
+
+
+def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
+    """A task killed by SIGKILL under a memory cap most likely went over it: say so, not just "137"."""
+    if exit_code != 137 or not job.allocation:
+        return None
+    cap = json.loads(job.allocation).get("memory_limit_gb")
+    if not cap:
+        return None
+    from dstack.config.ranges import Memory
+
+    return (
+        f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
+    )
