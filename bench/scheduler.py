@@ -142,9 +142,11 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str, interval: flo
         time.sleep(interval)
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, children: bool = False) -> float:
+    """CPU time of a process (utime + stime), or of its reaped children (the agent's: the tasks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_kb(pid: int, field: str) -> float:
@@ -192,7 +194,12 @@ def bench_tasks(count: int) -> dict[str, float]:
 
             assert server.process is not None
             agent = server.agent_pid()
-            cpu_before = _cpu_seconds(server.process.pid), _cpu_seconds(agent) if agent else 0.0
+            cpu_before = (
+                _cpu_seconds(server.process.pid),
+                _cpu_seconds(agent) if agent else 0.0,
+                _cpu_seconds(agent, children=True) if agent else 0.0,
+                time.process_time(),
+            )
             first_submit = time.time()
             with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
                 latencies = list(pool.map(submit, range(count)))
@@ -208,7 +215,12 @@ def bench_tasks(count: int) -> dict[str, float]:
             statuses = {r["status"] for r in runs}
             if statuses != {"done"}:
                 raise SystemExit(f"some tasks did not end done: {statuses}")
-            cpu_after = _cpu_seconds(server.process.pid), _cpu_seconds(agent) if agent else 0.0
+            cpu_after = (
+                _cpu_seconds(server.process.pid),
+                _cpu_seconds(agent) if agent else 0.0,
+                _cpu_seconds(agent, children=True) if agent else 0.0,
+                time.process_time(),
+            )
             return {
                 "tasks": count,
                 "submit_s": submitted - first_submit,
@@ -219,6 +231,8 @@ def bench_tasks(count: int) -> dict[str, float]:
                 "agent_peak_mb": _status_kb(agent, "VmHWM") / 1024 if agent else 0.0,
                 "server_cpu_ms_per_task": (cpu_after[0] - cpu_before[0]) / count * 1000,
                 "agent_cpu_ms_per_task": (cpu_after[1] - cpu_before[1]) / count * 1000,
+                "tasks_cpu_ms_per_task": (cpu_after[2] - cpu_before[2]) / count * 1000,
+                "client_cpu_ms_per_task": (cpu_after[3] - cpu_before[3]) / count * 1000,
             }
         finally:
             server.stop()
@@ -330,6 +344,8 @@ def main() -> None:
             "agent_peak_mb",
             "server_cpu_ms_per_task",
             "agent_cpu_ms_per_task",
+            "tasks_cpu_ms_per_task",
+            "client_cpu_ms_per_task",
         ):
             values = [r[key] for r in results]
             shown = "  ".join(f"{v:.1f}" for v in values)

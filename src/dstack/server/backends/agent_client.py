@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from dstack.server.backends.agent_http import AgentHTTP, TransportError
+
 
 class AgentError(Exception):
     """The agent answered with an error; `status` is its HTTP status."""
@@ -46,14 +48,27 @@ class AgentClient:
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
+        # The calls made for every job go through a leaner client (see agent_http); httpx keeps the rest.
+        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"})
 
     async def close(self) -> None:
+        await self._lean.aclose()
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The response (httpx's, or the lean client's with the same status_code, headers, content, json)."""
         try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.TransportError as e:
+            if set(kwargs) <= {"params", "json", "timeout"}:
+                response: Any = await self._lean.request(
+                    method,
+                    path,
+                    params=kwargs.get("params"),
+                    json_body=kwargs.get("json"),
+                    timeout=_seconds(kwargs.get("timeout"), self._timeout),
+                )
+            else:
+                response = await self._client.request(method, path, **kwargs)
+        except (httpx.TransportError, TransportError) as e:
             raise AgentUnreachable(f"Cannot reach the agent at {self.url}: {e or type(e).__name__}") from e
         # A 404 to HEAD is an answer ("not stored"), not an error.
         if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
@@ -120,7 +135,15 @@ class AgentClient:
         )
 
 
-def _error_message(response: httpx.Response) -> str:
+def _seconds(timeout: Any, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, httpx.Timeout):
+        return max(t for t in (timeout.connect, timeout.read, timeout.write, default) if t is not None)
+    return float(timeout)
+
+
+def _error_message(response: Any) -> str:
     try:
         return str(json.loads(response.content)["error"])
     except (ValueError, KeyError, TypeError):

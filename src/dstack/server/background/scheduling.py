@@ -41,6 +41,7 @@ from dstack.server.services.usage import load_usages
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+COALESCE_SECONDS = 0.02
 _WAITING = [s.value for s in WAITING_STATUSES]
 RETRY_ADVICE = "submit with --retry-limit (or retry: in the configuration) to wait for capacity"
 
@@ -64,7 +65,10 @@ class SchedulingLoop:
             timeout = self.ctx.settings.poll_seconds
             if next_deadline is not None:
                 timeout = max(0.0, min(timeout, next_deadline - time.time()))
-            await signal.wait(version, timeout)
+            if await signal.wait(version, timeout):
+                # Woken by an event: let the ones right behind it (a burst of submissions, of job ends)
+                # land too, so that one pass places them all. Far below the second a run may wait.
+                await asyncio.sleep(COALESCE_SECONDS)
 
     async def pass_once(self) -> float | None:
         """Place what fits; returns the earliest retry deadline among runs left waiting."""

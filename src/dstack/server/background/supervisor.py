@@ -16,10 +16,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import update
+from sqlalchemy import select
+from sqlalchemy.orm import defer
 
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
@@ -35,6 +37,7 @@ LONG_POLL = 5.0  # seconds an idle log request waits at the agent
 # The first wait after a submission is short: a job still preparing after it shows as `pulling`, while a
 # job that starts at once goes straight to `running` (one status write fewer per run).
 FIRST_POLL = 1.0
+RUNNING_GRACE = 0.25
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
@@ -54,17 +57,18 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str) -> None:
+    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.token = token
+        self._leases = leases
         self._stop_sent: str | None = None
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
-        renewer = asyncio.create_task(self._renew_lease())
+        self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
             run, job = await self._load()
             if job.host_id is None:
@@ -102,7 +106,7 @@ class Supervisor:
                     RunStatus.FAILED, TerminationReason.SERVER_ERROR, f"server error: {e}", None
                 )
         finally:
-            renewer.cancel()
+            self._leases.release(self.job_id)
 
     async def _reach(self, host_id: str, call: Callable[[AgentClient], Awaitable[T]]) -> T:
         """Call the host's agent; while it does not answer, try to recover it, up to HOST_LOST_AFTER."""
@@ -182,13 +186,13 @@ class Supervisor:
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
         wait = FIRST_POLL
+        running_due: float | None = None
         try:
             while True:
                 try:
                     chunk = await self._reach(
                         host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
                     )
-                    wait = LONG_POLL
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
                         await self._finish(
@@ -205,11 +209,19 @@ class Supervisor:
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
-                # Only what was seen is recorded: a job that is already running never shows `pulling`.
+                # Only what was seen is recorded: a job that is already running never shows `pulling`,
+                # and one that ends within RUNNING_GRACE of starting never shows `running` (a write saved
+                # for every short job; a longer one shows `running` that much later).
                 target = RunStatus.RUNNING if chunk.status == "running" else RunStatus.PULLING
-                if target is not shown and _STAGES.index(target) > _STAGES.index(shown):
-                    await self._set_status(target)
-                    shown = target
+                wait = LONG_POLL
+                if _STAGES.index(target) > _STAGES.index(shown):
+                    if target is RunStatus.RUNNING and running_due is None:
+                        running_due = time.monotonic() + RUNNING_GRACE
+                    if target is RunStatus.PULLING or time.monotonic() >= (running_due or 0.0):
+                        await self._set_status(target)
+                        shown, running_due = target, None
+                    else:
+                        wait = max(0.0, (running_due or 0.0) - time.monotonic())
         finally:
             appender.close()
 
@@ -290,13 +302,19 @@ class Supervisor:
 
     async def _load(self) -> tuple[RunRow, JobRow]:
         async with self.ctx.db.read() as session:
-            job = await session.get(JobRow, self.job_id)
-            if job is None:
-                raise LeaseLost()
-            run = await session.get(RunRow, job.run_id)
-            if run is None:
-                raise LeaseLost()
-            return run, job
+            return await self._select(session, owned=False)
+
+    async def _select(self, session: Any, *, owned: bool) -> tuple[RunRow, JobRow]:
+        # One statement for both rows: this runs several times per job, for every job.
+        query = (
+            select(RunRow, JobRow).join(JobRow, JobRow.run_id == RunRow.id).where(JobRow.id == self.job_id)
+        )
+        if owned:
+            query = query.options(defer(RunRow.spec))  # status writes never need the (big) spec
+        found = (await session.execute(query)).first()
+        if found is None or (owned and found[1].lock_token != self.token):
+            raise LeaseLost()
+        return found[0], found[1]
 
     async def _set_status(self, status: RunStatus) -> None:
         async with self.ctx.db.write() as session:
@@ -318,29 +336,13 @@ class Supervisor:
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
 
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
-        job = await session.get(JobRow, self.job_id)
-        if job is None or job.lock_token != self.token:
-            raise LeaseLost()
-        run = await session.get(RunRow, job.run_id)
-        assert run is not None
-        return run, job
+        return await self._select(session, owned=True)
 
-    async def _renew_lease(self) -> None:
-        lease = self.ctx.settings.lease_seconds
-        while True:
-            await asyncio.sleep(lease / 3)
-            async with self.ctx.db.write() as session:
-                result = await session.execute(
-                    update(JobRow)
-                    .where(JobRow.id == self.job_id, JobRow.lock_token == self.token)
-                    .values(lock_expires_at=time.time() + lease)
-                )
-            if result.rowcount == 0:  # type: ignore[attr-defined]
-                # Stop at once: two writers appending to one log file would corrupt it.
-                self._lease_lost = True
-                if self._task is not None:
-                    self._task.cancel()
-                return
+    def _on_lease_lost(self) -> None:
+        # Stop at once: two writers appending to one log file would corrupt it.
+        self._lease_lost = True
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:

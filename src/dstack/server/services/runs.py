@@ -129,9 +129,12 @@ async def _free_name(session: Any, project: Project) -> str:
 async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted: str | None) -> str:
     if wanted is None:
         return await _free_name(session, project)
+    # Only what the check needs: a whole row would carry its (big) spec along, on every submission.
     existing = (
-        await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == wanted))
-    ).scalar_one_or_none()
+        await session.execute(
+            select(RunRow.id, RunRow.status).where(RunRow.project_id == project.id, RunRow.name == wanted)
+        )
+    ).first()
     if existing is not None:
         if existing.status not in _FINISHED:
             raise Conflict(
@@ -143,8 +146,7 @@ async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted
             (await session.execute(select(JobRow.id).where(JobRow.run_id == existing.id))).scalars().all()
         )
         await session.execute(delete(JobRow).where(JobRow.run_id == existing.id))
-        await session.delete(existing)
-        await session.flush()
+        await session.execute(delete(RunRow).where(RunRow.id == existing.id))
         for job_id in job_ids:
             logs.remove(ctx.settings, job_id)
     return wanted
@@ -165,13 +167,17 @@ async def list_runs(
         if all_runs:
             rows = (await session.execute(newest.limit(limit))).mappings().all()
         else:
-            # `IN` the few unfinished statuses (an index lookup), not `NOT IN` the finished ones (a scan
-            # of every run the project ever had).
-            rows = (
-                (await session.execute(newest.where(RunRow.status.in_(_UNFINISHED)).limit(limit)))
-                .mappings()
-                .all()
+            # The few unfinished runs through the status index. Left to itself, SQLite walks the
+            # (project, submitted) index newest first instead, reading every finished run of the project
+            # (70 ms at 100,000 runs); as expressions, project and time cannot use an index, so the
+            # status index is the one left. Portable: PostgreSQL reads the same query fine.
+            unfinished = (
+                select(*_LISTED)
+                .where((RunRow.project_id + "") == project.id, RunRow.status.in_(_UNFINISHED))
+                .order_by((RunRow.submitted_at + 0).desc())
+                .limit(limit)
             )
+            rows = (await session.execute(unfinished)).mappings().all()
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
     return [_listed_json(row, project.name) for row in rows]
