@@ -8,6 +8,8 @@ its own SQLite database; every process it started is killed at the end.
 - tasks: N `echo` tasks submitted at once through the Python API client (16 threads, one client each),
   from the first submit to the last `done` (the runs' own `finished_at`). Goals: >= 100 tasks/s, server
   peak RSS (VmHWM) <= 200 MB.
+- handoff: 20 tasks that each ask for every CPU, queued with a retry window: the gap from one task's last
+  line to the next one's first (SPEC: a waiting run starts within a second of capacity freeing).
 - ps: 100,000 finished runs (plus a few active ones) written straight into the database, then the
   runs list through the API and the whole `dstack ps` command (process start to exit). Goal: <= 100 ms.
 """
@@ -15,6 +17,7 @@ its own SQLite database; every process it started is killed at the end.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -238,6 +241,53 @@ def bench_tasks(count: int) -> dict[str, float]:
             server.stop()
 
 
+# -- hand-over: tasks that each need the whole machine, queued ----------------------------------------
+
+
+def bench_handoff(count: int) -> dict[str, float]:
+    """Queued tasks asking for every CPU run one by one: the gap from one's last line to the next's first."""
+    from dstack.config import parse_configuration, parse_overrides, resolve_profile
+
+    script = ["echo START=$(date +%s.%N)", "sleep 0.3", "echo END=$(date +%s.%N)"]
+    text = "type: task\ncommands:\n" + "".join(f"  - {json.dumps(c)}\n" for c in script)
+    configuration = parse_configuration(text, filename="whole.dstack.yml")
+    cpus = str(len(os.sched_getaffinity(0)))
+    profile = resolve_profile(configuration, None, parse_overrides(cpu=cpus, retry_limit="10m"))
+    spec = {
+        "configuration": configuration.model_dump(mode="json"),
+        "profile": profile.model_dump(mode="json"),
+        "commands": script,
+        "python": f"{sys.version_info.major}.{sys.version_info.minor}",
+    }
+    with tempfile.TemporaryDirectory(prefix="dstack-bench-") as tmp:
+        server = Server(Path(tmp))
+        try:
+            server.start()
+            client = server.client()
+            for i in range(count):
+                client.submit({**spec, "run_name": f"whole-{i}"})
+
+            def finished() -> bool:
+                return all(r["status"] == "done" for r in client.list_runs(all=True, limit=count))
+
+            _wait(finished, 60 + count * 5, f"{count} queued tasks to finish", interval=0.5)
+            spans = []
+            for i in range(count):
+                out = b"".join(client.logs(f"whole-{i}")).decode()
+                values = dict(line.split("=", 1) for line in out.split() if "=" in line)
+                spans.append((float(values["START"]), float(values["END"])))
+            spans.sort()
+            gaps = [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(spans)]
+            assert min(gaps) > 0, "two tasks that each need every CPU overlapped"
+            return {
+                "tasks": count,
+                "gap_p50_ms": statistics.median(gaps) * 1000,
+                "gap_max_ms": max(gaps) * 1000,
+            }
+        finally:
+            server.stop()
+
+
 # -- ps with 100,000 runs ------------------------------------------------------------------------------
 
 
@@ -328,7 +378,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", choices=["tasks", "ps"])
+    parser.add_argument("--handoff", type=int, default=20, help="queued whole-machine tasks")
+    parser.add_argument("--only", choices=["tasks", "handoff", "ps"])
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.only in (None, "tasks"):
@@ -350,6 +401,13 @@ def main() -> None:
             values = [r[key] for r in results]
             shown = "  ".join(f"{v:.1f}" for v in values)
             print(f"{key:<18}{statistics.median(values):>10.1f}   {shown}")
+    if args.only in (None, "handoff"):
+        results = [bench_handoff(args.handoff) for _ in range(args.repeat)]
+        print(f"\n{args.handoff} queued tasks that each ask for every CPU: one's end to the next's start")
+        for key in ("gap_p50_ms", "gap_max_ms"):
+            values = [r[key] for r in results]
+            shown = "  ".join(f"{v:.0f}" for v in values)
+            print(f"{key:<18}{statistics.median(values):>10.0f}   {shown}")
     if args.only in (None, "ps"):
         result = bench_ps(args.runs, args.repeat)
         print(f"\n`dstack ps` with {args.runs} runs in the database (median of {max(args.repeat, 5)})")

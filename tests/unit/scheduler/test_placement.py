@@ -70,7 +70,9 @@ def test_two_tasks_never_share_a_gpu_and_a_third_waits() -> None:
     second = allocate(req(gpu="1"), usage(machine, held("one", gpus=(0,))), "j2")
     assert isinstance(second, Allocation) and second.gpus == (1,)
     third = allocate(req(gpu="1"), usage(machine, held("one", gpus=(0,)), held("two", gpus=(1,))), "j3")
-    assert third == "this machine has 0 matching GPUs free, the task needs 1 (runs one, two hold the others)"
+    assert third == (
+        "this machine has 0 matching GPUs free, the task needs 1 (the others are held by runs one, two)"
+    )
 
 
 def test_a_gpu_count_range_takes_its_minimum() -> None:

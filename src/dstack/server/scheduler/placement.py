@@ -188,7 +188,7 @@ def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | s
         if len(free_gpus) < want:
             return (
                 f"{label} has {len(free_gpus)} matching GPU{'s' if len(free_gpus) != 1 else ''} free, "
-                f"the task needs {want} ({usage.holders(gpus=True)} hold the others)"
+                f"the task needs {want} (the others are held by {usage.holders(gpus=True)})"
             )
         gpus = tuple(free_gpus[:want])
     return Allocation(
