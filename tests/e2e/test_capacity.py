@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,12 @@ from tests.e2e.harness import DstackEnv, wait_for
 pytestmark = pytest.mark.e2e
 
 CPUS = len(os.sched_getaffinity(0))  # what the agent reports for this machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write(path: Path, text: str) -> Path:
@@ -292,3 +299,12 @@ def test_cpu_and_memory_caps_are_enforced(dstack_env: DstackEnv, project_dir: Pa
     assert "(enforced with cgroup v" in result.stderr
     uncapped = dstack_env.run("run", ".", "-f", "hog.dstack.yml", "-y", cwd=project_dir, timeout=120)
     assert uncapped.returncode == 0 and "got 300 MB" in uncapped.stdout
+
+
+def test_a_mistake_in_the_server_config_is_one_sentence(dstack_env: DstackEnv, tasks: Path) -> None:
+    declare_gpus(dstack_env, "H100:2")  # no memory size
+    sentence = "backends.0.resources.gpus: 'H100:2' needs a name and a memory size"
+    result = dstack_env.run("run", ".", "-f", "stamp.dstack.yml", "-y", cwd=tasks)
+    assert result.returncode == 1 and sentence in result.stderr and "Traceback" not in result.stderr
+    server = dstack_env.run("server", "--port", str(free_port()), timeout=60)
+    assert server.returncode == 1 and sentence in server.stderr and "Traceback" not in server.stderr
