@@ -58,7 +58,7 @@ def check(spec: RunSpec) -> CheckedSpec:
 # Specs checked at submission, kept for the scheduling pass of this process so it does not parse and
 # validate every spec again; bounded, and a miss only costs a parse.
 _RECENT: OrderedDict[str, CheckedSpec] = OrderedDict()
-_RECENT_MAX = 20_000
+_RECENT_MAX = 5_000
 
 
 def remember(run_id: str, checked: CheckedSpec) -> None:
