@@ -1,8 +1,8 @@
 """Facts about the host the agent runs on (what the server needs to offer its capacity).
 
-GPU detection will grow here; every fact is best effort and never fails the request. `docker` is the
-Docker daemon's version (None: no daemon answers, so the host cannot run image tasks); `pythons` the
-Python versions it has, and `python_downloads` whether uv may install others.
+Every fact is best effort and never fails the request. `docker` is the Docker daemon's version (None: no
+daemon answers, so the host cannot run image tasks); `pythons` the Python versions it has, and
+`python_downloads` whether uv may install others.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional
 
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError, docker_socket
 from dstack.agent.environments.pythons import downloads_allowed, find_interpreters, sort_versions
+from dstack.agent.gpus import detect_gpus
+from dstack.agent.limits import CGROUPS
 
 _DOCKER_PROBE_TIMEOUT_SECONDS = 2.0
 
@@ -30,6 +32,8 @@ def host_facts(work_dir: Path) -> Dict[str, Any]:
         "docker": docker_version(),
         "pythons": sort_versions(list(find_interpreters())),
         "python_downloads": downloads_allowed(),
+        # How CPU and memory caps are enforced for process jobs ("cgroup v2"/"cgroup v1"), or None.
+        "limits": CGROUPS.mechanism(),
     }
 
 
@@ -72,4 +76,4 @@ def disk_free_bytes(path: Path) -> int:
 
 
 def gpus() -> List[Dict[str, Any]]:
-    return []
+    return detect_gpus()

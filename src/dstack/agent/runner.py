@@ -365,6 +365,7 @@ class Runner:
             # A task sees only the GPUs it holds (none, if it holds none). A container is given its GPUs
             # by the daemon and numbers them from 0 itself.
             env["CUDA_VISIBLE_DEVICES"] = gpus
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # number devices as nvidia-smi does, as the indices are
             env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
+    """The plan (SPEC §4): the run's settings, then the offers, cheapest first, unavailable ones last."""
     rows = [[key, value] for key, value in prepared.summary.items()]
     rows.append(["Resources", plan["requirements"]])
     table(["", ""], rows, stream=sys.stderr)
@@ -73,9 +74,18 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
             dim_after_first=True,
         )
         note(plan["sharing"], dim=True)
-    elif plan.get("no_offer_message"):
+        if plan.get("busy_message"):
+            if prepared.retry:
+                note(f"{plan['busy_message']}; the run will wait for capacity")
+            else:
+                note(
+                    f"{plan['busy_message']}; without --retry-limit the run fails at once "
+                    "(pass --retry-limit DURATION, e.g. 1h, to wait for capacity)"
+                )
+    elif plan.get("no_offer_message") and prepared.retry:
+        # (Without retry the run stops here with this sentence as its error, so it is not said twice.)
         sys.stderr.write("\n")
-        note(plan["no_offer_message"])
+        note(f"{plan['no_offer_message']} The run will wait for capacity.")
     sys.stderr.write("\n")
 
 

@@ -13,6 +13,7 @@ import uvicorn
 
 from dstack.api.config import ProjectEntry, load_config, save_config
 from dstack.server.app import create_app
+from dstack.server.config_file import load_server_config
 from dstack.server.services.users import DEFAULT_PROJECT
 from dstack.server.settings import ServerSettings
 
@@ -35,6 +36,9 @@ def check_port(host: str, port: int) -> None:
 
 def serve(settings: ServerSettings, *, embedded: bool = False, log_level: str = "warning") -> None:
     check_port(settings.host, settings.port)
+    # A mistake in config.yml is one sentence here, not a traceback from the app's start-up.
+    settings.ensure_dirs()
+    load_server_config(settings.config_file)
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -90,11 +90,11 @@ def test_renewal_only_by_the_owner_and_release(tmp_path: Path) -> None:
         now = time.time()
         assert await leases.claim_jobs(db, [job], "owner", now, 15) == [job]
         assert await leases.claim_jobs(db, [job], "intruder", now, 15) == []
-        assert await leases.renew_lease(db, job, "owner", now + 30)
-        assert not await leases.renew_lease(db, job, "intruder", now + 30)
+        assert await leases.renew_leases(db, "owner", [job], now + 30) == {job}
+        assert await leases.renew_leases(db, "intruder", [job], now + 30) == set()
         # After the lease expires another worker may take the job; the old owner's renewal then fails.
         assert await leases.claim_jobs(db, [job], "successor", now + 31, 15) == [job]
-        assert not await leases.renew_lease(db, job, "owner", now + 60)
+        assert await leases.renew_leases(db, "owner", [job], now + 60) == set()
         await leases.release_all(db)
         assert job in await leases.claimable_jobs(db, now)
         await db.close()

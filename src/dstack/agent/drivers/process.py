@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from dstack.agent.drivers.base import JobHandle, LaunchSpec
+from dstack.agent.limits import CGROUPS
 from dstack.agent.procutil import find_job_processes, terminate_processes
 from dstack.agent.reaper import ChildProcesses
 
@@ -26,11 +27,16 @@ class ProcessDriver:
         self._children = children
 
     def start(self, launch: LaunchSpec) -> JobHandle:
+        argv = ["bash", "--noprofile", "--norc", str(launch.script)]
+        # CPU and memory caps, where this host can enforce them (the plan said whether it can).
+        cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
+        if cgroup is not None:
+            argv = cgroup.wrap(argv)
         read_fd, write_fd = os.pipe()
         _enlarge_pipe(read_fd)
         try:
             popen = self._children.spawn(
-                ["bash", "--noprofile", "--norc", str(launch.script)],
+                argv,
                 cwd=str(launch.cwd),
                 env=launch.env,
                 stdin=subprocess.DEVNULL,
@@ -41,6 +47,7 @@ class ProcessDriver:
             )
         except BaseException:
             os.close(read_fd)
+            CGROUPS.remove(launch.marker)
             raise
         finally:
             os.close(write_fd)
@@ -59,6 +66,7 @@ class ProcessDriver:
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
         terminate_processes(lambda: find_job_processes(handle.marker, handle.pgid), grace_seconds, abort)
+        CGROUPS.remove(handle.marker)  # it is empty now (the runner stops every job when it ends)
 
     def inspect(self, handle: JobHandle) -> List[int]:
         return sorted(find_job_processes(handle.marker, handle.pgid))
@@ -69,6 +77,7 @@ class ProcessDriver:
     def recover(self, marker: str, grace_seconds: float) -> None:
         # The old process group id may have been reused since: find the job by its marker only.
         terminate_processes(lambda: find_job_processes(marker), grace_seconds)
+        CGROUPS.remove(marker)
 
 
 def _popen(handle: JobHandle) -> Any:

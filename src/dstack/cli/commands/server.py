@@ -42,6 +42,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     from dstack.cli.errors import CLIError
     from dstack.cli.output import note
+    from dstack.server.config_file import ServerConfigError
     from dstack.server.main import PortInUse, serve
     from dstack.server.settings import ServerSettings
 
@@ -59,7 +60,7 @@ def execute(args: argparse.Namespace) -> int:
     )
     try:
         serve(settings, embedded=args.embedded, log_level=args.log_level)
-    except PortInUse as e:
+    except (PortInUse, ServerConfigError) as e:
         raise CLIError(str(e)) from e
     except KeyboardInterrupt:
         pass

@@ -11,7 +11,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from dstack.server.backends.agent_logs import RawHttpPool, RawResponseError
+from dstack.server.backends.agent_http import AgentHTTP, TransportError
 
 
 class AgentError(Exception):
@@ -33,7 +33,7 @@ class LogChunk:
     size: int  # bytes the agent holds so far
     status: str
     exit_code: int | None
-    message: str | None = None  # what the agent is doing for the job ("Pulling image x", ...)
+    message: str | None = None  # what the agent is doing for the job (e.g. "Pulling image X")
 
     @property
     def finished(self) -> bool:
@@ -44,22 +44,33 @@ class AgentClient:
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self._timeout = timeout
-        self._logs_pool = RawHttpPool(self.url, token)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
+        # The calls made for every job go through a leaner client (see agent_http); httpx keeps the rest.
+        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"})
 
     async def close(self) -> None:
-        self._logs_pool.close()
+        await self._lean.aclose()
         await self._client.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The response (httpx's, or the lean client's with the same status_code, headers, content, json)."""
         try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.TransportError as e:
+            if set(kwargs) <= {"params", "json", "timeout"}:
+                response: Any = await self._lean.request(
+                    method,
+                    path,
+                    params=kwargs.get("params"),
+                    json_body=kwargs.get("json"),
+                    timeout=_seconds(kwargs.get("timeout"), self._timeout),
+                )
+            else:
+                response = await self._client.request(method, path, **kwargs)
+        except (httpx.TransportError, TransportError) as e:
             raise AgentUnreachable(f"Cannot reach the agent at {self.url}: {e or type(e).__name__}") from e
         # A 404 to HEAD is an answer ("not stored"), not an error.
         if response.status_code >= 400 and not (method == "HEAD" and response.status_code == 404):
@@ -127,34 +138,35 @@ class AgentClient:
         return response.json()["results"]
 
     async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 16 * 1024 * 1024) -> LogChunk:
-        try:
-            status, headers, body = await self._logs_pool.get(
-                f"/api/jobs/{job_id}/logs",
-                {"offset": offset, "wait": wait, "limit": limit},
-                self._timeout + wait,
-            )
-        except RawResponseError as e:
-            raise AgentUnreachable(f"Cannot reach the agent at {self.url}: {e}") from e
-        if status >= 400:
-            raise AgentError(_error_text(body, status), status)
-        exit_code = headers.get("x-exit-code")
-        message = headers.get("x-job-message")
+        # The lean client reads the body with one readexactly: this path carries a task's whole output.
+        response = await self._request(
+            "GET",
+            f"/api/jobs/{job_id}/logs",
+            params={"offset": offset, "wait": wait, "limit": limit},
+            timeout=self._timeout + wait,
+        )
+        exit_code = response.headers.get("X-Exit-Code")
+        message = response.headers.get("X-Job-Message")
         return LogChunk(
-            data=body,
-            end=int(headers["x-log-end"]),
-            size=int(headers["x-log-size"]),
-            status=headers["x-job-status"],
-            exit_code=int(exit_code) if exit_code else None,
+            data=response.content,
+            end=int(response.headers["X-Log-End"]),
+            size=int(response.headers["X-Log-Size"]),
+            status=response.headers["X-Job-Status"],
+            exit_code=int(exit_code) if exit_code not in (None, "") else None,
             message=unquote(message) if message else None,
         )
 
 
-def _error_message(response: httpx.Response) -> str:
-    return _error_text(response.content, response.status_code)
+def _seconds(timeout: Any, default: float) -> float:
+    if timeout is None:
+        return default
+    if isinstance(timeout, httpx.Timeout):
+        return max(t for t in (timeout.connect, timeout.read, timeout.write, default) if t is not None)
+    return float(timeout)
 
 
-def _error_text(body: bytes, status: int) -> str:
+def _error_message(response: Any) -> str:
     try:
-        return str(json.loads(body)["error"])
+        return str(json.loads(response.content)["error"])
     except (ValueError, KeyError, TypeError):
-        return f"the agent answered HTTP {status}"
+        return f"the agent answered HTTP {response.status_code}"

@@ -2,17 +2,31 @@
 
 Claiming is a compare-and-set UPDATE, so of two workers (or two server replicas sharing PostgreSQL) racing
 for one job exactly one wins; a crashed worker's jobs become claimable when their leases expire.
+
+Renewing each lease in its own transaction would cost one write per job every few seconds: with a thousand
+jobs in flight, hundreds of writes a second on SQLite's single writer, for nothing. `LeaseKeeper` renews all
+of a process's leases with one UPDATE per token, and tells a supervisor at once when its job's row no
+longer carries its token (another worker took it over), so it stops writing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
 from sqlalchemy import ColumnElement, or_, select, update
 
 from dstack.core.statuses import ACTIVE_STATUSES
+from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.models import JobRow
 
+log = logging.getLogger(__name__)
+
 _ACTIVE = [s.value for s in ACTIVE_STATUSES]
+CHUNK = 500  # ids per statement, under every database's parameter limit
 
 
 def _claimable(now: float) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
@@ -41,18 +55,65 @@ async def claim_jobs(
     return claimed
 
 
-async def renew_lease(db: Database, job_id: str, token: str, until: float) -> bool:
-    """Extend the lease if `token` still owns it; False means another worker has the job now."""
+async def renew_leases(db: Database, token: str, job_ids: list[str], until: float) -> set[str]:
+    """Extend the leases `token` still owns among `job_ids`; returns those (the others were lost)."""
+    kept: set[str] = set()
     async with db.write() as session:
-        result = await session.execute(
-            update(JobRow)
-            .where(JobRow.id == job_id, JobRow.lock_token == token)
-            .values(lock_expires_at=until)
-        )
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        for start in range(0, len(job_ids), CHUNK):
+            chunk = job_ids[start : start + CHUNK]
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(chunk), JobRow.lock_token == token)
+                .values(lock_expires_at=until)
+            )
+            found = await session.execute(
+                select(JobRow.id).where(JobRow.id.in_(chunk), JobRow.lock_token == token)
+            )
+            kept.update(found.scalars())
+    return kept
 
 
 async def release_all(db: Database) -> None:
     """Void every lease (only for SQLite, whose database belongs to this one process)."""
     async with db.write() as session:
         await session.execute(update(JobRow).values(lock_token=None, lock_expires_at=None))
+
+
+class LeaseKeeper:
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._held: dict[str, tuple[str, Callable[[], None]]] = {}  # job id -> (token, on_lost)
+
+    def hold(self, job_id: str, token: str, on_lost: Callable[[], None]) -> None:
+        self._held[job_id] = (token, on_lost)
+
+    def release(self, job_id: str) -> None:
+        self._held.pop(job_id, None)
+
+    async def run_forever(self) -> None:
+        interval = self.ctx.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing job leases failed")
+
+    async def renew_once(self) -> None:
+        held = dict(self._held)
+        if not held:
+            return
+        by_token: dict[str, list[str]] = {}
+        for job_id, (token, _) in held.items():
+            by_token.setdefault(token, []).append(job_id)
+        until = time.time() + self.ctx.settings.lease_seconds
+        kept: set[str] = set()
+        for token, job_ids in by_token.items():
+            kept |= await renew_leases(self.ctx.db, token, job_ids, until)
+        for job_id, (token, on_lost) in held.items():
+            # A supervisor that finished (and cleared its lease) while this ran has released it already.
+            if job_id not in kept and self._held.get(job_id, (None,))[0] == token:
+                self._held.pop(job_id, None)
+                on_lost()

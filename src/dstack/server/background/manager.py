@@ -15,6 +15,7 @@ import time
 import uuid
 
 from dstack.server.background import leases
+from dstack.server.background.leases import LeaseKeeper
 from dstack.server.background.scheduling import SchedulingLoop
 from dstack.server.background.supervisor import Supervisor
 from dstack.server.context import ServerContext
@@ -27,6 +28,7 @@ class BackgroundWorkers:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.scheduling = SchedulingLoop(ctx)
+        self.leases = LeaseKeeper(ctx)
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
 
@@ -37,6 +39,7 @@ class BackgroundWorkers:
         self._loops = [
             asyncio.create_task(self.scheduling.run_forever(), name="scheduling"),
             asyncio.create_task(self._claim_forever(), name="claims"),
+            asyncio.create_task(self.leases.run_forever(), name="leases"),
         ]
 
     async def stop(self) -> None:
@@ -69,7 +72,8 @@ class BackgroundWorkers:
             self.ctx.db, candidates, token, now, self.ctx.settings.lease_seconds
         )
         for job_id in claimed:
-            task = asyncio.create_task(Supervisor(self.ctx, job_id, token).run(), name=f"job {job_id}")
+            supervisor = Supervisor(self.ctx, job_id, token, self.leases)
+            task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task
             task.add_done_callback(functools.partial(self._forget, job_id))
 

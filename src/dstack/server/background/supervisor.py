@@ -17,9 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from sqlalchemy import select
+from sqlalchemy.orm import defer
+
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
-from dstack.server.background import leases
+from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
@@ -32,8 +35,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LONG_POLL = 5.0  # seconds an idle log request waits at the agent
+# The first wait after a submission is short: a job still preparing after it shows as `pulling`, while a
+# job that starts at once goes straight to `running` (one status write fewer per run).
+FIRST_POLL = 1.0
+RUNNING_GRACE = 0.25
+# Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
+# safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
+SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
 STOP_GRACE = 10.0
+
+
+_STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
 
 
 class LeaseLost(Exception):
@@ -45,33 +58,39 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str) -> None:
+    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
         self.ctx = ctx
         self.job_id = job_id
         self.token = token
+        self._leases = leases
         self._stop_sent: str | None = None
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
-        renewer = asyncio.create_task(self._renew_lease())
+        self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
             run, job = await self._load()
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = job.host_id
-            watcher = asyncio.create_task(self._watch_stop(host_id, run.id))
+            watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
-                if not await self._reach(host_id, self._agent_has_job):
-                    if run.stop_requested:
+                shown = RunStatus(job.status)
+                if run.stop_requested:
+                    # Stopped before it was handed over? Then it ends here; else the watcher stops it.
+                    if not await self._reach(host_id, self._agent_has_job):
                         await self._finish_unstarted(run.stop_requested)
                         return
+                elif shown is RunStatus.PROVISIONING:
+                    # The agent's submit is idempotent: after a crash between submitting and recording it,
+                    # submitting again finds the job the agent already runs.
                     allocation = json.loads(job.allocation) if job.allocation else {}
                     await self._reach(
                         host_id, functools.partial(self._provision, run=run, allocation=allocation)
                     )
-                await self._follow(host_id, run.id)
+                await self._follow(host_id, run.id, shown)
             finally:
                 watcher.cancel()
         except (LeaseLost, JobFinished):
@@ -88,7 +107,7 @@ class Supervisor:
                     RunStatus.FAILED, TerminationReason.SERVER_ERROR, f"server error: {e}", None
                 )
         finally:
-            renewer.cancel()
+            self._leases.release(self.job_id)
 
     async def _reach(self, host_id: str, call: Callable[[AgentClient], Awaitable[T]]) -> T:
         """Call the host's agent; while it does not answer, try to recover it, up to HOST_LOST_AFTER."""
@@ -136,12 +155,12 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-        await self._set_status(RunStatus.PULLING)
 
     def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
         profile = spec.profile
-        cpus = allocation.get("cpus") or None
-        memory_gb = allocation.get("memory_gb") or None
+        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
+        cpus = allocation.get("cpu_limit") or None
+        memory_gb = allocation.get("memory_limit_gb") or None
         return {
             "id": self.job_id,
             "run_name": spec.run_name,
@@ -165,15 +184,16 @@ class Supervisor:
 
     # -- following ---------------------------------------------------------------------------------------
 
-    async def _follow(self, host_id: str, run_id: str) -> None:
+    async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
-        agent_status: str | None = None
-        agent_message: str | None = None
+        wait = FIRST_POLL
+        running_due: float | None = None
+        shown_message: str | None = None
         try:
             while True:
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size)
+                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -188,25 +208,40 @@ class Supervisor:
                 if chunk.data:
                     appender.append(chunk.data)
                     self.ctx.notifier.notify(run_channel(run_id))
-                if (chunk.status, chunk.message) != (agent_status, agent_message):
-                    agent_status, agent_message = chunk.status, chunk.message
-                    # The agent's note goes along as the run's status message ("Pulling image x").
-                    if agent_status == "running":
-                        await self._set_status(RunStatus.RUNNING, agent_message)
-                    elif agent_status == "preparing":
-                        await self._set_status(RunStatus.PULLING, agent_message)
                 if chunk.finished:
-                    await self._reach(host_id, self._finish_from_agent)
+                    await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
+                # Only what was seen is recorded: a job that is already running never shows `pulling`,
+                # and one that ends within RUNNING_GRACE of starting never shows `running` (a write saved
+                # for every short job; a longer one shows `running` that much later).
+                target = RunStatus.RUNNING if chunk.status == "running" else RunStatus.PULLING
+                wait = LONG_POLL
+                if target is RunStatus.PULLING and chunk.message != shown_message:
+                    # The agent's note ("Pulling image x") goes along as the run's status message.
+                    await self._set_status(target, chunk.message)
+                    shown, shown_message = target, chunk.message
+                elif _STAGES.index(target) > _STAGES.index(shown):
+                    if target is RunStatus.RUNNING and running_due is None:
+                        running_due = time.monotonic() + RUNNING_GRACE
+                    if target is RunStatus.PULLING or time.monotonic() >= (running_due or 0.0):
+                        await self._set_status(target, chunk.message)
+                        shown, shown_message, running_due = target, chunk.message, None
+                    else:
+                        wait = max(0.0, (running_due or 0.0) - time.monotonic())
         finally:
             appender.close()
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=LONG_POLL)
+    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
+        return await agent.logs(self.job_id, offset=offset, wait=wait)
 
-    async def _finish_from_agent(self, agent: AgentClient) -> None:
+    async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
+        if chunk.status == "done":  # the common end needs nothing more from the agent
+            await self._finish(RunStatus.DONE, None, None, 0)
+            with contextlib.suppress(AgentError):
+                await agent.delete_job(self.job_id)
+            return
         state = await agent.get_job(self.job_id)
-        run, _ = await self._load()
+        run, job = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
         reason_code = state.get("reason_code")
         if status == "done":
@@ -223,7 +258,12 @@ class Supervisor:
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
-            await self._finish(RunStatus.FAILED, TerminationReason.COMMANDS_FAILED, None, exit_code)
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.COMMANDS_FAILED,
+                _memory_cap_hint(job, exit_code),
+                exit_code,
+            )
         elif status == "failed":
             await self._finish(
                 RunStatus.FAILED,
@@ -243,13 +283,12 @@ class Supervisor:
 
     # -- stopping ----------------------------------------------------------------------------------------
 
-    async def _watch_stop(self, host_id: str, run_id: str) -> None:
+    async def _watch_stop(self, host_id: str, run_id: str, wanted: str | None) -> None:
         signal = self.ctx.notifier.signal(stop_channel(run_id))
+        recheck = SQLITE_STOP_RECHECK if self.ctx.db.is_sqlite else self.ctx.settings.poll_seconds
         while True:
             version = signal.version
             with contextlib.suppress(AgentError):
-                run, _ = await self._load()
-                wanted = run.stop_requested
                 if (
                     wanted is not None
                     and wanted != self._stop_sent
@@ -258,7 +297,12 @@ class Supervisor:
                     agent = self.ctx.backends.agent(host_id)
                     await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
                     self._stop_sent = wanted
-            await signal.wait(version, self.ctx.settings.poll_seconds)
+            await signal.wait(version, recheck)
+            try:
+                run, _ = await self._load()
+            except LeaseLost:
+                return  # the job is gone; the supervisor ends too
+            wanted = run.stop_requested
 
     async def _finish_unstarted(self, stop_requested: str) -> None:
         if stop_requested == "abort":
@@ -270,13 +314,19 @@ class Supervisor:
 
     async def _load(self) -> tuple[RunRow, JobRow]:
         async with self.ctx.db.read() as session:
-            job = await session.get(JobRow, self.job_id)
-            if job is None:
-                raise LeaseLost()
-            run = await session.get(RunRow, job.run_id)
-            if run is None:
-                raise LeaseLost()
-            return run, job
+            return await self._select(session, owned=False)
+
+    async def _select(self, session: Any, *, owned: bool) -> tuple[RunRow, JobRow]:
+        # One statement for both rows: this runs several times per job, for every job.
+        query = (
+            select(RunRow, JobRow).join(JobRow, JobRow.run_id == RunRow.id).where(JobRow.id == self.job_id)
+        )
+        if owned:
+            query = query.options(defer(RunRow.spec))  # status writes never need the (big) spec
+        found = (await session.execute(query)).first()
+        if found is None or (owned and found[1].lock_token != self.token):
+            raise LeaseLost()
+        return found[0], found[1]
 
     async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
         async with self.ctx.db.write() as session:
@@ -298,23 +348,13 @@ class Supervisor:
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
 
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
-        job = await session.get(JobRow, self.job_id)
-        if job is None or job.lock_token != self.token:
-            raise LeaseLost()
-        run = await session.get(RunRow, job.run_id)
-        assert run is not None
-        return run, job
+        return await self._select(session, owned=True)
 
-    async def _renew_lease(self) -> None:
-        lease = self.ctx.settings.lease_seconds
-        while True:
-            await asyncio.sleep(lease / 3)
-            if not await leases.renew_lease(self.ctx.db, self.job_id, self.token, time.time() + lease):
-                # Stop at once: two writers appending to one log file would corrupt it.
-                self._lease_lost = True
-                if self._task is not None:
-                    self._task.cancel()
-                return
+    def _on_lease_lost(self) -> None:
+        # Stop at once: two writers appending to one log file would corrupt it.
+        self._lease_lost = True
+        if self._task is not None:
+            self._task.cancel()
 
 
 def _build_advice(run: RunRow) -> str:
@@ -324,4 +364,18 @@ def _build_advice(run: RunRow) -> str:
     return (
         "build not found: this configuration's build is not cached on its host yet; "
         f"run it with --build to build it (dstack run .{config} --build)"
+    )
+
+
+def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
+    """A task killed by SIGKILL under a memory cap most likely went over it: say so, not just "137"."""
+    if exit_code != 137 or not job.allocation:
+        return None
+    cap = json.loads(job.allocation).get("memory_limit_gb")
+    if not cap:
+        return None
+    from dstack.config.ranges import Memory
+
+    return (
+        f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
     )

@@ -84,6 +84,7 @@ class RunRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     spec: Mapped[str] = mapped_column(Text)  # JSON RunSpec as validated at submission
+    configuration_path: Mapped[str | None] = mapped_column(String(256), nullable=True)  # for `ps`
     # Where and how it runs, denormalised for `ps` (one query, no joins).
     backend: Mapped[str | None] = mapped_column(String(32), nullable=True)
     resources: Mapped[str | None] = mapped_column(String(256), nullable=True)

@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from dstack.server.scheduler.gpu_names import gpu_name_matches, gpu_short_name
+
 GB = 1024**3
+# Drivers report a little less memory than a device is sold with (a 16GB T4 shows 15GB, a 24GB A10G 22.5GB),
+# and a host's MemTotal leaves out what the kernel keeps; asking for the nominal size must still fit.
+GPU_MEMORY_SLACK = 0.07
+HOST_MEMORY_SLACK = 0.05
+
+
+def memory_fits(actual_gb: float, asked_min_gb: float, slack: float) -> bool:
+    return actual_gb >= asked_min_gb * (1 - slack) - 1e-9
 
 
 @dataclass(frozen=True)
@@ -19,12 +29,20 @@ class Span:
         return value >= self.min and (self.max is None or value <= self.max)
 
     def describe(self, unit: str = "") -> str:
-        lo = f"{self.min:g}{unit}"
+        show = format_gb if unit == "GB" else (lambda value: f"{value:g}{unit}")
+        lo = show(self.min)
         if self.max is None:
             return f"{lo}.."
         if self.max == self.min:
             return lo
-        return f"{lo}..{self.max:g}{unit}"
+        return f"{lo}..{show(self.max)}"
+
+
+def format_gb(value: float) -> str:
+    """A size in GB as users write it: 512MB, 1.5GB, 80GB."""
+    if 0 < value < 1:
+        return f"{value * 1024:.0f}MB"
+    return f"{value:.4g}GB"
 
 
 @dataclass(frozen=True)
@@ -37,15 +55,12 @@ class GpuRequest:
     def matches(self, gpu: Gpu) -> bool:
         if self.vendor and gpu.vendor.lower() != self.vendor.lower():
             return False
-        if self.names and not any(_gpu_name_matches(n, gpu.name) for n in self.names):
+        if self.names and not any(gpu_name_matches(n, gpu.name) for n in self.names):
             return False
-        return not (self.memory_gb is not None and not self.memory_gb.contains(gpu.memory_gb))
-
-
-def _gpu_name_matches(asked: str, name: str) -> bool:
-    # "A100" matches "NVIDIA A100-SXM4-80GB"; compare tokens, so "A10" does not match "A100".
-    normalized = name.upper().replace("-", " ").replace("_", " ").split()
-    return asked.upper() in normalized or asked.upper() == name.upper()
+        if self.memory_gb is None:
+            return True
+        low_ok = memory_fits(gpu.memory_gb, self.memory_gb.min, GPU_MEMORY_SLACK)
+        return low_ok and (self.memory_gb.max is None or gpu.memory_gb <= self.memory_gb.max + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -68,10 +83,14 @@ class Requirements:
 
 @dataclass(frozen=True)
 class Gpu:
-    index: int
-    name: str
+    index: int  # as the driver numbers it (nvidia-smi's index): what CUDA_VISIBLE_DEVICES names
+    name: str  # as the driver reports it, e.g. "NVIDIA A100-SXM4-80GB", or as an admin declared it
     memory_gb: float
     vendor: str = "nvidia"
+
+    @property
+    def short_name(self) -> str:
+        return gpu_short_name(self.name)
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,8 @@ class Host:
     unavailable_reason: str | None = None
     pythons: tuple[str, ...] | None = None  # Python versions installed there; None = not reported
     python_downloads: bool = False  # whether uv may install the versions it lacks
+    # How the host's agent enforces CPU and memory limits ("cgroup v2", "cgroup v1"); None: it cannot.
+    limits: str | None = None
 
     @classmethod
     def from_resources(
@@ -134,12 +155,17 @@ class Host:
             unavailable_reason=unavailable_reason,
             pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
             python_downloads=bool(resources.get("python_downloads", False)),
+            limits=str(resources["limits"]) if resources.get("limits") else None,
         )
 
 
 @dataclass(frozen=True)
 class Allocation:
-    """What one job holds on its host while it is active."""
+    """What one job holds on its host while it is active.
+
+    `cpus` and `memory_gb` are reserved (no two jobs' reservations exceed the host); `cpu_limit` and
+    `memory_limit_gb` are the caps the agent enforces where it can (None: no cap beyond the host's).
+    """
 
     job_id: str
     cpus: float = 0.0
@@ -147,6 +173,9 @@ class Allocation:
     gpus: tuple[int, ...] = ()
     ports: tuple[int, ...] = ()
     exclusive: bool = False  # asked for the whole host: nothing else may run beside it
+    cpu_limit: float | None = None
+    memory_limit_gb: float | None = None
+    run_name: str | None = None  # for messages ("held by run X"); not stored
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -155,10 +184,13 @@ class Allocation:
             "gpus": list(self.gpus),
             "ports": list(self.ports),
             "exclusive": self.exclusive,
+            "cpu_limit": self.cpu_limit,
+            "memory_limit_gb": self.memory_limit_gb,
         }
 
     @classmethod
-    def from_json(cls, job_id: str, data: dict[str, Any]) -> Allocation:
+    def from_json(cls, job_id: str, data: dict[str, Any], run_name: str | None = None) -> Allocation:
+        cpu_limit, memory_limit = data.get("cpu_limit"), data.get("memory_limit_gb")
         return cls(
             job_id=job_id,
             cpus=float(data.get("cpus", 0)),
@@ -166,4 +198,7 @@ class Allocation:
             gpus=tuple(int(g) for g in data.get("gpus", [])),
             ports=tuple(int(p) for p in data.get("ports", [])),
             exclusive=bool(data.get("exclusive", False)),
+            cpu_limit=float(cpu_limit) if cpu_limit is not None else None,
+            memory_limit_gb=float(memory_limit) if memory_limit is not None else None,
+            run_name=run_name,
         )

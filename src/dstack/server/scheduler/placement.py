@@ -1,10 +1,14 @@
 """Placement: a pure function from (requirements, hosts, what they hold now) to a decision. No I/O.
 
-Sharing policy (stated in every plan):
-- CPU and memory a task sets explicitly (in the configuration, a profile or a flag) are reserved for it;
-  a task that sets neither shares the host with others, as processes on a workstation do.
-- A task whose explicit CPU or memory request covers the whole host runs alone there.
-- GPUs are never shared: a task holds the GPUs it gets, and sees only those.
+Sharing policy (the plan states it for each task, see `messages.placement_note`):
+- A task that sets neither cpu nor memory reserves nothing: it shares its host with other tasks, as
+  processes on a workstation do, and is not capped.
+- cpu and memory a task sets (configuration, profile or flag) reserve the minimum of its range on the host,
+  so reservations never add up to more than the host has. The maximum of the range (the value itself for
+  `cpu: 4`) caps the task where the agent can enforce it (cgroups for processes, container limits for
+  images); an open range (`memory: 16GB..`) reserves its minimum and is not capped.
+- A task whose reservation covers the whole host (every CPU, or all of its memory) runs alone there.
+- GPUs are never shared: a task holds the fewest GPUs its count allows and sees only those.
 - A task's ports are held on its host (tasks listen on the host's network), so two tasks that listen on
   the same port never land on one host.
 """
@@ -15,11 +19,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dstack.server.backends.base import CAP_CONTAINERS
-from dstack.server.scheduler.model import Allocation, Host, Requirements
+
+# Re-exported: callers know these from here.
+from dstack.server.scheduler.messages import (  # noqa: F401
+    describe_allocation,
+    describe_host,
+    describe_resources,
+    host_label,
+    no_offer_sentence,
+    placement_note,
+)
+from dstack.server.scheduler.model import (
+    HOST_MEMORY_SLACK,
+    Allocation,
+    Host,
+    Requirements,
+    memory_fits,
+)
 
 SHARING_POLICY = (
-    "Tasks that set no cpu/memory share a host; explicit cpu, memory, GPUs and ports are reserved; "
-    "a task asking for a whole host runs alone."
+    "Tasks that set no cpu/memory share a host; set cpu, memory, GPUs and ports are reserved for a task; "
+    "a task asking for all of a host runs alone."
 )
 
 
@@ -48,6 +68,26 @@ class HostUsage:
     def held_exclusively(self) -> bool:
         return any(a.exclusive for a in self.allocations)
 
+    def holders(self, *, cpus: bool = False, memory: bool = False, gpus: bool = False) -> str:
+        """The runs that hold what is asked about, for messages: "runs a, b and 2 more"."""
+        names = [
+            a.run_name or a.job_id[:8]
+            for a in self.allocations
+            if (not (cpus or memory or gpus))
+            or (cpus and a.cpus)
+            or (memory and a.memory_gb)
+            or (gpus and a.gpus)
+        ]
+        return runs_phrase(names)
+
+
+def runs_phrase(names: list[str]) -> str:
+    if not names:
+        return "other runs"
+    shown = ", ".join(names[:3])
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"run{'s' if len(names) > 1 else ''} {shown}{more}"
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -68,35 +108,42 @@ class Decision:
         return self.allocation is not None
 
 
-def mismatch(req: Requirements, host: Host) -> str | None:
-    """Why `host` can never run the task (a short noun phrase), or None if its totals fit."""
+def misses(req: Requirements, host: Host) -> list[str]:
+    """Every reason `host` can never run the task (short codes, most decisive first); [] if it fits."""
+    found = []
     if req.backends is not None and host.backend not in req.backends:
-        return "backend"
+        found.append("backend")
     if req.regions is not None and host.region not in req.regions:
-        return "region"
+        found.append("region")
     if req.needs_containers and CAP_CONTAINERS not in host.capabilities:
-        return "containers"
+        found.append("containers")
     if _lacks_python(req, host):
-        return "python"
+        found.append("python")
     if req.spot_policy == "spot" and not host.spot:
-        return "spot"
+        found.append("spot")
     if req.spot_policy == "on-demand" and host.spot:
-        return "on-demand"
+        found.append("on-demand")
     if req.max_price is not None and host.price > req.max_price:
-        return "price"
+        found.append("price")
     if req.arch and not _arch_matches(req.arch, host.arch):
-        return "arch"
+        found.append("arch")
     if host.cpus < req.cpu.min:
-        return "cpu"
-    if host.memory_gb + 0.5 < req.memory_gb.min:  # hosts report a little less than their nominal size
-        return "memory"
+        found.append("cpu")
+    if not memory_fits(host.memory_gb, req.memory_gb.min, HOST_MEMORY_SLACK):
+        found.append("memory")
     if req.disk_gb is not None and host.disk_gb is not None and host.disk_gb < req.disk_gb.min:
-        return "disk"
+        found.append("disk")
     if req.gpu is not None and req.gpu.count.min > 0:
         matching = [g for g in host.gpus if req.gpu.matches(g)]
         if len(matching) < req.gpu.count.min:
-            return "gpu"
-    return None
+            found.append("gpu")
+    return found
+
+
+def mismatch(req: Requirements, host: Host) -> str | None:
+    """Why `host` can never run the task (its most decisive reason), or None if its totals fit."""
+    found = misses(req, host)
+    return found[0] if found else None
 
 
 def _lacks_python(req: Requirements, host: Host) -> bool:
@@ -112,45 +159,69 @@ def _arch_matches(asked: str, arch: str) -> bool:
 
 
 def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | str:
-    """Reserve what the task needs on a host whose totals fit; a string says why it is busy."""
+    """Reserve what the task needs on a host whose totals fit; a string says why it is busy now."""
     host = usage.host
+    label = host_label(host)
     if usage.held_exclusively:
-        return f"{_host_label(host)} is held by a task that asked for all of it"
-    cpus = req.cpu.min if req.cpu_explicit else 0.0
-    memory = req.memory_gb.min if req.memory_explicit else 0.0
+        return f"{label} is held alone by {usage.holders()}"
+    cpus = float(req.cpu.min) if req.cpu_explicit else 0.0
+    memory = float(req.memory_gb.min) if req.memory_explicit else 0.0
     exclusive = (req.cpu_explicit and cpus >= host.cpus) or (
-        req.memory_explicit and memory + 0.5 >= host.memory_gb
+        req.memory_explicit and memory >= host.memory_gb * (1 - HOST_MEMORY_SLACK)
     )
     if exclusive and usage.allocations:
-        return f"{_host_label(host)} must be free for a task asking for all of it"
-    if cpus > host.cpus - usage.reserved_cpus:
-        return f"{_host_label(host)} has {host.cpus - usage.reserved_cpus:g} of {host.cpus} CPUs free"
-    if not req.cpu_explicit and usage.reserved_cpus >= host.cpus:
-        return f"all CPUs of {_host_label(host)} are reserved"
-    if memory > host.memory_gb - usage.reserved_memory_gb + 0.5:
-        free = host.memory_gb - usage.reserved_memory_gb
-        return f"{_host_label(host)} has {free:.0f}GB of {host.memory_gb:.0f}GB memory free"
+        return f"{label} must be free of other tasks (it runs {usage.holders()})"
+    free_cpus = host.cpus - usage.reserved_cpus
+    if cpus > free_cpus + 1e-9 or (not req.cpu_explicit and free_cpus <= 0):
+        return f"{label} has {max(free_cpus, 0):g} of {host.cpus} CPUs free ({usage.holders(cpus=True)})"
+    free_memory = host.memory_gb - usage.reserved_memory_gb
+    # Strict, unlike the totals: slack for what MemTotal leaves out lets a task have all of a host (then
+    # it is alone there), never more than what other tasks left.
+    if (memory > free_memory + 1e-9 and not exclusive) or (
+        not req.memory_explicit and free_memory <= host.memory_gb * HOST_MEMORY_SLACK
+    ):
+        return (
+            f"{label} has {max(free_memory, 0):.0f}GB of {host.memory_gb:.0f}GB memory free "
+            f"({usage.holders(memory=True)})"
+        )
     busy_ports = sorted(set(req.ports) & usage.used_ports)
     if busy_ports:
-        return f"port {busy_ports[0]} on {_host_label(host)} is held by another task"
+        holders = [a.run_name or a.job_id[:8] for a in usage.allocations if busy_ports[0] in a.ports]
+        return f"port {busy_ports[0]} on {label} is held by {runs_phrase(holders)}"
     gpus: tuple[int, ...] = ()
     if req.gpu is not None and req.gpu.count.min > 0:
         used = usage.used_gpus
         free_gpus = sorted(g.index for g in host.gpus if req.gpu.matches(g) and g.index not in used)
         want = int(req.gpu.count.min)
         if len(free_gpus) < want:
-            return f"{_host_label(host)} has {len(free_gpus)} matching GPU(s) free, the task needs {want}"
+            return (
+                f"{label} has {len(free_gpus)} matching GPU{'s' if len(free_gpus) != 1 else ''} free, "
+                f"the task needs {want} (the others are held by {usage.holders(gpus=True)})"
+            )
         gpus = tuple(free_gpus[:want])
     return Allocation(
-        job_id=job_id, cpus=cpus, memory_gb=memory, gpus=gpus, ports=tuple(req.ports), exclusive=exclusive
+        job_id=job_id,
+        cpus=cpus,
+        memory_gb=memory,
+        gpus=gpus,
+        ports=tuple(req.ports),
+        exclusive=exclusive,
+        cpu_limit=_cap(req.cpu.max, host.cpus) if req.cpu_explicit else None,
+        memory_limit_gb=_cap(req.memory_gb.max, None) if req.memory_explicit else None,
     )
+
+
+def _cap(asked_max: float | None, host_total: float | None) -> float | None:
+    if asked_max is None:
+        return None
+    return float(min(asked_max, host_total)) if host_total is not None else float(asked_max)
 
 
 def offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:
     """Hosts whose totals fit, cheapest first; busy and unavailable ones after the available ones."""
     result = []
     for usage in usages:
-        if mismatch(req, usage.host) is not None:
+        if misses(req, usage.host):
             continue
         if not usage.host.available:
             result.append(Offer(usage.host, "unavailable", usage.host.unavailable_reason))
@@ -165,21 +236,27 @@ def offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:
 
 
 def decide(
-    req: Requirements, usages: list[HostUsage], job_id: str, blocked: set[str] | None = None
+    req: Requirements,
+    usages: list[HostUsage],
+    job_id: str,
+    blocked: dict[str, str] | None = None,
 ) -> Decision:
     """Place on the cheapest host that fits now; else say what it waits for, or why it never fits.
 
-    `blocked` holds hosts an earlier waiting task is queued for: later tasks may not take them, so the
-    queue stays first-come-first-served and a big task is not starved by a stream of small ones.
+    `blocked` maps hosts an earlier waiting task is queued for to that task's run name: later tasks may
+    not take them, so the queue stays first-come-first-served and a big task is not starved by a stream
+    of small ones.
     """
-    blocked = blocked or set()
-    fitting = [u for u in usages if mismatch(req, u.host) is None and u.host.available]
+    blocked = blocked or {}
+    fitting = [u for u in usages if not misses(req, u.host) and u.host.available]
     if not fitting:
         return Decision(impossible_reason=no_offer_message(req, [u.host for u in usages]))
     reasons = []
     for usage in sorted(fitting, key=lambda u: u.host.price):
         if usage.host.id in blocked:
-            reasons.append(f"{_host_label(usage.host)} is promised to an earlier task")
+            reasons.append(
+                f"{host_label(usage.host)} is promised to run {blocked[usage.host.id]}, which waits ahead"
+            )
             continue
         outcome = allocate(req, usage, job_id)
         if isinstance(outcome, Allocation):
@@ -189,75 +266,13 @@ def decide(
 
 
 def no_offer_message(req: Requirements, hosts: list[Host]) -> str:
+    """Why no host fits, naming what was asked and what the closest hosts have."""
     if not hosts:
         return "No offer fits: no backend has any host."
-    misses = [mismatch(req, h) for h in hosts]
-    miss = next((m for m in misses if m is not None), None)
-    if miss is None:  # every host fits on paper but none is available
-        notes = "; ".join(f"{_host_label(h)}: {h.unavailable_reason or 'unavailable'}" for h in hosts)
+    found = [(misses(req, h), h) for h in hosts]
+    if all(not m for m, _ in found):  # every host fits on paper but none is available
+        notes = "; ".join(f"{host_label(h)}: {h.unavailable_reason or 'unavailable'}" for h in hosts)
         return f"No host is available now ({notes})."
-    have = "; ".join(describe_host(h) for h in hosts[:3])
-    return f"{_MISS_SENTENCES[miss](req)}: {have}."
-
-
-def _gpu_wanted(req: Requirements) -> str:
-    gpu = req.gpu
-    assert gpu is not None
-    count = int(gpu.count.min)
-    name = "/".join(gpu.names) + " " if gpu.names else ""
-    memory = f" with {gpu.memory_gb.describe('GB')} memory" if gpu.memory_gb is not None else ""
-    if count == 1:
-        return f"No offer has {'an' if name[:1] in 'AEIOU' and name else 'a'} {name}GPU{memory}"
-    return f"No offer has {count} {name}GPUs{memory}"
-
-
-_MISS_SENTENCES = {
-    "backend": lambda r: f"No offer is from backend {', '.join(r.backends or ())}",
-    "region": lambda r: f"No offer is in region {', '.join(r.regions or ())}",
-    "containers": lambda r: "No offer can run containers (an image task needs Docker on its host)",
-    "python": lambda r: f"No offer has Python {r.python} (not installed, and uv may not download it there)",
-    "spot": lambda r: "No offer is a spot instance",
-    "on-demand": lambda r: "No offer is on-demand",
-    "price": lambda r: f"No offer costs at most ${r.max_price:g}/h",
-    "arch": lambda r: f"No offer has a {r.arch} CPU",
-    "cpu": lambda r: f"No offer has {r.cpu.describe()} CPUs",
-    "memory": lambda r: f"No offer has {r.memory_gb.describe('GB')} memory",
-    "disk": lambda r: f"No offer has {r.disk_gb.describe('GB') if r.disk_gb else ''} free disk",
-    "gpu": _gpu_wanted,
-}
-
-
-def _host_label(host: Host) -> str:
-    return "this machine" if host.backend == "local" else f"host {host.name}"
-
-
-def describe_host(host: Host) -> str:
-    return f"{_host_label(host)} has {describe_resources(host)}"
-
-
-def describe_resources(host: Host) -> str:
-    parts = [f"{host.cpus} CPUs", f"{host.memory_gb:.0f}GB memory"]
-    if host.gpus:
-        names: dict[str, int] = {}
-        for g in host.gpus:
-            label = f"{g.name} ({g.memory_gb:.0f}GB)"
-            names[label] = names.get(label, 0) + 1
-        parts.append(", ".join(f"{n}x{label}" for label, n in names.items()))
-    else:
-        parts.append("no GPU")
-    return ", ".join(parts)
-
-
-def describe_allocation(host: Host, allocation: Allocation) -> str:
-    """What a placed task holds, for `ps`: reserved amounts, or the host's when it shares the host."""
-    shared = not allocation.cpus and not allocation.memory_gb
-    cpus = host.cpus if shared else allocation.cpus
-    memory = host.memory_gb if shared else allocation.memory_gb
-    parts = [f"{cpus:g}xCPU", f"{memory:.0f}GB"]
-    if allocation.gpus:
-        by_index = {g.index: g for g in host.gpus}
-        gpu = by_index.get(allocation.gpus[0])
-        label = f"{gpu.name} ({gpu.memory_gb:.0f}GB)" if gpu else "GPU"
-        parts.append(f"{len(allocation.gpus)}x{label}")
-    text = ", ".join(parts)
-    return f"{text} (shared)" if shared else text
+    # Closest first: the fewest misses, then the cheapest.
+    ranked = sorted((pair for pair in found if pair[0]), key=lambda p: (len(p[0]), p[1].price))
+    return no_offer_sentence(req, ranked[0][0], [h for _, h in ranked[:3]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -30,7 +31,8 @@ class CheckedSpec:
 
     def describe(self) -> str:
         req = self.requirements
-        parts = [f"{req.cpu.describe()}xCPU", f"{req.memory_gb.describe('GB')} memory"]
+        cpus = req.cpu.describe()
+        parts = [f"{cpus} CPU" if cpus == "1" else f"{cpus} CPUs", f"{req.memory_gb.describe('GB')} memory"]
         if req.disk_gb is not None:
             parts.append(f"{req.disk_gb.describe('GB')} disk")
         gpu = self.profile.resources.gpu
@@ -51,6 +53,22 @@ def check(spec: RunSpec) -> CheckedSpec:
     return CheckedSpec(
         spec=spec, configuration=configuration, profile=profile, requirements=requirements_of(spec, profile)
     )
+
+
+# Specs checked at submission, kept for the scheduling pass of this process so it does not parse and
+# validate every spec again; bounded, and a miss only costs a parse.
+_RECENT: OrderedDict[str, CheckedSpec] = OrderedDict()
+_RECENT_MAX = 5_000
+
+
+def remember(run_id: str, checked: CheckedSpec) -> None:
+    _RECENT[run_id] = checked
+    while len(_RECENT) > _RECENT_MAX:
+        _RECENT.popitem(last=False)
+
+
+def recall(run_id: str) -> CheckedSpec | None:
+    return _RECENT.pop(run_id, None)
 
 
 def _first_error(e: Exception) -> str:
