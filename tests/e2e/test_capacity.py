@@ -227,9 +227,9 @@ def test_max_duration_stops_a_running_task(dstack_env: DstackEnv, tasks: Path) -
 
 
 def plan_of(env: DstackEnv, cwd: Path, *flags: str) -> str:
-    """The plan `dstack run` prints before asking to continue (no terminal: it stops there)."""
-    result = env.run("run", ".", "-f", "stamp.dstack.yml", *flags, cwd=cwd)
-    assert "Continue?" in result.stderr and "standard input is not a terminal" in result.stderr, result.stderr
+    """The plan `dstack run` prints before asking to continue (answered "n", so it stops there)."""
+    result = env.run("run", ".", "-f", "stamp.dstack.yml", *flags, cwd=cwd, input="n\n")
+    assert "Continue?" in result.stderr and "Exiting..." in result.stderr, result.stderr
     return result.stderr
 
 

@@ -222,7 +222,8 @@ class Supervisor:
                     shown, shown_message = target, chunk.message
                 elif _STAGES.index(target) > _STAGES.index(shown):
                     if target is RunStatus.RUNNING and running_due is None:
-                        running_due = time.monotonic() + RUNNING_GRACE
+                        # Output is proof enough that it runs: `ps` must not say pulling while it prints.
+                        running_due = time.monotonic() + (0.0 if chunk.data else RUNNING_GRACE)
                     if target is RunStatus.PULLING or time.monotonic() >= (running_due or 0.0):
                         await self._set_status(target, chunk.message)
                         shown, shown_message, running_due = target, chunk.message, None
