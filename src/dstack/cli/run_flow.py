@@ -11,6 +11,7 @@ from dstack.cli.connection import get_client
 from dstack.cli.errors import CLIError
 from dstack.cli.follow import Follower
 from dstack.cli.output import confirm, human_size, note, table
+from dstack.cli.requirements import OFFER_HEADERS, offer_row
 from dstack.cli.runspec import PreparedRun, finalize, prepare
 
 PLAN_OFFERS_SHOWN = 3
@@ -51,24 +52,12 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
     offers = plan["offers"]
     if offers:
         shown = offers[:PLAN_OFFERS_SHOWN]
-        body = [
-            [
-                str(i),
-                o["backend"],
-                o["region"],
-                o["instance"],
-                o["resources"],
-                "yes" if o["spot"] else "no",
-                f"${o['price']:g}",
-                _availability(o),
-            ]
-            for i, o in enumerate(shown, 1)
-        ]
+        body = [offer_row(i, o, _availability(o)) for i, o in enumerate(shown, 1)]
         if plan["total_offers"] > len(shown):
             body.append(["...", "", "", "", "", "", "", f"{plan['total_offers'] - len(shown)} more"])
         sys.stderr.write("\n")
         table(
-            ["#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE", ""],
+            [*OFFER_HEADERS, ""],
             body,
             stream=sys.stderr,
             dim_after_first=True,

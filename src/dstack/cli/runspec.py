@@ -180,30 +180,18 @@ def _validated(args: argparse.Namespace, config_file: Path, code_root: Path) -> 
 
 
 def _validate(args: argparse.Namespace, config_file: Path, code_root: Path) -> dict[str, Any]:
+    from dstack.cli.requirements import overrides_from
     from dstack.config import (
         load_configuration,
         load_profiles,
         merge_ports,
-        parse_overrides,
         resolve_profile,
         select_profile,
     )
 
     configuration = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
     profile = select_profile(load_profiles(_profile_files(code_root)), args.profile)
-    overrides = parse_overrides(
-        gpu=args.gpu,
-        cpu=args.cpu,
-        memory=args.memory,
-        disk=args.disk,
-        backends=args.backends,
-        max_price=args.max_price,
-        max_duration=args.max_duration,
-        spot_policy=args.spot_policy,
-        retry=args.retry,
-        retry_limit=args.retry_limit,
-    )
-    effective = resolve_profile(configuration, profile, overrides)
+    effective = resolve_profile(configuration, profile, overrides_from(args))
     ports = merge_ports(configuration.ports, args.port)
     return {
         "configuration": configuration.model_dump(mode="json"),

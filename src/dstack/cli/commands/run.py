@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dstack.cli.requirements import add_requirement_args
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -35,20 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--project", help="the project (default: the configured default)")
     resources = parser.add_argument_group("resources and profile")
-    resources.add_argument("--gpu", metavar="SPEC", help="GPU requirement, e.g. A100:80GB:2, 24GB..:1, H100")
-    resources.add_argument("--cpu", metavar="SPEC", help="CPU requirement, e.g. 4, 2..8")
-    resources.add_argument("--memory", metavar="SPEC", help="memory requirement, e.g. 16GB..")
-    resources.add_argument("--disk", metavar="SPEC", help="disk requirement, e.g. 100GB..")
+    add_requirement_args(resources)
     resources.add_argument("--profile", help="a profile from .dstack/profiles.yml")
-    resources.add_argument(
-        "-b",
-        "--backend",
-        action="append",
-        dest="backends",
-        metavar="BACKEND",
-        help="only this backend (repeatable)",
-    )
-    resources.add_argument("--max-price", type=float, metavar="USD", help="the most to pay per hour")
     resources.add_argument(
         "--max-duration", metavar="DURATION", help="stop the task after this long (e.g. 2h, off)"
     )
