@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from dstack.api.client import Client
+from dstack.api.config import load_config
+from dstack.cli.ports import wsclient
 from tests.e2e.harness import DstackEnv
 from tests.e2e.port_app import stream_sha256
 from tests.e2e.portkit import Attached, free_port, write_project
@@ -27,6 +30,7 @@ pytestmark = pytest.mark.e2e
 
 @dataclass
 class Served:
+    env: DstackEnv
     run: Attached
     http: str  # the URLs the CLI printed
     ws: str
@@ -51,6 +55,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     run = Attached(env, "run", ".", "-y", "-p", f"{locals_['ws']}:{ports['ws']}", cwd=project)
     try:
         yield Served(
+            env,
             run,
             run.url_for(ports["http"]),
             run.url_for(ports["ws"]),
@@ -178,3 +183,33 @@ def _read_exactly(sock: socket.socket, count: int) -> bytes:
         assert chunk, f"connection ended after {data!r}"
         data += chunk
     return data
+
+
+def test_server_refuses_tunnels_it_should_not_open(served: Served) -> None:
+    """Only a member's token, only a declared port of a running run; each refusal is one sentence."""
+    entry = load_config(served.env.home / ".dstack" / "config.yml").default()
+    assert entry is not None
+    name = Client(entry.url, entry.token).list_runs()[0]["name"]
+    base = f"/api/project/main/runs/{name}/ports"
+    declared, undeclared = served.ports["http"], free_port()
+    cases = [
+        (f"{base}/{declared}/connect", "wrong-token", 401, "The token is not valid for this server"),
+        (f"{base}/{undeclared}/connect", entry.token, 404, f"Run {name} does not declare port {undeclared}"),
+        (f"/api/project/main/runs/no-such-run/ports/{declared}/connect", entry.token, 404, "Run no-such-run"),
+    ]
+    for path, token, status, message in cases:
+        with pytest.raises(wsclient.HandshakeRefused) as refused:
+            wsclient.connect(entry.url, path, token)
+        assert refused.value.status == status
+        assert refused.value.message.startswith(message)
+    # And with the right token, a declared port speaks HTTP through the raw WebSocket.
+    ws = wsclient.connect(entry.url, f"{base}/{declared}/connect", entry.token)
+    try:
+        ws.send_binary(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        ws.send_text("eof")
+        received: list[bytes] = []
+        code, _ = ws.pump_to(lambda view: received.append(bytes(view)), lambda text: None)
+    finally:
+        ws.close()
+    assert code == 1000
+    assert b"".join(received).endswith(b"hello from the task\n")

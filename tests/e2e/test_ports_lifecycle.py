@@ -141,6 +141,34 @@ def test_server_restart_while_attached(dstack_env: DstackEnv, project_dir: Path)
     assert run.stdout[0] == "listening"
 
 
+def test_silent_link_is_noticed_and_the_cli_carries_on(dstack_env: DstackEnv, project_dir: Path) -> None:
+    """A server that stops answering without closing anything (what a lost network looks like): the CLI
+    notices (the heartbeats stop) and says so, keeps trying, and carries on when the server answers."""
+    dstack_env.env["DSTACK_PORTS_VIA_SERVER"] = "1"
+    port = free_port()
+    write_project(project_dir, [f"*:{port}"], f"--http {port} --ticks")
+    run = Attached(dstack_env, "run", ".", "-y", cwd=project_dir)
+    try:
+        url = run.url_for(port)
+        run.wait_for(r"^tick 10$", stream="stdout")
+        server = dstack_env.server_pid()
+        assert server is not None
+        os.kill(server, signal.SIGSTOP)
+        try:
+            run.wait_for("the link to it is lost; reconnecting", timeout=40)
+        finally:
+            os.kill(server, signal.SIGCONT)
+        ticks_before = len(run.stdout)
+        run.wait_for(rf"^tick {ticks_before + 20}$", stream="stdout", timeout=60)
+        wait_for(lambda: _answers(f"{url}/hello"), timeout=60, what="the forward to answer again")
+        _get(f"{url}/quit")
+        assert run.wait(timeout=60) == 0
+    finally:
+        run.stop()
+    ticks = [line for line in run.stdout if line.startswith("tick ")]
+    assert ticks == [f"tick {n}" for n in range(len(ticks))]
+
+
 def test_attach_to_a_detached_run_waits_for_a_slow_app(dstack_env: DstackEnv, project_dir: Path) -> None:
     """The app takes over a minute to listen (as a pip install would): the forward waits, then works."""
     dstack_env.env["DSTACK_PORTS_VIA_SERVER"] = "1"
