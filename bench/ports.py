@@ -1,6 +1,8 @@
 """Port forwarding benchmark: throughput, added latency, and how soon the URL is announced.
 
-Runs a real task (bench/ports_app.py) with the real CLI, server and agent in a scratch HOME, on three paths:
+Runs a real task (bench/ports_app.py) with the real CLI, server and agent in a scratch HOME. Transfers: a raw
+TCP stream (the app sends from memory as fast as it can: the hardest case for a relay) and a 256 MB HTTP
+file download (the app is a Python web server, as most task apps are). Three paths:
   loopback   the client connects straight to the task's port (the baseline)
   shortcut   same machine, mapping L:N with L != N: the CLI relays 127.0.0.1:L straight to 127.0.0.1:N
   server     the general path, forced with DSTACK_PORTS_VIA_SERVER=1: CLI -> server WebSocket -> agent -> N
@@ -49,6 +51,25 @@ def throughput(port: int, size: int) -> float:
                 raise RuntimeError(f"the stream ended after {received} of {size} bytes")
             received += count
         return size / (time.perf_counter() - started) / 1e6
+
+
+def file_throughput(port: int) -> float:
+    """MB/s of one HTTP download of the app's file (the everyday case: a Python web server's file)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        started = time.perf_counter()
+        conn.request("GET", "/file")
+        response = conn.getresponse()
+        size = int(response.headers["Content-Length"])
+        buffer = bytearray(4 * 1024 * 1024)
+        received = 0
+        while count := response.readinto(buffer):
+            received += count
+        if received != size:
+            raise RuntimeError(f"the download ended after {received} of {size} bytes")
+        return size / (time.perf_counter() - started) / 1e6
+    finally:
+        conn.close()
 
 
 def latencies(port: int, requests: int) -> list[float]:
@@ -115,41 +136,52 @@ class Bench:
             run.stop()
 
     def measure_paths(self) -> dict[str, dict[str, float]]:
+        """Per path: medians of TCP and file MB/s, their share of loopback, and request latencies."""
         size = self.args.size_mb * 1024 * 1024
         rows: dict[str, dict[str, float]] = {}
-        loopback: dict[str, list[float]] = {"mbs": [], "p50": [], "p99": []}
+        loopback: dict[str, list[float]] = {"tcp": [], "file": [], "p50": [], "p99": []}
         for path, via_server in (("shortcut", False), ("server", True)):
             run, task, local = self.start(via_server)
             try:
-                base_mbs, fwd_mbs, base_lat, fwd_lat = [], [], [], []
-                for _ in range(self.args.repeat):
-                    base_mbs.append(throughput(task["source"], size))
-                    fwd_mbs.append(throughput(local["source"], size))
+                tcp = [
+                    (throughput(task["source"], size), throughput(local["source"], size)) for _ in self._reps
+                ]
+                file = [(file_throughput(task["http"]), file_throughput(local["http"])) for _ in self._reps]
+                base_lat, fwd_lat = [], []
                 for _ in range(3):
                     base_lat += latencies(task["http"], self.args.requests)
                     fwd_lat += latencies(local["http"], self.args.requests)
             finally:
                 self.finish(run, local["http"])
-            loopback["mbs"].append(statistics.median(base_mbs))
+            loopback["tcp"].append(statistics.median(b for b, _ in tcp))
+            loopback["file"].append(statistics.median(b for b, _ in file))
             loopback["p50"].append(percentile(base_lat, 0.5))
             loopback["p99"].append(percentile(base_lat, 0.99))
             rows[path] = {
-                "mbs": statistics.median(fwd_mbs),
-                "ratio": statistics.median(f / b for f, b in zip(fwd_mbs, base_mbs, strict=True)),
+                "tcp": statistics.median(f for _, f in tcp),
+                "tcp_share": statistics.median(f / b for b, f in tcp),
+                "file": statistics.median(f for _, f in file),
+                "file_share": statistics.median(f / b for b, f in file),
                 "p50": percentile(fwd_lat, 0.5),
                 "p99": percentile(fwd_lat, 0.99),
                 "added_p50": percentile(fwd_lat, 0.5) - percentile(base_lat, 0.5),
                 "added_p99": percentile(fwd_lat, 0.99) - percentile(base_lat, 0.99),
             }
         rows["loopback"] = {
-            "mbs": statistics.median(loopback["mbs"]),
-            "ratio": 1.0,
+            "tcp": statistics.median(loopback["tcp"]),
+            "tcp_share": 1.0,
+            "file": statistics.median(loopback["file"]),
+            "file_share": 1.0,
             "p50": statistics.median(loopback["p50"]),
             "p99": statistics.median(loopback["p99"]),
             "added_p50": 0.0,
             "added_p99": 0.0,
         }
         return rows
+
+    @property
+    def _reps(self) -> range:
+        return range(self.args.repeat)
 
     def time_to_url(self, via_server: bool) -> list[float]:
         """Seconds from the app's ports listening to the CLI printing the URL."""
@@ -186,10 +218,11 @@ def main() -> None:
     finally:
         bench.close()
     print(
-        f"\nPorts benchmark: {args.size_mb} MB x{args.repeat} transfers, {args.requests} x3 requests; medians"
+        f"\nPorts benchmark: TCP {args.size_mb} MB and a 256 MB HTTP file, x{args.repeat} each; "
+        f"{args.requests} requests x3; medians"
     )
-    columns = ("path", "MB/s", "of loopback", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
-    widths = (10, 7, 12, 8, 8, 8, 8)
+    columns = ("path", "TCP MB/s", "share", "file MB/s", "share", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms")
+    widths = (10, 9, 6, 10, 6, 8, 8, 8, 8)
     print(
         " ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths, strict=True))
@@ -198,8 +231,10 @@ def main() -> None:
     for path in ("loopback", "shortcut", "server"):
         r = rows[path]
         cells = [
-            f"{r['mbs']:.0f}",
-            f"{r['ratio'] * 100:.0f}%",
+            f"{r['tcp']:.0f}",
+            f"{r['tcp_share'] * 100:.0f}%",
+            f"{r['file']:.0f}",
+            f"{r['file_share'] * 100:.0f}%",
             *(f"{r[key] * 1e3:.3f}" for key in ("p50", "p99", "added_p50", "added_p99")),
         ]
         print(f"{path:<10} " + " ".join(c.rjust(w) for c, w in zip(cells, widths[1:], strict=True)))

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 UPGRADE_PROTOCOL = "dstack-tcp"
 MAX_HEAD = 64 * 1024
 _HIGH_WATER = 2 * 1024 * 1024  # received but not yet sent on: pause reading above this
-_LOW_WATER = 256 * 1024
 _READ_SIZE = 1024 * 1024
 
 
