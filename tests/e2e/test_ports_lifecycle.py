@@ -63,12 +63,15 @@ def test_task_port_held_by_another_program_here_is_refused(dstack_env: DstackEnv
     port = free_port()
     write_project(project_dir, [port], f"--http {port}")
     with _listen(port):
-        result = dstack_env.run("run", ".", "-y", cwd=project_dir)
-    assert result.returncode == 1
-    assert _one_sentence(result.stderr) == (
-        f"Port {port} is in use on this machine, where the task must listen on it; "
-        "stop the program that holds it, then run again"
-    )
+        attached = dstack_env.run("run", ".", "-y", cwd=project_dir)
+        detached = dstack_env.run("run", ".", "-y", "-d", cwd=project_dir)
+    for result in (attached, detached):
+        assert result.returncode == 1
+        assert _one_sentence(result.stderr) == (
+            f"Port {port} is in use on this machine, where the task must listen on it; "
+            "stop the program that holds it, then run again"
+        )
+    assert "local" not in dstack_env.run("ps", "-a", check=True).stdout
 
 
 def test_second_task_on_the_same_port_waits_and_the_plan_says_so(

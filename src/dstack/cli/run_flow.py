@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     print_plan(plan, prepared)
     if not plan["offers"] and not prepared.retry:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
-    forwards = [] if args.detach else _reserve_ports(client, prepared, plan)
+    forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
@@ -42,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     return Follower(client, name).follow()
 
 
-def _reserve_ports(client: Client, prepared: PreparedRun, plan: dict[str, Any]) -> list[Any]:
+def _reserve_ports(client: Client, prepared: PreparedRun, plan: dict[str, Any], *, detach: bool) -> list[Any]:
     """SPEC §4 step 3: every local port the run will be reached on is free (and held) before submission."""
     if not prepared.spec["ports"]:
         return []
     from dstack.cli.ports import reserve_for_run
 
-    return reserve_for_run(client, prepared.spec["ports"], plan)
+    return reserve_for_run(client, prepared.spec["ports"], plan, detach=detach)
 
 
 def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:

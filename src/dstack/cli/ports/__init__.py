@@ -11,11 +11,16 @@ from typing import Any
 
 from dstack.api.client import Client
 from dstack.cli.errors import CLIError
-from dstack.cli.ports.reserve import Forward, reserve, same_machine
+from dstack.cli.ports.reserve import Forward, check_free_here, reserve, same_machine
 
 
-def reserve_for_run(client: Client, ports: list[dict[str, Any]], plan: dict[str, Any]) -> list[Forward]:
-    """Before submission: check and hold every local port the run will be reached on."""
+def reserve_for_run(
+    client: Client, ports: list[dict[str, Any]], plan: dict[str, Any], *, detach: bool = False
+) -> list[Forward]:
+    """Before submission: check and hold every local port the run will be reached on.
+
+    A detached run forwards nothing, so only the ports its task will listen on here are checked.
+    """
     if not ports:
         return []
     offers = plan.get("offers") or []
@@ -23,6 +28,10 @@ def reserve_for_run(client: Client, ports: list[dict[str, Any]], plan: dict[str,
     # A task of ours holding the port makes the host busy (the plan says so, and the run waits); only
     # when the host is free now is a busy port somebody else's program, which the task would trip over.
     check_task_ports = local_task and offers[0].get("availability") == "available"
+    if detach:
+        if check_task_ports:
+            check_free_here([int(p["container_port"]) for p in ports])
+        return []
     return reserve(ports, local_task=local_task, check_task_ports=check_task_ports)
 
 

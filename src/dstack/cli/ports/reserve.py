@@ -94,11 +94,8 @@ def _reserve_one(
     port = int(mapping["container_port"])
     local = mapping.get("local_port")
     if local_task:
-        if check_task_ports and not port_is_free(port):
-            raise CLIError(
-                f"Port {port} is in use on this machine, where the task must listen on it; "
-                "stop the program that holds it, then run again"
-            )
+        if check_task_ports:
+            check_free_here([port])
         if local is None and not via_server:
             local = port
         if local == port:
@@ -115,6 +112,16 @@ def _reserve_one(
             listener = _bind(0)
         return Forward(port, listener.getsockname()[1], listener)
     return Forward(port, int(local), _bind_or_explain(int(local), port))
+
+
+def check_free_here(task_ports: list[int]) -> None:
+    """The task will listen on these ports on this machine: refuse if another program holds one."""
+    for port in task_ports:
+        if not port_is_free(port):
+            raise CLIError(
+                f"Port {port} is in use on this machine, where the task must listen on it; "
+                "stop the program that holds it, then run again"
+            )
 
 
 def _bind(port: int) -> socket.socket:
