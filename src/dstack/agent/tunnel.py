@@ -98,20 +98,24 @@ class PortRoutes:
 
 def connect_port(port: int, timeout: float) -> socket.socket:
     """A connection to the task's port on this host: IPv4 loopback first, then IPv6."""
-    last: Optional[OSError] = None
+    first: Optional[OSError] = None
     for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError as e:  # e.g. no IPv6 on this host
+            first = first or e
+            continue
         sock.settimeout(timeout)
         try:
             sock.connect((host, port))
         except OSError as e:
             sock.close()
-            last = e
+            first = first or e  # the IPv4 error says more than "no IPv6 here"
             continue
         sock.settimeout(None)
         return sock
-    assert last is not None
-    raise last
+    assert first is not None
+    raise first
 
 
 def port_answers(port: int) -> bool:
