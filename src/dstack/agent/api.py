@@ -18,6 +18,7 @@ from dstack.agent.jobs.job import Job
 from dstack.agent.jobs.registry import JobConflictError, JobRegistry
 from dstack.agent.jobs.spec import MAX_STOP_GRACE_SECONDS, SpecError, parse_job_spec
 from dstack.agent.runner import REASON_ABORTED, REASON_STOPPED, Runner
+from dstack.agent.tunnel import PortRoutes
 
 DEFAULT_LOG_LIMIT = 4 * 1024 * 1024
 _FLOOD_BYTES = 64 * 1024
@@ -59,6 +60,7 @@ class AgentApi:
             Route("GET", _JOB + r"/timestamps", self.job_timestamps),
             Route("POST", _JOB + r"/stop", self.stop_job),
             *self._files.routes(),  # --reload: live edits to a running job's code
+            *PortRoutes(self._registry).routes(),
         ]
 
     def health(self, exchange: Exchange) -> None:

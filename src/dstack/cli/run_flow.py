@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     print_plan(plan, prepared)
     if not plan["offers"] and not prepared.retry:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
+    forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
@@ -41,7 +42,20 @@ def run(args: argparse.Namespace) -> int:
         note(f"Run {name} submitted; follow it with: dstack logs -f {name}")
         print(name)
         return 0
+    if forwards:
+        from dstack.cli.ports import follow_with_ports
+
+        return follow_with_ports(client, name, forwards)
     return Follower(client, name).follow()
+
+
+def _reserve_ports(client: Client, prepared: PreparedRun, plan: dict[str, Any], *, detach: bool) -> list[Any]:
+    """SPEC §4 step 3: every local port the run will be reached on is free (and held) before submission."""
+    if not prepared.spec["ports"]:
+        return []
+    from dstack.cli.ports import reserve_for_run
+
+    return reserve_for_run(client, prepared.spec["ports"], plan, detach=detach)
 
 
 def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:

@@ -28,12 +28,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from dstack.cli.connection import get_client
-    from dstack.cli.follow import Follower
+    from dstack.cli.ports import follow_with_ports, reserve_for_attach
 
     client = get_client(args.project, start_embedded=False)
     run = client.get_run(args.run_name)
+    forwards = reserve_for_attach(client, run, args.port)
     if args.reload:
         from dstack.cli.reload import attach_reload
 
         attach_reload(client, run)
-    return Follower(client, args.run_name, tail=args.tail).follow()
+    return follow_with_ports(client, args.run_name, forwards, tail=args.tail)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from urllib.parse import unquote
 import httpx
 
 from dstack.server.backends.agent_http import AgentHTTP, TransportError
+from dstack.server.backends.agent_tunnel import TunnelRefused, TunnelStream, open_tunnel
 
 
 class AgentError(Exception):
@@ -43,6 +45,7 @@ class LogChunk:
 class AgentClient:
     def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
+        self._token = token
         self._timeout = timeout
         self._client = httpx.AsyncClient(
             base_url=self.url,
@@ -155,6 +158,27 @@ class AgentClient:
             exit_code=int(exit_code) if exit_code not in (None, "") else None,
             message=unquote(message) if message else None,
         )
+
+    async def port_status(self, job_id: str, port: int, *, wait: float) -> dict[str, Any]:
+        """{"port", "open", "status"}; the agent answers as soon as the port opens, or after `wait` s."""
+        response = await self._request(
+            "GET",
+            f"/api/jobs/{job_id}/ports/{port}",
+            params={"wait": wait},
+            timeout=httpx.Timeout(self._timeout + wait),
+        )
+        return response.json()
+
+    async def open_tunnel(self, job_id: str, port: int) -> TunnelStream:
+        """A TCP stream to the job's port, relayed by the agent (an HTTP Upgrade to raw bytes)."""
+        try:
+            return await open_tunnel(self.url, self._token, job_id, port, timeout=self._timeout)
+        except TunnelRefused as e:
+            raise AgentError(str(e), e.status) from e
+        except (OSError, asyncio.TimeoutError, ValueError) as e:
+            raise AgentUnreachable(
+                f"Cannot open a tunnel through the agent at {self.url}: {e or type(e).__name__}"
+            ) from e
 
 
 def _seconds(timeout: Any, default: float) -> float:
