@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -66,7 +65,7 @@ def serve(settings: ServerSettings, *, embedded: bool = False, log_level: str = 
     )
     server = uvicorn.Server(config)
     try:
-        asyncio.run(server.serve())
+        server.run()  # on uvloop: uvicorn picks the loop from the config
     finally:
         (settings.server_dir / "server.json").unlink(missing_ok=True)
     if not server.started:
