@@ -7,6 +7,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ def free_port() -> int:
 def write_project(project: Path, ports: list[str | int], app_args: str) -> None:
     shutil.copy(APP, project / "port_app.py")
     lines = ["type: task", "ports:"] + [f"  - {p!r}" if isinstance(p, str) else f"  - {p}" for p in ports]
-    lines += ["commands:", f"  - python port_app.py {app_args}"]
+    # The app needs `websockets`; the task's own venv has only what it installs (tests install nothing from
+    # the network), so the app runs on the interpreter of dstack's own venv.
+    lines += ["commands:", f"  - {sys.executable} port_app.py {app_args}"]
     (project / ".dstack.yml").write_text("\n".join(lines) + "\n")
 
 

@@ -83,9 +83,9 @@ def test_second_task_on_the_same_port_waits_and_the_plan_says_so(
         dstack_env.run("run", ".", "-y", "-d", cwd=project_dir, check=True).stdout.strip().splitlines()[-1]
     )
     wait_for(lambda: _answers(f"http://127.0.0.1:{port}/hello"), timeout=60, what="the first task's app")
-    second = Attached(dstack_env, "run", ".", "-y", cwd=project_dir)
+    second = Attached(dstack_env, "run", ".", "-y", "--retry-limit", "10m", cwd=project_dir)
     try:
-        second.wait_for(rf"busy: port {port} on this machine is held by another task")
+        second.wait_for(rf"busy: port {port} on this machine is held by run {first}")
         second.wait_for("Waiting for capacity")
         _get(f"http://127.0.0.1:{port}/quit")  # the first task ends and frees its port
         assert second.url_for(port) == f"http://127.0.0.1:{port}"

@@ -60,6 +60,24 @@ class Exchange:
         self._body_read = False
         self.status: Optional[int] = None  # set once the response has started
 
+    def header(self, name: str, default: str = "") -> str:
+        return str(self._handler.headers.get(name, default))
+
+    def switch_protocols(self, protocol: str) -> socket.socket:
+        """Answer 101 for an HTTP Upgrade and hand over the raw connection (HTTP is done with it)."""
+        handler = self._handler
+        self.status = HTTPStatus.SWITCHING_PROTOCOLS
+        handler.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header("Upgrade", protocol)
+        handler.end_headers()
+        handler.wfile.flush()
+        # After the upgrade the connection is the caller's; the HTTP loop must not read from it again.
+        handler.close_connection = True
+        sock: socket.socket = handler.connection
+        sock.settimeout(None)
+        return sock
+
     def content_length(self) -> Optional[int]:
         if self._handler.headers.get("Transfer-Encoding"):
             raise ApiError(HTTPStatus.LENGTH_REQUIRED, "Send the body with a Content-Length, not chunked")

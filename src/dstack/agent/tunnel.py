@@ -64,8 +64,7 @@ class PortRoutes:
         job, port = self._job_port(exchange)
         if job.state.status != RUNNING:
             raise ApiError(HTTPStatus.CONFLICT, f"Job {job.id} is {job.state.status}, not running")
-        headers = exchange._handler.headers
-        if headers.get("Upgrade", "").strip().lower() != UPGRADE_PROTOCOL:
+        if exchange.header("Upgrade").strip().lower() != UPGRADE_PROTOCOL:
             raise ApiError(
                 HTTPStatus.UPGRADE_REQUIRED, f"Send 'Connection: Upgrade' and 'Upgrade: {UPGRADE_PROTOCOL}'"
             )
@@ -76,7 +75,7 @@ class PortRoutes:
                 HTTPStatus.BAD_GATEWAY, f"Nothing answers on port {port} of the task ({_reason(e)})"
             ) from None
         try:
-            client = _switch_protocols(exchange)
+            client = exchange.switch_protocols(UPGRADE_PROTOCOL)
         except OSError:
             target.close()
             raise
@@ -139,21 +138,6 @@ def wait_until_open(job: Job, port: int, wait: float) -> bool:
             return False
         # The job's end wakes this at once; otherwise probe again shortly.
         job.finished.wait(min(PROBE_INTERVAL_SECONDS, remaining))
-
-
-def _switch_protocols(exchange: Exchange) -> socket.socket:
-    handler = exchange._handler
-    exchange.status = HTTPStatus.SWITCHING_PROTOCOLS
-    handler.send_response(HTTPStatus.SWITCHING_PROTOCOLS)
-    handler.send_header("Connection", "Upgrade")
-    handler.send_header("Upgrade", UPGRADE_PROTOCOL)
-    handler.end_headers()
-    handler.wfile.flush()
-    # After the relay the connection is done; the HTTP loop must not read another request from it.
-    handler.close_connection = True
-    sock: socket.socket = handler.connection
-    sock.settimeout(None)
-    return sock
 
 
 def relay(a: socket.socket, b: socket.socket) -> None:
