@@ -261,7 +261,7 @@ class RequestHandler(BaseHTTPRequestHandler):
                 self._check_token()
             route.handler(exchange)
             if self.command in ("POST", "PUT", "DELETE"):
-                log.info("%s %s -> %s", self.command, url.path, exchange.status)
+                log.debug("%s %s -> %s", self.command, url.path, exchange.status)
         except ApiError as e:
             self._send_error_response(exchange, e.status, e.message, e.headers)
         except (BrokenPipeError, ConnectionResetError):

@@ -5,12 +5,12 @@
     for run in client.list_runs():
         print(run["name"], run["status"])
 
-Built on http.client with one kept-alive connection: it imports in milliseconds, which keeps the CLI fast.
+Built on a lean HTTP/1.1 client (`dstack.api.http`) with one kept-alive connection: it imports in a few
+milliseconds, which keeps the CLI fast.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Callable, Iterator
@@ -20,6 +20,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from dstack.api.config import load_config
 from dstack.api.errors import APIError, NotConfigured, NotFound, ServerUnreachable, Unauthorized
+from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
 
 DEFAULT_TIMEOUT = 60.0
@@ -37,10 +38,7 @@ class Client:
         self.token = token
         self.project = project
         self.timeout = timeout
-        self._scheme = parts.scheme
-        self._host = parts.hostname
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
 
     @classmethod
     def from_config(cls, project: str | None = None) -> Client:
@@ -51,10 +49,30 @@ class Client:
 
     # -- transport ---------------------------------------------------------------------------------------
 
-    def connect(self, timeout: float | None = None) -> http.client.HTTPConnection:
+    def connect(self, timeout: float | None = None) -> Connection:
         """A new connection to the server (streams use their own, so requests can go on beside them)."""
-        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-        return cls(self._host, self._port, timeout=timeout or self.timeout)
+        return Connection(self.url, timeout or self.timeout)
+
+    def exchange(
+        self,
+        conn: Connection,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: Any = None,
+        **kwargs: Any,
+    ) -> Response:
+        """One request on `conn` (kept alive), retried once on a fresh socket if the server had closed it."""
+        try:
+            try:
+                return conn.request(method, target, self._headers(headers), body, **kwargs)
+            except StaleConnection:
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                return conn.request(method, target, self._headers(headers), body, **kwargs)
+        except OSError as e:
+            conn.close()
+            raise ServerUnreachable(_unreachable_message(self.url, e)) from e
 
     def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Authorization": f"Bearer {self.token}", "User-Agent": "dstack-cli"}
@@ -74,24 +92,16 @@ class Client:
         """Send one request on the kept-alive connection; JSON in, bytes out. Raises APIError subclasses."""
         if params:
             path = f"{path}?{urlencode({k: _param(v) for k, v in params.items() if v is not None})}"
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = self._headers({"Content-Type": "application/json"} if payload is not None else None)
-        for attempt in (1, 2):
-            conn = self._conn or self.connect()
-            self._conn = conn
-            try:
-                conn.request(method, path, body=payload, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
-                # The server closed an idle kept-alive connection: retry once on a fresh one.
-                self.close()
-                if attempt == 2:
-                    raise ServerUnreachable(f"The server at {self.url} closed the connection: {e}") from e
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                raise ServerUnreachable(_unreachable_message(self.url, e)) from e
+        payload = json.dumps(body).encode() if body is not None else b""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self._conn is None:
+            self._conn = self.connect()
+        response = self.exchange(self._conn, method, path, headers, payload)
+        try:
+            data = response.read()
+        except OSError as e:
+            self.close()
+            raise ServerUnreachable(_unreachable_message(self.url, e)) from e
         if response.status not in ok:
             raise error_for(response.status, data)
         return response.status, data
@@ -139,23 +149,20 @@ class Client:
         return status == 200
 
     def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        size = path.stat().st_size
         conn = self.connect(timeout=max(self.timeout, 300))
         try:
-            conn.putrequest("PUT", self._project_path(f"/code/{code_hash}"))
-            for key, value in self._headers(
-                {"Content-Type": "application/x-tar", "Content-Length": str(size)}
-            ).items():
-                conn.putheader(key, value)
-            conn.endheaders()
             with path.open("rb") as f:
-                while chunk := f.read(UPLOAD_CHUNK):
-                    conn.send(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-            response = conn.getresponse()
+                response = self.exchange(
+                    conn,
+                    "PUT",
+                    self._project_path(f"/code/{code_hash}"),
+                    {"Content-Type": "application/x-tar"},
+                    f,
+                    length=path.stat().st_size,
+                    progress=progress,
+                )
             data = response.read()
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             raise ServerUnreachable(_unreachable_message(self.url, e)) from e
         finally:
             conn.close()
@@ -164,20 +171,17 @@ class Client:
 
     def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
         """The run's output so far, in chunks."""
-        conn = self.connect()
         params = urlencode({k: v for k, v in {"offset": offset, "tail": tail}.items() if v is not None})
+        conn = self.connect()
         try:
-            conn.request(
-                "GET",
-                self._project_path(f"/runs/{quote(name, safe='')}/logs?{params}"),
-                headers=self._headers(),
+            response = self.exchange(
+                conn, "GET", self._project_path(f"/runs/{quote(name, safe='')}/logs?{params}"), {}
             )
-            response = conn.getresponse()
             if response.status != 200:
                 raise error_for(response.status, response.read())
             while chunk := response.read1(UPLOAD_CHUNK):
                 yield chunk
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             raise ServerUnreachable(_unreachable_message(self.url, e)) from e
         finally:
             conn.close()
@@ -197,14 +201,12 @@ class Client:
             params["tail"] = tail
         path = self._project_path(f"/runs/{quote(name, safe='')}/attach?{urlencode(params)}")
         conn = self.connect(timeout=idle_timeout)
-        try:
-            conn.request("GET", path, headers=self._headers())
-            response = conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise ServerUnreachable(_unreachable_message(self.url, e)) from e
+        response = self.exchange(conn, "GET", path, {})
         if response.status != 200:
-            data = response.read()
+            try:
+                data = response.read()
+            except OSError:
+                data = b""
             conn.close()
             raise error_for(response.status, data)
         return AttachStream(conn, response)

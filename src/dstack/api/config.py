@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,32 @@ def config_path() -> Path:
     return Path.home() / ".dstack" / "config.yml"
 
 
-@dataclass
+# Plain classes, not dataclasses: importing dataclasses costs ~20 ms, a fifth of a warm `dstack ps`.
 class ProjectEntry:
-    name: str
-    url: str
-    token: str
-    default: bool = False
-    embedded: bool = False  # the CLI started this server itself and may start it again
+    __slots__ = ("default", "embedded", "name", "token", "url")
+
+    def __init__(
+        self, name: str, url: str, token: str, default: bool = False, embedded: bool = False
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.token = token
+        self.default = default
+        self.embedded = embedded  # the CLI started this server itself and may start it again
+
+    def to_json(self) -> dict[str, Any]:
+        return {s: getattr(self, s) for s in ("name", "url", "token", "default", "embedded")}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProjectEntry) and self.to_json() == other.to_json()
+
+    def __repr__(self) -> str:
+        return f"ProjectEntry(name={self.name!r}, url={self.url!r}, default={self.default})"
 
 
-@dataclass
 class ClientConfig:
-    projects: list[ProjectEntry] = field(default_factory=list)
+    def __init__(self, projects: list[ProjectEntry] | None = None) -> None:
+        self.projects = projects or []
 
     def default(self, name: str | None = None) -> ProjectEntry | None:
         if name is not None:
@@ -93,7 +106,7 @@ def _parse(text: str, path: Path) -> dict[str, Any]:
 def save_config(config: ClientConfig, path: Path | None = None) -> None:
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"projects": [asdict(p) for p in config.projects]}, indent=2) + "\n"
+    text = json.dumps({"projects": [p.to_json() for p in config.projects]}, indent=2) + "\n"
     # Atomic and private: the file holds tokens.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
     try:

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from dstack.api.errors import ServerUnreachable
+from dstack.api.http import Connection, Response
 from dstack.core import frames
 
 
-@dataclass
-class Frame:
+class Frame(NamedTuple):
     kind: bytes
     offset: int = 0  # for log frames
     data: bytes = b""  # for log frames
@@ -25,7 +23,7 @@ class LinkLost(ServerUnreachable):
 
 
 class AttachStream:
-    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
+    def __init__(self, conn: Connection, response: Response) -> None:
         self._conn = conn
         self._response = response
 
@@ -53,7 +51,7 @@ class AttachStream:
             data = self._response.read(size)
         except TimeoutError as e:
             raise LinkLost("The server sent nothing for 10 s; the link to it is lost") from e
-        except (OSError, http.client.HTTPException) as e:
+        except OSError as e:
             raise LinkLost(f"The link to the server broke: {e or type(e).__name__}") from e
         if len(data) < size and not (allow_eof and not data):
             raise LinkLost("The server closed the stream before the run ended")

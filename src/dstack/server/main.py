@@ -33,8 +33,13 @@ def check_port(host: str, port: int) -> None:
             ) from e
 
 
-def serve(settings: ServerSettings, *, embedded: bool = False, log_level: str = "warning") -> None:
-    check_port(settings.host, settings.port)
+def serve(
+    settings: ServerSettings, *, embedded: bool = False, log_level: str = "warning", fd: int | None = None
+) -> None:
+    """`fd`: an already listening socket to serve on (its port is `settings.port`)."""
+    sockets = [socket.socket(fileno=fd)] if fd is not None else None
+    if sockets is None:
+        check_port(settings.host, settings.port)
     # A mistake in config.yml is one sentence here, not a traceback from the app's start-up.
     settings.ensure_dirs()
     load_server_config(settings.config_file)
@@ -65,7 +70,7 @@ def serve(settings: ServerSettings, *, embedded: bool = False, log_level: str = 
     )
     server = uvicorn.Server(config)
     try:
-        server.run()  # on uvloop: uvicorn picks the loop from the config
+        server.run(sockets=sockets)  # on uvloop: uvicorn picks the loop from the config
     finally:
         (settings.server_dir / "server.json").unlink(missing_ok=True)
     if not server.started:

@@ -16,9 +16,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
+    from dstack.api.config import load_config
     from dstack.cli.connection import get_client
-    from dstack.cli.output import table
+    from dstack.cli.output import note, table
 
+    if args.project is None and load_config().default() is None:
+        # Nothing has run yet: an empty list is the truth, and no server needs starting to say so.
+        table(*_table([], args.verbose))
+        note("No dstack server is configured yet; the first dstack run starts one", dim=True)
+        return 0
     client = get_client(args.project, start_embedded=False)
     if not args.watch:
         runs = client.list_runs(all=args.all, limit=args.limit)

@@ -37,6 +37,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="stop the server running in the background (running tasks keep running)",
     )
     parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
+    # A listening socket inherited from the CLI that started this server (see cli/embedded.py).
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -59,7 +61,7 @@ def execute(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN")
     )
     try:
-        serve(settings, embedded=args.embedded, log_level=args.log_level)
+        serve(settings, embedded=args.embedded, log_level=args.log_level, fd=args.fd)
     except (PortInUse, ServerConfigError) as e:
         raise CLIError(str(e)) from e
     except KeyboardInterrupt:

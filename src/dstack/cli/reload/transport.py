@@ -3,15 +3,15 @@ own, beside the one that streams the output, so an edit never waits behind the s
 
 from __future__ import annotations
 
-import http.client
 import json
 from typing import IO, Any
 from urllib.parse import quote
 
 from dstack.api.client import Client
+from dstack.api.errors import ServerUnreachable
+from dstack.api.http import Connection
 
 TIMEOUT = 120.0
-_SEND_CHUNK = 1024 * 1024
 
 
 class SyncError(Exception):
@@ -40,63 +40,32 @@ class Transport:
     def __init__(self, client: Client, run_name: str) -> None:
         self._client = client
         self._path = f"/api/project/{quote(client.project, safe='')}/runs/{quote(run_name, safe='')}/files"
-        self._conn: http.client.HTTPConnection | None = None
+        self._conn: Connection | None = None
 
     def send_batch(self, body: IO[bytes], length: int) -> dict[str, Any]:
-        def send(conn: http.client.HTTPConnection) -> None:
-            body.seek(0)
-            conn.putrequest("POST", self._path)
-            for key, value in self._headers("application/x-tar", length).items():
-                conn.putheader(key, value)
-            conn.endheaders()
-            while chunk := body.read(_SEND_CHUNK):
-                conn.send(chunk)
-
-        return self._exchange(send)
+        body.seek(0)
+        return self._exchange(self._path, "application/x-tar", body, length)
 
     def compare(self, entries: list[list[Any]]) -> dict[str, Any]:
         payload = json.dumps({"entries": entries}).encode()
-
-        def send(conn: http.client.HTTPConnection) -> None:
-            conn.request(
-                "POST",
-                self._path + "/compare",
-                body=payload,
-                headers=self._headers("application/json", len(payload)),
-            )
-
-        return self._exchange(send)
+        return self._exchange(self._path + "/compare", "application/json", payload, len(payload))
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def _headers(self, content_type: str, length: int) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._client.token}",
-            "User-Agent": "dstack-cli",
-            "Content-Type": content_type,
-            "Content-Length": str(length),
-        }
-
-    def _exchange(self, send: Any) -> dict[str, Any]:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = self._client.connect(timeout=TIMEOUT)
-            try:
-                send(self._conn)
-                response = self._conn.getresponse()
-                data = response.read()
-                break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as e:
-                # The server closed the idle kept-alive connection: once more on a fresh one.
-                self.close()
-                if attempt == 2:
-                    raise LinkDown(f"the server at {self._client.url} closed the connection ({e})") from e
-            except (OSError, http.client.HTTPException) as e:
-                self.close()
-                raise LinkDown(f"cannot reach the server at {self._client.url} ({e})") from e
+    def _exchange(self, path: str, content_type: str, body: IO[bytes] | bytes, length: int) -> dict[str, Any]:
+        if self._conn is None:
+            self._conn = self._client.connect(timeout=TIMEOUT)
+        try:
+            response = self._client.exchange(
+                self._conn, "POST", path, {"Content-Type": content_type}, body, length=length
+            )
+            data = response.read()
+        except (ServerUnreachable, OSError) as e:
+            self.close()
+            raise LinkDown(f"cannot reach the server at {self._client.url} ({e})") from e
         if response.status == 200:
             try:
                 return dict(json.loads(data))
