@@ -112,6 +112,6 @@ def test_truncated_answers_and_garbage_are_errors() -> None:
 
 
 def test_a_silent_server_times_out() -> None:
-    with raw_server(lambda conn, n: True) as url:  # reads the request, never answers
-        with pytest.raises(TimeoutError):
-            Connection(url, 0.3).request("GET", "/", {})
+    # The server reads the request and never answers.
+    with raw_server(lambda conn, n: True) as url, pytest.raises(TimeoutError):
+        Connection(url, 0.3).request("GET", "/", {})
