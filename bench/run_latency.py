@@ -69,7 +69,7 @@ def row(name: str, samples: list[float], baseline: list[float] | None = None, go
 
 def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[str], list[str]]:
     """A task printing `gib` GiB of numbered lines to an attached CLI; checks every byte arrived in order."""
-    count = int(gib * 1024**3 / 10.0)  # `seq` lines average ~10 bytes at this size
+    count = _lines_for(int(gib * 1024**3))
     (project / ".dstack.yml").write_text(f"type: task\ncommands:\n  - seq 1 {count}\n")
     expected = hashlib.sha256()
     expected_size = 0
@@ -126,6 +126,18 @@ def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[str], li
         f"({size} of {expected_size} bytes, exit {code})"
     ]
     return rows[0], rows[1] + check
+
+
+def _lines_for(target: int) -> int:
+    """The smallest N such that `seq 1 N` prints at least `target` bytes."""
+    total, digits, start = 0, 1, 1
+    while True:
+        end = 10**digits - 1
+        width = digits + 1
+        if total + (end - start + 1) * width >= target:
+            return start + -(-(target - total) // width) - 1
+        total += (end - start + 1) * width
+        digits, start = digits + 1, end + 1
 
 
 def main() -> None:

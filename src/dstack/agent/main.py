@@ -21,6 +21,7 @@ from dstack.agent.environments.manager import EnvironmentManager
 from dstack.agent.fsutil import read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
+from dstack.agent.procutil import SUBREAPER
 from dstack.agent.reaper import ChildProcesses, become_child_subreaper
 from dstack.agent.runner import REASON_AGENT_STOPPED, Runner
 from dstack.agent.settings import TOKEN_ENV, AgentSettings, parse_args
@@ -83,7 +84,7 @@ class Agent:
 
     def run(self) -> int:
         self._install_signal_handlers()
-        become_child_subreaper()
+        SUBREAPER["active"] = become_child_subreaper()
         self._children.start_reaping()
         try:
             server = AgentHTTPServer(

@@ -98,12 +98,18 @@ class Job:
         return self.folder / SCRIPT_FILE
 
     def update(self, **changes: Any) -> JobState:
-        """Change the state, persist it atomically and wake everyone waiting on the job's output."""
+        """Change the state and wake everyone waiting on the job's output; a final state is persisted.
+
+        What happens in between (running, a pid, "Pulling image x") is not written to disk: recovery after
+        an agent restart needs only what the job was created with (its marker) and whether it ended, and
+        every file write costs short jobs more than anything else the agent does for them.
+        """
         with self.lock:
             new_state = replace(self._state, **changes)
             if new_state.is_final and new_state.finished_at is None:
                 new_state = replace(new_state, finished_at=time.time())
-            write_json_atomic(self.folder / STATE_FILE, new_state.to_record())
+            if new_state.is_final:
+                write_json_atomic(self.folder / STATE_FILE, new_state.to_record())
             self._state = new_state
         if new_state.is_final:
             self.logs.close()
