@@ -157,8 +157,9 @@ def relay(a: socket.socket, b: socket.socket) -> None:
     link.close()
 
 
-def tune(sock: socket.socket) -> None:
-    """No Nagle delay (relayed requests must not wait), and keepalive probes to notice a dead peer."""
+def tune(sock: socket.socket, user_timeout_ms: Optional[int] = None) -> None:
+    """No Nagle delay (relayed requests must not wait), and keepalive probes to notice a dead peer; with
+    `user_timeout_ms`, unacknowledged data for that long ends the connection too."""
     try:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -167,6 +168,9 @@ def tune(sock: socket.socket) -> None:
                 option = getattr(socket, name, None)
                 if option is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
+            if user_timeout_ms is not None and user_timeout is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, user_timeout, user_timeout_ms)
     except OSError:
         pass  # the socket is already gone; the relay notices on its first read
 

@@ -12,6 +12,19 @@ if TYPE_CHECKING:
     from dstack.config import ProfileOverrides
 
 OFFER_HEADERS = ["#", "BACKEND", "REGION", "INSTANCE", "RESOURCES", "SPOT", "PRICE"]
+# The flags that override the profile (a command may have only some of them).
+OVERRIDE_FLAGS = (
+    "gpu",
+    "cpu",
+    "memory",
+    "disk",
+    "backends",
+    "max_price",
+    "max_duration",
+    "spot_policy",
+    "retry",
+    "retry_limit",
+)
 
 
 def add_requirement_args(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -34,23 +47,7 @@ def overrides_from(args: argparse.Namespace) -> ProfileOverrides:
     """The profile overrides the flags set (flags a command lacks count as not given)."""
     from dstack.config import parse_overrides
 
-    return parse_overrides(
-        **{
-            name: getattr(args, name, None)
-            for name in (
-                "gpu",
-                "cpu",
-                "memory",
-                "disk",
-                "backends",
-                "max_price",
-                "max_duration",
-                "spot_policy",
-                "retry",
-                "retry_limit",
-            )
-        }
-    )
+    return parse_overrides(**{name: getattr(args, name, None) for name in OVERRIDE_FLAGS})
 
 
 def offer_row(number: int, offer: dict[str, Any], availability: str) -> list[str]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from dstack import __version__
 from dstack.cli.errors import CLIError
+from dstack.cli.requirements import OVERRIDE_FLAGS
 from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
 from dstack.config.interpolation import interpolate_lines, run_variables
@@ -141,23 +142,7 @@ def _validated(args: argparse.Namespace, config_file: Path, code_root: Path) -> 
         config_bytes = config_file.read_bytes()
     except OSError as e:
         raise CLIError(f"Cannot read {args.file or config_file}: {e.strerror}") from e
-    flags = {
-        k: getattr(args, k, None)
-        for k in (
-            "gpu",
-            "cpu",
-            "memory",
-            "disk",
-            "backends",
-            "max_price",
-            "max_duration",
-            "spot_policy",
-            "retry",
-            "retry_limit",
-            "profile",
-            "port",
-        )
-    }
+    flags = {k: getattr(args, k, None) for k in (*OVERRIDE_FLAGS, "profile", "port")}
     key = hashlib.sha256()
     key.update(json.dumps([__version__, str(config_file), flags], sort_keys=True).encode())
     key.update(config_bytes)

@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from dstack.agent.tunnel import tune
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 BUFFER_SIZE = 1024 * 1024
 HEADER_READ = 16 * 1024
@@ -33,7 +35,6 @@ _splice = getattr(os, "splice", None)  # Linux only
 MAX_HEAD = 64 * 1024
 MAX_TEXT = 64 * 1024
 # Keepalive probes after 4 s of silence, every 2 s, 3 of them: a dead link fails within about 10 s.
-_KEEPALIVE = (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3))
 _USER_TIMEOUT_MS = 10_000  # unacknowledged data for this long ends the connection
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
 
@@ -96,24 +97,11 @@ def connect(base_url: str, path: str, token: str, *, timeout: float = 10.0) -> W
         if headers.get("sec-websocket-accept") != expected:
             raise WebSocketError("The server answered the WebSocket handshake wrongly")
         sock.settimeout(None)
-        tune(sock)
+        tune(sock, user_timeout_ms=_USER_TIMEOUT_MS)
         return WebSocket(sock, rest)
     except BaseException:
         sock.close()
         raise
-
-
-def tune(sock: socket.socket) -> None:
-    """No Nagle delay, and keepalive + user timeout so that a dead link errors out within ~10 s."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in _KEEPALIVE:
-        option = getattr(socket, name, None)
-        if option is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)
-    if user_timeout is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, user_timeout, _USER_TIMEOUT_MS)
 
 
 class WebSocket:
