@@ -233,3 +233,27 @@ def test_working_dir_and_env(dstack_env: DstackEnv, project_dir: Path) -> None:
     result = dstack_env.run("run", ".", "-y", "-e", "EXTRA=x y", cwd=project_dir, env={"TOKEN": "t0k"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["hello from src", "fast t0k x y"]
+
+
+def test_a_killed_agent_is_started_again_for_the_next_run(dstack_env: DstackEnv, project_dir: Path) -> None:
+    import json
+
+    task(project_dir, ["echo first"])
+    assert dstack_env.run("run", ".", "-y", cwd=project_dir, check=True).stdout.strip() == "first"
+    agent_file = dstack_env.home / ".dstack" / "server" / "agents" / "local" / "agent.json"
+    old_pid = int(json.loads(agent_file.read_text())["pid"])
+    os.kill(old_pid, signal.SIGKILL)
+    wait_for(
+        lambda: (
+            not Path(f"/proc/{old_pid}/status").exists()
+            or "zombie" in Path(f"/proc/{old_pid}/status").read_text()
+        ),
+        timeout=10,
+        what="the agent to die",
+    )
+    task(project_dir, ["echo second"])
+    # The server's cached view of the host may still be fresh: either way the run must find a live agent.
+    result = dstack_env.run("run", ".", "-y", cwd=project_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "second"
+    assert int(json.loads(agent_file.read_text())["pid"]) != old_pid

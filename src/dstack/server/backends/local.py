@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HOST_NAME = "local"
 AGENT_START_TIMEOUT = 20.0
+AGENT_IDLE_EXIT = 3600
 
 
 class LocalBackend(Backend):
@@ -38,7 +39,6 @@ class LocalBackend(Backend):
         self._client: AgentClient | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = asyncio.Lock()
-        self._fingerprint: dict[str, Any] | None = None
 
     async def start(self) -> None:
         await self._ensure_agent()
@@ -54,9 +54,15 @@ class LocalBackend(Backend):
         return self._client
 
     async def hosts(self) -> list[HostInfo]:
-        if self._fingerprint is None:
-            self._fingerprint = await self.agent(HOST_NAME).host()
-        resources = dict(self._fingerprint)
+        # Asked afresh each time (the registry decides how often): Docker started or a disk filled since
+        # the last look must show in the next plan.
+        try:
+            fingerprint = await self.agent(HOST_NAME).host()
+        except AgentError:
+            # The agent died, or exited after an idle hour with the server away: bring it back, ask again.
+            await self._ensure_agent()
+            fingerprint = await self.agent(HOST_NAME).host()
+        resources = dict(fingerprint)
         resources.update(self.declared)
         # The agent reports the Docker daemon it can reach; without one, image tasks get no offer here.
         capabilities = frozenset({CAP_CONTAINERS}) if resources.get("docker") else frozenset()
@@ -96,7 +102,6 @@ class LocalBackend(Backend):
         if self._client is not None:
             await self._client.close()
         self._client = AgentClient(url, token)
-        self._fingerprint = None
 
     async def _spawn(self, token: str) -> str:
         info_file = self.dir / "agent.json"
@@ -122,7 +127,18 @@ def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]
     env = dict(os.environ, DSTACK_AGENT_TOKEN=token)
     with (agent_dir / "agent.log").open("ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "dstack.agent", "--work-dir", str(agent_dir), "--host", "127.0.0.1"],
+            # An agent left alone (no job, no server asking) for an hour exits; the server starts it again.
+            [
+                sys.executable,
+                "-m",
+                "dstack.agent",
+                "--work-dir",
+                str(agent_dir),
+                "--host",
+                "127.0.0.1",
+                "--idle-exit",
+                str(AGENT_IDLE_EXIT),
+            ],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
