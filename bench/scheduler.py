@@ -30,13 +30,14 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from tests.e2e.harness import wait_for  # noqa: E402
 
 from dstack.api.client import Client  # noqa: E402
 
@@ -72,7 +73,7 @@ class Server:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        _wait(lambda: _healthy(self.url), 60, "the server to answer")
+        wait_for(lambda: _healthy(self.url), timeout=60, what="the server to answer")
 
     def client(self) -> Client:
         return Client(self.url, TOKEN, "main", timeout=120)
@@ -134,17 +135,6 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _wait(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def _cpu_seconds(pid: int, children: bool = False) -> float:
     """CPU time of a process (utime + stime), or of its reaped children (the agent's: the tasks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -185,7 +175,7 @@ def bench_tasks(count: int) -> dict[str, float]:
             # Warm up: the agent is started and one task runs through, so its start is not measured.
             warm = server.client()
             warm.submit({**spec, "run_name": "warm-up"})
-            _wait(lambda: warm.get_run("warm-up")["status"] == "done", 60, "the warm-up task")
+            wait_for(lambda: warm.get_run("warm-up")["status"] == "done", timeout=60, what="the warm-up task")
             local = threading.local()
 
             def submit(i: int) -> float:
@@ -213,7 +203,7 @@ def bench_tasks(count: int) -> dict[str, float]:
                 runs = [r for r in client.list_runs(all=True, limit=count + 1) if r["name"] != "warm-up"]
                 return runs if all(r["finished_at"] for r in runs) and len(runs) == count else None
 
-            runs = _wait(all_finished, 600, f"{count} tasks to finish", interval=0.5)
+            runs = wait_for(all_finished, timeout=600, what=f"{count} tasks to finish", interval=0.5)
             last_done = max(r["finished_at"] for r in runs)
             statuses = {r["status"] for r in runs}
             if statuses != {"done"}:
@@ -270,7 +260,7 @@ def bench_handoff(count: int) -> dict[str, float]:
             def finished() -> bool:
                 return all(r["status"] == "done" for r in client.list_runs(all=True, limit=count))
 
-            _wait(finished, 60 + count * 5, f"{count} queued tasks to finish", interval=0.5)
+            wait_for(finished, timeout=60 + count * 5, what=f"{count} queued tasks to finish", interval=0.5)
             spans = []
             for i in range(count):
                 out = b"".join(client.logs(f"whole-{i}")).decode()

@@ -210,6 +210,14 @@ def test_image_task_runs_in_the_image_with_its_exit_code(docker_env: DstackEnv, 
     assert 'greeting=it\'s "quoted"' in result.stdout
 
 
+def test_container_output_arrives_once_and_in_order(docker_env: DstackEnv, project_dir: Path) -> None:
+    # The container's first lines race its start; each must come through exactly once.
+    write_config(project_dir, f"image: {BUSYBOX_IMAGE}\ncommands:\n  - seq 1 3000\n")
+    result = run(docker_env, project_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(i) for i in range(1, 3001)]
+
+
 def test_image_task_without_commands_runs_the_images_own_command(
     docker_env: DstackEnv, project_dir: Path
 ) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,8 @@ def save_config(config: ClientConfig, path: Path | None = None) -> None:
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"projects": [p.to_json() for p in config.projects]}, indent=2) + "\n"
+    import tempfile  # only when writing, which is rare: reading stays cheap
+
     # Atomic and private: the file holds tokens.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-")
     try:

@@ -117,11 +117,6 @@ class Connection:
         self.sock: socket.socket | None = None
         self.fp: io.BufferedReader
         self._used = False  # a request went over this socket before: it may have gone stale
-        self._busy = False
-
-    @property
-    def idle(self) -> bool:
-        return self.sock is not None and not self._busy
 
     def request(
         self,
@@ -136,7 +131,7 @@ class Connection:
         if self.sock is None:
             self._open()
         reused = self._used
-        self._used = self._busy = True
+        self._used = True
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if isinstance(body, bytes):
             length = len(body)
@@ -168,7 +163,7 @@ class Connection:
         return Response(self, _status(status_line), self._headers(), method)
 
     def finished(self, keep: bool) -> None:
-        self._busy = False
+        """The answer was read to its end; the socket serves the next request unless it must close."""
         if not keep:
             self.close()
 
@@ -179,7 +174,7 @@ class Connection:
                 self.sock.close()
             finally:
                 self.sock = None
-                self._used = self._busy = False
+                self._used = False
 
     def _open(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from dstack.api.client import Client
@@ -23,17 +22,25 @@ from dstack.core.statuses import RunStatus
 RECONNECT_FOR = 60.0  # seconds to keep trying after the link is lost
 
 
-@dataclass
 class Follower:
-    client: Client
-    name: str
-    offset: int = 0
-    tail: int | None = None
-    ask_on_interrupt: bool = True
-    on_status: Callable[[str, str | None], None] | None = None
-    status: str | None = None
-    _shown: set[str] = field(default_factory=set)
-    _last_message: str | None = None
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        offset: int = 0,
+        tail: int | None = None,
+        ask_on_interrupt: bool = True,
+        on_status: Callable[[str, str | None], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.name = name
+        self.offset = offset  # the next byte of output to show: a reconnect resumes exactly here
+        self.tail = tail
+        self.ask_on_interrupt = ask_on_interrupt
+        self.on_status = on_status
+        self.status: str | None = None
+        self._shown: set[str] = set()
+        self._last_message: str | None = None
 
     def follow(self) -> int:
         """Stream until the run ends; returns the CLI's exit code for it."""

@@ -32,7 +32,8 @@ class Signal:
 
 
 class Notifier:
-    """Named signals: one per background loop ("schedule", "supervise") and one per job."""
+    """Named signals: one per background loop ("schedule", "supervise"), and per run (output and status,
+    stop requests)."""
 
     def __init__(self) -> None:
         self._signals: dict[str, Signal] = {}
@@ -54,10 +55,6 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
-
-
-def job_channel(job_id: str) -> str:
-    return f"job:{job_id}"
 
 
 def run_channel(run_id: str) -> str:

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import HEAD_REVISION, MIGRATIONS_DIR, alembic_config, current_revision, migrate
@@ -24,6 +24,10 @@ def test_migrations_create_the_models_tables(tmp_path: Path) -> None:
         await migrate(db.writer)
         await migrate(db.writer)  # idempotent: the second start finds the head and does nothing
         revision = await current_revision(db.writer)
+        async with db.read() as session:
+            # The scheduling pass locks this row; without it, replicas would not be kept apart.
+            locks = (await session.execute(text("SELECT name FROM locks"))).scalars().all()
+        assert list(locks) == ["scheduler"]
         async with db.writer.connect() as conn:
             tables, columns = await conn.run_sync(
                 lambda sync: (

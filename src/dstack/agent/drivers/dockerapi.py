@@ -206,7 +206,9 @@ class DockerClient:
         try:
             sock.connect(self.socket_path)
             request = (
-                f"POST /containers/{container_id}/attach?logs=1&stream=1&stdout=1&stderr=1 HTTP/1.1\r\n"
+                # Attached before the container starts, so the stream alone carries every byte; logs=1
+                # would replay the log file too, and the daemon races the two: lines came out twice.
+                f"POST /containers/{container_id}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\n"
                 "Host: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
             )
             sock.sendall(request.encode("ascii"))

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from dstack.server.backends.agent_client import AgentClient
 
 CAP_CONTAINERS = "containers"
-CAP_GPUS = "gpus"
 
 
 @dataclass

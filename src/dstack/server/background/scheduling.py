@@ -2,8 +2,9 @@
 
 It is woken by events (a submission, a job ending, a stop) rather than a timer; the poll interval is only
 a safety net and how another replica's changes are noticed, and a retry deadline wakes it on time. One
-pass is one write transaction, so the allocations it reads are the ones it updates: two passes can never
-hand out the same GPU or port.
+pass is one write transaction that first locks the "scheduler" row, so the allocations it reads are the
+ones it updates: two passes, in this process or in another replica, can never hand out the same GPU or
+port.
 
 What a run that does not fit now becomes (SPEC §8, the tasks guide's "Configure a retry limit"):
 - no host can ever fit it: without retry it fails with `no capacity` and the sentence saying what was
@@ -28,7 +29,7 @@ from sqlalchemy.orm import defer
 
 from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
 from dstack.server.context import ServerContext
-from dstack.server.db.models import JobRow, RunRow
+from dstack.server.db.models import JobRow, LockRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
 from dstack.server.scheduler import placement
 from dstack.server.scheduler.placement import HostUsage
@@ -39,6 +40,8 @@ from dstack.server.services.transitions import apply_status
 from dstack.server.services.usage import load_usages
 
 log = logging.getLogger(__name__)
+
+SCHEDULER_LOCK = "scheduler"
 
 BATCH = 1000
 COALESCE_SECONDS = 0.02
@@ -83,6 +86,11 @@ class SchedulingLoop:
         placed = False
         earliest: float | None = None
         async with self.ctx.db.write() as session:
+            # Held to the commit: a replica sharing the database waits here rather than placing runs on the
+            # same free capacity at the same time.
+            await session.execute(
+                select(LockRow.name).where(LockRow.name == SCHEDULER_LOCK).with_for_update()
+            )
             rows = (
                 await session.execute(
                     select(RunRow, JobRow)

@@ -60,7 +60,6 @@ class HostRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     backend: Mapped[str] = mapped_column(String(32))
     name: Mapped[str] = mapped_column(String(128))
-    agent_url: Mapped[str | None] = mapped_column(String(256), nullable=True)
     resources: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the agent's fingerprint + declared
     price: Mapped[float] = mapped_column(Float, default=0.0)
     status: Mapped[str] = mapped_column(String(16), default="unknown")  # unknown | ready | unreachable
@@ -117,7 +116,6 @@ class JobRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    log_size: Mapped[int] = mapped_column(Integer, default=0)  # bytes mirrored from the agent so far
     # Row lease: a worker owns the row while lock_expires_at is in the future and lock_token is its own.
     lock_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lock_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -129,11 +127,10 @@ class JobRow(Base):
     )
 
 
-class LeaseRow(Base):
-    """Named singleton leases, e.g. the scheduling pass, so only one replica schedules at a time."""
+class LockRow(Base):
+    """Named locks held for one transaction (SELECT ... FOR UPDATE), e.g. "scheduler": on PostgreSQL two
+    server replicas then never run a scheduling pass at once (SQLite's single writer already ensures it)."""
 
-    __tablename__ = "leases"
+    __tablename__ = "locks"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    token: Mapped[str | None] = mapped_column(String(36), nullable=True)
-    expires_at: Mapped[float] = mapped_column(Float, default=0.0)

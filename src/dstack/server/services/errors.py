@@ -25,3 +25,21 @@ class Forbidden(ServiceError):
 
 class TooLarge(ServiceError):
     status_code = 413
+
+
+class Gone(ServiceError):
+    status_code = 410
+
+
+class LengthRequired(ServiceError):
+    status_code = 411
+
+
+class BadGateway(ServiceError):
+    status_code = 502
+
+
+class Unavailable(ServiceError):
+    """The run's host does not answer now; trying again later may work."""
+
+    status_code = 503

@@ -18,23 +18,11 @@ from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUn
 from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.services import runs as runs_service
-from dstack.server.services.errors import Conflict, ServiceError, TooLarge
+from dstack.server.services.errors import Conflict, Gone, LengthRequired, ServiceError, TooLarge, Unavailable
 from dstack.server.services.projects import Project
 
 # The agent applies changes only to a running job; earlier, its code is not unpacked yet.
 _SYNCABLE = (RunStatus.RUNNING, RunStatus.TERMINATING)
-
-
-class Gone(ServiceError):
-    status_code = 410
-
-
-class LengthRequired(ServiceError):
-    status_code = 411
-
-
-class HostUnavailable(ServiceError):
-    status_code = 503
 
 
 async def apply(
@@ -74,12 +62,12 @@ async def _target(ctx: ServerContext, project: Project, name: str) -> tuple[Agen
     try:
         return ctx.backends.agent(job.host_id), job.id
     except UnknownHost as e:
-        raise HostUnavailable(f"The host of run {name} is not offered by any backend now") from e
+        raise Unavailable(f"The host of run {name} is not offered by any backend now") from e
 
 
 def _relayed(name: str, error: AgentError) -> ServiceError:
     if isinstance(error, AgentUnreachable):
-        return HostUnavailable(f"Cannot reach the host of run {name}; it may be restarting")
+        return Unavailable(f"Cannot reach the host of run {name}; it may be restarting")
     if error.status == 409:
         return Conflict(f"Run {name} is starting; changes reach it once it is running")
     if error.status in (404, 410):
@@ -87,4 +75,4 @@ def _relayed(name: str, error: AgentError) -> ServiceError:
     if error.status is not None and error.status < 500:
         error_type = TooLarge if error.status == 413 else ServiceError
         return error_type(str(error))
-    return HostUnavailable(f"The agent of run {name} failed: {error}")
+    return Unavailable(f"The agent of run {name} failed: {error}")

@@ -28,7 +28,7 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import run_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import runs as runs_service
-from dstack.server.services.errors import Conflict, NotFound, ServiceError
+from dstack.server.services.errors import BadGateway, Conflict, NotFound, Unavailable
 from dstack.server.services.projects import Project
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,6 @@ EOF_MESSAGE = "eof"
 MAX_WAIT = 60.0
 CLOSE_BROKEN = 1011  # the task's side failed (reset, agent gone)
 CLOSE_CLIENT_BROKEN = 4000  # sent by the CLI when its local connection broke
-
-
-class Unavailable(ServiceError):
-    status_code = 503
-
-
-class BadGateway(ServiceError):
-    status_code = 502
 
 
 async def port_status(

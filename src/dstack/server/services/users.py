@@ -54,9 +54,6 @@ class Authenticator:
         self._cache[digest] = user
         return user
 
-    def forget_all(self) -> None:
-        self._cache.clear()
-
 
 async def init_admin(db: Database, token: str | None) -> tuple[User, str | None]:
     """Create the admin (and the default project) on first start; `token` (if given) becomes its token.
