@@ -60,14 +60,16 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return {"DOCKER_HOST": self.host}
 
-    def docker(self, *args: str, input: bytes | None = None, timeout: float = 120) -> str:
+    def docker(
+        self, *args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> str:
         """Run the docker CLI against this daemon; raises with its output if it fails."""
         result = subprocess.run(
             ["docker", *args],
             input=input,
             capture_output=True,
             timeout=timeout,
-            env={**os.environ, "DOCKER_HOST": self.host},
+            env={**os.environ, **(env or {}), "DOCKER_HOST": self.host},
         )
         if result.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
