@@ -71,7 +71,8 @@ class Agent:
     def follow(self, job_id: str, on_data: object) -> None:
         offset = 0
         while True:
-            response, data = self.call("GET", f"/api/jobs/{job_id}/logs?offset={offset}&wait=5&limit=16777216")
+            path = f"/api/jobs/{job_id}/logs?offset={offset}&wait=5&limit=16777216"
+            response, data = self.call("GET", path)
             if data:
                 on_data(data)  # type: ignore[operator]
             offset = int(response.getheader("X-Log-End") or offset)

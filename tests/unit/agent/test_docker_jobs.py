@@ -120,7 +120,8 @@ def test_a_restarted_agent_takes_over_running_containers(
         "-",
         input=(
             f"FROM {BUSYBOX_IMAGE}\n"
-            'CMD ["/bin/sh", "-c", "echo a; while [ ! -e /workflow/go ]; do sleep 0.05; done; echo b; exit 4"]\n'
+            'CMD ["/bin/sh", "-c", "echo a; while [ ! -e /workflow/go ]; do sleep 0.05; done; '
+            'echo b; exit 4"]\n'
         ).encode(),
         env={"DOCKER_BUILDKIT": "0"},
     )

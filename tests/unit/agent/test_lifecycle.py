@@ -14,6 +14,7 @@ import pytest
 from agent_testkit import (
     PYTHON39,
     TOKEN,
+    AgentClient,
     AgentProcess,
     agent_env,
     file_member,
@@ -85,9 +86,8 @@ def test_a_restarted_agent_takes_over_the_jobs_left_running(start_agent: StartAg
     finished = client.submit(["echo kept"])
     client.wait_final(finished["id"])
     # It prints while no agent watches it, leaves a daemon behind and ends with its own exit code.
-    carried = client.submit(
-        ["echo before", "setsid sleep 1000 &", "while [ ! -e go ]; do sleep 0.05; done", "echo after", "exit 3"]
-    )
+    wait_go = "while [ ! -e go ]; do sleep 0.05; done"
+    carried = client.submit(["echo before", "setsid sleep 1000 &", wait_go, "echo after", "exit 3"])
     stopped = client.submit(["echo waiting", "sleep 1000"])
     wait_for(lambda: b"before" in client.read_logs_now(carried["id"]), 10, "the job to print")
     wait_for(lambda: len(job_processes(carried["id"])) >= 3, 10, "the job's processes to start")
@@ -170,6 +170,49 @@ def test_a_job_cut_short_while_being_prepared_fails_and_leaves_nothing(
     state = start_agent(work_dir).client().wait_final(job["id"])
     assert (state["status"], state["reason_code"]) == ("failed", "agent_lost")
     assert state["reason"] == "The agent restarted while the job was being prepared"
+
+
+def test_sigusr1_hands_the_jobs_over_to_the_next_agent(start_agent: StartAgent, tmp_path: Path) -> None:
+    work_dir = tmp_path / "work"
+    old = start_agent(work_dir)
+    client = old.client()
+    job = client.submit(["echo one", "while [ ! -e go ]; do sleep 0.05; done", "echo two"])
+    wait_for(lambda: client.read_logs_now(job["id"]) == b"one\n", 10, "the job to print")
+    client.close()
+    old.process.send_signal(signal.SIGUSR1)
+    assert old.process.wait(30) == 0
+    assert job_processes(job["id"])  # still running, with no agent
+    # The next one reads its token from stdin: it is in no argv and no environment on the host.
+    env = agent_env()
+    del env["DSTACK_AGENT_TOKEN"]
+    new = subprocess.Popen(
+        [sys.executable, "-m", "dstack.agent", "--work-dir", str(work_dir), "--token-stdin"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert new.stdin is not None
+        new.stdin.write(f"{TOKEN}\n".encode())
+        new.stdin.close()
+
+        def started() -> bool:
+            try:
+                return bool(json.loads((work_dir / "agent.json").read_text())["pid"] == new.pid)
+            except (OSError, ValueError):
+                return False
+
+        wait_for(started, 20, "the new agent to start")
+        assert TOKEN.encode() not in Path(f"/proc/{new.pid}/environ").read_bytes()
+        client = AgentClient(json.loads((work_dir / "agent.json").read_text())["port"])
+        assert client.job(job["id"])["status"] == "running"
+        (work_dir / "jobs" / job["id"] / "code" / "go").touch()
+        assert client.wait_final(job["id"])["status"] == "done"
+        assert client.read_logs(job["id"]) == b"one\ntwo\n"
+    finally:
+        new.terminate()
+        new.wait(30)
 
 
 def test_idle_exit(start_agent: StartAgent) -> None:
