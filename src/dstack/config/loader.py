@@ -114,3 +114,8 @@ def _locate_env_keys(document: YamlDocument) -> None:
         for index, item in enumerate(env):
             if isinstance(item, str):
                 document.source.alias(("env", env_key_of(item)), ("env", index))
+
+
+def read_configuration_text(path: Path, name: str) -> str:
+    """The text of a configuration file of any type, or a ConfigError saying why it cannot be read."""
+    return _read_text(path, name, "Configuration file")

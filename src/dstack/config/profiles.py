@@ -132,6 +132,7 @@ class ProfileParams(ConfigModel):
     # The effective setting: a `retry_policy` given by the user is folded into it and then set to None.
     retry: RetrySetting = None
     retry_policy: RetryPolicy | None = None
+    fleets: list[str] | None = Field(default=None, min_length=1)  # only these fleets' hosts
 
     @model_validator(mode="before")
     @classmethod

@@ -15,12 +15,14 @@ from dstack import __version__
 from dstack.server.backends.base import Backend
 from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
+from dstack.server.backends.ssh import SSHBackend
 from dstack.server.background.manager import BackgroundWorkers
 from dstack.server.config_file import load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import code, files, misc, runs
+from dstack.server.events import RECONCILE
+from dstack.server.routers import code, files, fleets, misc, runs
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
@@ -40,11 +42,13 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         db = Database(settings.resolved_database_url())
         await migrate(db.writer)
         _, issued = await init_admin(db, settings.admin_token)
-        backends: list[Backend] = [
-            LocalBackend(settings.agents_dir, price=b.price, declared=b.resources) for b in config.backends
-        ]
+        backends: list[Backend] = [SSHBackend(db, settings.server_dir)]
+        local = config.local
+        if local is not None:
+            backends.insert(0, LocalBackend(settings.agents_dir, price=local.price, declared=local.resources))
         registry = BackendRegistry(db, backends)
         ctx = ServerContext(settings=settings, db=db, backends=registry)
+        registry.on_host_back(lambda: ctx.notifier.notify(RECONCILE))
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
         app.state.projects = ProjectResolver(db)
@@ -72,6 +76,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(runs.router)
     app.include_router(code.router)
     app.include_router(files.router)
+    app.include_router(fleets.router)
     app.include_router(ports_router.router)
 
     @app.exception_handler(ServiceError)

@@ -18,15 +18,25 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dstack.config.ranges import Memory
 
 DEFAULT_CONFIG = """\
 # dstack server settings. Backends say where tasks run.
+# Your own hosts come as fleets (dstack apply -f fleet.dstack.yml); to run only there, remove `local`.
 backends:
   - type: local      # this machine
     price: 0         # USD per hour shown in plans
@@ -152,10 +162,34 @@ class LocalBackendConfig(BaseModel):
         return DeclaredResources.model_validate(value).fingerprint()
 
 
+class SSHBackendConfig(BaseModel):
+    """Fleets of the user's own hosts: always on (hosts come from `dstack apply`); listing it is allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["ssh"] = "ssh"
+
+
+def _backend_type(value: Any) -> str:
+    kind = value.get("type", "local") if isinstance(value, dict) else getattr(value, "type", "local")
+    return kind if kind in ("local", "ssh") else "local"  # an unknown type is refused by the local model
+
+
+BackendConfig = Annotated[
+    Union[Annotated[LocalBackendConfig, Tag("local")], Annotated[SSHBackendConfig, Tag("ssh")]],
+    Discriminator(_backend_type),
+]
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backends: list[LocalBackendConfig] = Field(default_factory=lambda: [LocalBackendConfig()])
+    # Without `local` in the list, this machine runs no task (only the fleets' hosts do).
+    backends: list[BackendConfig] = Field(default_factory=lambda: [LocalBackendConfig()])  # type: ignore[arg-type]
+
+    @property
+    def local(self) -> LocalBackendConfig | None:
+        return next((b for b in self.backends if isinstance(b, LocalBackendConfig)), None)
 
     @model_validator(mode="after")
     def _one_per_type(self) -> ServerConfig:
@@ -170,14 +204,20 @@ def load_server_config(path: Path) -> ServerConfig:
     if not path.exists():
         path.write_text(DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
+        data = {} if data is None else data
         return ServerConfig.model_validate(data)
     except yaml.YAMLError as e:
         raise ServerConfigError(f"{path} is not valid YAML: {e}") from e
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        loc = tuple(first["loc"])
+        if loc[:1] == ("backends",) and len(loc) > 2 and loc[2] in ("local", "ssh"):
+            loc = loc[:2] + loc[3:]  # the union's tag is no key of the user's file
+        where = ".".join(str(p) for p in loc)
         message = str(first["msg"]).removeprefix("Value error, ")
+        if loc[-1:] == ("type",) and first["type"] == "literal_error":
+            message = f"unknown backend {first.get('input')!r}; use local or ssh"
         if first["type"] == "extra_forbidden":
             message = f"unknown key; allowed: {', '.join(_allowed_keys(first['loc']))}"
         raise ServerConfigError(f"{path}: {where}: {message}" if where else f"{path}: {message}") from e
@@ -186,7 +226,9 @@ def load_server_config(path: Path) -> ServerConfig:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     names = [p for p in loc if isinstance(p, str)][:-1]
     model: type[BaseModel] = ServerConfig
-    if names[-1:] == ["backends"]:
+    if names[-1:] == ["ssh"]:
+        model = SSHBackendConfig
+    elif names[-1:] in (["backends"], ["local"]):
         model = LocalBackendConfig
     elif names[-1:] == ["resources"]:
         model = DeclaredResources

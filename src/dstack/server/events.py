@@ -55,6 +55,7 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
+RECONCILE = "reconcile"  # a host answers again: stop what it runs that has ended here
 
 
 def run_channel(run_id: str) -> str:

@@ -102,7 +102,7 @@ def test_json_schema_describes_the_input_forms() -> None:
     assert properties["type"]["const"] == "task"
     assert set(properties) == {
         "type", "name", "python", "image", "env", "build", "commands", "ports", "working_dir", "resources",
-        "backends", "regions", "spot_policy", "max_price", "max_duration", "retry", "retry_policy",
+        "backends", "regions", "spot_policy", "max_price", "max_duration", "retry", "retry_policy", "fleets",
     }  # fmt: skip
     assert {"type": "number"} in properties["python"]["anyOf"]
     assert {option["type"] for option in properties["env"]["anyOf"]} == {"array", "object"}

@@ -152,6 +152,7 @@ def test_defaults_when_nothing_is_set() -> None:
         "max_duration": None,
         "retry": None,
         "profile_name": None,
+        "fleets": None,
     }
     json.dumps(effective.model_dump(mode="json"))
 

@@ -8,7 +8,7 @@ from config_testkit import FILENAME, error_of, parse, task
 from dstack.config import PortMapping, Retry, RetryEvent, SpotPolicy, TaskConfiguration
 
 ALLOWED = (
-    "backends, build, commands, env, image, max_duration, max_price, name, ports, python, regions, "
+    "backends, build, commands, env, fleets, image, max_duration, max_price, name, ports, python, regions, "
     "resources, retry, retry_policy, spot_policy, type, working_dir"
 )
 
@@ -141,6 +141,7 @@ def test_minimal_task_has_empty_defaults() -> None:
         "max_duration": None,
         "retry": None,
         "retry_policy": None,
+        "fleets": None,
     }
 
 

@@ -3,11 +3,28 @@
 A backend owns a set of hosts, each with an agent; the server learns their resources from the agents'
 fingerprints and reaches them only through `AgentClient`. Optional abilities are declared in
 `capabilities` so a plan can say why a backend does not fit a task, instead of failing later.
+
+The protocol (what a new backend implements; the optional hooks have defaults):
+- `start()` / `close()`: bring the backend up at server start (never blocking on a host that does not
+  answer) / let go of connections (jobs keep running on their hosts);
+- `hosts()`: the hosts offered now, from what the backend knows (cheap: called for every plan and
+  scheduling pass, at most every few seconds); a host that does not answer is listed with
+  `available=False` and why, so plans can say so;
+- `agent(host)`: the client of the host's agent (raises AgentUnreachable when there is none now);
+- `recover(host)`: the agent stopped answering; bring it back (reconnect, restart it: a restarted agent
+  takes its jobs over). True if it answers again;
+- optional `prepare_job(host, job_id)`: before a placed job is handed to the host's agent, e.g. a Slurm
+  backend submits the batch job that starts the agent; `job_ended(host, job_id)`: after the job's end
+  was recorded (free what `prepare_job` took); `lost_after(host)`: how long a host may stay silent before
+  its running jobs end `host lost` (None: the server's setting).
+Hosts may come and go while the server runs (fleets applied, deleted): the registry asks `hosts()` again
+on every sync and after `refresh`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,10 +45,19 @@ class HostInfo:
     available: bool = True
     unavailable_reason: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    project_id: str | None = None  # None: offered to every project (local); a fleet's host: its project's
+    status: str | None = None  # what the hosts table says (ready, unreachable, failed...); None: derived
 
 
 class Backend(ABC):
     type: ClassVar[str]
+    # Set by the server: call it when a host that did not answer answers again (the reconciler then stops
+    # what the host still runs of jobs that ended meanwhile).
+    on_host_back: Callable[[], None] | None = None
+
+    def host_back(self) -> None:
+        if self.on_host_back is not None:
+            self.on_host_back()
 
     @abstractmethod
     async def start(self) -> None:
@@ -52,3 +78,13 @@ class Backend(ABC):
     @abstractmethod
     async def recover(self, host_name: str) -> bool:
         """The host's agent stopped answering: try to bring it back. True if it answers again."""
+
+    async def prepare_job(self, host_name: str, job_id: str) -> None:  # noqa: B027 - optional hook
+        """Before the job is handed to the host's agent (nothing to do for hosts with a running agent)."""
+
+    async def job_ended(self, host_name: str, job_id: str) -> None:  # noqa: B027 - optional hook
+        """After the job's end was recorded."""
+
+    def lost_after(self, host_name: str) -> float | None:
+        """Seconds a host may stay silent before its jobs end `host lost`; None: the server's setting."""
+        return None

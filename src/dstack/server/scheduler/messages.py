@@ -51,6 +51,7 @@ def describe_allocation(host: Host, allocation: Allocation) -> str:
 _POLICY_SENTENCES: dict[str, Callable[[Requirements], str]] = {
     "backend": lambda r: f"No offer is from backend {', '.join(r.backends or ())}",
     "region": lambda r: f"No offer is in region {', '.join(r.regions or ())}",
+    "fleet": lambda r: f"No offer is from fleet {', '.join(r.fleets or ())} (see dstack fleet)",
     "containers": lambda r: "No offer can run containers (an image task needs Docker on its host)",
     "python": lambda r: f"No offer has Python {r.python} (not installed, and uv may not download it there)",
     "spot": lambda r: "No offer is a spot instance",

@@ -79,6 +79,7 @@ class Requirements:
     spot_policy: str = "on-demand"
     backends: tuple[str, ...] | None = None
     regions: tuple[str, ...] | None = None
+    fleets: tuple[str, ...] | None = None  # only these fleets' hosts (`fleets:`, `--fleet`)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Host:
     python_downloads: bool = False  # whether uv may install the versions it lacks
     # How the host's agent enforces CPU and memory limits ("cgroup v2", "cgroup v1"); None: it cannot.
     limits: str | None = None
+    project_id: str | None = None  # None: offered to every project; a fleet host: its fleet's project
 
     @classmethod
     def from_resources(
@@ -127,6 +129,7 @@ class Host:
         capabilities: frozenset[str] = frozenset(),
         available: bool = True,
         unavailable_reason: str | None = None,
+        project_id: str | None = None,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
         pythons = resources.get("pythons")
@@ -156,6 +159,7 @@ class Host:
             pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
             python_downloads=bool(resources.get("python_downloads", False)),
             limits=str(resources["limits"]) if resources.get("limits") else None,
+            project_id=project_id,
         )
 
 

@@ -115,6 +115,8 @@ def misses(req: Requirements, host: Host) -> list[str]:
         found.append("backend")
     if req.regions is not None and host.region not in req.regions:
         found.append("region")
+    if req.fleets is not None and (host.backend != "ssh" or host.region not in req.fleets):
+        found.append("fleet")
     if req.needs_containers and CAP_CONTAINERS not in host.capabilities:
         found.append("containers")
     if _lacks_python(req, host):
@@ -215,6 +217,11 @@ def _cap(asked_max: float | None, host_total: float | None) -> float | None:
     if asked_max is None:
         return None
     return float(min(asked_max, host_total)) if host_total is not None else float(asked_max)
+
+
+def for_project(usages: Iterable[HostUsage], project_id: str) -> list[HostUsage]:
+    """The hosts a run of the project may use: every project's (local), and its own fleets'."""
+    return [u for u in usages if u.host.project_id is None or u.host.project_id == project_id]
 
 
 def offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:

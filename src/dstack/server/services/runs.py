@@ -34,7 +34,7 @@ _FINISHED = [s.value for s in FINISHED_STATUSES]
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
-    hosts = await ctx.backends.hosts()
+    hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
     offers = placement.offers(checked.requirements, usages)

@@ -110,6 +110,7 @@ def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
         ),
         backends=tuple(profile.backends) if profile.backends else None,
         regions=tuple(profile.regions) if profile.regions else None,
+        fleets=tuple(profile.fleets) if profile.fleets else None,
     )
 
 

@@ -8,6 +8,12 @@ from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.db.models import JobRow, RunRow
 
 
+def note(run: RunRow, status_message: str | None) -> None:
+    """Say what an active run is going through (its host does not answer...) without changing its status."""
+    if not RunStatus(run.status).is_finished:
+        run.status_message = status_message
+
+
 def apply_status(
     run: RunRow,
     job: JobRow | None,

@@ -138,7 +138,7 @@ class SSHConnection:
         if key is not None and not key.is_file():
             raise SSHError(
                 SSHErrorKind.KEY_FILE,
-                f"The identity file {self.target.identity_file} for {self.target.label} does not exist",
+                f"The identity file {self.target.key_label} for {self.target.label} does not exist",
             )
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -257,6 +257,18 @@ class SSHConnection:
             raise ssh_error(self.target, result.error_text, self.known_hosts)
         self._forwards[(host, port)] = path
         return path
+
+    async def cancel_forward(self, host: str, port: int) -> None:
+        """Stop forwarding to host:port (e.g. the agent moved to another port) and remove its socket."""
+        async with self._lock:
+            path = self._forwards.pop((host, port), None)
+            if path is None:
+                return
+            remote = f"[{host}]" if ":" in host else host
+            if self._open and self.control.exists():
+                await self._ssh("-O", "cancel", "-L", f"{path}:{remote}:{port}", timeout=15)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     async def check_forwarding(self, host: str, port: int) -> None:
         """Raise SSHError(FORWARDING) if sshd refuses to open a TCP channel to host:port (AllowTcpForwarding
