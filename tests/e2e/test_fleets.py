@@ -1,0 +1,107 @@
+"""Fleets end to end: the user's own hosts (real sshd's in their own network and mount namespaces, with
+nothing but Debian's python3), applied and used through the real `dstack` command."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.fleetkit import FLEET, apply, logs, task, wait_logs, wait_status, write_fleet
+from tests.e2e.harness import DstackEnv, wait_for
+from tests.e2e.portkit import Attached, free_port
+from tests.infra.sshhosts import ClientKey, SSHHost
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_fleet_is_applied_and_its_hosts_run_tasks(
+    dstack_env: DstackEnv, project_dir: Path, fleet_hosts: list[SSHHost], client_key: ClientKey
+) -> None:
+    one_cpu, two_cpus = fleet_hosts
+    fleet = write_fleet(dstack_env.home, fleet_hosts, client_key, users={1: "ubuntu"})
+    # As a user types it: the plan, then the question.
+    result = dstack_env.run("apply", "-f", "fleet.dstack.yml", cwd=dstack_env.home, input="y\n", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"{one_cpu.address}\s+root\s+add", result.stderr)
+    assert re.search(rf"{two_cpus.address}\s+ubuntu\s+add", result.stderr)
+    assert "Apply the fleet? [y/n]" in result.stderr
+    assert re.search(rf"{one_cpu.address}\s+idle\s+1 CPU, \d+GB memory, no GPU", result.stdout), result.stdout
+    assert re.search(rf"{two_cpus.address}\s+idle\s+2 CPUs, \d+GB memory", result.stdout), result.stdout
+    listed = dstack_env.run("fleet", check=True).stdout
+    assert re.search(rf"{FLEET}\s+{one_cpu.address}\s+idle", listed) and two_cpus.address in listed
+    # Applying the same file again changes nothing.
+    again = apply(dstack_env, fleet)
+    assert again.returncode == 0 and "keep" in again.stderr and "add" not in again.stderr
+
+    # The code travels to the host; the task sees the host's own hostname.
+    (project_dir / "data.txt").write_text("from the user's machine\n")
+    task(project_dir, ["hostname", "cat data.txt", "id -un"])
+    run = dstack_env.run("run", ".", "-y", "--fleet", FLEET, "-n", "where", cwd=project_dir, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert re.search(rf"1\s+ssh\s+{FLEET}\s+10\.250\.", run.stderr)  # BACKEND REGION INSTANCE
+    lines = run.stdout.splitlines()
+    assert lines[0] in (one_cpu.hostname, two_cpus.hostname) and lines[1] == "from the user's machine"
+    assert lines[2] == ("root" if lines[0] == one_cpu.hostname else "ubuntu")
+    # A request only one host fits goes there (-b ssh, as --fleet, keeps it off this machine).
+    run = dstack_env.run("run", ".", "-y", "-b", "ssh", "--cpu", "2", cwd=project_dir, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[0] == two_cpus.hostname
+    assert one_cpu.address not in run.stderr  # not even offered
+
+    # Two tasks asking for a whole CPU each run at once, one per host.
+    task(project_dir, ["hostname", "sleep 300"], name="busy.dstack.yml")
+    for name in ("busy-a", "busy-b"):
+        submitted = dstack_env.run(
+            "run", ".", "-f", "busy.dstack.yml", "-y", "-d", "--cpu", "1", "--fleet", FLEET, "-n", name,
+            cwd=project_dir, timeout=300,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr
+    hosts_of = {name: wait_logs(dstack_env, name, "host").strip() for name in ("busy-a", "busy-b")}
+    assert set(hosts_of.values()) == {one_cpu.hostname, two_cpus.hostname}
+    listed = dstack_env.run("fleet", check=True).stdout
+    assert re.search(rf"{one_cpu.address}\s+busy.+busy-", listed), listed
+    # A third one needs all of the bigger host, half of which is held: with a retry limit it waits.
+    waiting = dstack_env.run(
+        "run", ".", "-y", "-d", "--cpu", "2", "--fleet", FLEET, "-n", "third", "--retry-limit", "5m",
+        cwd=project_dir, timeout=300,
+    )  # fmt: skip
+    assert waiting.returncode == 0, waiting.stderr
+    assert wait_status(dstack_env, "third", ("pending",))["status"] == "pending"
+    on_two = next(name for name, hostname in hosts_of.items() if hostname == two_cpus.hostname)
+    on_one = next(name for name in hosts_of if name != on_two)
+    dstack_env.run("stop", on_two, "-y", check=True)
+    assert wait_status(dstack_env, "third", ("done",), timeout=180)["status"] == "done"
+    assert logs(dstack_env, "third").splitlines()[0] == two_cpus.hostname
+    dstack_env.run("stop", on_one, "-x", "-y", check=True)
+    assert wait_status(dstack_env, on_one, ("aborted",))["status"] == "aborted"
+    # Stopped means stopped on the host.
+    for host in fleet_hosts:
+        wait_for(lambda h=host: not h.processes_with_env("DSTACK_RUN_NAME=busy-"), timeout=30, what="tasks")
+
+
+def test_a_task_on_the_hosts_loopback_answers_on_the_users_machine(
+    dstack_env: DstackEnv, project_dir: Path, fleet_hosts: list[SSHHost], client_key: ClientKey
+) -> None:
+    host = fleet_hosts[1]  # two CPUs: a task asks for 2.. by default
+    assert apply(dstack_env, write_fleet(dstack_env.home, [host], client_key)).returncode == 0
+    port, local = 8731, free_port()
+    task(
+        project_dir,
+        ["hostname > index.html", f"python3 -m http.server {port} --bind 127.0.0.1"],
+        extra=f"ports:\n  - {port}\n",
+    )
+    attached = Attached(
+        dstack_env, "run", ".", "-y", "--fleet", FLEET, "-p", f"{local}:{port}", cwd=project_dir
+    )
+    try:
+        url = attached.wait_for(rf"Port {port} is up at (http://127\.0\.0\.1:{local})").group(1)
+        with urllib.request.urlopen(url + "/index.html", timeout=60) as response:
+            assert response.read().decode().strip() == host.hostname
+        # Only through the forward: nothing listens on the host's network address.
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{host.address}:{port}/", timeout=5)
+    finally:
+        attached.stop()
