@@ -31,9 +31,7 @@ def _list(args: argparse.Namespace) -> int:
     client = get_client(args.project)
     fleets = client.list_fleets()
     if not fleets:
-        note(
-            "No fleets yet; describe your hosts in a fleet.dstack.yml and run dstack apply -f fleet.dstack.yml"
-        )
+        note("No fleets yet: describe your hosts in fleet.dstack.yml, then dstack apply -f fleet.dstack.yml")
         return 0
     hosts = [host for fleet in fleets for host in fleet["hosts"]]
     print_hosts(hosts, fleet_column=True)
