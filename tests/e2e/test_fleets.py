@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from tests.e2e.fleetkit import FLEET, apply, logs, task, wait_logs, wait_status, write_fleet
 from tests.e2e.harness import DstackEnv, wait_for
 from tests.e2e.portkit import Attached, free_port
-from tests.infra.sshhosts import ClientKey, SSHHost
+from tests.infra.sshhosts import ClientKey, SSHHost, make_key
 
 pytestmark = pytest.mark.e2e
 
@@ -105,3 +106,69 @@ def test_a_task_on_the_hosts_loopback_answers_on_the_users_machine(
             urllib.request.urlopen(f"http://{host.address}:{port}/", timeout=5)
     finally:
         attached.stop()
+
+
+def test_hosts_that_cannot_serve_are_refused_each_with_one_sentence(
+    dstack_env: DstackEnv, make_ssh_host: Callable[..., SSHHost], client_key: ClientKey, tmp_path: Path
+) -> None:
+    good = make_ssh_host()
+    no_python = make_ssh_host(python=False)
+    small = make_ssh_host(home_size="64m")
+    no_forwarding = make_ssh_host()
+    no_forwarding.sshd_config["AllowTcpForwarding"] = "no"
+    no_forwarding.stop_sshd()
+    no_forwarding.start_sshd()
+    wrong_key = make_ssh_host(authorize=False)
+    other_key = make_key(tmp_path / "other_key")
+    absent = f"10.250.{good.address.split('.')[2]}.250"  # in the test network, held by no host
+    fleet = dstack_env.home / "faults.dstack.yml"
+    fleet.write_text(
+        "type: fleet\nname: faults\nssh_config:\n"
+        f"  identity_file: {client_key.path}\n  hosts:\n"
+        f"    - {good.address}\n    - {no_python.address}\n    - {small.address}\n"
+        f"    - {no_forwarding.address}\n    - {absent}\n"
+        f"    - hostname: {wrong_key.address}\n      identity_file: {other_key.path}\n"
+        f"    - hostname: {good.address}\n      port: 2222\n"
+    )
+    result = apply(dstack_env, fleet)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    said = {
+        line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in result.stderr.splitlines() if ": " in line
+    }
+    assert "has no Python 3.9 or newer" in said[no_python.address]
+    assert "MB free" in said[small.address] and "free some disk space" in said[small.address]
+    assert "AllowTcpForwarding" in said[no_forwarding.address]
+    assert "did not answer" in said[absent] or "unreachable" in said[absent]
+    assert f"refused the key {other_key.path}" in said[wrong_key.address]
+    assert "refused the connection on port 2222" in said[f"{good.address}:2222"]
+    assert "6 of 7 hosts of fleet faults are not ready (1 ready)" in result.stderr
+    # dstack fleet says the same; the good host takes tasks.
+    listed = dstack_env.run("fleet", check=True).stdout
+    assert re.search(rf"{good.address}\s+idle", listed)
+    assert re.search(rf"{no_python.address}\s+failed: .*Python 3\.9", listed), listed
+    # An unknown user is refused as a key is (OpenSSH does not tell them apart), naming the user.
+    fleet.write_text(
+        "type: fleet\nname: faults\nssh_config:\n"
+        f"  identity_file: {client_key.path}\n  user: nosuchuser\n  hosts:\n    - {good.address}\n"
+    )
+    result = apply(dstack_env, fleet)
+    assert result.returncode == 1 and f"nosuchuser@{good.address} refused the key" in result.stderr
+
+
+def test_a_changed_host_key_is_refused(
+    dstack_env: DstackEnv, make_ssh_host: Callable[..., SSHHost], client_key: ClientKey
+) -> None:
+    host = make_ssh_host()
+    fleet = write_fleet(dstack_env.home, [host], client_key)
+    assert apply(dstack_env, fleet).returncode == 0
+    host.stop_sshd()  # reinstalled: a new host key
+    host.new_host_key()
+    host.start_sshd()
+    wait_for(lambda: "host key" in dstack_env.run("fleet").stdout, timeout=120, what="the host to be refused")
+    listed = dstack_env.run("fleet", check=True).stdout
+    assert re.search(rf"{host.address}\s+failed: The host key of {host.address} has changed", listed), listed
+    result = apply(dstack_env, fleet)  # applying again does not pin the new key silently either
+    assert result.returncode == 1
+    assert f"The host key of {host.address} has changed since it was pinned" in result.stderr
+    assert "known_hosts" in result.stderr

@@ -105,21 +105,29 @@ sys.stderr.write("the agent did not start within {START_TIMEOUT:.0f} s\\n")
 sys.exit(4)
 """
 
-_HANDOVER = """\
-import json, os, signal, sys, time
+# Ends an agent: SIGUSR1 (hand the jobs over) or SIGTERM (stop them); one that does not exit in time (hung,
+# or stopped with SIGSTOP) is killed, which its jobs outlive.
+_END_AGENT = """\
+import os, signal, sys, time
 pid = int(sys.argv[1])
+def gone(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
 try:
     os.kill(pid, signal.SIGUSR1 if sys.argv[2] == "handover" else signal.SIGTERM)
 except ProcessLookupError:
     sys.exit(0)
-deadline = time.monotonic() + float(sys.argv[3])
-while time.monotonic() < deadline:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit(0)
-    time.sleep(0.02)
-sys.exit(5)
+if not gone(float(sys.argv[3])):
+    os.kill(pid, signal.SIGKILL)
+    sys.exit(0 if gone(10) else 5)
 """
 
 
@@ -227,10 +235,11 @@ async def start(connection: SSHConnection, token: str, agent: Artifact, uv: Arti
         ) from None
 
 
-async def stop(connection: SSHConnection, pid: int, *, handover: bool, timeout: float = 60.0) -> None:
-    """End the agent `pid`: handing its jobs over to the next one (SIGUSR1), or stopping them (SIGTERM)."""
-    mode = "handover" if handover else "stop"
-    result = await _python(connection, _HANDOVER, str(pid), mode, str(timeout), timeout=timeout + 30)
+async def stop(connection: SSHConnection, pid: int, *, handover: bool) -> None:
+    """End the agent `pid`: handing its jobs over to the next one (SIGUSR1), or stopping them (SIGTERM).
+    One that does not exit in time is killed."""
+    mode, patience = ("handover", 5.0) if handover else ("stop", 60.0)
+    result = await _python(connection, _END_AGENT, str(pid), mode, str(patience), timeout=patience + 60)
     if result.returncode != 0:
         raise SSHError(
             SSHErrorKind.COMMAND,
