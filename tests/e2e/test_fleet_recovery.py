@@ -136,7 +136,8 @@ def test_a_fleet_with_running_tasks_is_deleted_only_when_confirmed(
     refused = dstack_env.run("fleet", "delete", FLEET)
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
-        f"Fleet {FLEET} runs blocker; stop them first (dstack stop), or pass -y to stop them and delete the fleet"
+        f"Fleet {FLEET} runs blocker; stop them first (dstack stop), "
+        "or pass -y to stop them and delete the fleet"
     )
     assert FLEET in dstack_env.run("fleet", check=True).stdout
     deleted = dstack_env.run("fleet", "delete", FLEET, "-y", timeout=300)
