@@ -66,8 +66,8 @@ class Bench:
         self.master = self.scratch / "master"
 
     def close(self) -> None:
-        subprocess.run([*ssh_argv(self.hosts[0], self.key, self.known, "-S", str(self.master), "-O", "exit")],
-                       capture_output=True)  # fmt: skip
+        done = ssh_argv(self.hosts[0], self.key, self.known, "-S", str(self.master), "-O", "exit")
+        subprocess.run(done, capture_output=True)
         self.env.cleanup()
         for host in self.hosts:
             host.close()
@@ -89,10 +89,12 @@ class Bench:
             self.known.unlink(missing_ok=True)
             start = time.perf_counter()
             with ThreadPoolExecutor(2) as pool:
-                list(pool.map(lambda h: subprocess.run([*ssh_argv(h, self.key, self.known), "true"], check=True),
-                              self.hosts))  # fmt: skip
+                list(pool.map(self._ssh_true, self.hosts))
             floors.append(time.perf_counter() - start)
         return applies, floors
+
+    def _ssh_true(self, host: SSHHost) -> None:
+        subprocess.run([*ssh_argv(host, self.key, self.known), "true"], check=True)
 
     # -- run ---------------------------------------------------------------------------------------------
 
@@ -103,8 +105,8 @@ class Bench:
         for command in (fleet, local):  # warm: environments made, caches filled
             for _ in range(2):
                 subprocess.run(command, env=self.env.env, cwd=self.project, check=True, capture_output=True)
-        subprocess.run([*ssh_argv(self.hosts[0], self.key, self.known, "-M", "-N", "-f", "-S", str(self.master))],
-                       check=True)  # fmt: skip
+        master = ssh_argv(self.hosts[0], self.key, self.known, "-M", "-N", "-f", "-S", str(self.master))
+        subprocess.run(master, check=True)
         ssh = [*ssh_argv(self.hosts[0], self.key, self.known, "-S", str(self.master)), "echo", "hi"]
         return {
             "fleet": timed(fleet, self.env.env, self.project, self.args.runs),
@@ -126,8 +128,8 @@ class Bench:
             expected.update(chunk)
             size_expected += len(chunk)
         seq.wait()
-        ssh_rate = self._read_rate([*ssh_argv(self.hosts[0], self.key, self.known, "-S", str(self.master)),
-                                    "seq", "1", str(count)], None)[0]  # fmt: skip
+        over_master = ssh_argv(self.hosts[0], self.key, self.known, "-S", str(self.master))
+        ssh_rate = self._read_rate([*over_master, "seq", "1", str(count)], None)[0]
         rate, digest, size = self._read_rate(
             [DSTACK, "run", ".", "-y", "--fleet", FLEET, "--cpu", "1.."], self.env
         )
@@ -183,8 +185,8 @@ class Bench:
                 for name, port in task.items()
                 for arg in ("-L", f"127.0.0.1:{via_ssh[name]}:127.0.0.1:{port}")
             ]
-            tunnel = subprocess.Popen([*ssh_argv(self._host_of_run(), self.key, self.known, "-N",
-                                                 "-o", "ExitOnForwardFailure=yes", *forwards)])  # fmt: skip
+            options = ("-N", "-o", "ExitOnForwardFailure=yes", *forwards)
+            tunnel = subprocess.Popen(ssh_argv(self._host_of_run(), self.key, self.known, *options))
             _wait_port(via_ssh["http"])
             size = self.args.size_mb * 1024 * 1024
             rows: dict[str, dict[str, float]] = {}
@@ -244,22 +246,29 @@ def main() -> None:
         bench.close()
     ms = lambda samples: f"{statistics.median(samples) * 1000:.0f} ms"  # noqa: E731
     print("\nFleet benchmark (medians; the machine may be shared: see the peers)")
-    print(f"  dstack apply, fresh 2-host fleet : {statistics.median(applies):.2f} s   "
-          f"(ssh handshake + command to both: {statistics.median(floors):.2f} s; goal <= 3 s)")  # fmt: skip
-    print(f"  warm dstack run echo hi, fleet   : {ms(runs['fleet'])}   (ssh over an open master: "
-          f"{ms(runs['ssh'])}; same run on local: {ms(runs['local'])}; goal <= ssh + 150 ms)")  # fmt: skip
-    print(f"  {args.gib:g} GiB of lines to the CLI      : {rate:.0f} MB/s, every line once and in order: "
-          f"{'yes' if complete else 'NO'}   (ssh seq over the master: {ssh_rate:.0f} MB/s; goal >= 150 MB/s)")  # fmt: skip
+    print(
+        f"  dstack apply, fresh 2-host fleet : {statistics.median(applies):.2f} s   "
+        f"(ssh handshake + command to both: {statistics.median(floors):.2f} s; goal <= 3 s)"
+    )
+    print(
+        f"  warm dstack run echo hi, fleet   : {ms(runs['fleet'])}   (ssh over an open master: "
+        f"{ms(runs['ssh'])}; same run on local: {ms(runs['local'])}; goal <= ssh + 150 ms)"
+    )
+    print(
+        f"  {args.gib:g} GiB of lines to the CLI      : {rate:.0f} MB/s, every line once and in order: "
+        f"{'yes' if complete else 'NO'}   (ssh seq over the master: {ssh_rate:.0f} MB/s; goal >= 150 MB/s)"
+    )
     print("  ports (task on the host's loopback):")
     print("    path        TCP MB/s  file MB/s  p50 ms  p99 ms")
     for path, row in ports.items():
-        print(
-            f"    {path:<10} {row['tcp']:9.0f} {row['file']:10.0f} {row['p50'] * 1e3:7.3f} {row['p99'] * 1e3:7.3f}"
-        )
+        latency = f"{row['p50'] * 1e3:7.3f} {row['p99'] * 1e3:7.3f}"
+        print(f"    {path:<10} {row['tcp']:9.0f} {row['file']:10.0f} {latency}")
     base, ours = ports["ssh -L"], ports["dstack -p"]
-    print(f"    dstack -p / ssh -L: TCP {ours['tcp'] / base['tcp'] * 100:.0f}%, file "
-          f"{ours['file'] / base['file'] * 100:.0f}%; added p50 {(ours['p50'] - base['p50']) * 1e3:+.3f} ms "
-          "(goal >= 100%)")  # fmt: skip
+    print(
+        f"    dstack -p / ssh -L: TCP {ours['tcp'] / base['tcp'] * 100:.0f}%, file "
+        f"{ours['file'] / base['file'] * 100:.0f}%; added p50 {(ours['p50'] - base['p50']) * 1e3:+.3f} ms "
+        "(goal >= 100%)"
+    )
 
 
 if __name__ == "__main__":
