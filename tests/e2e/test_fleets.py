@@ -3,6 +3,7 @@ nothing but Debian's python3), applied and used through the real `dstack` comman
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.request
 from collections.abc import Callable
@@ -172,3 +173,27 @@ def test_a_changed_host_key_is_refused(
     assert result.returncode == 1
     assert f"The host key of {host.address} has changed since it was pinned" in result.stderr
     assert "known_hosts" in result.stderr
+
+
+def test_no_secret_of_the_server_reaches_a_host_or_its_tasks(
+    dstack_env: DstackEnv, project_dir: Path, fleet_hosts: list[SSHHost], client_key: ClientKey
+) -> None:
+    import sqlite3
+
+    host = fleet_hosts[1]
+    assert apply(dstack_env, write_fleet(dstack_env.home, [host], client_key)).returncode == 0
+    task(project_dir, ["env"])
+    run = dstack_env.run("run", ".", "-y", "--fleet", FLEET, cwd=project_dir, timeout=300)
+    assert run.returncode == 0, run.stderr
+    admin = re.search(r'"token":\s*"([^"]+)"', (dstack_env.home / ".dstack" / "config.yml").read_text())
+    assert admin is not None
+    database = sqlite3.connect(dstack_env.home / ".dstack" / "server" / "data" / "sqlite.db")
+    (agent_token,) = database.execute("SELECT agent_token FROM hosts WHERE backend = 'ssh'").fetchone()
+    database.close()
+    assert admin.group(1) not in run.stdout and agent_token not in run.stdout
+    assert "DSTACK_SERVER_ADMIN_TOKEN" not in run.stdout and "DSTACK_AGENT_TOKEN" not in run.stdout
+    for pid in host.pids():  # the agent and everything else there: no token in an argv or environment
+        for part in ("cmdline", "environ"):
+            with contextlib.suppress(OSError):  # (a process that ended meanwhile)
+                data = Path(f"/proc/{pid}/{part}").read_bytes()
+                assert admin.group(1).encode() not in data and agent_token.encode() not in data

@@ -13,6 +13,10 @@ The protocol (what a new backend implements; the optional hooks have defaults):
 - `agent(host)`: the client of the host's agent (raises AgentUnreachable when there is none now);
 - `recover(host)`: the agent stopped answering; bring it back (reconnect, restart it: a restarted agent
   takes its jobs over). True if it answers again;
+- optional `port_socket(host, job_id, port)`: a unix socket on this machine that reaches the job's port
+  directly (a fleet host's: the SSH connection's own forward), which a CLI on this machine, running as
+  the server's user, may use instead of relaying through the server (the port then moves as fast as
+  `ssh -L`); None where there is none (the default);
 - optional `prepare_job(host, job_id)`: before a placed job is handed to the host's agent, e.g. a Slurm
   backend submits the batch job that starts the agent; `job_ended(host, job_id)`: after the job's end
   was recorded (free what `prepare_job` took); `lost_after(host)`: how long a host may stay silent before
@@ -84,6 +88,10 @@ class Backend(ABC):
 
     async def job_ended(self, host_name: str, job_id: str) -> None:  # noqa: B027 - optional hook
         """After the job's end was recorded."""
+
+    async def port_socket(self, host_name: str, job_id: str, port: int) -> str | None:
+        """A unix socket here that reaches the job's port on its host; None: only through the agent."""
+        return None
 
     def lost_after(self, host_name: str) -> float | None:
         """Seconds a host may stay silent before its jobs end `host lost`; None: the server's setting."""

@@ -129,6 +129,10 @@ class BackendRegistry:
         backend, info = self._entry(host_id)
         await backend.job_ended(info.name, job_id)
 
+    async def port_socket(self, host_id: str, job_id: str, port: int) -> str | None:
+        backend, info = self._entry(host_id)
+        return await backend.port_socket(info.name, job_id, port)
+
     def lost_after(self, host_id: str) -> float | None:
         backend, info = self._entry(host_id)
         return backend.lost_after(info.name)

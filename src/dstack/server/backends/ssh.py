@@ -110,6 +110,7 @@ class SSHBackend(Backend):
         self._hosts: dict[str, FleetHost] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health: asyncio.Task[None] | None = None
+        self._port_forwards: dict[str, tuple[str, list[int]]] = {}  # job id -> (host, its forwarded ports)
 
     # -- the backend protocol ----------------------------------------------------------------------------
 
@@ -183,6 +184,29 @@ class SSHBackend(Backend):
                 self._set(host, UNREACHABLE, f"The dstack agent on {host.name} does not answer: {e}")
                 return False
             return True
+
+    async def port_socket(self, host_name: str, job_id: str, port: int) -> str | None:
+        host = self._hosts.get(host_name)
+        if host is None or host.status != READY:
+            return None
+        try:
+            path = await self.pool.connection(host.target).forward("127.0.0.1", port)
+        except SSHError:
+            return None
+        ports = self._port_forwards.setdefault(job_id, (host_name, []))[1]
+        if port not in ports:
+            ports.append(port)
+        return str(path)
+
+    async def job_ended(self, host_name: str, job_id: str) -> None:
+        found = self._port_forwards.pop(job_id, None)
+        host = self._hosts.get(host_name)
+        if found is None or host is None:
+            return
+        connection = self.pool.connection(host.target)
+        for port in found[1]:
+            with contextlib.suppress(SSHError):
+                await connection.cancel_forward("127.0.0.1", port)
 
     # -- fleets: install and remove hosts ----------------------------------------------------------------
 
