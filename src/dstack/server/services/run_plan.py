@@ -22,7 +22,10 @@ async def placement_of(ctx: ServerContext, project: Project, name: str) -> dict[
     async with ctx.db.read() as session:
         run, job = await runs_service.find(session, project, name)
         host_row = await session.get(HostRow, job.host_id) if job is not None and job.host_id else None
-    spec = RunSpec.model_validate_json(run.spec)
+    try:
+        spec = RunSpec.model_validate_json(run.spec)
+    except ValueError:  # a spec this server cannot read (written by another version): say so
+        raise ServiceError(f"Run {name}'s spec cannot be read by this server") from None
     checked: specs.CheckedSpec | None = None
     note: str | None = None
     try:

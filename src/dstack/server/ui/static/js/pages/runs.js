@@ -32,7 +32,7 @@ export function mount(container, { project, navigate }) {
   );
   document.title = `Runs · ${project} · dstack`;
 
-  let shown = { active: [], all: [] };
+  let shown = { active: [], all: [], more: false };
   let stopped = false;
   let refreshing = null;
   let again = false;
@@ -40,19 +40,30 @@ export function mount(container, { project, navigate }) {
 
   async function load() {
     const base = projectPath(project, "/runs");
+    // One run more than a page says whether there is another page beyond (nothing is counted).
     const [active, all] = await Promise.all([
       request(base, { params: { all: false, limit: 1000 }, signal: controller.signal }),
-      request(base, { params: { all: true, limit: PAGE_SIZE, before: page.before, after: page.after }, signal: controller.signal }),
+      request(base, { params: { all: true, limit: PAGE_SIZE + 1, before: page.before, after: page.after }, signal: controller.signal }),
     ]);
     let rows = all;
-    if (page.after && all.length < PAGE_SIZE) {
-      // Fewer newer runs than a page: this is the first page now.
-      page.after = null;
-      page.before = null;
-      history.replaceState(null, "", location.pathname);
-      rows = await request(base, { params: { all: true, limit: PAGE_SIZE }, signal: controller.signal });
+    let more = false;
+    if (page.after) {
+      if (all.length <= PAGE_SIZE) {
+        // No page of newer runs beyond these: this is the first page now.
+        page.after = null;
+        history.replaceState(null, "", location.pathname);
+        rows = await request(base, { params: { all: true, limit: PAGE_SIZE + 1 }, signal: controller.signal });
+        more = rows.length > PAGE_SIZE;
+        rows = rows.slice(0, PAGE_SIZE);
+      } else {
+        rows = all.slice(all.length - PAGE_SIZE); // the page just newer than the cursor
+        more = true;
+      }
+    } else {
+      more = all.length > PAGE_SIZE;
+      rows = all.slice(0, PAGE_SIZE);
     }
-    shown = { active: active.filter((run) => !isFinished(run.status)), all: rows };
+    shown = { active: active.filter((run) => !isFinished(run.status)), all: rows, more };
     draw();
   }
 
@@ -63,7 +74,7 @@ export function mount(container, { project, navigate }) {
     );
     fill(allBody, shown.all.length ? runTable(shown.all, project) : h("p", { className: "empty", text: "No runs yet." }));
     newer.disabled = !page.before && !page.after;
-    older.disabled = shown.all.length < PAGE_SIZE;
+    older.disabled = !shown.more;
     if (!window.__dstackRunsPainted) {
       window.__dstackRunsPainted = true;
       performance.mark("dstack-runs-rendered");
