@@ -142,10 +142,8 @@ def test_the_ui_listens_on_loopback_only_and_a_busy_port_is_one_sentence(dstack_
         result = dstack_env.run("server", "--port", str(free_port()), "--ui-port", port, timeout=60)
         assert result.returncode != 0
         errors = [line for line in result.stderr.splitlines() if "Warning" not in line and "warn" not in line]
-        assert (
-            errors[-1]
-            == f"Port {port} on 127.0.0.1 is in use (another dstack server?); pass --ui-port (or --no-ui) to use another one"
-        )
+        expected = f"Port {port} on 127.0.0.1 is in use (another dstack server?); "
+        assert errors[-1] == expected + "pass --ui-port (or --no-ui) to use another one"
     finally:
         server.stop()
 
@@ -166,7 +164,8 @@ def _listening_addresses(port: int) -> set[str]:
     found = set()
     for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
         try:
-            lines = open(table).read().splitlines()[1:]
+            with open(table) as f:
+                lines = f.read().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
