@@ -116,6 +116,18 @@ def test_a_cli_run_live_in_the_ui_and_stopped_from_it(
     line = next(line for line in ps.stdout.splitlines() if "live-one" in line)
     assert "terminated" in line and "stopped by user" in line
     assert "terminated" in browser.text(".history")
+
+    # The whole log downloads, byte for byte what `dstack logs` prints.
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser.driver.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
+    )
+    browser.find("a.download").click()
+    saved = downloads / "live-one.log"
+    wait_for(lambda: saved.exists() and saved.stat().st_size > 0, timeout=60, what="the download")
+    logs = dstack_env.run("logs", "live-one")
+    assert saved.read_text() == logs.stdout and "progress finished" in logs.stdout
     assert not browser.console_errors()
 
 

@@ -115,3 +115,39 @@ def test_the_stream_reader_takes_frames_in_any_pieces(server: Server, browser: B
     assert out["text"] == "héllo wörld"
     assert out["events"] == [["status", "running"], ["heartbeat"], ["end", "done", 0]]
     assert out["firstOffset"] == 0 and out["lastOffset"] == 7 + len("wörld".encode()) - 1
+
+
+BEHIND = """
+const done = arguments[arguments.length - 1];
+import('/static/js/output.js').then(async ({LiveOutput}) => {
+  const output = new LiveOutput({url: () => 'about:blank', handlers: {}, maxLines: 1000});
+  document.body.appendChild(output.element);
+  const encoder = new TextEncoder();
+  let offset = 0;
+  let n = 0;
+  // Megabytes arrive at once, faster than anything could draw them, until the page skips to the tail.
+  while (!output.skipped) {
+    let text = '';
+    while (text.length < 1024 * 1024) text += `line ${n++}\\n`;
+    const bytes = encoder.encode(text);
+    output.onLog(offset, bytes);
+    offset += bytes.length;
+  }
+  while (output.queue.length) await new Promise((r) => setTimeout(r, 20));
+  const lines = output.screen.lines.map((l) => l.text());
+  done({
+    skipped: output.skipped, received: output.received, total: offset, last: lines[lines.length - 2],
+    notice: lines.some((l) => l.includes('skipped here')), kept: lines.length, expected: `line ${n - 1}`,
+  });
+}).catch((e) => done({error: String(e)}));
+"""
+
+
+def test_a_page_far_behind_a_flood_skips_to_the_tail_and_says_so(server: Server, browser: Browser) -> None:
+    browser.get(server.ui_url + "/sign-in")
+    out: dict[str, Any] = browser.driver.execute_async_script(BEHIND)
+    assert "error" not in out, out
+    assert out["received"] == out["total"]
+    assert 0 < out["skipped"] < out["total"]
+    assert out["notice"] and out["last"] == out["expected"]
+    assert out["kept"] <= 1100

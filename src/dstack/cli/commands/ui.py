@@ -18,11 +18,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int:
     import webbrowser
 
+    from dstack.api.errors import NotFound
     from dstack.cli.connection import get_client
+    from dstack.cli.errors import CLIError
     from dstack.cli.output import note
 
     client = get_client(args.project)
-    link = client.ui_sign_in_link(client.project)
+    try:
+        link = client.ui_sign_in_link(client.project)
+    except NotFound as e:
+        if "project" in str(e).lower():
+            raise
+        raise CLIError(f"The dstack server at {client.url} has no web UI (it is older than dstack ui)") from e
     url = str(link["url"])
     # The link holds a one-time code (in its #fragment, which no server sees), not the token: a browser
     # history or a process list that shows it shows nothing usable once it has been opened.

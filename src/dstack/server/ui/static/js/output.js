@@ -114,29 +114,36 @@ export class LiveOutput {
   }
 
   skipAhead() {
-    let drop = this.queued - KEEP;
-    let dropped = 0;
-    while (drop > 0 && this.queue.length > 0) {
-      const chunk = this.queue[0];
-      if (chunk.length <= drop) {
-        this.queue.shift();
-        drop -= chunk.length;
-        dropped += chunk.length;
-      } else {
-        this.queue[0] = chunk.subarray(drop);
-        dropped += drop;
-        drop = 0;
+    // Keep the tail the screen can show (half its lines, at most KEEP bytes), from a line's start.
+    const want = Math.max(1, Math.floor(this.screen.maxLines / 2));
+    let lines = 0;
+    let scanned = 0;
+    let cut = null; // [chunk, byte]: the first byte kept
+    search: for (let c = this.queue.length - 1; c >= 0; c--) {
+      const chunk = this.queue[c];
+      let before = chunk.length;
+      while (before > 0) {
+        const newline = chunk.lastIndexOf(0x0a, before - 1);
+        if (newline < 0) break;
+        lines += 1;
+        if (lines > want || scanned + (chunk.length - newline) > KEEP) {
+          cut = [c, newline + 1];
+          break search;
+        }
+        before = newline;
       }
-    }
-    // Start at a line's beginning, so the first line shown is a whole one.
-    const head = this.queue[0];
-    if (head) {
-      const newline = head.indexOf(0x0a);
-      if (newline >= 0 && newline < head.length - 1) {
-        this.queue[0] = head.subarray(newline + 1);
-        dropped += newline + 1;
+      if (scanned + chunk.length > KEEP) {
+        cut = [c, chunk.length - (KEEP - scanned)]; // no line start within KEEP: cut inside the line
+        break;
       }
+      scanned += chunk.length;
     }
+    if (cut === null) return;
+    const [index, start] = cut;
+    let dropped = start;
+    for (let c = 0; c < index; c++) dropped += this.queue[c].length;
+    if (dropped === 0) return;
+    this.queue = [this.queue[index].subarray(start), ...this.queue.slice(index + 1)];
     this.queued -= dropped;
     this.noteSkip(dropped);
   }
