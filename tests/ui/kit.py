@@ -57,13 +57,15 @@ class Server:
         self.env.cleanup()
 
 
-def start_server(env: DstackEnv, *extra: str, ports: tuple[int, int] | None = None) -> Server:
+def start_server(
+    env: DstackEnv, *extra: str, ports: tuple[int, int] | None = None, extra_env: dict[str, str] | None = None
+) -> Server:
     """`dstack server` in the foreground (it points the HOME's CLI at itself, so `dstack run` uses it)."""
     port, ui_port = ports or (free_port(), free_port())
     log = (env.home / "server.out").open("ab")
     process = subprocess.Popen(
         [DSTACK, "server", "--port", str(port), "--ui-port", str(ui_port), *extra],
-        env={**env.env, "DSTACK_SERVER_ADMIN_TOKEN": TOKEN},
+        env={**env.env, "DSTACK_SERVER_ADMIN_TOKEN": TOKEN, **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@ the public Python client against a real server."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from dstack.api.client import Client
 from dstack.api.errors import APIError
 from tests.e2e.harness import DstackEnv, wait_for
+from tests.e2e.postgres import postgres_server
 from tests.e2e.test_run import task
-from tests.ui.kit import Server, add_user, fill_runs
+from tests.ui.kit import Server, add_user, fill_runs, request, session_cookie, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -102,3 +104,31 @@ def test_history_feed_and_hosts_of_a_real_run(server: Server, dstack_env: Dstack
     # The CLI's offer command reads the same offers endpoint.
     offers = dstack_env.run("offer", "--cpu", "1..")
     assert offers.returncode == 0 and "local" in offers.stdout
+
+
+def test_history_pages_and_sessions_on_postgresql(dstack_env: DstackEnv, tmp_path: Path) -> None:
+    with postgres_server() as database_url:
+        server = start_server(dstack_env, extra_env={"DSTACK_DATABASE_URL": database_url})
+        try:
+            client = Client(server.url, server.token)
+            project = tmp_path / "project"
+            project.mkdir()
+            task(project, ["echo on postgres"])
+            for name in ("pg-one", "pg-two", "pg-three"):
+                result = dstack_env.run("run", ".", "-y", "-n", name, cwd=project)
+                assert result.returncode == 0, result.stderr
+            first = client.list_runs(all=True, limit=2)
+            assert [r["name"] for r in first] == ["pg-three", "pg-two"]
+            rest = client.list_runs(all=True, limit=2, before=_cursor(first[-1]))
+            assert [r["name"] for r in rest] == ["pg-one"]
+            statuses = [e["status"] for e in client.run_history("pg-two")]
+            assert statuses[0] == "submitted" and statuses[-1] == "done"
+            feed = client.json("GET", "/api/project/main/history", params={"after": 0})
+            assert {e["run"] for e in feed["entries"]} == {"pg-one", "pg-two", "pg-three"}
+            cookie, _ = session_cookie(server)
+            status, body, _ = request(
+                server.ui_url, "GET", "/api/project/main/runs?all=true", headers={"Cookie": cookie}
+            )
+            assert status == 200 and len(json.loads(body)) == 3
+        finally:
+            server.stop()
