@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from tests.e2e import conftest as e2e
 from tests.e2e.harness import DstackEnv
 from tests.ui.browser import Browser
 from tests.ui.kit import Server, start_server
 
 _ARTIFACTS: list[Path] = []
+dstack_env = e2e.dstack_env  # the e2e tests' throw-away HOME, whose processes are killed at the end
 
 
 def artifacts_root() -> Path:
@@ -30,15 +32,6 @@ def artifacts_root() -> Path:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _ARTIFACTS:
         terminalreporter.write_line(f"web UI screenshots: {_ARTIFACTS[0]}")
-
-
-@pytest.fixture
-def dstack_env(tmp_path: Path) -> Iterator[DstackEnv]:
-    env = DstackEnv(tmp_path / "home")
-    try:
-        yield env
-    finally:
-        env.cleanup()
 
 
 @pytest.fixture
