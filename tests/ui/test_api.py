@@ -60,7 +60,7 @@ def test_history_feed_and_hosts_of_a_real_run(server: Server, dstack_env: Dstack
     start = client.json("GET", "/api/project/main/history")["last"]
     project = tmp_path / "project"
     project.mkdir()
-    task(project, ["echo working", "sleep 2", "exit 3"])
+    task(project, ["echo working", "sleep 6", "exit 3"])
     result = dstack_env.run("run", ".", "-y", "-d", "-n", "fails-late", cwd=project)
     assert result.returncode == 0, result.stderr
 

@@ -3,10 +3,12 @@ what a task's output looks like once rendered."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
 
+from dstack.core import frames
 from tests.ui.browser import Browser
 from tests.ui.kit import Server
 
@@ -42,28 +44,9 @@ import('/static/js/terminal.js').then((t) => {
 """
 
 FRAMES = """
-const done = arguments[arguments.length - 1];
+const [encoded, done] = [arguments[0], arguments[arguments.length - 1]];
 import('/static/js/frames.js').then(({FrameReader}) => {
-  const frame = (kind, payload) => {
-    const out = new Uint8Array(5 + payload.length);
-    out[0] = kind.charCodeAt(0);
-    new DataView(out.buffer).setUint32(1, payload.length);
-    out.set(payload, 5);
-    return out;
-  };
-  const log = (offset, text) => {
-    const bytes = new TextEncoder().encode(text);
-    const payload = new Uint8Array(8 + bytes.length);
-    new DataView(payload.buffer).setUint32(4, offset);
-    payload.set(bytes, 8);
-    return frame('L', payload);
-  };
-  const json = (kind, value) => frame(kind, new TextEncoder().encode(JSON.stringify(value)));
-  const stream = [log(0, 'héllo '), json('S', {status: 'running'}), frame('H', new Uint8Array(0)),
-                  log(7, 'wörld'), json('E', {status: 'done', exit_code: 0})];
-  const all = new Uint8Array(stream.reduce((n, f) => n + f.length, 0));
-  let at = 0;
-  for (const f of stream) { all.set(f, at); at += f.length; }
+  const all = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
   const seen = [];
   const pieces = [];
   const decoder = new TextDecoder();
@@ -109,8 +92,18 @@ def test_the_terminal_renders_output_like_a_terminal(server: Server, browser: Br
 
 
 def test_the_stream_reader_takes_frames_in_any_pieces(server: Server, browser: Browser) -> None:
+    # The server's own framing (dstack.core.frames), as the attach stream sends it.
+    stream = b"".join(
+        [
+            frames.log_frame(0, "héllo ".encode()),
+            frames.json_frame(frames.STATUS, {"status": "running", "status_message": None}),
+            frames.heartbeat_frame(),
+            frames.log_header(7, len("wörld".encode())) + "wörld".encode(),
+            frames.json_frame(frames.END, {"status": "done", "exit_code": 0}),
+        ]
+    )
     browser.get(server.ui_url + "/sign-in")
-    out: dict[str, Any] = browser.driver.execute_async_script(FRAMES)
+    out: dict[str, Any] = browser.driver.execute_async_script(FRAMES, base64.b64encode(stream).decode())
     assert "error" not in out, out
     assert out["text"] == "héllo wörld"
     assert out["events"] == [["status", "running"], ["heartbeat"], ["end", "done", 0]]
