@@ -45,9 +45,9 @@ def apply_fleet(args: argparse.Namespace) -> int:
         return 0
     fleet = client.apply_fleet(data, keys, force=True)
     print_hosts(fleet["hosts"], title=f"Fleet {fleet['name']}")
-    failed = [h for h in fleet["hosts"] if h["status"] in ("failed", "unreachable", "connecting")]
+    failed = [h for h in fleet["hosts"] if h["status"] != "ready"]
     for host in failed:
-        note(f"{host['name']}: {host['message'] or host['status']}")
+        note(f"{host['name']}: {host['status_message'] or host['status']}")
     if failed:
         ready = len(fleet["hosts"]) - len(failed)
         raise CLIError(
@@ -116,11 +116,17 @@ def print_hosts(hosts: list[dict[str, Any]], *, title: str | None = None, fleet_
     headers += ["HOST", "STATUS", "RESOURCES", "DISK", "RUNS"]
     rows = []
     for host in hosts:
-        row = [host["fleet"] or host["backend"]] if fleet_column else []
+        row = [host["region"]] if fleet_column else []
+        runs = [run["name"] for run in host["runs"]]
         status = host["status"]
-        if host.get("message"):
-            status = f"{status}: {host['message']}"
-        disk = f"{host['disk_gb']:.0f}GB free" if host.get("disk_gb") is not None else "-"
-        row += [host["name"], status, host.get("resources") or "-", disk, ", ".join(host["runs"]) or "-"]
+        if status == "ready":
+            status = "busy" if runs or host.get("other_projects_runs") else "idle"
+        elif host.get("status_message"):
+            status = f"{status}: {host['status_message']}"
+        if host.get("other_projects_runs"):
+            runs.append(f"{host['other_projects_runs']} of other projects")
+        disk = f"{host['disk_free_gb']:.0f}GB free" if host.get("disk_free_gb") is not None else "-"
+        resources = host.get("resources") if host.get("cpus") else None
+        row += [host["name"], status, resources or "-", disk, ", ".join(runs) or "-"]
         rows.append(row)
     table(headers, rows, title=title)

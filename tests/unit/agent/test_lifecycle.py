@@ -112,8 +112,9 @@ def test_a_restarted_agent_takes_over_the_jobs_left_running(start_agent: StartAg
     assert client.job(stopped["id"])["status"] == "running"
     assert client.stop(stopped["id"]).status == 202
     state = client.wait_final(stopped["id"])
-    # (SIGTERM ended it: an agent that is not its parent cannot tell that from the job's own end.)
-    assert (state["status"], state["exit_code"]) == ("terminated", None)
+    # SIGTERM ended bash (status unknown to an agent that is not its parent), or its sleep first (bash then
+    # exits 143 itself, and says so).
+    assert state["status"] == "terminated" and state["exit_code"] in (None, 143), state
     assert client.read_logs(stopped["id"]) == b"waiting\n"
     assert job_processes(stopped["id"]) == []
     assert client.job(finished["id"])["status"] == "done"

@@ -46,7 +46,7 @@ def _delete(args: argparse.Namespace) -> int:
 
     client = get_client(args.project, start_embedded=False)
     fleet = client.get_fleet(args.name)
-    runs = sorted({run for host in fleet["hosts"] for run in host["runs"]})
+    runs = sorted({run["name"] for host in fleet["hosts"] for run in host["runs"]})
     if runs and not args.yes:
         raise CLIError(
             f"Fleet {args.name} runs {', '.join(runs)}; stop them first (dstack stop), "

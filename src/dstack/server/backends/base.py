@@ -58,10 +58,16 @@ class Backend(ABC):
     # Set by the server: call it when a host that did not answer answers again (the reconciler then stops
     # what the host still runs of jobs that ended meanwhile).
     on_host_back: Callable[[], None] | None = None
+    # Set by the registry: call it when what `hosts()` would say changed (a host became unreachable...).
+    on_hosts_changed: Callable[[], None] | None = None
 
     def host_back(self) -> None:
         if self.on_host_back is not None:
             self.on_host_back()
+
+    def hosts_changed(self) -> None:
+        if self.on_hosts_changed is not None:
+            self.on_hosts_changed()
 
     @abstractmethod
     async def start(self) -> None:

@@ -40,6 +40,8 @@ class BackendRegistry:
         self._hosts: dict[str, tuple[Backend, HostInfo]] = {}
         self._listed: dict[str, list[HostInfo]] = {}  # backend type -> what it listed last
         self._synced_at = 0.0
+        for backend in backends:
+            backend.on_hosts_changed = self._stale
 
     @property
     def types(self) -> list[str]:
@@ -47,6 +49,9 @@ class BackendRegistry:
 
     def backend(self, backend_type: str) -> Backend | None:
         return self._backends.get(backend_type)
+
+    def _stale(self) -> None:
+        self._synced_at = 0.0  # the next use lists the hosts again
 
     def on_host_back(self, callback: Callable[[], None]) -> None:
         for backend in self._backends.values():

@@ -347,6 +347,7 @@ class SSHBackend(Backend):
             log.info("fleet host %s is %s: %s", host.name, status, message)
         came_back = status == READY and host.status != READY
         host.status, host.message = status, message
+        self.hosts_changed()
         if came_back:
             self.host_back()
         self._background(self._persist(host))

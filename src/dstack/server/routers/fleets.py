@@ -1,5 +1,5 @@
-"""Fleets of the user's own hosts: plan and apply a `type: fleet` configuration, list, get, delete; and the
-hosts a project can run on."""
+"""Fleets of the user's own hosts: plan and apply a `type: fleet` configuration, list, get, delete. (The
+hosts a project can run on, fleets' and this machine's, are `GET .../hosts`: routers/hosts.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project
 from dstack.server.services import fleets as fleets_service
-from dstack.server.services import hosts as hosts_service
 from dstack.server.services.projects import Project
 
 router = APIRouter(prefix="/api/project/{project}")
@@ -72,11 +71,3 @@ async def delete(
 ) -> dict[str, Any]:
     deleted = await fleets_service.delete(ctx, project, body.names, force=body.force)
     return {"deleted": deleted}
-
-
-@router.get("/hosts")
-async def list_hosts(
-    ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
-) -> list[dict[str, Any]]:
-    """Every host the project can run on (local and its fleets'), with status, resources and runs."""
-    return await hosts_service.list_hosts(ctx, project)
