@@ -83,6 +83,15 @@ def test_a_fleet_is_applied_and_its_hosts_run_tasks(
     for host in fleet_hosts:
         wait_for(lambda h=host: not h.processes_with_env("DSTACK_RUN_NAME=busy-"), timeout=30, what="tasks")
 
+    # The file edited: the host that left is removed, its agent stopped.
+    smaller = write_fleet(dstack_env.home, [two_cpus], client_key, users={0: "ubuntu"})
+    result = apply(dstack_env, smaller)
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"{one_cpu.address}\s+remove", result.stderr) and "keep" in result.stderr
+    listed = dstack_env.run("fleet", check=True).stdout
+    assert two_cpus.address in listed and one_cpu.address not in listed
+    wait_for(lambda: not one_cpu.agent_pids(), timeout=60, what="the removed host's agent to stop")
+
 
 def test_a_task_on_the_hosts_loopback_answers_on_the_users_machine(
     dstack_env: DstackEnv, project_dir: Path, fleet_hosts: list[SSHHost], client_key: ClientKey
@@ -181,10 +190,16 @@ def test_no_secret_of_the_server_reaches_a_host_or_its_tasks(
     import sqlite3
 
     host = fleet_hosts[1]
+    # This machine turned off: only the fleet runs tasks (no --fleet needed).
+    (dstack_env.home / ".dstack" / "server").mkdir(parents=True)
+    (dstack_env.home / ".dstack" / "server" / "config.yml").write_text("backends: []\n")
     assert apply(dstack_env, write_fleet(dstack_env.home, [host], client_key)).returncode == 0
-    task(project_dir, ["env"])
-    run = dstack_env.run("run", ".", "-y", "--fleet", FLEET, cwd=project_dir, timeout=300)
+    task(project_dir, ["env", "hostname"])
+    run = dstack_env.run("run", ".", "-y", cwd=project_dir, timeout=300)
     assert run.returncode == 0, run.stderr
+    assert "local" not in run.stderr and re.search(rf"1\s+ssh\s+{FLEET}\s+{host.address}", run.stderr)
+    assert run.stdout.splitlines()[-1] == host.hostname
+    assert "DSTACK_AGENT" not in run.stdout  # the agent's own settings stay the agent's
     admin = re.search(r'"token":\s*"([^"]+)"', (dstack_env.home / ".dstack" / "config.yml").read_text())
     assert admin is not None
     database = sqlite3.connect(dstack_env.home / ".dstack" / "server" / "data" / "sqlite.db")

@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,22 +191,19 @@ class SSHHost:
                     hits.append(pid)
         return hits
 
-    def kill_processes(self, *, keep_sshd: bool = True) -> None:
-        """Kill what runs on the host (agents, tasks), and remove what dstack left in its homes."""
-        for _ in range(3):
-            pids = [
+    def kill_processes(self) -> None:
+        """Kill what runs on the host (agents, tasks; not sshd or dockerd), and remove ~/.dstack."""
+
+        def others() -> list[int]:
+            return [
                 pid
                 for pid in self.pids()
-                if not (keep_sshd and _command(pid).startswith(("sshd:", SSHD)))
+                if not _command(pid).startswith(("sshd:", SSHD))
                 and not (self.dockerd is not None and pid == self.dockerd.process.pid)
                 and "containerd" not in _command(pid)
             ]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+
+        _kill(others)
         self.exec("sh", "-c", "rm -rf /root/.dstack /home/*/.dstack")
 
     def agent_pids(self) -> list[int]:
@@ -229,19 +227,23 @@ class SSHHost:
 
             with contextlib.suppress(Exception):
                 stop_dockerd(self.dockerd)
-        for _ in range(3):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        _kill(self.pids)
         for process in (self.sshd, self.keeper):
             if process is not None and process.poll() is None:
                 process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(10)
+
+
+def _kill(find: Callable[[], list[int]]) -> None:
+    for _ in range(3):
+        pids = find()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _command(pid: int) -> str:

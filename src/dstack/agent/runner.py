@@ -88,7 +88,12 @@ class Runner:
         self._watcher = watcher or OutputWatcher()
         self._code_store = code_store
         self._environments = environments
-        self._base_env = {name: value for name, value in base_env.items() if name != TOKEN_ENV}
+        # The agent's own settings (its token, the uv a server shipped) are not the job's.
+        self._base_env = {
+            name: value
+            for name, value in base_env.items()
+            if name != TOKEN_ENV and not name.startswith("DSTACK_AGENT_")
+        }
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 

@@ -211,11 +211,16 @@ class Client:
 
     def _json_waiting(self, method: str, path: str, body: Any, timeout: float) -> Any:
         """A request that may take long (connecting to hosts), on a connection of its own."""
+        payload = json.dumps(body).encode()
+        return json.loads(self._on_own_connection(method, path, "application/json", payload, timeout))
+
+    def _on_own_connection(
+        self, method: str, path: str, content_type: str, body: Any, timeout: float, **kwargs: Any
+    ) -> bytes:
+        """One request on a connection of its own (long, or big); the answer's body."""
         conn = self.connect(timeout=timeout)
         try:
-            response = self.exchange(
-                conn, method, path, {"Content-Type": "application/json"}, json.dumps(body).encode()
-            )
+            response = self.exchange(conn, method, path, {"Content-Type": content_type}, body, **kwargs)
             data = response.read()
         except OSError as e:
             raise ServerUnreachable(_unreachable_message(self.url, e)) from e
@@ -223,32 +228,23 @@ class Client:
             conn.close()
         if response.status not in (200, 201):
             raise error_for(response.status, data)
-        return json.loads(data)
+        return data
 
     def has_code(self, code_hash: str) -> bool:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200
 
     def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        conn = self.connect(timeout=max(self.timeout, 300))
-        try:
-            with path.open("rb") as f:
-                response = self.exchange(
-                    conn,
-                    "PUT",
-                    self._project_path(f"/code/{code_hash}"),
-                    {"Content-Type": "application/x-tar"},
-                    f,
-                    length=path.stat().st_size,
-                    progress=progress,
-                )
-            data = response.read()
-        except OSError as e:
-            raise ServerUnreachable(_unreachable_message(self.url, e)) from e
-        finally:
-            conn.close()
-        if response.status not in (200, 201):
-            raise error_for(response.status, data)
+        with path.open("rb") as f:
+            self._on_own_connection(
+                "PUT",
+                self._project_path(f"/code/{code_hash}"),
+                "application/x-tar",
+                f,
+                max(self.timeout, 300),
+                length=path.stat().st_size,
+                progress=progress,
+            )
 
     def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
         """The run's output so far, in chunks."""

@@ -116,19 +116,13 @@ class ProxyJump(_Endpoint):
         return _hostname(value)
 
 
-class HostSpec(_Endpoint):
+class HostSpec(ProxyJump):
     """One host of the fleet; unset fields come from ssh_config."""
 
     block_name = "host"
 
-    hostname: str
     proxy_jump: ProxyJump | None = None
     internal_ip: str | None = None
-
-    @field_validator("hostname", mode="before")
-    @classmethod
-    def _valid_hostname(cls, value: Any) -> str:
-        return _hostname(value)
 
     @field_validator("internal_ip", mode="before")
     @classmethod
@@ -284,15 +278,11 @@ def parse_fleet_configuration(text: str, *, filename: str) -> FleetConfiguration
 
 
 def load_fleet_configuration(path: Path, *, display_name: str | None = None) -> FleetConfiguration:
-    from dstack.config.loader import CONFIGURATION_SUFFIXES, read_configuration_text
+    from dstack.config.loader import read_configuration_text
 
     name = display_name if display_name is not None else str(path)
-    if not path.name.endswith(CONFIGURATION_SUFFIXES):
-        raise ConfigError(
-            f"Configuration file {name} must be named *.dstack.yml or *.dstack.yaml "
-            "(e.g. fleet.dstack.yml); rename it"
-        )
-    configuration = parse_fleet_configuration(read_configuration_text(path, name), filename=name)
+    text = read_configuration_text(path, name, example="fleet.dstack.yml")
+    configuration = parse_fleet_configuration(text, filename=name)
     if configuration.name is None:
         configuration.name = default_fleet_name(path)
     return configuration

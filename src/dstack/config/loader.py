@@ -21,12 +21,7 @@ CONFIGURATION_SUFFIXES = (".dstack.yml", ".dstack.yaml")
 def load_configuration(path: Path, *, display_name: str | None = None) -> TaskConfiguration:
     """Load a `*.dstack.yml` file; `display_name` is what messages call it (default: the path as given)."""
     name = display_name if display_name is not None else str(path)
-    if not path.name.endswith(CONFIGURATION_SUFFIXES):
-        raise ConfigError(
-            f"Configuration file {name} must be named *.dstack.yml or *.dstack.yaml "
-            "(e.g. train.dstack.yml); rename it"
-        )
-    return parse_configuration(_read_text(path, name, "Configuration file"), filename=name)
+    return parse_configuration(read_configuration_text(path, name), filename=name)
 
 
 def parse_configuration(text: str, *, filename: str) -> TaskConfiguration:
@@ -116,6 +111,11 @@ def _locate_env_keys(document: YamlDocument) -> None:
                 document.source.alias(("env", env_key_of(item)), ("env", index))
 
 
-def read_configuration_text(path: Path, name: str) -> str:
+def read_configuration_text(path: Path, name: str, *, example: str = "train.dstack.yml") -> str:
     """The text of a configuration file of any type, or a ConfigError saying why it cannot be read."""
+    if not path.name.endswith(CONFIGURATION_SUFFIXES):
+        raise ConfigError(
+            f"Configuration file {name} must be named *.dstack.yml or *.dstack.yaml "
+            f"(e.g. {example}); rename it"
+        )
     return _read_text(path, name, "Configuration file")
