@@ -47,7 +47,9 @@ def apply_fleet(args: argparse.Namespace) -> int:
     print_hosts(fleet["hosts"], title=f"Fleet {fleet['name']}")
     failed = [h for h in fleet["hosts"] if h["status"] != "ready"]
     for host in failed:
-        note(f"{host['name']}: {host['status_message'] or host['status']}")
+        message = host["status_message"] or host["status"]
+        hostname = host["name"].rsplit(":", 1)[0]
+        note(message if hostname in message else f"{host['name']}: {message}")
     if failed:
         ready = len(fleet["hosts"]) - len(failed)
         raise CLIError(

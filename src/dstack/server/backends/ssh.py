@@ -71,6 +71,9 @@ class FleetHost:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     fingerprinted_at: float = 0.0
     active: bool = True  # False while its fleet is being deleted: no new job goes there
+    # Whether it ever answered (its host key pinned then): a host that was down at `dstack apply` has its
+    # key pinned when it first answers, as apply would have; later, only the pinned key is accepted.
+    ever_connected: bool = False
 
 
 def target_from_json(data: dict[str, Any]) -> SSHTarget:
@@ -176,7 +179,7 @@ class SSHBackend(Backend):
                 except AgentError:
                     pass
             try:
-                await self._connect(host, pin=False)
+                await self._connect(host, pin=not host.ever_connected)
             except SSHError as e:
                 self._set(host, UNREACHABLE if e.unreachable else FAILED, e.message)
                 return False
@@ -237,8 +240,10 @@ class SSHBackend(Backend):
                     target=target,
                     token=row.agent_token or "",
                     resources=json.loads(row.resources or "{}"),
-                    status=row.status if row.status in (READY, UNREACHABLE, FAILED) else CONNECTING,
+                    # Not offered until connected again (the background recovery does it at once).
+                    status=row.status if row.status in (UNREACHABLE, FAILED) else CONNECTING,
                     message=row.status_message,
+                    ever_connected=row.last_seen_at is not None,
                 )
                 self._hosts[row.name] = host
             host.fleet, host.fleet_id, host.project_id = fleet.name, fleet.id, fleet.project_id
@@ -254,7 +259,8 @@ class SSHBackend(Backend):
     async def install(self, name: str) -> FleetHost:
         """Connect to a host of a freshly applied fleet (pinning its key), check it, ship and start the agent.
 
-        Never raises for the host's faults: they are the host's status and message (one sentence)."""
+        Never raises for the host's faults: they are the host's status and message (one sentence). An
+        unreachable host is tried again in the background; a refusal waits for the next apply."""
         host = self._hosts[name]
         async with host.lock:
             self._set(host, CONNECTING, None)
@@ -315,6 +321,7 @@ class SSHBackend(Backend):
         facts = await host.client.host()
         host.resources = facts
         host.fingerprinted_at = time.monotonic()
+        host.ever_connected = True
         self._set(host, READY, None)
 
     async def _answers(self, host: FleetHost, connection: Any, port: int) -> bool:
