@@ -3,8 +3,9 @@
 A job given up as `host lost` (its host stayed silent past the grace) may still run there: its capacity
 was released without the host's word. So whenever a host answers (on its return, and every interval),
 its agent's list of jobs is compared with the database: a job the server no longer counts as active
-(lost, or whose run was deleted) is aborted there, and a finished one the server holds the output of is
-deleted from the host. A job the database counts as active is its supervisor's business, never touched.
+(given up as lost, stopped while its host was away) is aborted there, and a finished one the server holds
+the output of is deleted from the host. A job the database counts as active is its supervisor's business,
+and one it does not know at all is left alone (it may be another server's, on a host two servers share).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Reconciler:
             )
         for job in jobs:
             job_id = str(job["id"])
-            if known.get(job_id) in _ACTIVE:
+            if job_id not in known or known[job_id] in _ACTIVE:
                 continue
             try:
                 if job["status"] in _AGENT_ACTIVE:
@@ -71,7 +72,7 @@ class Reconciler:
                         "host %s still runs job %s, which ended here (%s): stopping it",
                         self.ctx.backends.describe(host_id).name,
                         job_id,
-                        known.get(job_id) or "unknown to this server",
+                        known[job_id],
                     )
                     await agent.stop_job(job_id, abort=True)
                 else:

@@ -24,6 +24,9 @@ AGENT_DIR = ".dstack/agent"  # relative to the login user's home
 WORK_DIR = f"{AGENT_DIR}/work"
 MIN_FREE_BYTES = 512 * 1024**2
 START_TIMEOUT = 30.0
+# An agent no server talks to and that runs no job (its fleet deleted while the host was down) leaves
+# after a day; a server that reconnects starts it again.
+IDLE_EXIT = 86400
 PYTHON_TOO_OLD = 98
 NO_PYTHON = 97
 
@@ -80,7 +83,8 @@ if uv:
     env["DSTACK_AGENT_UV"] = os.path.join(base, uv)
 log = open(os.path.join(base, "agent.log"), "ab")
 agent = subprocess.Popen(
-    [sys.executable, os.path.join(base, zipapp), "--work-dir", work, "--host", "127.0.0.1", "--token-stdin"],
+    [sys.executable, os.path.join(base, zipapp), "--work-dir", work, "--host", "127.0.0.1", "--token-stdin",
+     "--idle-exit", "{IDLE_EXIT}"],
     stdin=subprocess.PIPE, stdout=log, stderr=log, env=env, start_new_session=True, close_fds=True, cwd=base,
 )
 agent.stdin.write((token + "\\n").encode())
