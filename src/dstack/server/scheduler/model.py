@@ -113,6 +113,7 @@ class Host:
     python_downloads: bool = False  # whether uv may install the versions it lacks
     # How the host's agent enforces CPU and memory limits ("cgroup v2", "cgroup v1"); None: it cannot.
     limits: str | None = None
+    note: str | None = None  # the backend's word on its availability, shown with the offer
 
     @classmethod
     def from_resources(
@@ -127,6 +128,7 @@ class Host:
         capabilities: frozenset[str] = frozenset(),
         available: bool = True,
         unavailable_reason: str | None = None,
+        note: str | None = None,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
         pythons = resources.get("pythons")
@@ -156,6 +158,7 @@ class Host:
             pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
             python_downloads=bool(resources.get("python_downloads", False)),
             limits=str(resources["limits"]) if resources.get("limits") else None,
+            note=note,
         )
 
 
