@@ -168,10 +168,12 @@ class Agent:
                     return
                 if self._signals_received:
                     log.info("Exiting: asked to stop by a signal before any job came")
+                    self._exit_code = EXIT_FAILED
                     return
                 idle = self.settings.idle_exit_seconds
                 if idle and time.monotonic() - started >= idle:
                     log.info("Exiting: no job came within %g seconds", idle)
+                    self._exit_code = EXIT_FAILED
                     return
                 continue
             job = jobs[0]

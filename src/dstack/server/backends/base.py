@@ -53,6 +53,7 @@ class LaunchRequest:
     memory_gb: float
     gpus: int
     max_duration: int | None  # seconds; None: no limit
+    python: str | None = None  # the Python version the task gets (it needs uv on its node), if any
     instance_id: str | None = None  # what an earlier launch of this job recorded (a resubmission finds it)
     nodes: int = 1
 
@@ -70,25 +71,26 @@ class JobEnd:
     """How a job ended, as a backend knows it (its allocation ended before or under the agent)."""
 
     status: RunStatus
-    reason: TerminationReason
+    reason: TerminationReason | None  # None for done
     message: str | None = None
     exit_code: int | None = None
 
 
 class LaunchFailed(Exception):
     def __init__(self, end: JobEnd) -> None:
-        super().__init__(end.message or end.reason.value)
+        super().__init__(end.message or (end.reason.value if end.reason else end.status.value))
         self.end = end
 
 
 @dataclass
 class LaunchProgress:
     """Callbacks of a launch into the supervisor: `submitted(instance_id, label)` records what the backend
-    created (a resubmission must find it), `waiting(message)` shows the run pending with the backend's
-    reason."""
+    created (a resubmission must find it; `label` is what `ps -v` shows), `waiting(message)` shows the run
+    pending with the backend's reason, `started(message)` shows it provisioning once the job has nodes."""
 
     submitted: Callable[[str, str], Awaitable[None]]
     waiting: Callable[[str], Awaitable[None]]
+    started: Callable[[str], Awaitable[None]]
 
 
 class Backend(ABC):
