@@ -6,7 +6,8 @@ Four hosts on one bridge, each a network + mount + UTS namespace of its own (see
 - a controller running munged and slurmctld (inside its namespace, so its ports are its own and nothing
   listens on the root namespace);
 - compute nodes running slurmd: `cpu` partition = node 1, `gpu` partition = node 2, which has two fake
-  GPUs (GRES on character devices, so Slurm sets CUDA_VISIBLE_DEVICES for the GPUs it allocates).
+  GPUs (GRES on character devices, so Slurm sets CUDA_VISIBLE_DEVICES for the GPUs it allocates) and a
+  time limit of an hour that Slurm enforces at submission (EnforcePartLimits=ALL).
 
 Every host has its own /tmp and /home and knows the cluster user `alice` (same uid everywhere, as Slurm
 requires), so nothing passes between the login node and the compute nodes but what Slurm carries.
@@ -215,12 +216,13 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
 InactiveLimit=0
+EnforcePartLimits=ALL
 KillWait=5
 MinJobAge=60
 NodeName={cpu.hostname} NodeHostname={cpu.hostname} NodeAddr={cpu.address} {node_line}
 NodeName={gpu.hostname} NodeHostname={gpu.hostname} NodeAddr={gpu.address} Gres=gpu:{GPUS} {node_line}
 PartitionName=cpu Nodes={cpu.hostname} Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes={gpu.hostname} MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes={gpu.hostname} MaxTime=60 State=UP
 """
     cluster.conf.write_text(conf)
     (d / "gres.conf").write_text(

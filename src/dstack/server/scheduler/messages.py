@@ -26,7 +26,7 @@ def shape_unknown(host: Host) -> bool:
 
 def describe_resources(host: Host) -> str:
     if shape_unknown(host):
-        return "unknown (not reachable)"
+        return "unknown"
     parts = [_cpus(host.cpus), f"{host.memory_gb:.0f}GB memory"]
     if host.gpus:
         names: dict[str, int] = {}

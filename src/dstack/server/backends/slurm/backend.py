@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 AGENT_START_TIMEOUT = 120.0  # seconds from the job's start to its agent's address in the Comment
 UNREACHABLE_GRACE = 60.0  # seconds a launch waits for a login node that stopped answering
 RELEASE_WAIT = 20.0  # seconds `release` waits for the job to leave Slurm's queue
+# How long a listing of offers waits for a cluster; a slower one goes on in the background and the offers
+# show what was known (an unreachable login node must not hold up every plan for its connect timeout).
+INVENTORY_WAIT = 3.0
 UV_ON_LOGIN = ".dstack/slurm/bin"  # under the login user's home
 
 
@@ -78,6 +81,8 @@ class SlurmBackend(Backend):
         self._dir = state_dir
         self._secret = _read_or_create_secret(state_dir / "secret")
         self._shapes: dict[str, Shape] = {}  # every shape listed since start, by offer name
+        self._listed: dict[str, list[HostInfo]] = {}  # per cluster: its offers as last listed
+        self._listing: dict[str, asyncio.Task[list[HostInfo]]] = {}
         self._jobs: dict[str, _Job] = {}  # dstack job id -> its Slurm job and agent
         self._orphans = _Orphans(state_dir / "orphans.json")
         self._agent_b64: str | None = None
@@ -87,6 +92,8 @@ class SlurmBackend(Backend):
         return None  # clusters are asked lazily (hosts()), so an unreachable one never blocks a start
 
     async def close(self) -> None:
+        for task in self._listing.values():
+            task.cancel()
         for job in self._jobs.values():
             if job.client is not None:
                 await job.client.close()
@@ -100,6 +107,27 @@ class SlurmBackend(Backend):
         return [info for infos in found for info in infos]
 
     async def _cluster_hosts(self, cluster: SlurmCluster) -> list[HostInfo]:
+        task = self._listing.get(cluster.name)
+        if task is not None and task.done():
+            self._listed[cluster.name] = task.result()
+            task = None
+        if task is None:
+            task = self._listing[cluster.name] = asyncio.create_task(self._inventory(cluster))
+        done, _ = await asyncio.wait({task}, timeout=INVENTORY_WAIT)
+        if task in done:
+            self._listed[cluster.name] = task.result()
+            del self._listing[cluster.name]
+        found = self._listed.get(cluster.name)
+        if found is not None:
+            return found
+        target = cluster.target
+        reason = (
+            f"Slurm cluster {cluster.name}: {target.hostname}:{target.port} did not answer within "
+            f"{INVENTORY_WAIT:.0f} s"
+        )
+        return [self._placeholder(cluster, cluster.name, reason)]
+
+    async def _inventory(self, cluster: SlurmCluster) -> list[HostInfo]:
         try:
             partitions, nodes = await cluster.inventory()
         except SlurmError as e:
@@ -261,7 +289,7 @@ class SlurmBackend(Backend):
         # Ending, or no longer in squeue: scontrol tells the base state (CANCELLED, TIMEOUT, ...).
         exact = await cluster.job(slurm_id)
         if exact is not None:
-            return exact
+            return exact.settled()
         if info is not None:
             return info
         return JobInfo(slurm_id, "REVOKED", "the cluster no longer knows the job", "", "")
@@ -315,6 +343,7 @@ class SlurmBackend(Backend):
                 TerminationReason.HOST_LOST,
                 f"host lost: Slurm no longer knows job {job.slurm_id}",
             )
+        info = info.settled(agent_waits=job.client is not None)
         return outcome(info) if info.phase == "ended" else None
 
     async def release(self, host_name: str, job_id: str) -> None:

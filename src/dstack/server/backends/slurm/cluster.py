@@ -73,7 +73,7 @@ class SlurmCluster:
     # -- inventory ---------------------------------------------------------------------------------------
 
     async def inventory(self) -> tuple[list[Partition], list[Node]]:
-        result = await self.run(["sh", "-c", _INVENTORY], timeout=30)
+        result = await self.run(["/bin/sh", "-c", _INVENTORY], timeout=30)
         if result.returncode != 0:
             raise SlurmError(
                 f"Slurm cluster {self.name} did not list its partitions: {_last(result) or 'scontrol failed'}"

@@ -8,7 +8,7 @@ may read it); the agent's token never leaves the batch script.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.base import JobEnd
@@ -46,6 +46,11 @@ _EXPLAINED = {
 }
 
 
+# While a job ends on its own terms its state is COMPLETING, and only the reason says why (the base state
+# follows once its processes are gone, up to KillWait later): a time limit shows as Reason=TimeLimit.
+_ENDING_REASONS = {"TimeLimit": "TIMEOUT", "DeadLine": "DEADLINE"}
+
+
 @dataclass(frozen=True)
 class JobInfo:
     id: str
@@ -54,6 +59,15 @@ class JobInfo:
     nodes: str
     comment: str
     exit_code: int | None = None
+
+    def settled(self, *, agent_waits: bool = False) -> JobInfo:
+        """The state it is ending in, where a COMPLETING job's reason already tells. `agent_waits`: its
+        agent still held the job for the server, so nothing of dstack's ended it: with no telling reason
+        it was cancelled (scancel; Slurm says CANCELLED only once the agent has exited)."""
+        if self.state != "COMPLETING":
+            return self
+        ending = _ENDING_REASONS.get(self.reason) or ("CANCELLED" if agent_waits else None)
+        return replace(self, state=ending) if ending else self
 
     @property
     def phase(self) -> str:
