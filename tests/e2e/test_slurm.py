@@ -4,7 +4,9 @@ only through its SSH connection to the login node."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -269,4 +271,53 @@ def test_a_submission_slurm_rejects_is_quoted(slurm: Slurm) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert 'failed to start: Slurm rejected the job: "' in result.stderr
     assert "time limit" in result.stderr.lower()
+    assert slurm.cluster.jobs() == []
+
+
+def test_a_build_is_cached_on_its_node_for_the_next_job(slurm: Slurm) -> None:
+    text = 'type: task\npython: "3.11"\nbuild:\n  - echo building now\ncommands:\n  - echo task ran\n'
+    name = slurm.task("built", text)
+    first = slurm.run("run", ".", "-f", name, "-b", "slurm", "--build", "-y")
+    assert first.returncode == 0, first.stderr
+    key = re.search(r"Build ([0-9a-f]{12}) is cached for later runs", first.stdout)
+    assert key and "building now" in first.stdout, first.stdout
+    # Another Slurm job, another agent, the same node: the build is there (no shared disk was used).
+    second = slurm.run("run", ".", "-f", name, "-b", "slurm", "-y")
+    assert second.returncode == 0, second.stderr
+    assert (
+        second.stdout.startswith(f"Using cached build {key.group(1)} ")
+        and "building now" not in second.stdout
+    )
+    assert second.stdout.rstrip().endswith("task ran")
+
+
+def test_reload_reaches_the_task_on_its_node(slurm: Slurm) -> None:
+    (slurm.project / "message.txt").write_text("first\n")
+    text = "type: task\ncommands:\n  - while true; do cat message.txt; sleep 0.2; done\n"
+    name = slurm.task("watch", text)
+    cli = Attached(slurm.env, "run", ".", "-f", name, "-b", "slurm", "-n", "watch", "-y", "--reload",
+                   cwd=slurm.project)  # fmt: skip
+    try:
+        cli.wait_for("^first$", stream="stdout", timeout=240)
+        (slurm.project / "message.txt").write_text("edited on the laptop\n")
+        cli.wait_for("^edited on the laptop$", stream="stdout", timeout=60)
+    finally:
+        cli.stop()
+    assert slurm.run("stop", "watch", "-y").returncode == 0
+
+
+def test_a_restarted_server_finds_its_slurm_job(slurm: Slurm) -> None:
+    text = "type: task\ncommands:\n  - echo before\n  - sleep 8\n  - echo after\n"
+    slurm.submit(slurm.task("survivor", text), "survivor")
+    slurm.wait_status("survivor", ("running",))
+    job = slurm.slurm_job("survivor")
+    server = slurm.env.server_pid()
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    wait_for(lambda: not Path(f"/proc/{server}").exists(), timeout=10, what="the server to die")
+    assert slurm.cluster.jobs() == [job]  # the task goes on without the server
+    slurm.env.run("ps", cwd=slurm.project, check=True)  # restarts the embedded server
+    run = slurm.wait_status("survivor", ("done", "failed", "terminated"), timeout=120)
+    assert run["status"] == "done", run
+    assert slurm.run("logs", "survivor").stdout == "before\nafter\n"
     assert slurm.cluster.jobs() == []
