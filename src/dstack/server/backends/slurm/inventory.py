@@ -212,10 +212,14 @@ def shapes(
                 )
                 found[key] = shape
             shape.counts[node.state] += 1
-    # Shapes without GPUs first: a task that needs none lands there before it takes a GPU node.
-    ordered = sorted(
-        found.values(), key=lambda s: (s.gpus > 0, wanted.index(s.partition), s.cpus, s.memory_mb)
-    )
+
+    # Shapes without GPUs first (a task that needs none lands there before it takes a GPU node); of those
+    # with GPUs, the partitions the config declares first.
+    def order(shape: Shape) -> tuple[bool, bool, int, int]:
+        declared = shape.partition in gpu_listed
+        return (shape.gpus > 0, not declared, wanted.index(shape.partition), shape.cpus)
+
+    ordered = sorted(found.values(), key=order)
     return ordered, missing
 
 
