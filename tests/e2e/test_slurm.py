@@ -120,6 +120,11 @@ def test_offers_are_the_partitions_node_shapes(slurm: Slurm) -> None:
                     "--cpu", "8", "-y")  # fmt: skip
     assert run.returncode == 1
     assert "No offer has 8 CPUs: partition cpu of cluster hpc has 4 CPUs" in run.stderr
+    # An image needs a container runtime the cluster declares; this one declares none.
+    image = slurm.task("image", "type: task\nimage: python:3.11\ncommands: [hostname]\n")
+    refused = slurm.run("run", ".", "-f", image, "-b", "slurm", "-y")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "No offer can run containers: Slurm cluster hpc declares no container runtime" in refused.stderr
     assert slurm.cluster.jobs() == []  # nothing was submitted
 
 
@@ -199,7 +204,10 @@ def test_a_port_of_the_compute_node_answers_on_loopback(slurm: Slurm) -> None:
             assert response.read() == b"served by a compute node\n"
     finally:
         attached.stop()
-    assert slurm.run("stop", "web", "-y").returncode == 0
+    aborted = slurm.run("stop", "web", "-x", "-y")
+    assert aborted.returncode == 0 and "Aborted" in aborted.stderr
+    assert slurm.api().get_run("web")["status"] == "aborted"
+    assert slurm.cluster.jobs() == []
 
 
 def test_one_gpu_is_the_one_slurm_allocated(slurm: Slurm) -> None:

@@ -97,7 +97,9 @@ class Agent:
             return _fail(
                 EXIT_FAILED, f"Cannot listen on {self.settings.host}:{self.settings.port}: {e.strerror or e}"
             )
-        serving = threading.Thread(target=server.serve_forever, args=(0.5,), name="http", daemon=True)
+        # A one-job agent's exit ends its allocation (a Slurm job): its shutdown must not wait half a second.
+        poll = 0.05 if self.settings.one_job else 0.5
+        serving = threading.Thread(target=server.serve_forever, args=(poll,), name="http", daemon=True)
         try:
             self._runner.recover(self._registry.load())
             serving.start()
@@ -156,7 +158,7 @@ class Agent:
         handled = 0
         started = time.monotonic()
         while True:
-            time.sleep(_MAIN_LOOP_SECONDS)
+            self._registry.deleted.wait(_MAIN_LOOP_SECONDS)  # woken at once when the job is collected
             jobs = self._registry.list()
             if not jobs:
                 collected = self._registry.last_deleted
@@ -176,6 +178,7 @@ class Agent:
                     self._exit_code = EXIT_FAILED
                     return
                 continue
+            self._registry.deleted.clear()  # (a job other than the one collected is still here)
             job = jobs[0]
             state = job.state
             if state.is_final:

@@ -33,6 +33,7 @@ class JobRegistry:
         # What a one-job agent exits on: whether its job came, and how the one collected last ended.
         self.created = 0
         self.last_deleted: Optional[JobState] = None
+        self.deleted = threading.Event()  # set once a job was deleted
 
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
@@ -98,6 +99,7 @@ class JobRegistry:
                 raise JobConflictError(f"Job {job_id} is {job.state.status}; stop it before deleting it")
             del self._jobs[job_id]
             self.last_deleted = job.state
+            self.deleted.set()
             # Renamed under the lock (a new job with this id may be created at once), removed outside it.
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             job.folder.rename(trash)

@@ -103,6 +103,12 @@ def no_offer_sentence(req: Requirements, misses: list[str], closest: list[Host])
     """ "No offer has an A100 GPU: this machine has 2 CPUs, 24GB memory, 2xH100 (80GB)." """
     first = misses[0]
     policy = _POLICY_SENTENCES.get(first)
+    if first == "containers" and closest and all(h.backend == "slurm" for h in closest):
+        clusters = ", ".join(sorted({h.region for h in closest}))
+        return (
+            f"No offer can run containers: Slurm cluster {clusters} declares no container runtime "
+            "(container_runtime in the server's config.yml)."
+        )
     if policy is not None:
         head = policy(req)
     else:

@@ -22,11 +22,8 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
-import os
 import platform
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +45,7 @@ from dstack.server.backends.slurm import script
 from dstack.server.backends.slurm.cluster import SlurmCluster, SlurmError, SlurmRejected
 from dstack.server.backends.slurm.inventory import Shape, shapes
 from dstack.server.backends.slurm.states import JobInfo, never_starts, outcome, pending_message
+from dstack.server.backends.slurm.stored import Orphans, load_shapes, read_or_create_secret, save_shapes
 from dstack.server.config_file import SlurmBackendConfig
 from dstack.server.remote.artifact import agent_zipapp
 from dstack.server.ssh import SSHError, SSHPool
@@ -79,12 +77,15 @@ class SlurmBackend(Backend):
         self.clusters = {c.name: SlurmCluster(c, pool) for c in config.clusters}
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._dir = state_dir
-        self._secret = _read_or_create_secret(state_dir / "secret")
-        self._shapes: dict[str, Shape] = {}  # every shape listed since start, by offer name
+        self._secret = read_or_create_secret(state_dir / "secret")
+        # Every shape listed, by offer name, kept across restarts: a job placed on one is found again even
+        # while its cluster does not answer.
+        self._shapes_file = state_dir / "shapes.json"
+        self._shapes: dict[str, Shape] = load_shapes(self._shapes_file)
         self._listed: dict[str, list[HostInfo]] = {}  # per cluster: its offers as last listed
         self._listing: dict[str, asyncio.Task[list[HostInfo]]] = {}
         self._jobs: dict[str, _Job] = {}  # dstack job id -> its Slurm job and agent
-        self._orphans = _Orphans(state_dir / "orphans.json")
+        self._orphans = Orphans(state_dir / "orphans.json")
         self._agent_b64: str | None = None
         self._uv: tuple[Path, str] | None = None
 
@@ -139,9 +140,12 @@ class SlurmBackend(Backend):
         listed, missing = shapes(cluster.config, partitions, nodes)
         current = {s.name for s in listed}
         infos = []
+        new = [s.name for s in listed if s.name not in self._shapes]
         for shape in listed:
             self._shapes[shape.name] = shape
             infos.append(self._host(shape))
+        if new:
+            save_shapes(self._shapes_file, self._shapes)
         for shape in self._shapes.values():
             # A shape that went away (nodes reconfigured) stays listed, unavailable, while jobs may use it.
             if shape.cluster == cluster.name and shape.name not in current:
@@ -306,18 +310,22 @@ class SlurmBackend(Backend):
             log.warning("slurm job %s: no forward to its agent yet: %s", job.slurm_id, e.message)
             return None
         if job.client is None or job.forward != (address, port):
+            if job.client is not None:
+                await job.client.close()
             job.client = AgentClient(
                 f"http://{address}:{port}", self._token(request.job_id), socket_path=str(path)
             )
             job.forward = (address, port)
         try:
-            await job.client.list_jobs()  # authenticated: the agent at that address is this job's
+            # Authenticated: the agent at that address is this job's. A job it already has was handed
+            # over before a server restart, and needs nothing shipped.
+            handed_over = bool(await job.client.list_jobs())
         except AgentUnreachable:
             return None
         except AgentError as e:
             await self._cancel(cluster, job.slurm_id)
             raise LaunchFailed(_failed(f"failed to start: the agent of Slurm job {job.slurm_id}: {e}")) from e
-        if request.python and not info.has_uv and info.work_dir:
+        if request.python and not info.has_uv and info.work_dir and not handed_over:
             await self._ship_uv(cluster, job.slurm_id, info.work_dir, shape)
         return Launched(
             job_overrides={
@@ -454,45 +462,3 @@ def _sha16(path: Path) -> str:
         while chunk := f.read(1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()[:16]
-
-
-def _read_or_create_secret(path: Path) -> bytes:
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        secret = secrets.token_bytes(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret.hex())
-        return secret
-
-
-class _Orphans:
-    """Slurm jobs to cancel once their login node answers again (a run ended while it did not)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        try:
-            self._ids: dict[str, list[str]] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self._ids = {}
-
-    def of(self, cluster: str) -> list[str]:
-        return list(self._ids.get(cluster, []))
-
-    def add(self, cluster: str, slurm_id: str) -> None:
-        ids = self._ids.setdefault(cluster, [])
-        if slurm_id not in ids:
-            ids.append(slurm_id)
-            self._save()
-
-    def remove(self, cluster: str, slurm_id: str) -> None:
-        if slurm_id in self._ids.get(cluster, []):
-            self._ids[cluster].remove(slurm_id)
-            self._save()
-
-    def _save(self) -> None:
-        temp = self._path.with_suffix(".tmp")
-        temp.write_text(json.dumps(self._ids))
-        temp.chmod(0o600)
-        temp.replace(self._path)
