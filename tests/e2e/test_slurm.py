@@ -329,3 +329,22 @@ def test_a_restarted_server_finds_its_slurm_job(slurm: Slurm) -> None:
     assert run["status"] == "done", run
     assert slurm.run("logs", "survivor").stdout == "before\nafter\n"
     assert slurm.cluster.jobs() == []
+
+
+def test_a_lost_login_node_ends_the_run_and_its_job_is_cancelled_once_it_answers(slurm: Slurm) -> None:
+    slurm.submit(
+        slurm.task("cut-off", "type: task\ncommands:\n  - echo started\n  - sleep 1000\n"), "cut-off"
+    )
+    slurm.wait_status("cut-off", ("running",))
+    job = slurm.slurm_job("cut-off")
+    login = slurm.cluster.login.ns
+    login.cut()  # the server can no longer reach the cluster; the job itself goes on
+    try:
+        run = slurm.wait_status("cut-off", ("failed", "terminated", "done"), timeout=240)
+        assert (run["status"], run["termination_reason"]) == ("failed", "host_lost"), run
+        assert slurm.cluster.jobs() == [job]  # left running while nobody could stop it
+    finally:
+        login.restore()
+    # Whatever it left is stopped as soon as the login node answers again.
+    wait_for(lambda: slurm.cluster.jobs() == [], timeout=120, what="the orphaned Slurm job to be cancelled")
+    assert slurm.run("logs", "cut-off").stdout.startswith("started\n")

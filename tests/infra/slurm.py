@@ -66,23 +66,27 @@ class SlurmCluster:
         return self.nodes[1]
 
     def slurm(
-        self, *argv: str, user: str | None = None, timeout: float = 60
+        self, *argv: str, user: str | None = None, timeout: float = 60, on: SSHHost | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run a Slurm command on the login node (as the cluster user by default, as a user would)."""
+        """Run a Slurm command on the login node (as the cluster user by default, as a user would), or on
+        the host `on` (the controller answers even while a test has cut the login node off)."""
         who = user or self.user
-        command = [*self.login.enter_argv(), "env", f"SLURM_CONF={self.conf}", f"PATH={_CLEAN_PATH}"]
+        host = on or self.login
+        command = [*host.enter_argv(), "env", f"SLURM_CONF={self.conf}", f"PATH={_CLEAN_PATH}"]
         if who != "root":
-            command += ["setpriv", f"--reuid={self.login.users[who]}", f"--regid={self.login.users[who]}",
+            command += ["setpriv", f"--reuid={host.users[who]}", f"--regid={host.users[who]}",
                         "--clear-groups", "env", f"HOME=/home/{who}", f"USER={who}"]  # fmt: skip
         return subprocess.run([*command, *argv], capture_output=True, text=True, timeout=timeout)
 
     def jobs(self) -> list[str]:
         """Ids of the jobs Slurm still has queued or running (squeue)."""
-        result = self.slurm("squeue", "-h", "-o", "%i", user="root")
+        result = self.slurm("squeue", "-h", "-o", "%i", user="root", on=self.controller)
+        if result.returncode != 0:
+            raise RuntimeError(f"squeue failed: {result.stderr.strip()}")
         return result.stdout.split()
 
     def job_field(self, job_id: str, name: str) -> str | None:
-        result = self.slurm("scontrol", "show", "job", "-o", job_id, user="root")
+        result = self.slurm("scontrol", "show", "job", "-o", job_id, user="root", on=self.controller)
         for word in result.stdout.split():
             if word.startswith(f"{name}="):
                 return word.split("=", 1)[1]
@@ -92,7 +96,9 @@ class SlurmCluster:
         """Every node idle and no job left (a test that fails mid-way must not block the next one)."""
         deadline = time.monotonic() + timeout
         while True:
-            states = self.slurm("sinfo", "-h", "-N", "-o", "%T", user="root").stdout.split()
+            states = self.slurm(
+                "sinfo", "-h", "-N", "-o", "%T", user="root", on=self.controller
+            ).stdout.split()
             if states and all(s == "idle" for s in states) and not self.jobs():
                 return
             if time.monotonic() > deadline:
@@ -100,7 +106,7 @@ class SlurmCluster:
             time.sleep(0.2)
 
     def cancel_all(self) -> None:
-        self.slurm("scancel", "--full", "-u", self.user, user="root")
+        self.slurm("scancel", "--full", "-u", self.user, user="root", on=self.controller)
 
     def backend_config(self, name: str = "hpc", **extra: object) -> dict[str, object]:
         """The `slurm` backend entry of a dstack server's config.yml for this cluster."""

@@ -58,6 +58,7 @@ RELEASE_WAIT = 20.0  # seconds `release` waits for the job to leave Slurm's queu
 # How long a listing of offers waits for a cluster; a slower one goes on in the background and the offers
 # show what was known (an unreachable login node must not hold up every plan for its connect timeout).
 INVENTORY_WAIT = 3.0
+ORPHAN_RETRY = 15.0  # seconds between attempts to cancel Slurm jobs of runs that ended while away
 UV_ON_LOGIN = ".dstack/slurm/bin"  # under the login user's home
 
 
@@ -86,15 +87,18 @@ class SlurmBackend(Backend):
         self._listing: dict[str, asyncio.Task[list[HostInfo]]] = {}
         self._jobs: dict[str, _Job] = {}  # dstack job id -> its Slurm job and agent
         self._orphans = Orphans(state_dir / "orphans.json")
+        self._orphan_task: asyncio.Task[None] | None = None
         self._agent_b64: str | None = None
         self._uv: tuple[Path, str] | None = None
 
     async def start(self) -> None:
-        return None  # clusters are asked lazily (hosts()), so an unreachable one never blocks a start
+        # Clusters are asked lazily (hosts()), so an unreachable one never holds up a start.
+        self._retry_orphans()  # what an earlier server could not cancel
 
     async def close(self) -> None:
-        for task in self._listing.values():
-            task.cancel()
+        for task in [*self._listing.values(), self._orphan_task]:
+            if task is not None:
+                task.cancel()
         for job in self._jobs.values():
             if job.client is not None:
                 await job.client.close()
@@ -381,7 +385,7 @@ class SlurmBackend(Backend):
                     raise SlurmError(f"Slurm job {job.slurm_id} is still {info.state}")
             except SlurmError as e:
                 log.warning("slurm job %s: will cancel it later: %s", job.slurm_id, e.message)
-                self._orphans.add(cluster.name, job.slurm_id)
+                self._orphan(cluster, job.slurm_id)
                 return
             await asyncio.sleep(0.05 if not cancelled else 0.25)
 
@@ -389,7 +393,25 @@ class SlurmBackend(Backend):
         try:
             await cluster.cancel(slurm_id)
         except SlurmError:
-            self._orphans.add(cluster.name, slurm_id)
+            self._orphan(cluster, slurm_id)
+
+    def _orphan(self, cluster: SlurmCluster, slurm_id: str) -> None:
+        self._orphans.add(cluster.name, slurm_id)
+        self._retry_orphans()
+
+    def _retry_orphans(self) -> None:
+        """Cancel what could not be cancelled as soon as its login node answers again (every
+        ORPHAN_RETRY seconds while any is left; listings try too)."""
+        if self._orphan_task is not None and not self._orphan_task.done():
+            return
+
+        async def retry() -> None:
+            while any(self._orphans.of(name) for name in self.clusters):
+                await asyncio.sleep(ORPHAN_RETRY)
+                for cluster in self.clusters.values():
+                    await self._cancel_orphans(cluster)
+
+        self._orphan_task = asyncio.create_task(retry())
 
     async def _cancel_orphans(self, cluster: SlurmCluster) -> None:
         for slurm_id in self._orphans.of(cluster.name):
