@@ -40,6 +40,10 @@ class RunRequest(_Strict):
     spec: RunSpec
 
 
+class SecretValue(_Strict):
+    value: str
+
+
 class StopRequest(_Strict):
     names: list[str]
     abort: bool = False
