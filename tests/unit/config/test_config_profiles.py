@@ -22,6 +22,7 @@ from dstack.config import (
     resolve_profile,
     select_profile,
 )
+from dstack.config.resolve import PASSED_THROUGH
 
 
 def _write(path: Path, text: str) -> Path:
@@ -155,6 +156,8 @@ def test_defaults_when_nothing_is_set() -> None:
         "max_duration": None,
         "retry": None,
         "profile_name": None,
+        # Today's dstack's profile fields: unset unless a layer sets them.
+        **dict.fromkeys(PASSED_THROUGH),
     }
     json.dumps(effective.model_dump(mode="json"))
 

@@ -93,7 +93,9 @@ class RunRow(Base):
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # stop | abort
     # 0-100 (`priority:`): waiting runs are placed highest first, then in submission order.
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # For runs with a `schedule`: when it starts next (unix seconds); it waits until then.
+    # For runs with a `schedule` (JSON list of cron expressions, UTC): when it starts next (unix seconds);
+    # it waits until then, and after each end it waits for the next start (a new job), until stopped.
+    schedule: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (

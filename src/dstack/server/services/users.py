@@ -32,10 +32,16 @@ class User:
     # Set for the token of a run with `dstack: true`: it may act in this project only (see run_tokens).
     project_id: str | None = None
     run_id: str | None = None
+    run_owner_id: str | None = None  # the user whose run it is: what the run token's records belong to
 
     @property
     def is_run(self) -> bool:
         return self.run_id is not None
+
+    @property
+    def record_id(self) -> str:
+        """The users row that what this caller creates belongs to."""
+        return self.run_owner_id or self.id
 
 
 def hash_token(token: str) -> str:
@@ -92,6 +98,7 @@ class Authenticator:
             is_admin=False,
             project_id=token.project_id,
             run_id=token.run_id,
+            run_owner_id=token.user_id,
         )
         self._run_tokens[digest] = (user, time.monotonic())
         return user

@@ -19,6 +19,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("priority", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("schedule", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("next_start_at", sa.Float(), nullable=True))
     op.create_table(
         "secrets",
@@ -51,4 +52,5 @@ def downgrade() -> None:
     op.drop_table("secrets")
     with op.batch_alter_table("runs", schema=None) as batch_op:
         batch_op.drop_column("next_start_at")
+        batch_op.drop_column("schedule")
         batch_op.drop_column("priority")
