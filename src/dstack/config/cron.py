@@ -127,7 +127,7 @@ def _parse_field(part: str, spec: _Field, text: str) -> frozenset[int]:
                 raise InvalidValue(
                     "cron expression",
                     text,
-                    f"the step '{step_text}' of the {spec.name} field is not a number",
+                    f"the step '{step_text}' of the {spec.name} field is not a number from 1 to 9999",
                 )
             step = int(step_text)
         if body == "*":

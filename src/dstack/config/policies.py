@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, StrictInt, WithJsonSchema, field_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    StrictInt,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
 
 from dstack.config.base import ConfigModel, InvalidValue, describe_type, located_error
 from dstack.config.cron import parse_cron
@@ -112,7 +120,12 @@ def _instance(value: Any) -> Any:
     return value
 
 
-InstanceSelector = Annotated[Union[str, InstanceRef], BeforeValidator(_instance)]
+InstanceSelector = Annotated[
+    Union[Annotated[str, Tag("name")], Annotated[InstanceRef, Tag("ref")]],
+    # Only the branch that matches the shape is validated, so its errors are the only ones shown.
+    Discriminator(lambda value: "ref" if isinstance(value, (dict, InstanceRef)) else "name"),
+    BeforeValidator(_instance),
+]
 
 
 def _tags(value: Any) -> Any:

@@ -113,7 +113,8 @@ class RegistryAuth(ConfigModel):
         try:
             interpolate(value, _References())
         except InterpolationError as error:
-            raise InvalidValue(f"registry_auth.{info.field_name}", value, error.message) from None
+            reason = error.message[:1].lower() + error.message[1:]
+            raise InvalidValue(f"registry_auth.{info.field_name}", value, reason) from None
         return value
 
 
