@@ -325,6 +325,7 @@ class Runner:
                 job.code_dir,
                 announce=lambda line: _announce(job, line),
                 cancelled=lambda: job.stop_request is not None,
+                notify=lambda message: job.update(message=message),
             )
         except WorkspaceError as e:
             raise PrepareError(str(e)) from e

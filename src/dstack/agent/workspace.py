@@ -73,7 +73,9 @@ class WorkspaceBuilder:
         code_dir: Path,
         announce: Callable[[str], None],
         cancelled: Callable[[], bool],
+        notify: Callable[[str], object] = lambda message: None,
     ) -> Workspace:
+        """`announce` writes a line into the job's output, `notify` sets its status message."""
         in_container = spec.image is not None
         shutil.rmtree(code_dir, ignore_errors=True)
         code_dir.mkdir()
@@ -83,7 +85,7 @@ class WorkspaceBuilder:
             target.mkdir(parents=True, exist_ok=True)
             self._unpack(spec.code_hash, target, cancelled, "the code")
         if spec.repo is not None:
-            mounts += self._clone(spec.repo, folder, code_dir, in_container, announce)
+            mounts += self._clone(spec.repo, folder, code_dir, in_container, announce, notify)
         cwd = code_dir / spec.working_dir if spec.working_dir else code_dir
         try:
             cwd.mkdir(parents=True, exist_ok=True)
@@ -165,6 +167,7 @@ class WorkspaceBuilder:
         code_dir: Path,
         in_container: bool,
         announce: Callable[[str], None],
+        notify: Callable[[str], object],
     ) -> List[Tuple[str, str, bool]]:
         mounts: List[Tuple[str, str, bool]] = []
         if _outside(repo.path):
@@ -188,7 +191,7 @@ class WorkspaceBuilder:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             target.rmdir()  # an empty folder: git clones into a folder it creates
-        announce(f"Cloning {repo.url}" + (f" (branch {repo.branch})" if repo.branch else ""))
+        notify(f"Cloning {repo.url}" + (f" (branch {repo.branch})" if repo.branch else ""))
         args = ["clone", "--quiet"]
         if repo.single_branch:
             args.append("--single-branch")
