@@ -32,6 +32,7 @@ from dstack.server.services.users import User
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
 _FINISHED = [s.value for s in FINISHED_STATUSES]
+_WAITING = [s.value for s in WAITING_STATUSES]
 
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
@@ -322,21 +323,21 @@ async def job_by_id(ctx: ServerContext, job_id: str) -> JobRow | None:
 
 
 async def output_job(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
-    """The run and the job whose output to show: the latest that started (a scheduled run's newest job
+    """The run and the job whose output to show: the latest that was placed (a scheduled run's newest job
     waits for its start with no output yet)."""
     async with ctx.db.read() as session:
         run, job = await find(session, project, name)
-        if job is None or job.started_at is not None or job.submission_num == 0:
+        if job is None or job.status not in _WAITING or job.submission_num == 0:
             return run, job
-        started = (
+        placed = (
             await session.execute(
                 select(JobRow)
-                .where(JobRow.run_id == run.id, JobRow.started_at.is_not(None))
+                .where(JobRow.run_id == run.id, JobRow.status.not_in(_WAITING))
                 .order_by(JobRow.submission_num.desc())
                 .limit(1)
             )
         ).scalar_one_or_none()
-        return run, started or job
+        return run, placed or job
 
 
 def run_json(
