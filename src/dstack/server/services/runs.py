@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -25,12 +26,13 @@ from dstack.server.schemas import RunSpec
 from dstack.server.services import logs, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, record_submitted
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
+Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
 _FINISHED = [s.value for s in FINISHED_STATUSES]
 _WAITING = [s.value for s in WAITING_STATUSES]
 
@@ -154,7 +156,9 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
         session.add(run)
         await session.flush()
         session.add(job)
+        record_submitted(session, run)
     specs.remember(run.id, checked)
+    ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
 
@@ -205,14 +209,39 @@ _LISTED = [c for c in RunRow.__table__.columns if c.name != "spec"]
 
 
 async def list_runs(
-    ctx: ServerContext, project: Project, *, all_runs: bool, limit: int | None = None
+    ctx: ServerContext,
+    project: Project,
+    *,
+    all_runs: bool,
+    limit: int | None = None,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active."""
+    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active.
+
+    With `all_runs`, a page of a keyset walk over the (project, submitted) index: `before` the runs older
+    than a cursor, `after` the ones newer than it (still newest first). Nothing is counted, so a page costs
+    the same with 100 runs or 100,000.
+    """
     limit = min(limit or (PS_MAX_LIMIT if all_runs else PS_DEFAULT_LIMIT), PS_MAX_LIMIT)
-    newest = select(*_LISTED).where(RunRow.project_id == project.id).order_by(RunRow.submitted_at.desc())
+    mine = select(*_LISTED).where(RunRow.project_id == project.id)
+    newest = mine.order_by(RunRow.submitted_at.desc(), RunRow.id.desc())
     async with ctx.db.read() as session:
-        if all_runs:
-            rows = (await session.execute(newest.limit(limit))).mappings().all()
+        if all_runs and after is not None:
+            at, run_id = after
+            # The range term alone lets the index seek; the OR only breaks ties within one instant.
+            newer = mine.where(
+                RunRow.submitted_at >= at, or_(RunRow.submitted_at > at, RunRow.id > run_id)
+            ).order_by(RunRow.submitted_at, RunRow.id)
+            rows: Sequence[Any] = list(reversed((await session.execute(newer.limit(limit))).mappings().all()))
+        elif all_runs:
+            query = newest
+            if before is not None:
+                at, run_id = before
+                query = query.where(
+                    RunRow.submitted_at <= at, or_(RunRow.submitted_at < at, RunRow.id < run_id)
+                )
+            rows = (await session.execute(query.limit(limit))).mappings().all()
         else:
             # The few unfinished runs through the status index. Left to itself, SQLite walks the
             # (project, submitted) index newest first instead, reading every finished run of the project
@@ -228,6 +257,18 @@ async def list_runs(
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
     return [_listed_json(row, project.name) for row in rows]
+
+
+def parse_cursor(text: str) -> Cursor:
+    """A page cursor: "SUBMITTED_AT:RUN_ID" of the last run of the page before (see `list_runs`)."""
+    at, sep, run_id = text.partition(":")
+    try:
+        value = float(at)
+    except ValueError:
+        value = float("nan")
+    if not sep or not run_id or value != value:
+        raise ServiceError(f"The page cursor {text[:80]!r} is not valid; pass SUBMITTED_AT:RUN_ID of a run")
+    return value, run_id
 
 
 def _listed_json(row: Any, project: str) -> dict[str, Any]:

@@ -1,14 +1,21 @@
-"""The one place a run's status changes. The run mirrors its current job, so both rows move together."""
+"""The one place a run's status changes. The run mirrors its current job, so both rows move together.
+
+Every change of status (or of the status message, e.g. why a run waits) is also recorded as a row of
+`run_transitions`, in the same transaction: the run's history, as `GET .../runs/NAME/history` shows it.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from typing import Any
+
+from sqlalchemy.orm import object_session
 
 from dstack.config.cron import format_utc, next_start
 from dstack.core.statuses import RunStatus, TerminationReason
-from dstack.server.db.models import JobRow, RunRow
+from dstack.server.db.models import JobRow, RunRow, TransitionRow
 
 # Ends that stop a scheduled run for good; any other end waits for its next start.
 _FINAL_FOR_SCHEDULED = (TerminationReason.STOPPED_BY_USER, TerminationReason.ABORTED_BY_USER)
@@ -24,8 +31,9 @@ def apply_status(
     exit_code: int | None = None,
     status_message: str | None = None,
 ) -> None:
-    """Call inside a write transaction; notify the run's channel after the commit."""
+    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit."""
     now = time.time()
+    before = (run.status, run.status_message)
     run.status = status.value
     run.status_message = status_message
     if job is not None:
@@ -45,6 +53,31 @@ def apply_status(
             job.termination_message = run.termination_message
             job.lock_token = None
             job.lock_expires_at = None
+    if (run.status, run.status_message) != before:
+        _record(run, now)
+
+
+def record_submitted(session: Any, run: RunRow) -> None:
+    """The first entry of a new run's history (call after the run row is added to `session`)."""
+    _record(run, run.submitted_at, session)
+
+
+def _record(run: RunRow, at: float, session: Any = None) -> None:
+    session = session if session is not None else object_session(run)
+    if session is None:
+        raise RuntimeError("apply_status needs a run row that belongs to a write session")
+    finished = RunStatus(run.status).is_finished
+    session.add(
+        TransitionRow(
+            run_id=run.id,
+            at=at,
+            status=run.status,
+            status_message=run.status_message,
+            termination_reason=run.termination_reason if finished else None,
+            termination_message=run.termination_message if finished else None,
+            exit_code=run.exit_code if finished else None,
+        )
+    )
 
 
 def end_job(

@@ -1,7 +1,7 @@
 """Today's dstack task fields: run priority and schedule, project secrets, run-scoped tokens
 
 Revision ID: 0004_schema
-Revises: 0003_locks
+Revises: 0004_ui
 Create Date: 2026-12-02 09:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_schema"
-down_revision = "0003_locks"
+down_revision = "0004_ui"
 branch_labels = None
 depends_on = None
 
