@@ -20,7 +20,7 @@ from dstack.server.config_file import LocalBackendConfig, ServerConfig, load_ser
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import code, files, history, hosts, misc, runs
+from dstack.server.routers import code, files, history, hosts, misc, runs, secrets
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
@@ -75,6 +75,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(runs.router)
     app.include_router(code.router)
     app.include_router(files.router)
+    app.include_router(secrets.router)
     app.include_router(ports_router.router)
     app.include_router(history.router)
     app.include_router(hosts.router)

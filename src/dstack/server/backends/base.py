@@ -23,6 +23,7 @@ from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient
 
 CAP_CONTAINERS = "containers"
+CAP_NVCC = "nvcc"  # the agent found the CUDA compiler (`nvcc: true` tasks need it)
 # The backend's own queue decides when and where a placed job starts (Slurm): the scheduler hands every
 # job that fits a host's shape over at once and holds nothing for it there.
 CAP_QUEUE = "queue"
@@ -40,6 +41,8 @@ class HostInfo:
     available: bool = True
     unavailable_reason: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    fleet: str | None = None  # the fleet the host belongs to (fleet backends), and its place there
+    fleet_index: int | None = None
     note: str | None = None  # what the backend says about its availability (e.g. Slurm's node counts)
 
 

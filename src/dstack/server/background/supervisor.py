@@ -33,8 +33,10 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
+from dstack.server.services import job_request
+from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, end_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +50,6 @@ RUNNING_GRACE = 0.25
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
-STOP_GRACE = 10.0
 RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
@@ -70,6 +71,7 @@ class Supervisor:
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
         self._host_id = ""
@@ -85,6 +87,7 @@ class Supervisor:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
             self._launches = self.ctx.backends.needs_launch(host_id)
+            self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
                 if self._launches:
@@ -159,7 +162,7 @@ class Supervisor:
             cpus=float(allocation.get("cpus") or 0),
             memory_gb=float(allocation.get("memory_gb") or 0),
             gpus=len(allocation.get("gpus") or []),
-            max_duration=spec.profile.get("max_duration"),
+            max_duration=_seconds(spec.profile.get("max_duration")),
             python=spec.python if spec.image is None else None,
             instance_id=job.instance_id,
         )
@@ -225,11 +228,18 @@ class Supervisor:
     async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
-            if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
-                await agent.upload_code(
-                    spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
-                )
-            await agent.submit_job({**self._job_request(spec, allocation), **self._launched.job_overrides})
+            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation)
+        except (job_request.JobRequestError, ServiceError) as e:
+            await self._finish(
+                RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
+            )
+            raise JobFinished() from e
+        try:
+            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
+                if code_hash is not None and not await agent.has_code(code_hash):
+                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+            await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -237,32 +247,6 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-
-    def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
-        profile = spec.profile
-        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
-        cpus = allocation.get("cpu_limit") or None
-        memory_gb = allocation.get("memory_limit_gb") or None
-        return {
-            "id": self.job_id,
-            "run_name": spec.run_name,
-            "commands": spec.commands,
-            "env": spec.env,
-            "working_dir": spec.working_dir,
-            "code_hash": spec.code_hash,
-            "stop_grace_seconds": STOP_GRACE,
-            "max_duration": profile.get("max_duration"),
-            "python": spec.python if spec.image is None else None,
-            "image": spec.image,
-            "build": spec.build,
-            "build_policy": spec.build_policy,
-            "resources": {
-                "cpus": cpus,
-                "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
-                "gpus": allocation.get("gpus", []),
-            },
-            "ports": [p.container_port for p in spec.ports],
-        }
 
     # -- following ---------------------------------------------------------------------------------------
 
@@ -344,6 +328,9 @@ class Supervisor:
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
         elif status == "failed" and reason_code == "build_not_found":
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
+        elif status == "terminated" and reason_text and "utilization policy" in reason_text.lower():
+            message = reason_text[:1].lower() + reason_text[1:]
+            await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
@@ -384,7 +371,7 @@ class Supervisor:
                     and (wanted == "abort" or not self._stop_sent)
                 ):
                     agent = self.ctx.backends.job_agent(host_id, self.job_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:
@@ -442,7 +429,9 @@ class Supervisor:
                 log.exception("job %s: its backend did not release it", self.job_id)
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
-            apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            if following is not None:  # a scheduled run waits for its next start
+                session.add(following)
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
@@ -479,3 +468,7 @@ def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
     return (
         f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
     )
+
+
+def _seconds(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

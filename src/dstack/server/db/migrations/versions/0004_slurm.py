@@ -1,7 +1,7 @@
 """Where a job runs as its backend names it: a Slurm job id (recovery) and the run's label for `ps -v`.
 
 Revision ID: 0004_slurm
-Revises: 0004_ui
+Revises: 0004_schema
 Create Date: 2026-12-01 21:40:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_slurm"
-down_revision = "0004_ui"
+down_revision = "0004_schema"
 branch_labels = None
 depends_on = None
 
