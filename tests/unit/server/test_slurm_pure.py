@@ -163,6 +163,9 @@ def test_what_a_pending_reason_says() -> None:
     assert pending_message(JobInfo("7", "PENDING", "ReqNodeNotAvail, UnavailableNodes:n3", "", "")) == (
         "Slurm job 7 is pending: ReqNodeNotAvail, UnavailableNodes:n3"
     )
+    assert (
+        pending_message(JobInfo("7", "PENDING", "None", "", "")) == "Slurm job 7 is pending (just submitted)"
+    )
     assert never_starts(JobInfo("7", "PENDING", "Resources", "", "")) is None
     assert never_starts(JobInfo("7", "PENDING", "PartitionTimeLimit", "", "")) == (
         "Slurm will never start job 7: PartitionTimeLimit "

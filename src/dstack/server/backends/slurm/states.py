@@ -34,7 +34,6 @@ NEVER_STARTS = {
     "AssocMaxWallDurationPerJobLimit": "its time limit is above the account's",
 }
 _EXPLAINED = {
-    "None": "just submitted",
     "Priority": "jobs with a higher priority come first",
     "Resources": "the nodes it needs are busy",
     "Dependency": "it waits for another job",
@@ -150,6 +149,8 @@ def _comment(text: str) -> str:
 
 def pending_message(info: JobInfo) -> str:
     reason = info.reason or "None"
+    if reason == "None":  # Slurm has not looked at it yet
+        return f"Slurm job {info.id} is pending (just submitted)"
     head = reason.split(",")[0]
     why = _EXPLAINED.get(head) or NEVER_STARTS.get(head)
     return f"Slurm job {info.id} is pending: {reason}" + (f" ({why})" if why else "")
