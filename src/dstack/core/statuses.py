@@ -52,6 +52,8 @@ class TerminationReason(str, Enum):
     FAILED_TO_START = "failed_to_start"
     SERVER_ERROR = "server_error"
     UTILIZATION_POLICY = "utilization_policy"
+    CANCELLED_OUTSIDE = "cancelled_outside_dstack"  # e.g. `scancel` of a Slurm job by its user
+    PREEMPTED = "preempted"  # the backend gave the job's capacity to another (Slurm preemption)
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -72,4 +74,6 @@ _DESCRIPTIONS = {
     TerminationReason.FAILED_TO_START: "failed to start",
     TerminationReason.SERVER_ERROR: "server error",
     TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
+    TerminationReason.CANCELLED_OUTSIDE: "cancelled outside dstack",
+    TerminationReason.PREEMPTED: "preempted",
 }
