@@ -17,17 +17,18 @@ from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
 from dstack.server.backends.ssh import SSHBackend
 from dstack.server.background.manager import BackgroundWorkers
-from dstack.server.config_file import load_server_config
+from dstack.server.config_file import LocalBackendConfig, ServerConfig, SSHBackendConfig, load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
 from dstack.server.events import RECONCILE
-from dstack.server.routers import code, files, fleets, history, hosts, misc, runs
+from dstack.server.routers import code, files, fleets, history, hosts, misc, runs, secrets
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
 from dstack.server.services.users import Authenticator, init_admin
 from dstack.server.settings import ServerSettings
+from dstack.server.ssh import SSHPool
 from dstack.server.ui import links as ui_links
 from dstack.server.ui.session import SessionStore
 
@@ -44,11 +45,8 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         db = Database(settings.resolved_database_url())
         await migrate(db.writer)
         _, issued = await init_admin(db, settings.admin_token)
-        backends: list[Backend] = [SSHBackend(db, settings.server_dir)]
-        local = config.local
-        if local is not None:
-            backends.insert(0, LocalBackend(settings.agents_dir, price=local.price, declared=local.resources))
-        registry = BackendRegistry(db, backends)
+        pool = SSHPool(settings.server_dir / "ssh")
+        registry = BackendRegistry(db, _backends(config, settings, pool, db))
         ctx = ServerContext(settings=settings, db=db, backends=registry)
         registry.on_host_back(lambda: ctx.notifier.notify(RECONCILE))
         app.state.ctx = ctx
@@ -65,6 +63,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         finally:
             await workers.stop()
             await registry.close()
+            await pool.close()
             await db.close()
 
     app = FastAPI(
@@ -80,6 +79,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(code.router)
     app.include_router(files.router)
     app.include_router(fleets.router)
+    app.include_router(secrets.router)
     app.include_router(ports_router.router)
     app.include_router(history.router)
     app.include_router(hosts.router)
@@ -100,3 +100,18 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     return app
+
+
+def _backends(config: ServerConfig, settings: ServerSettings, pool: SSHPool, db: Database) -> list[Backend]:
+    # Fleets are always on (their hosts come from `dstack apply`); the rest as config.yml says.
+    backends: list[Backend] = [SSHBackend(db, settings.server_dir, pool)]
+    for entry in config.backends:
+        if isinstance(entry, LocalBackendConfig):
+            backends.insert(0, LocalBackend(settings.agents_dir, price=entry.price, declared=entry.resources))
+        elif isinstance(entry, SSHBackendConfig):
+            pass
+        else:
+            from dstack.server.backends.slurm import SlurmBackend
+
+            backends.append(SlurmBackend(entry, pool, settings.server_dir / "slurm"))
+    return backends

@@ -11,9 +11,21 @@ from dstack.server.scheduler.placement import decide, for_project, no_offer_mess
 def _hosts() -> list:
     return [
         usage(host(id="local")),
-        usage(host(id="a", name="10.0.0.1", backend="ssh", region="boxes", project_id="p1")),
-        usage(host(id="b", name="10.0.0.2", backend="ssh", region="gpus", project_id="p1", cpus=8)),
-        usage(host(id="c", name="10.0.0.3", backend="ssh", region="theirs", project_id="p2", cpus=64)),
+        usage(host(id="a", name="10.0.0.1", backend="ssh", region="boxes", fleet="boxes", project_id="p1")),
+        usage(
+            host(id="b", name="10.0.0.2", backend="ssh", region="gpus", fleet="gpus", project_id="p1", cpus=8)
+        ),
+        usage(
+            host(
+                id="c",
+                name="10.0.0.3",
+                backend="ssh",
+                region="theirs",
+                fleet="theirs",
+                project_id="p2",
+                cpus=64,
+            )
+        ),
     ]
 
 
@@ -37,6 +49,6 @@ def test_no_offer_says_which_fleet_was_asked() -> None:
     visible = for_project(_hosts(), "p1")
     decision = decide(req(fleets=["theirs"]), visible, "j")
     assert decision.impossible_reason is not None
-    assert decision.impossible_reason.startswith("No offer is from fleet theirs (see dstack fleet)")
+    assert decision.impossible_reason.startswith("No offer is in fleet theirs")
     # Another project's big host is never named, nor offered.
     assert "10.0.0.3" not in no_offer_message(req(cpu="32"), [u.host for u in visible])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
-from dstack.agent.drivers.base import EXIT_UNKNOWN, PHASE_MAIN, JobHandle, LaunchSpec
+from dstack.agent.drivers.base import EXIT_UNKNOWN, PHASE_MAIN, JobHandle, LaunchSpec, process_shell
 from dstack.agent.limits import CGROUPS
 from dstack.agent.logstore import LogStore
 from dstack.agent.procutil import ProcessExit, find_job_processes, is_job_process, terminate_processes
@@ -37,7 +37,7 @@ class ProcessDriver:
         self._children = children
 
     def start(self, launch: LaunchSpec) -> JobHandle:
-        argv = ["bash", "--noprofile", "--norc", str(launch.script)]
+        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script)]
         # CPU and memory caps, where this host can enforce them (the plan said whether it can).
         cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
         if cgroup is not None:

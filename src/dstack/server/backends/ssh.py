@@ -156,6 +156,7 @@ class SSHBackend(Backend):
             capabilities=frozenset({CAP_CONTAINERS}) if resources.get("docker") else frozenset(),
             project_id=host.project_id,
             status=host.status,
+            fleet=host.fleet,
         )
 
     def agent(self, host_name: str) -> AgentClient:
@@ -201,7 +202,8 @@ class SSHBackend(Backend):
             ports.append(port)
         return str(path)
 
-    async def job_ended(self, host_name: str, job_id: str) -> None:
+    async def release(self, host_name: str, job_id: str) -> None:
+        """The job is over: its ports' forwards go (another task may listen on the port later)."""
         found = self._port_forwards.pop(job_id, None)
         host = self._hosts.get(host_name)
         if found is None or host is None:
@@ -209,7 +211,7 @@ class SSHBackend(Backend):
         connection = self.pool.connection(host.target)
         for port in found[1]:
             with contextlib.suppress(SSHError):
-                await connection.cancel_forward("127.0.0.1", port)
+                await connection.unforward("127.0.0.1", port)
 
     # -- fleets: install and remove hosts ----------------------------------------------------------------
 
@@ -338,7 +340,7 @@ class SSHBackend(Backend):
         if host.port == port and host.client is not None:
             return
         if host.port is not None and host.port != port:
-            await connection.cancel_forward("127.0.0.1", host.port)
+            await connection.unforward("127.0.0.1", host.port)
         path = await connection.forward("127.0.0.1", port)
         if host.client is not None:
             await host.client.close()

@@ -1,6 +1,10 @@
 """One supervisor per placed job: hand it to its agent, mirror its output, follow its status, stop it on
 request, and record how it ended. It holds the job's row lease the whole time and renews it.
 
+A backend with a launch step (Slurm) is asked first to start the job's allocation and agent (`_launch`):
+the run shows `pending` with the backend's reason meanwhile, a stop ends the launch at once, and every end
+asks the backend to release the job before it is recorded (its allocation is gone by then).
+
 Order matters for readers: every byte of output is appended before the final status is recorded, so a
 stream that sees a finished run has already seen (or can still read) all of its output.
 
@@ -28,6 +32,7 @@ from sqlalchemy.orm import defer
 
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
 from dstack.server.backends.registry import UnknownHost
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
@@ -35,8 +40,10 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
+from dstack.server.services import job_request
+from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status, note
+from dstack.server.services.transitions import apply_status, end_job, note
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,8 +56,8 @@ RUNNING_GRACE = 0.25
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
-STOP_GRACE = 10.0
 AGENT_LOST = "agent_lost"  # the agent's reason_code: no agent could see how the job ended
+RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
 _STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
@@ -71,8 +78,12 @@ class Supervisor:
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._host_id = ""
+        self._launches = False  # the backend has a launch step (see the module's docstring)
+        self._launched = Launched()
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -81,9 +92,14 @@ class Supervisor:
             run, job = await self._load()
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
-            host_id = job.host_id
+            host_id = self._host_id = job.host_id
+            self._launches = self.ctx.backends.needs_launch(host_id)
+            self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
+                if self._launches:
+                    await self._launch(host_id, run, job)
+                    run, job = await self._load()
                 shown = RunStatus(job.status)
                 if run.stop_requested:
                     # Stopped before it was handed over? Then it ends here; else the watcher stops it.
@@ -121,8 +137,15 @@ class Supervisor:
         since: float | None = None
         while True:
             try:
-                result = await call(self.ctx.backends.agent(host_id))
+                result = await call(self.ctx.backends.job_agent(host_id, self.job_id))
             except (AgentUnreachable, UnknownHost) as e:
+                if self._launches:
+                    # Gone because the backend ended the job (a time limit, scancel)? Then that is the end.
+                    with contextlib.suppress(UnknownHost):
+                        ended = await self.ctx.backends.job_ended(host_id, self.job_id)
+                        if ended is not None:
+                            await self._finish_end(ended)
+                            raise JobFinished() from None
                 now = time.monotonic()
                 grace = self._lost_after(host_id)
                 if since is None:
@@ -168,6 +191,69 @@ class Supervisor:
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
 
+    # -- launching (backends with a queue of their own) ---------------------------------------------------
+
+    async def _launch(self, host_id: str, run: RunRow, job: JobRow) -> None:
+        """Until the job's agent answers; a stop requested meanwhile ends the launch (the backend cancels
+        what it started). Raises JobFinished if the job ended here."""
+        spec = RunSpec.model_validate_json(run.spec)
+        allocation = json.loads(job.allocation) if job.allocation else {}
+        request = LaunchRequest(
+            job_id=self.job_id,
+            run_name=run.name,
+            cpus=float(allocation.get("cpus") or 0),
+            memory_gb=float(allocation.get("memory_gb") or 0),
+            gpus=len(allocation.get("gpus") or []),
+            max_duration=_seconds(spec.profile.get("max_duration")),
+            python=spec.python if spec.image is None else None,
+            instance_id=job.instance_id,
+        )
+        progress = LaunchProgress(
+            submitted=self._record_instance, waiting=self._pending, started=self._started
+        )
+        launch = asyncio.create_task(self.ctx.backends.launch(host_id, request, progress))
+        stop = asyncio.create_task(self._stop_requested(run.id))
+        try:
+            done, _ = await asyncio.wait({launch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (launch, stop):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        if launch in done:
+            try:
+                self._launched = launch.result()
+                return
+            except LaunchFailed as e:
+                await self._finish_end(e.end)
+                raise JobFinished() from e
+        await self._finish_unstarted(stop.result())
+        raise JobFinished()
+
+    async def _stop_requested(self, run_id: str) -> str:
+        signal = self.ctx.notifier.signal(stop_channel(run_id))
+        recheck = SQLITE_STOP_RECHECK if self.ctx.db.is_sqlite else self.ctx.settings.poll_seconds
+        while True:
+            version = signal.version
+            run, _ = await self._load()
+            if run.stop_requested:
+                return run.stop_requested
+            await signal.wait(version, recheck)
+
+    async def _record_instance(self, instance_id: str, label: str) -> None:
+        async with self.ctx.db.write() as session:
+            run, job = await self._owned(session)
+            job.instance_id = instance_id
+            run.instance = label[:128]
+
+    async def _pending(self, message: str) -> None:
+        # The run waits in the backend's queue; the job stays placed (the scheduler must not place it again).
+        await self._set_status(RunStatus.PENDING, message, job_status=RunStatus.PROVISIONING)
+
+    async def _started(self, message: str) -> None:
+        await self._set_status(RunStatus.PROVISIONING, message)
+
     # -- provisioning ------------------------------------------------------------------------------------
 
     async def _agent_has_job(self, agent: AgentClient) -> bool:
@@ -184,14 +270,18 @@ class Supervisor:
     async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
-            _, job = await self._load()
-            if job.host_id is not None:
-                await self.ctx.backends.prepare_job(job.host_id, self.job_id)
-            if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
-                await agent.upload_code(
-                    spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
-                )
-            await agent.submit_job(self._job_request(spec, allocation))
+            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation)
+        except (job_request.JobRequestError, ServiceError) as e:
+            await self._finish(
+                RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
+            )
+            raise JobFinished() from e
+        try:
+            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
+                if code_hash is not None and not await agent.has_code(code_hash):
+                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+            await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -199,32 +289,6 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-
-    def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
-        profile = spec.profile
-        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
-        cpus = allocation.get("cpu_limit") or None
-        memory_gb = allocation.get("memory_limit_gb") or None
-        return {
-            "id": self.job_id,
-            "run_name": spec.run_name,
-            "commands": spec.commands,
-            "env": spec.env,
-            "working_dir": spec.working_dir,
-            "code_hash": spec.code_hash,
-            "stop_grace_seconds": STOP_GRACE,
-            "max_duration": profile.get("max_duration"),
-            "python": spec.python if spec.image is None else None,
-            "image": spec.image,
-            "build": spec.build,
-            "build_policy": spec.build_policy,
-            "resources": {
-                "cpus": cpus,
-                "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
-                "gpus": allocation.get("gpus", []),
-            },
-            "ports": [p.container_port for p in spec.ports],
-        }
 
     # -- following ---------------------------------------------------------------------------------------
 
@@ -289,7 +353,13 @@ class Supervisor:
         run, job = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
         reason_code = state.get("reason_code")
-        if status == "done":
+        ended = None
+        if status != "done" and not run.stop_requested and self._launches:
+            # Slurm's own signal (a time limit, scancel) may have ended the task before its agent knew why.
+            ended = await self.ctx.backends.job_ended(self._host_id, self.job_id)
+        if ended is not None:
+            await self._finish_end(ended)
+        elif status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
         elif run.stop_requested == "abort":
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
@@ -300,6 +370,9 @@ class Supervisor:
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
         elif status == "failed" and reason_code == "build_not_found":
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
+        elif status == "terminated" and reason_text and "utilization policy" in reason_text.lower():
+            message = reason_text[:1].lower() + reason_text[1:]
+            await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and reason_code == AGENT_LOST:
@@ -347,8 +420,8 @@ class Supervisor:
                     and wanted != self._stop_sent
                     and (wanted == "abort" or not self._stop_sent)
                 ):
-                    agent = self.ctx.backends.agent(host_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
+                    agent = self.ctx.backends.job_agent(host_id, self.job_id)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:
@@ -381,27 +454,37 @@ class Supervisor:
             raise LeaseLost()
         return found[0], found[1]
 
-    async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
+    async def _set_status(
+        self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
+    ) -> None:
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
             if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
                 return  # a stop is under way; keep showing it
-            apply_status(run, job, status, status_message=status_message)
+            apply_status(run, job, status, status_message=status_message, job_status=job_status)
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
+
+    async def _finish_end(self, end: JobEnd) -> None:
+        await self._finish(end.status, end.reason, end.message, end.exit_code)
 
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
+        # Ended means ended: what the backend holds for the job (an allocation, a port's forward) is gone
+        # before the run says so.
+        try:
+            await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
+        except Exception:
+            log.exception("job %s: its backend did not release it", self.job_id)
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
-            apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
-            run_id, job_host = run.id, job.host_id
+            following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            if following is not None:  # a scheduled run waits for its next start
+                session.add(following)
+            run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
-        if job_host is not None:
-            with contextlib.suppress(Exception):
-                await self.ctx.backends.job_ended(job_host, self.job_id)
 
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
         return await self._select(session, owned=True)
@@ -439,3 +522,7 @@ def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
     return (
         f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
     )
+
+
+def _seconds(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -258,14 +258,15 @@ class SSHConnection:
         self._forwards[(host, port)] = path
         return path
 
-    async def cancel_forward(self, host: str, port: int) -> None:
-        """Stop forwarding to host:port (e.g. the agent moved to another port) and remove its socket."""
+    async def unforward(self, host: str, port: int) -> None:
+        """Drop a forward that is no longer needed (a Slurm job's agent that ended, an agent that moved to
+        another port): it is not set up again after a reconnect, and its socket goes away."""
         async with self._lock:
             path = self._forwards.pop((host, port), None)
             if path is None:
                 return
             remote = f"[{host}]" if ":" in host else host
-            if self._open and self.control.exists():
+            if self.control.exists():
                 await self._ssh("-O", "cancel", "-L", f"{path}:{remote}:{port}", timeout=15)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

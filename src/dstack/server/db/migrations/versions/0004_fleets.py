@@ -1,7 +1,7 @@
 """Fleets of the user's own hosts, and what the server keeps about each fleet host.
 
 Revision ID: 0004_fleets
-Revises: 0004_ui
+Revises: 0004_slurm
 Create Date: 2026-12-01 22:00:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004_fleets"
-down_revision = "0004_ui"
+down_revision = "0004_slurm"
 branch_labels = None
 depends_on = None
 
