@@ -45,7 +45,7 @@ class ServerSettings:
     # How long a host may stay silent while a job runs there before the job ends `host lost` (a backend
     # may say otherwise per host). The job's leftovers are stopped whenever the host answers again.
     host_lost_seconds: float = field(
-        default_factory=lambda: _seconds_env("DSTACK_SERVER_HOST_LOST_SECONDS", 120.0)
+        default_factory=lambda: _seconds_env("DSTACK_SERVER_HOST_LOST_SECONDS", 60.0)
     )
     # The web UI's own port (None: no UI) and address; it listens on loopback unless configured.
     ui_port: int | None = None

@@ -50,6 +50,9 @@ REMOVED = "removed"
 HEALTH_SECONDS = 10.0
 FINGERPRINT_SECONDS = 60.0
 AGENT_TIMEOUT = 10.0
+# An agent answers a ping in milliseconds; one that does not within this is taken as hung (a
+# stopped process) and replaced, which its jobs outlive. Short, as the job's grace runs meanwhile.
+HEALTH_TIMEOUT = 3.0
 
 
 @dataclass
@@ -174,7 +177,7 @@ class SSHBackend(Backend):
         async with host.lock:
             if host.client is not None:
                 try:
-                    await host.client.health()
+                    await host.client.ping(HEALTH_TIMEOUT)
                     self._set(host, READY, None)
                     return True
                 except AgentError:
@@ -330,7 +333,7 @@ class SSHBackend(Backend):
         try:
             await self._use_port(host, connection, port)
             assert host.client is not None
-            await host.client.host()
+            await host.client.ping(HEALTH_TIMEOUT)
             return True
         except AgentError as e:
             log.info("the agent on %s does not answer (%s); starting a new one", host.name, e)
