@@ -21,7 +21,6 @@ from dstack.cli.errors import CLIError
 from dstack.cli.requirements import OVERRIDE_FLAGS
 from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
-from dstack.config.filetype import declared_type
 from dstack.config.interpolation import interpolate_lines, run_variables
 from dstack.config.names import validate_run_name
 
@@ -170,9 +169,6 @@ def _validated(args: argparse.Namespace, config_file: Path, code_root: Path) -> 
         config_bytes = config_file.read_bytes()
     except OSError as e:
         raise CLIError(f"Cannot read {args.file or config_file}: {e.strerror}") from e
-    if declared_type(config_bytes.decode(errors="replace")) == "fleet":
-        shown = args.file or config_file
-        raise CLIError(f"{shown} is a fleet configuration; apply it with dstack apply -f {shown}")
     flags = {k: getattr(args, k, None) for k in (*OVERRIDE_FLAGS, "profile", "port")}
     key = hashlib.sha256()
     key.update(json.dumps([__version__, str(config_file), flags], sort_keys=True).encode())

@@ -29,12 +29,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from dstack.config.base import ConfigModel, describe_type, located_error
-from dstack.config.error_messages import translate
 from dstack.config.errors import ConfigError, Location
-from dstack.config.yaml_source import SourceMap, read_yaml
+from dstack.config.yaml_source import SourceMap
 
 FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
 _HOSTNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
@@ -262,18 +261,17 @@ def default_fleet_name(path: Path) -> str:
 
 
 def parse_fleet_configuration(text: str, *, filename: str) -> FleetConfiguration:
-    """Parse the text of a fleet configuration; `filename` is used in messages only."""
-    document = read_yaml(text, filename=filename)
-    if not isinstance(document.data, dict):
-        raise ConfigError.at(
-            "The top level of a fleet configuration must be a mapping of keys such as type, ssh_config",
-            document.source.locate(()),
+    """Parse the text of a fleet configuration (the loader's one type dispatch, see `kinds`); `filename` is
+    used in messages only."""
+    from dstack.config.loader import parse_document
+
+    configuration = parse_document(text, filename=filename)
+    if not isinstance(configuration, FleetConfiguration):
+        raise ConfigError(
+            f"This is a {getattr(configuration, 'type', '?')} configuration, not a fleet; "
+            f"run it with dstack run -f {filename}",
+            file=filename,
         )
-    try:
-        configuration = FleetConfiguration.model_validate(document.data)
-    except ValidationError as error:
-        raise translate(error, document.source, what="fleet") from None
-    configuration.attach_source(document.source)
     return configuration
 
 

@@ -34,8 +34,8 @@ def parse_configuration(text: str, *, filename: str) -> TaskConfiguration:
     if not isinstance(configuration, TaskConfiguration):
         kind = getattr(configuration, "type", "?")
         raise ConfigError(
-            f"{filename} is a {kind} configuration, not a task; apply it with "
-            f"{kinds.PRODUCT_TYPES.get(str(kind), 'dstack apply')}",
+            f"This is a {kind} configuration, not a task; apply it with "
+            f"{kinds.PRODUCT_TYPES.get(str(kind), 'dstack apply')} -f {filename}",
             file=filename,
         )
     return configuration
