@@ -24,6 +24,7 @@ from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
 
 DEFAULT_TIMEOUT = 60.0
+APPLY_TIMEOUT = 900.0  # applying a fleet connects to every new host
 UPLOAD_CHUNK = 1024 * 1024
 
 
@@ -180,19 +181,60 @@ class Client:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200
 
-    def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        conn = self.connect(timeout=max(self.timeout, 300))
+    # -- fleets ------------------------------------------------------------------------------------------
+
+    def plan_fleet(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """What applying this `type: fleet` configuration would do: hosts to add, keep, retry, remove."""
+        return self.json("POST", self._project_path("/fleets/plan"), body={"configuration": configuration})
+
+    def apply_fleet(
+        self,
+        configuration: dict[str, Any],
+        identity_files: dict[str, bytes] | None = None,
+        *,
+        force: bool = False,
+        timeout: float = APPLY_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Apply a fleet: connect to its new hosts, install the agent, remove the hosts that left it.
+
+        `identity_files` maps each identity_file path as the configuration writes it to the key's bytes
+        (the server connects with them). `force` stops the runs on hosts that leave the fleet."""
+        import base64
+
+        body = {
+            "configuration": configuration,
+            "identity_files": {
+                name: base64.b64encode(data).decode() for name, data in (identity_files or {}).items()
+            },
+            "force": force,
+        }
+        return self._json_waiting("POST", self._project_path("/fleets/apply"), body, timeout)
+
+    def list_fleets(self) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path("/fleets"))
+
+    def get_fleet(self, name: str) -> dict[str, Any]:
+        return self.json("GET", self._project_path(f"/fleets/{quote(name, safe='')}"))
+
+    def delete_fleets(
+        self, names: list[str], *, force: bool = False, timeout: float = APPLY_TIMEOUT
+    ) -> list[str]:
+        """Delete fleets (their agents stopped); `force` stops the runs on their hosts first."""
+        body = {"names": names, "force": force}
+        return self._json_waiting("POST", self._project_path("/fleets/delete"), body, timeout)["deleted"]
+
+    def _json_waiting(self, method: str, path: str, body: Any, timeout: float) -> Any:
+        """A request that may take long (connecting to hosts), on a connection of its own."""
+        payload = json.dumps(body).encode()
+        return json.loads(self._on_own_connection(method, path, "application/json", payload, timeout))
+
+    def _on_own_connection(
+        self, method: str, path: str, content_type: str, body: Any, timeout: float, **kwargs: Any
+    ) -> bytes:
+        """One request on a connection of its own (long, or big); the answer's body."""
+        conn = self.connect(timeout=timeout)
         try:
-            with path.open("rb") as f:
-                response = self.exchange(
-                    conn,
-                    "PUT",
-                    self._project_path(f"/code/{code_hash}"),
-                    {"Content-Type": "application/x-tar"},
-                    f,
-                    length=path.stat().st_size,
-                    progress=progress,
-                )
+            response = self.exchange(conn, method, path, {"Content-Type": content_type}, body, **kwargs)
             data = response.read()
         except OSError as e:
             raise ServerUnreachable(_unreachable_message(self.url, e)) from e
@@ -200,6 +242,19 @@ class Client:
             conn.close()
         if response.status not in (200, 201):
             raise error_for(response.status, data)
+        return data
+
+    def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        with path.open("rb") as f:
+            self._on_own_connection(
+                "PUT",
+                self._project_path(f"/code/{code_hash}"),
+                "application/x-tar",
+                f,
+                max(self.timeout, 300),
+                length=path.stat().st_size,
+                progress=progress,
+            )
 
     def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
         """The run's output so far, in chunks."""

@@ -21,6 +21,12 @@ from dstack.server.db.models import JobRow, RunRow, TransitionRow
 _FINAL_FOR_SCHEDULED = (TerminationReason.STOPPED_BY_USER, TerminationReason.ABORTED_BY_USER)
 
 
+def note(run: RunRow, status_message: str | None) -> None:
+    """Say what an active run is going through (its host does not answer...) without changing its status."""
+    if not RunStatus(run.status).is_finished:
+        run.status_message = status_message
+
+
 def apply_status(
     run: RunRow,
     job: JobRow | None,
