@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
 from dstack.server.schemas import RunRequest, StopRequest
-from dstack.server.services import attach, history, logs, run_plan
+from dstack.server.services import attach, history, logs, plans, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
 from dstack.server.services.users import User
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/project/{project}/runs")
 async def plan(
     body: RunRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
 ) -> dict[str, Any]:
-    return await runs_service.plan(ctx, project, body.spec)
+    return await plans.plan(ctx, project, body.spec)
 
 
 @router.post("/submit")

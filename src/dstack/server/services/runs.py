@@ -20,14 +20,11 @@ from dstack.core.statuses import (
 from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
-from dstack.server.scheduler import placement
-from dstack.server.scheduler.model import Host
 from dstack.server.schemas import RunSpec
 from dstack.server.services import logs, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status, record_submitted
-from dstack.server.services.usage import load_usages
+from dstack.server.services.transitions import ABORT, STOP, apply_status, end_run, record_submitted
 from dstack.server.services.users import User
 
 PS_DEFAULT_LIMIT = 50
@@ -37,62 +34,7 @@ _FINISHED = [s.value for s in FINISHED_STATUSES]
 _WAITING = [s.value for s in WAITING_STATUSES]
 
 
-async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
-    checked = specs.check(spec)
-    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
-    hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
-    async with ctx.db.read() as session:
-        usages = await load_usages(session, hosts)
-    offers = placement.offers(checked.requirements, usages)
-    misfits = placement.misfit_offers(checked.requirements, usages)
-    run_name = spec.run_name
-    if run_name is None:
-        async with ctx.db.read() as session:
-            run_name = await _free_name(session, project)
-    return {
-        "project": project.name,
-        "run_name": run_name,
-        "configuration_path": spec.configuration_path,
-        "requirements": checked.describe(),
-        "sharing": placement.placement_note(checked.requirements, offers[0].host)
-        if offers
-        else placement.SHARING_POLICY,
-        # The offers that fit, then queue hosts (Slurm partitions) that never can, each with why.
-        "offers": [_offer_json(o) for o in [*offers[:50], *misfits[:10]]],
-        "total_offers": len(offers),
-        "no_offer_message": None if offers else placement.no_offer_message(checked.requirements, hosts),
-        # Set when offers fit but none is free now: without retry the run would fail at once.
-        "busy_message": f"No offer is free now: {offers[0].note}"
-        if offers and all(o.availability != "available" for o in offers)
-        else None,
-        "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
-        # Set when the task cannot run here at all: the CLI shows the plan, then stops with this.
-        "refusal": refusal,
-        "priority": checked.priority,
-        "schedule": _schedule_json(checked, time.time()),
-    }
-
-
-def placement_notes(checked: specs.CheckedSpec, host: Host | None) -> list[str]:
-    """What the plan says about the best offer's host for this task (e.g. what it cannot measure)."""
-    if host is None or checked.profile.utilization_policy is None or checked.profile.resources.gpu is None:
-        return []
-    if host.gpu_metrics is not False:
-        return []
-    return [
-        f"utilization_policy cannot be measured on {placement.host_label(host)}: nvidia-smi does not answer "
-        "there, so the policy has no effect on it."
-    ]
-
-
-def _schedule_json(checked: specs.CheckedSpec, now: float) -> dict[str, Any] | None:
-    cron = checked.schedule
-    if cron is None:
-        return None
-    return {"cron": cron, "next_start": next_start(cron, now)}
-
-
-async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
+async def missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
     names = checked.secret_names
     if not names:
         return None
@@ -101,23 +43,9 @@ async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.
     return secrets.missing_message(missing, project.name) if missing else None
 
 
-def _offer_json(offer: placement.Offer) -> dict[str, Any]:
-    host = offer.host
-    return {
-        "backend": host.backend,
-        "region": host.region,
-        "instance": host.name,
-        "resources": placement.describe_resources(host),
-        "spot": host.spot,
-        "price": host.price,
-        "availability": offer.availability,
-        "note": offer.note,
-    }
-
-
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
-    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
+    refusal = checked.refusal or await missing_secrets(ctx, project, checked)
     if refusal is not None:
         raise ServiceError(refusal)
     now = time.time()
@@ -147,17 +75,24 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             priority=checked.priority,
             schedule=json.dumps(schedule) if schedule else None,
             next_start_at=first_start,
+            nodes=checked.nodes,
         )
-        job = JobRow(
-            id=str(uuid.uuid4()),
-            run_id=run.id,
-            submission_num=0,
-            status=RunStatus.SUBMITTED.value,
-            submitted_at=now,
-        )
+        # One job per node (job_num = its rank; 0 is the master), placed together by the scheduler.
+        jobs = [
+            JobRow(
+                id=str(uuid.uuid4()),
+                run_id=run.id,
+                submission_num=0,
+                job_num=rank,
+                status=RunStatus.SUBMITTED.value,
+                submitted_at=now,
+            )
+            for rank in range(checked.nodes)
+        ]
+        job = jobs[0]
         session.add(run)
         await session.flush()
-        session.add(job)
+        session.add_all(jobs)
         record_submitted(session, run)
     specs.remember(run.id, checked)
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
@@ -165,7 +100,7 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
     return run_json(run, job, project.name, user.name)
 
 
-async def _free_name(session: Any, project: Project) -> str:
+async def free_name(session: Any, project: Project) -> str:
     """A random name no run of the project has (the CLI interpolates ${{ run.name }} with it)."""
     from dstack.config.names import random_run_name
 
@@ -181,7 +116,7 @@ async def _free_name(session: Any, project: Project) -> str:
 
 async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted: str | None) -> str:
     if wanted is None:
-        return await _free_name(session, project)
+        return await free_name(session, project)
     # Only what the check needs: a whole row would carry its (big) spec along, on every submission.
     existing = (
         await session.execute(
@@ -309,10 +244,31 @@ async def find(session: Any, project: Project, name: str) -> tuple[RunRow, JobRo
         raise NotFound(f"Run {name} not found in project {project.name}")
     job = (
         await session.execute(
-            select(JobRow).where(JobRow.run_id == run.id).order_by(JobRow.submission_num.desc()).limit(1)
+            select(JobRow)
+            .where(JobRow.run_id == run.id)
+            .order_by(JobRow.submission_num.desc(), JobRow.job_num)
+            .limit(1)
         )
     ).scalar_one_or_none()
     return run, job
+
+
+async def nodes_of(session: Any, run: RunRow, job: JobRow | None) -> list[JobRow]:
+    """Every job of the submission `job` belongs to (one per node, master first); [job] for a single-node
+    run, without a query."""
+    if job is None:
+        return []
+    if run.nodes <= 1:
+        return [job]
+    return list(
+        (
+            await session.execute(
+                select(JobRow)
+                .where(JobRow.run_id == run.id, JobRow.submission_num == job.submission_num)
+                .order_by(JobRow.job_num)
+            )
+        ).scalars()
+    )
 
 
 async def stop(
@@ -328,17 +284,20 @@ async def stop(
             if status.is_finished:
                 pass
             elif status in WAITING_STATUSES and (job is None or job.host_id is None):
-                apply_status(
+                end_run(
                     run,
-                    job,
+                    await nodes_of(session, run, job),
                     RunStatus.ABORTED if abort else RunStatus.TERMINATED,
                     reason=TerminationReason.ABORTED_BY_USER if abort else TerminationReason.STOPPED_BY_USER,
                 )
             else:
-                # An abort may follow a graceful stop; never downgrade an abort to a stop.
-                if abort or run.stop_requested != "abort":
-                    run.stop_requested = "abort" if abort else "stop"
-                apply_status(run, job, RunStatus.TERMINATING)
+                # An abort may follow a graceful stop (or a node's end); never downgrade an abort to a stop.
+                if abort or run.stop_requested != ABORT:
+                    run.stop_requested = ABORT if abort else STOP
+                for node in await nodes_of(session, run, job):
+                    if not RunStatus(node.status).is_finished:
+                        apply_status(run, node, RunStatus.TERMINATING)
+                apply_status(run, None, RunStatus.TERMINATING)
             touched.append(run.id)
             result.append(run_json(run, job, project.name, None))
     for run_id in touched:
