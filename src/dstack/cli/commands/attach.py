@@ -18,6 +18,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tail", type=int, metavar="N", help="start with the last N lines (default: all output)"
     )
+    parser.add_argument(
+        "--node", type=int, metavar="K", help="a multi-node run's node K (its rank; default: the master, 0)"
+    )
     parser.add_argument("--project", help="the project (default: the configured default)")
     parser.add_argument(
         "--reload",
@@ -28,13 +31,21 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def execute(args: argparse.Namespace) -> int:
     from dstack.cli.connection import get_client
+    from dstack.cli.errors import CLIError
     from dstack.cli.ports import follow_with_ports, reserve_for_attach
 
+    if args.node is not None and args.node < 0:
+        raise CLIError("--node takes a node's rank, 0 or more")
     client = get_client(args.project, start_embedded=False)
     run = client.get_run(args.run_name)
+    nodes = len(run.get("nodes") or []) or 1
+    if args.node is not None and args.node >= nodes:
+        ranks = "one node (0)" if nodes == 1 else f"{nodes} nodes (0-{nodes - 1})"
+        raise CLIError(f"Run {args.run_name} has {ranks}; there is no node {args.node}")
     forwards = reserve_for_attach(client, run, args.port)
     if args.reload:
         from dstack.cli.reload import attach_reload
 
         attach_reload(client, run)
-    return follow_with_ports(client, args.run_name, forwards, tail=args.tail)
+    # Ports are the master's (as in dstack): the forwards reach node 0 whichever output is shown.
+    return follow_with_ports(client, args.run_name, forwards, tail=args.tail, node=args.node)

@@ -9,6 +9,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_name", metavar="RUN", help="the run's name")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing output until the run ends")
     parser.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+    parser.add_argument(
+        "--node", type=int, metavar="K", help="a multi-node run's node K (its rank; default: the master, 0)"
+    )
     parser.add_argument("--project", help="the project (default: the configured default)")
 
 
@@ -21,14 +24,16 @@ def execute(args: argparse.Namespace) -> int:
 
     if args.tail is not None and args.tail < 0:
         raise CLIError("--tail takes a number of lines, 0 or more")
+    if args.node is not None and args.node < 0:
+        raise CLIError("--node takes a node's rank, 0 or more")
     client = get_client(args.project, start_embedded=False)
     if args.follow:
-        follower = Follower(client, args.run_name, tail=args.tail, ask_on_interrupt=False)
+        follower = Follower(client, args.run_name, tail=args.tail, ask_on_interrupt=False, node=args.node)
         follower.follow()
         return 0
     client.get_run(args.run_name)  # one clear "not found" before any output
     out = sys.stdout.buffer
-    for chunk in client.logs(args.run_name, tail=args.tail):
+    for chunk in client.logs(args.run_name, tail=args.tail, node=args.node):
         out.write(chunk)
     out.flush()
     return 0

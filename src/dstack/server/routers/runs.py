@@ -59,8 +59,7 @@ async def list_runs(
 async def get_run(
     name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
 ) -> dict[str, Any]:
-    run, job = await runs_service.get(ctx, project, name)
-    return runs_service.run_json(run, job, project.name, None)
+    return await runs_service.describe(ctx, project, name)
 
 
 @router.get("/{name}/history")
@@ -91,11 +90,13 @@ async def run_logs(
     name: str,
     offset: int = Query(default=0, ge=0),
     tail: int | None = Query(default=None, ge=0),
+    node: int | None = Query(default=None, ge=0),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> Response:
-    """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
-    _, job = await runs_service.output_job(ctx, project, name)
+    """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start);
+    a multi-node run's master's, or node `node`'s."""
+    _, job = await runs_service.output_job(ctx, project, name, node)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)
@@ -121,14 +122,16 @@ async def attach_stream(
     offset: int = Query(default=0, ge=0),
     tail: int | None = Query(default=None, ge=0),
     follow: bool = True,
+    node: int | None = Query(default=None, ge=0),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> StreamingResponse:
-    """Status changes and output as frames (see dstack.core.frames) until the run ends."""
-    _, job = await runs_service.get(ctx, project, name)
+    """Status changes and output as frames (see dstack.core.frames) until the run ends; a multi-node run's
+    master's output, or node `node`'s (the status is the run's)."""
+    _, job = await runs_service.get(ctx, project, name, node)
     if tail is not None and job is not None:
         offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail)
     return StreamingResponse(
-        attach.stream(ctx, project, name, offset=offset, follow=follow),
+        attach.stream(ctx, project, name, offset=offset, follow=follow, node=node),
         media_type="application/x-dstack-frames",
     )

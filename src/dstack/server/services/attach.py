@@ -21,9 +21,10 @@ DRAIN_LIMIT = 32 * 1024 * 1024
 
 
 async def stream(
-    ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool
+    ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool, node: int | None = None
 ) -> AsyncIterator[bytes]:
-    run, job = await runs_service.get(ctx, project, name)
+    """`node`: the rank of the node whose output to stream (default: the master's)."""
+    run, job = await runs_service.get(ctx, project, name, node)
     signal = ctx.notifier.signal(run_channel(run.id))
     last_status: tuple[str, str | None] | None = None
     refreshed = time.monotonic()
@@ -41,7 +42,7 @@ async def stream(
         if sent and time.monotonic() - refreshed < STATUS_REFRESH:
             continue
         followed = job
-        run, job = await runs_service.get(ctx, project, name)
+        run, job = await runs_service.get(ctx, project, name, node)
         refreshed = time.monotonic()
         if followed is not None and job is not None and job.id != followed.id:
             # A scheduled run's job ended and the next one waits for its start: the stream of this one ends.

@@ -193,7 +193,25 @@ async def list_runs(
             rows = (await session.execute(unfinished)).mappings().all()
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
-    return [_listed_json(row, project.name) for row in rows]
+        nodes = await _nodes_by_run(session, [row["id"] for row in rows if (row["nodes"] or 1) > 1])
+    return [_listed_json(row, project.name, nodes.get(row["id"])) for row in rows]
+
+
+async def _nodes_by_run(session: Any, run_ids: list[str]) -> dict[str, list[JobRow]]:
+    """The current submission's jobs of each multi-node run (one query for a page of runs)."""
+    if not run_ids:
+        return {}
+    found: dict[str, list[JobRow]] = {}
+    rows = await session.execute(
+        select(JobRow)
+        .where(JobRow.run_id.in_(run_ids))
+        .order_by(JobRow.submission_num.desc(), JobRow.job_num)
+    )
+    for job in rows.scalars():
+        jobs = found.setdefault(job.run_id, [])
+        if not jobs or jobs[0].submission_num == job.submission_num:
+            jobs.append(job)
+    return found
 
 
 def parse_cursor(text: str) -> Cursor:
@@ -208,8 +226,8 @@ def parse_cursor(text: str) -> Cursor:
     return value, run_id
 
 
-def _listed_json(row: Any, project: str) -> dict[str, Any]:
-    return {
+def _listed_json(row: Any, project: str, nodes: list[JobRow] | None) -> dict[str, Any]:
+    data = {
         "id": row["id"],
         "name": row["name"],
         "project": project,
@@ -229,26 +247,60 @@ def _listed_json(row: Any, project: str) -> dict[str, Any]:
         "next_start_at": row["next_start_at"] if row["schedule"] else None,
         "instance": row["instance"],
     }
+    if nodes:
+        data["nodes"] = [node_json(job) for job in nodes]
+    return data
 
 
-async def get(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+def node_json(job: JobRow) -> dict[str, Any]:
+    """One node of a multi-node run (its job of the current submission), for `ps -v` and the run page."""
+    return {
+        "rank": job.job_num,
+        "job_id": job.id,
+        "status": job.status,
+        "hostname": job.hostname,
+        "address": job.address,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "exit_code": job.exit_code,
+        "termination_reason": job.termination_reason,
+        "termination_message": job.termination_message,
+    }
+
+
+async def get(
+    ctx: ServerContext, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
     async with ctx.db.read() as session:
-        return await find(session, project, name)
+        return await find(session, project, name, node)
 
 
-async def find(session: Any, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+async def describe(ctx: ServerContext, project: Project, name: str) -> dict[str, Any]:
+    """`GET /runs/NAME`: the run, its current job (the master's) and, for a multi-node run, its nodes."""
+    async with ctx.db.read() as session:
+        run, job = await find(session, project, name)
+        nodes = await nodes_of(session, run, job) if run.nodes > 1 else []
+    data = run_json(run, job, project.name, None)
+    if nodes:
+        data["nodes"] = [node_json(node) for node in nodes]
+    return data
+
+
+async def find(
+    session: Any, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
+    """The run and its current job: the master's (rank 0), or node `node`'s."""
     run = (
         await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == name))
     ).scalar_one_or_none()
     if run is None:
         raise NotFound(f"Run {name} not found in project {project.name}")
+    query = select(JobRow).where(JobRow.run_id == run.id)
+    if node:
+        check_node(run, node)
+        query = query.where(JobRow.job_num == node)
     job = (
-        await session.execute(
-            select(JobRow)
-            .where(JobRow.run_id == run.id)
-            .order_by(JobRow.submission_num.desc(), JobRow.job_num)
-            .limit(1)
-        )
+        await session.execute(query.order_by(JobRow.submission_num.desc(), JobRow.job_num).limit(1))
     ).scalar_one_or_none()
     return run, job
 
@@ -325,22 +377,30 @@ async def job_by_id(ctx: ServerContext, job_id: str) -> JobRow | None:
         return await session.get(JobRow, job_id)
 
 
-async def output_job(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+async def output_job(
+    ctx: ServerContext, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
     """The run and the job whose output to show: the latest that was placed (a scheduled run's newest job
-    waits for its start with no output yet)."""
+    waits for its start with no output yet), of the master node or of node `node` (its rank)."""
     async with ctx.db.read() as session:
-        run, job = await find(session, project, name)
+        run, job = await find(session, project, name, node)
         if job is None or job.status not in _WAITING or job.submission_num == 0:
             return run, job
         placed = (
             await session.execute(
                 select(JobRow)
-                .where(JobRow.run_id == run.id, JobRow.status.not_in(_WAITING))
+                .where(JobRow.run_id == run.id, JobRow.job_num == job.job_num, JobRow.status.not_in(_WAITING))
                 .order_by(JobRow.submission_num.desc())
                 .limit(1)
             )
         ).scalar_one_or_none()
         return run, placed or job
+
+
+def check_node(run: RunRow, node: int) -> None:
+    if not 0 <= node < run.nodes:
+        nodes = "one node (0)" if run.nodes == 1 else f"{run.nodes} nodes (0-{run.nodes - 1})"
+        raise ServiceError(f"Run {run.name} has {nodes}; there is no node {node}")
 
 
 def run_json(
