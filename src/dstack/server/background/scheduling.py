@@ -181,7 +181,7 @@ class SchedulingLoop:
             run.backend = master.backend
             run.resources = placement.describe_allocation(master, held)
             if len(placements) > 1:
-                run.resources = f"{len(placements)}x {run.resources}"
+                run.resources = f"{len(placements)} nodes, each {run.resources}"
             run.price = sum(host.price for host, _ in placements)
             for job in jobs:
                 apply_status(run, job, RunStatus.PROVISIONING)

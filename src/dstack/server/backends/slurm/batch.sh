@@ -37,7 +37,7 @@ collect() {
   local want="${SLURM_JOB_NUM_NODES:-1}" got=0 first="" uv_all=1 line kind rank name agent gpus work uv
   local -a nodes=()
   while IFS= read -r line; do
-    IFS=$'\t' read -r kind rank name agent gpus work uv <<<"$line"
+    IFS='|' read -r kind rank name agent gpus work uv <<<"$line"  # (not tabs: empty fields would merge)
     if [ "$kind" = error ]; then
       publish "error=$rank"
       continue

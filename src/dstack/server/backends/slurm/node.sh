@@ -1,9 +1,9 @@
 # On each node of the job (started by srun): the dstack agent, reachable from the login node.
 set -u
 umask 077
-# What this node tells the batch script (which publishes it): one line, tab-separated.
+# What this node tells the batch script (which publishes it): one line, fields separated by |.
 fail() {
-  printf 'error\t%s\n' "$(printf '%s' "$1" | tr '=;|\n\t' ':,/  ' | cut -c1-@@MAX_ERROR@@)"
+  printf 'error|%s\n' "$(printf '%s' "$1" | tr '=;|\n' ':,/ ' | cut -c1-@@MAX_ERROR@@)"
   exit 1
 }
 
@@ -46,7 +46,7 @@ for _ in $(seq 600); do
 done
 port=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$work/agent.json" \
   2>/dev/null) || fail "the dstack agent did not start on $host: $(tail -n 1 "$work/agent.log" 2>/dev/null)"
-printf 'node\t%s\t%s\t%s\t%s\t%s\t%s\n' "${SLURM_NODEID:-0}" "$host" "$addr:$port" \
+printf 'node|%s|%s|%s|%s|%s|%s\n' "${SLURM_NODEID:-0}" "$host" "$addr:$port" \
   "${CUDA_VISIBLE_DEVICES:-}" "$work" "$uv"
 wait "$pid"
 code=$?
