@@ -128,9 +128,7 @@ def test_master_done_ends_the_run_when_the_master_ends(
     assert _gone(fleet_hosts, "leader")  # the worker was stopped before the run was reported done
     rows = node_rows(dstack_env, "leader")
     assert " done" in rows[0] and " terminated" in rows[1], rows
-    # workers-first: the master started only once the worker ran.
-    history = dstack_env.run("ps", "-a", check=True).stdout
-    assert re.search(r"leader\s.*\sdone", history), history
+    # (That the master started only once the worker ran is test_multinode_lifecycle's startup_order test.)
 
 
 def test_all_nodes_are_placed_at_once_or_the_run_waits_whole(
