@@ -22,6 +22,7 @@ from dstack.api.config import load_config
 from dstack.api.errors import APIError, NotConfigured, NotFound, ServerUnreachable, Unauthorized
 from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
+from dstack.core.text import clip
 
 DEFAULT_TIMEOUT = 60.0
 UPLOAD_CHUNK = 1024 * 1024
@@ -31,9 +32,14 @@ class Client:
     def __init__(
         self, url: str, token: str, project: str = "main", *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise APIError(f"The server URL {url!r} is not an http(s) URL")
+        try:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL")
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+            parts.hostname.encode("idna")  # raises UnicodeError for a name no resolver takes
+        except (ValueError, UnicodeError) as e:
+            raise APIError(f"The server URL '{clip(url)}' is not valid: {clip(str(e))}") from None
         self.url = url.rstrip("/")
         self.token = token
         self.project = project

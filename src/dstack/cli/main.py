@@ -33,7 +33,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a mistake in one line, with where to find help."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        from dstack.core.text import clip_quoted
+
+        sys.stderr.write(f"{self.prog}: {clip_quoted(message)} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
@@ -43,7 +45,8 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
         description="Run AI tasks on your own machine, servers and clusters.",
         allow_abbrev=False,
     )
-    parser.add_argument("-v", "--version", action="version", version=f"dstack {__version__}")
+    # Not argparse's "version" action: that prints and exits 0 however many arguments follow.
+    parser.add_argument("-v", "--version", action="store_true", help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands = {}
     for name, (module, summary) in COMMANDS.items():
@@ -67,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     parser, commands = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
-        parser.print_help()
+        if unknown or after:
+            parser.error(f"unrecognized arguments: {' '.join(unknown + after)}")
+        if args.version:
+            print(f"dstack {__version__}")
+        else:
+            parser.print_help()
         return 0
+    if args.version:
+        parser.error(f"--version takes no command or arguments (got {args.command})")
     if args.command not in PASSTHROUGH and (unknown or after):
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown + after)}")
     args.run_args = unknown + after

@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
 from dstack.config.interpolation import interpolate_lines, run_variables
 from dstack.config.names import validate_run_name
+from dstack.core.text import clip
 
 CONFIG_NAMES = (".dstack.yml", ".dstack.yaml")
 DEFAULT_CODE_LIMIT = 500 * 1024**2
@@ -54,8 +56,8 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     from dstack.code import find_code_root
 
     workdir = Path(args.workdir or ".").absolute()
-    if not workdir.is_dir():
-        raise CLIError(f"The working directory {args.workdir} does not exist or is not a directory")
+    if not _is_dir(workdir, "working directory", args.workdir):
+        raise CLIError(f"The working directory {clip(args.workdir)} does not exist or is not a directory")
     config_file = _config_file(args, workdir)
     code_root = find_code_root(workdir)
     validated = _validated(args, config_file, code_root)
@@ -63,7 +65,8 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     env = resolve_env_values(configuration["env"], os.environ, args.env)
     name = validate_run_name(args.name) if args.name else configuration.get("name")
     # Check interpolation now, before any prompt; the real run name is filled in by `finalize`.
-    _interpolate(configuration, config_file, args, name or "run-name", env)
+    commands, build = _interpolate(configuration, config_file, args, name or "run-name", env)
+    _check_size(commands, build, env, args.run_args)
     workdir_rel = os.path.relpath(workdir.resolve(), code_root)
     working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
     python = configuration.get("python")
@@ -125,19 +128,46 @@ def _interpolate(
         return interpolate_commands(model, run_name=run_name, run_args=args.run_args, env=env)
 
 
+def _check_size(commands: list[str], build: list[str], env: dict[str, str], run_args: list[str]) -> None:
+    """The part of the job a host gets that the CLI knows already; the server checks the whole of it."""
+    from dstack.core.limits import JOB_SPEC_LIMIT_BYTES, spec_too_big
+
+    size = len(json.dumps([commands, build, env, run_args]).encode())
+    if size > JOB_SPEC_LIMIT_BYTES:
+        raise CLIError(spec_too_big(size))
+
+
 def _config_file(args: argparse.Namespace, workdir: Path) -> Path:
     if args.file:
         path = Path(args.file)  # relative to the current directory, as a shell user expects
-        if not path.exists():
-            raise CLIError(f"The configuration file {args.file} does not exist")
-        if not path.is_file():
-            raise CLIError(f"{args.file} is not a file")
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            raise CLIError(f"The configuration file {clip(args.file)} does not exist") from None
+        except (OSError, ValueError) as e:
+            raise CLIError(_path_error("configuration file", args.file, e)) from None
+        if not stat.S_ISREG(status.st_mode):
+            raise CLIError(f"{clip(args.file)} is not a file")
         return path.absolute()
     for name in CONFIG_NAMES:
         if (workdir / name).is_file():
             return workdir / name
     shown = args.workdir or "."
     raise CLIError(f"No configuration in {shown}: create {shown}/.dstack.yml or pass one with -f FILE")
+
+
+def _is_dir(path: Path, what: str, given: str) -> bool:
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as e:  # e.g. File name too long, or a NUL in it
+        raise CLIError(_path_error(what, given, e)) from None
+
+
+def _path_error(what: str, given: str, error: OSError | ValueError) -> str:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"Cannot use {clip(given)} as the {what}: {reason}"
 
 
 def _profile_files(code_root: Path) -> list[Path]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from dstack.config.errors import InterpolationError, Location
+from dstack.core.text import clip
 
 if TYPE_CHECKING:
     from dstack.config.task import TaskConfiguration
@@ -46,7 +47,7 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
             name = text[dollar + len(_OPEN) : closing].strip()
             if not _LEGAL_NAME.fullmatch(name):
                 raise InterpolationError(
-                    f"Illegal variable name '{name}' in ${{{{ {name} }}}}; "
+                    f"Illegal variable name '{clip(name)}' in ${{{{ {clip(name)} }}}}; "
                     "names look like run.args, run.name or env.NAME"
                 )
             if name in variables:
@@ -58,7 +59,7 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
             pieces.append("$")
             position = dollar + 1
     if unknown:
-        listed = ", ".join(f"${{{{ {name} }}}}" for name in unknown)
+        listed = ", ".join(f"${{{{ {clip(name)} }}}}" for name in unknown)
         known = ", ".join(variables) or "none"
         raise InterpolationError(f"Unknown variable(s) {listed}; known: {known}")
     return "".join(pieces)

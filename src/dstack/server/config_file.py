@@ -119,9 +119,9 @@ def _parse_gpu_shorthand(text: str) -> list[dict[str, Any]]:
     for token in "".join(text.split()).split(":"):
         if not token:
             raise ValueError(f"{text!r} has an empty part; {_GPU_SHORTHAND_HINT}")
-        if token.isdigit():
+        if token.isascii() and token.isdigit() and len(token) <= 3:
             count = int(token)
-        elif re.fullmatch(r"\d+(\.\d+)?(MB|GB|TB)", token, re.IGNORECASE):
+        elif re.fullmatch(r"\d{1,12}(\.\d{1,6})?(MB|GB|TB)", token, re.IGNORECASE | re.ASCII):
             memory = token
         elif token[0].isalpha():
             name = token

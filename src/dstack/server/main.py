@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ import sys
 import uvicorn
 
 from dstack.api.config import ProjectEntry, load_config, save_config
+from dstack.core.text import clip
 from dstack.server.app import create_app
 from dstack.server.config_file import load_server_config
 from dstack.server.services.users import DEFAULT_PROJECT
@@ -18,28 +20,43 @@ from dstack.server.settings import ServerSettings
 
 
 class PortInUse(Exception):
-    pass
+    """The server cannot listen where it was asked to; the message says why in one sentence."""
 
 
 def check_port(host: str, port: int) -> None:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """Raise PortInUse unless the server can listen on host:port (the message tells the causes apart)."""
+    shown = clip(host)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise PortInUse(f"{shown} is not an address or host name this machine can listen on") from None
+    family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
+            s.bind(address)
         except OSError as e:
-            raise PortInUse(
-                f"Port {port} on {host} is in use (another dstack server?); pass --port to use another one"
-            ) from e
+            if e.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"Port {port} on {shown} is in use (another dstack server?); "
+                    "pass --port to use another one"
+                ) from e
+            if e.errno == errno.EADDRNOTAVAIL:
+                raise PortInUse(
+                    f"{shown} is not an address of this machine; pass --host with one of its addresses "
+                    "(the default, 127.0.0.1, keeps the server on this machine)"
+                ) from e
+            if e.errno == errno.EACCES:
+                raise PortInUse(f"Port {port} needs privileges to listen on; use a port above 1023") from e
+            raise PortInUse(f"Cannot listen on {shown} port {port}: {e.strerror or e}") from e
 
 
 def serve(
     settings: ServerSettings, *, embedded: bool = False, log_level: str = "warning", fd: int | None = None
 ) -> None:
-    """`fd`: an already listening socket to serve on (its port is `settings.port`)."""
+    """`fd`: an already listening socket to serve on (its port is `settings.port`); without one, the caller
+    has checked the address with `check_port`."""
     sockets = [socket.socket(fileno=fd)] if fd is not None else None
-    if sockets is None:
-        check_port(settings.host, settings.port)
     # A mistake in config.yml is one sentence here, not a traceback from the app's start-up.
     settings.ensure_dirs()
     load_server_config(settings.config_file)

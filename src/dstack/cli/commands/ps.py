@@ -6,12 +6,16 @@ import argparse
 import time
 from typing import Any
 
+from dstack.cli.argtypes import positive_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="show finished runs too")
     parser.add_argument("-w", "--watch", action="store_true", help="refresh every 2 seconds (Ctrl+C exits)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show why runs ended")
-    parser.add_argument("-n", "--limit", type=int, default=None, help="show at most this many runs")
+    parser.add_argument(
+        "-n", "--limit", type=positive_number, default=None, help="show at most this many runs"
+    )
     parser.add_argument("--project", help="the project (default: the configured default)")
 
 

@@ -76,6 +76,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send every change of a local file to the running task (for apps that reload)",
     )
+    # The task's own arguments are whatever argparse does not know (see cli/main.py), so argparse cannot
+    # list them itself: add them to the usage line and explain them in a section of their own.
+    parser.add_argument_group(
+        "task arguments",
+        "ARGS: every argument dstack run does not know itself, and everything after --, goes to the task "
+        "as ${{ run.args }}, each one a separate argument, e.g. "
+        "dstack run . -f train.dstack.yml --epochs 3 -- --lr 0.1",
+    )
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [ARGS ...] [-- ARGS ...]"
 
 
 def execute(args: argparse.Namespace) -> int:

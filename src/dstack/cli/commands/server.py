@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from dstack.cli.argtypes import port_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -15,7 +17,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p",
         "--port",
-        type=int,
+        type=port_number,
         default=int(os.environ.get("DSTACK_SERVER_PORT", "3000")),
         help="port to listen on (default 3000)",
     )
@@ -45,13 +47,16 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.errors import CLIError
     from dstack.cli.output import note
     from dstack.server.config_file import ServerConfigError
-    from dstack.server.main import PortInUse, serve
+    from dstack.server.main import PortInUse, check_port, serve
     from dstack.server.settings import ServerSettings
 
     if args.stop:
         return _stop_background_server()
-    if not 1 <= args.port <= 65535:
-        raise CLIError(f"Port {args.port} is not valid; use 1-65535")
+    if args.fd is None:
+        try:
+            check_port(args.host, args.port)
+        except PortInUse as e:
+            raise CLIError(str(e)) from e
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         note(
             f"Warning: listening on {args.host} exposes the dstack API beyond this machine; every call but "

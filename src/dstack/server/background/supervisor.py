@@ -28,6 +28,7 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
+from dstack.server.services import specs
 from dstack.server.services.logs import LogAppender
 from dstack.server.services.transitions import apply_status
 
@@ -43,7 +44,6 @@ RUNNING_GRACE = 0.25
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
-STOP_GRACE = 10.0
 
 
 _STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
@@ -147,7 +147,7 @@ class Supervisor:
                 await agent.upload_code(
                     spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
                 )
-            await agent.submit_job(self._job_request(spec, allocation))
+            await agent.submit_job(specs.job_request(self.job_id, spec, allocation))
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -155,32 +155,6 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-
-    def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
-        profile = spec.profile
-        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
-        cpus = allocation.get("cpu_limit") or None
-        memory_gb = allocation.get("memory_limit_gb") or None
-        return {
-            "id": self.job_id,
-            "run_name": spec.run_name,
-            "commands": spec.commands,
-            "env": spec.env,
-            "working_dir": spec.working_dir,
-            "code_hash": spec.code_hash,
-            "stop_grace_seconds": STOP_GRACE,
-            "max_duration": profile.get("max_duration"),
-            "python": spec.python if spec.image is None else None,
-            "image": spec.image,
-            "build": spec.build,
-            "build_policy": spec.build_policy,
-            "resources": {
-                "cpus": cpus,
-                "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
-                "gpus": allocation.get("gpus", []),
-            },
-            "ports": [p.container_port for p in spec.ports],
-        }
 
     # -- following ---------------------------------------------------------------------------------------
 
@@ -296,7 +270,7 @@ class Supervisor:
                     and (wanted == "abort" or not self._stop_sent)
                 ):
                     agent = self.ctx.backends.agent(host_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=specs.STOP_GRACE)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:

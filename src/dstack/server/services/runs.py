@@ -34,6 +34,7 @@ _FINISHED = [s.value for s in FINISHED_STATUSES]
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     hosts = await ctx.backends.hosts()
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
@@ -76,6 +77,7 @@ def _offer_json(offer: placement.Offer) -> dict[str, Any]:
 
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     now = time.time()
     async with ctx.db.write() as session:
         if spec.code_hash is not None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 
 from dstack.config import ConfigError, EffectiveProfile, TaskConfiguration
 from dstack.config.profiles import RetryEvent
+from dstack.core.limits import JOB_SPEC_LIMIT_BYTES, spec_too_big
 from dstack.server.scheduler.model import GpuRequest, Requirements, Span
 from dstack.server.schemas import RunSpec
 from dstack.server.services.errors import ServiceError
+
+STOP_GRACE = 10.0  # seconds a stopped job gets between SIGTERM and SIGKILL
+# What the supervisor adds to a job request beyond the spec (ids, allocation): room left for it.
+_REQUEST_MARGIN = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,41 @@ def check(spec: RunSpec) -> CheckedSpec:
     return CheckedSpec(
         spec=spec, configuration=configuration, profile=profile, requirements=requirements_of(spec, profile)
     )
+
+
+def job_request(job_id: str, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
+    """What the job's agent is asked to run (POST /api/jobs, see dstack.agent.jobs.spec)."""
+    profile = spec.profile
+    # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
+    cpus = allocation.get("cpu_limit") or None
+    memory_gb = allocation.get("memory_limit_gb") or None
+    return {
+        "id": job_id,
+        "run_name": spec.run_name,
+        "commands": spec.commands,
+        "env": spec.env,
+        "working_dir": spec.working_dir,
+        "code_hash": spec.code_hash,
+        "stop_grace_seconds": STOP_GRACE,
+        "max_duration": profile.get("max_duration"),
+        "python": spec.python if spec.image is None else None,
+        "image": spec.image,
+        "build": spec.build,
+        "build_policy": spec.build_policy,
+        "resources": {
+            "cpus": cpus,
+            "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
+            "gpus": allocation.get("gpus", []),
+        },
+        "ports": [p.container_port for p in spec.ports],
+    }
+
+
+def check_size(spec: RunSpec) -> None:
+    """Refuse at submission what a host would refuse at start: a job request over the agent's limit."""
+    size = len(json.dumps(job_request("", spec, {})).encode())
+    if size > JOB_SPEC_LIMIT_BYTES - _REQUEST_MARGIN:
+        raise ServiceError(spec_too_big(size))
 
 
 # Specs checked at submission, kept for the scheduling pass of this process so it does not parse and
