@@ -15,6 +15,12 @@ def clip(text: str, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def one_line(text: str, limit: int) -> str:
+    """`text` as one line (line breaks and tabs become spaces, control characters go), cut at `limit`."""
+    flat = " ".join("".join(c if c.isprintable() or c in "\t\n\r" else " " for c in text).split())
+    return clip(flat, limit)
+
+
 def clip_words(message: str, limit: int = 160) -> str:
     """Cut every over-long word of a message: the safety net for a message that echoes input unquoted."""
     if len(message) <= limit:
