@@ -23,8 +23,8 @@ from dstack.api.errors import APIError
 from dstack.cli.connection import server_dir
 from dstack.cli.errors import CLIError
 from dstack.cli.output import note
+from dstack.core.defaults import DEFAULT_SERVER_PORT
 
-DEFAULT_PORT = 3000
 START_TIMEOUT = 60.0
 
 
@@ -43,7 +43,7 @@ def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
         entry = load_config().default("main") if restart is None else restart
         if entry is not None and _answers(entry):
             return entry
-        listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_PORT)
+        listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_SERVER_PORT)
         port = int(listener.getsockname()[1])
         token = restart.token if restart is not None else secrets.token_urlsafe(32)
         url = f"http://127.0.0.1:{port}"

@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_PORT = 3000
+from dstack.core.defaults import DEFAULT_SERVER_PORT
+
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
 
@@ -23,7 +24,7 @@ def default_server_dir() -> Path:
 class ServerSettings:
     server_dir: Path = field(default_factory=default_server_dir)
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: int = DEFAULT_SERVER_PORT
     admin_token: str | None = None
     database_url: str | None = None  # None -> SQLite under server_dir
     code_limit_bytes: int = DEFAULT_CODE_LIMIT_BYTES

@@ -6,6 +6,7 @@ import argparse
 import os
 
 from dstack.cli.argtypes import port_number
+from dstack.core.defaults import DEFAULT_SERVER_PORT
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -18,8 +19,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "-p",
         "--port",
         type=port_number,
-        default=int(os.environ.get("DSTACK_SERVER_PORT", "3000")),
-        help="port to listen on (default 3000)",
+        default=os.environ.get("DSTACK_SERVER_PORT", str(DEFAULT_SERVER_PORT)),
+        help=f"port to listen on (default {DEFAULT_SERVER_PORT})",
     )
     parser.add_argument(
         "--token",
