@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import socket
@@ -40,9 +41,17 @@ def _start_lock() -> Iterator[None]:
 def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
     with _start_lock():
         # Another CLI may have started (or restarted) it while we waited for the lock.
-        entry = load_config().default("main") if restart is None else restart
-        if entry is not None and _answers(entry):
-            return entry
+        for entry in (load_config().default("main"), restart):
+            if entry is not None and _answers(entry):
+                return entry
+        pid = _running_server_pid()
+        if restart is not None and pid is not None:
+            # Its process is there but does not answer (busy, or stopped with SIGSTOP): a second server
+            # on the same database would fight it, so wait for it instead.
+            raise CLIError(
+                f"The dstack server (pid {pid}) runs but does not answer at {restart.url}; "
+                f"it may be busy or stopped (kill -CONT {pid} resumes a stopped one)"
+            )
         listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_SERVER_PORT)
         port = int(listener.getsockname()[1])
         token = restart.token if restart is not None else secrets.token_urlsafe(32)
@@ -112,6 +121,28 @@ def _answers(entry: ProjectEntry) -> bool:
         return False
     finally:
         client.close()
+
+
+def _running_server_pid() -> int | None:
+    """The pid in server.json if that process is still a dstack server (a kill -9 leaves the file)."""
+    try:
+        pid = int(json.loads((server_dir() / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except FileNotFoundError:
+        if Path("/proc").is_dir():
+            return None  # gone
+        try:  # no /proc (macOS): the pid alone says it
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+    except OSError:
+        return None
+    return pid if b"dstack" in cmdline and b"server" in cmdline else None
 
 
 def _listen(preferred: int) -> socket.socket:
