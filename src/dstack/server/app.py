@@ -20,7 +20,7 @@ from dstack.server.config_file import load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import code, files, misc, runs
+from dstack.server.routers import api_docs, code, files, misc, runs
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
@@ -64,8 +64,9 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         title="dstack",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
-        openapi_url="/api/openapi.json",
+        # Served by routes of our own below, behind the token like everything but health.
+        docs_url=None,
+        openapi_url=None,
         redoc_url=None,
     )
     app.include_router(misc.router)
@@ -73,6 +74,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(code.router)
     app.include_router(files.router)
     app.include_router(ports_router.router)
+    app.include_router(api_docs.router)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
