@@ -42,10 +42,16 @@ _SHUTDOWN_MARGIN_SECONDS = 15.0
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     _configure_logging()
-    # Popped, so that nothing the agent starts can inherit it.
+    # Popped, so that nothing the agent starts can inherit it; from stdin it is in no environment at all.
     token = os.environ.pop(TOKEN_ENV, "").strip()
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
     if not token:
-        return _fail(EXIT_NO_TOKEN, f"Set the agent's API token in the {TOKEN_ENV} environment variable")
+        return _fail(
+            EXIT_NO_TOKEN,
+            f"Set the agent's API token in the {TOKEN_ENV} environment variable (or pass it on "
+            "standard input with --token-stdin)",
+        )
     work_dir = Path(os.path.abspath(args.work_dir))
     try:
         work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -61,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         idle_exit_seconds=args.idle_exit,
         max_code_bytes=args.max_code_bytes,
         token=token,
+        pass_env=tuple(args.pass_env),
     )
     try:
         return Agent(settings).run()
@@ -75,7 +82,9 @@ class Agent:
         self._code_store = CodeStore(settings.work_dir / "code")
         self._registry = JobRegistry(settings.work_dir / "jobs")
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
-        self._runner = Runner(ProcessDriver(self._children), self._code_store, os.environ, environments)
+        self._runner = Runner(
+            ProcessDriver(self._children), self._code_store, os.environ, environments, settings.pass_env
+        )
         self._api = AgentApi(
             settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes
         )

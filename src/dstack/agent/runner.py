@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec
@@ -29,11 +29,11 @@ from dstack.agent.environments.manager import (
 )
 from dstack.agent.environments.venvs import Venv
 from dstack.agent.fsutil import is_inside
+from dstack.agent.jobenv import host_environment
 from dstack.agent.jobs.job import ACTIVE_STATUSES, DONE, FAILED, RUNNING, TERMINATED, Job, StopRequest
 from dstack.agent.output import OutputReader
 from dstack.agent.procutil import JOB_MARKER_ENV
 from dstack.agent.script import render_script
-from dstack.agent.settings import TOKEN_ENV
 from dstack.agent.unpack import UnpackError, unpack_code
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,13 @@ class Runner:
         code_store: CodeStore,
         base_env: Mapping[str, str],
         environments: EnvironmentManager,
+        pass_env: Iterable[str] = (),
     ) -> None:
         self._process_driver = driver
         self._code_store = code_store
         self._environments = environments
-        self._base_env = {name: value for name, value in base_env.items() if name != TOKEN_ENV}
+        # Jobs see only the allowed host variables (never the agent's token, nor anything its starter had).
+        self._base_env = host_environment(base_env, pass_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 
@@ -370,7 +372,6 @@ class Runner:
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker
-        env.pop(TOKEN_ENV, None)
         return env
 
 

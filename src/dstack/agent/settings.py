@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 TOKEN_ENV = "DSTACK_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_MAX_CODE_BYTES = 2 * 1024**3
@@ -19,13 +19,27 @@ class AgentSettings:
     idle_exit_seconds: float  # 0 = never
     max_code_bytes: int
     token: str
+    pass_env: Tuple[str, ...] = ()  # host variables jobs see beyond jobenv.HOST_VARIABLES
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dstack.agent",
         description="Run the jobs a dstack server hands to this host. The API token is read from the "
-        f"{TOKEN_ENV} environment variable.",
+        f"{TOKEN_ENV} environment variable, or from the first line of standard input (--token-stdin).",
+    )
+    parser.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help="read the API token from standard input (it then appears in no process's environment)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host variable (or a pattern such as HF_*) that jobs see too; the default list is in "
+        "dstack/agent/jobenv.py (repeatable)",
     )
     parser.add_argument("--work-dir", required=True, type=Path, help="folder for code, jobs and their output")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")

@@ -74,9 +74,11 @@ def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
 
 def _spawn(listener: socket.socket, token: str, log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, DSTACK_SERVER_ADMIN_TOKEN=token)  # never on the command line, where ps shows it
+    # The token goes on the server's stdin: not on its command line (ps shows that) nor in its environment
+    # (its children, and anything reading /proc/PID/environ, would see that).
+    env = {name: value for name, value in os.environ.items() if name != "DSTACK_SERVER_ADMIN_TOKEN"}
     with log.open("ab") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -89,15 +91,23 @@ def _spawn(listener: socket.socket, token: str, log: Path) -> subprocess.Popen[b
                 "--fd",
                 str(listener.fileno()),
                 "--embedded",
+                "--token-stdin",
             ],
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=out,
             stderr=out,
             start_new_session=True,
             close_fds=True,
             pass_fds=(listener.fileno(),),
         )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()
+    except OSError:
+        pass  # it exited at once: _wait_healthy says so with its log
+    return process
 
 
 def _wait_healthy(entry: ProjectEntry, process: subprocess.Popen[bytes], log: Path) -> None:

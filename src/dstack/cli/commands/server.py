@@ -39,6 +39,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop the server running in the background (running tasks keep running)",
     )
+    parser.add_argument(
+        "--token-stdin", action="store_true", help="read the admin token from the first line of stdin"
+    )
     parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     # A listening socket inherited from the CLI that started this server (see cli/embedded.py).
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -63,9 +66,14 @@ def execute(args: argparse.Namespace) -> int:
             f"Warning: listening on {args.host} exposes the dstack API beyond this machine; every call but "
             "health needs the token, but use TLS in front of it on untrusted networks"
         )
-    settings = ServerSettings(
-        host=args.host, port=args.port, admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN")
-    )
+    # Popped: nothing the server starts may inherit its admin token.
+    from_env = os.environ.pop("DSTACK_SERVER_ADMIN_TOKEN", None)
+    token = args.token or from_env
+    if args.token_stdin:
+        import sys
+
+        token = sys.stdin.readline().strip() or None
+    settings = ServerSettings(host=args.host, port=args.port, admin_token=token)
     try:
         serve(settings, embedded=args.embedded, log_level=args.log_level, fd=args.fd)
     except (PortInUse, ServerConfigError) as e:
