@@ -18,7 +18,7 @@ from dstack.agent.api import AgentApi
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.process import ProcessDriver
 from dstack.agent.environments.manager import EnvironmentManager
-from dstack.agent.fsutil import read_json, write_json_atomic
+from dstack.agent.fsutil import make_tree_private, read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
 from dstack.agent.procutil import SUBREAPER
@@ -40,6 +40,8 @@ _SHUTDOWN_MARGIN_SECONDS = 15.0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Whatever the agent writes (job specs with their env, output, code) is its user's only.
+    started_with_umask = os.umask(0o077)
     args = parse_args(argv)
     _configure_logging()
     # Popped, so that nothing the agent starts can inherit it; from stdin it is in no environment at all.
@@ -55,6 +57,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work_dir = Path(os.path.abspath(args.work_dir))
     try:
         work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_tree_private(work_dir)  # a work folder an older agent made 0755
         lock = _lock_work_dir(work_dir)
     except OSError as e:
         return _fail(EXIT_FAILED, f"Cannot use the work folder {work_dir}: {e.strerror or e}")
@@ -68,6 +71,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         max_code_bytes=args.max_code_bytes,
         token=token,
         pass_env=tuple(args.pass_env),
+        job_umask=started_with_umask if args.job_umask is None else args.job_umask,
     )
     try:
         return Agent(settings).run()
@@ -83,7 +87,11 @@ class Agent:
         self._registry = JobRegistry(settings.work_dir / "jobs")
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
         self._runner = Runner(
-            ProcessDriver(self._children), self._code_store, os.environ, environments, settings.pass_env
+            ProcessDriver(self._children, settings.job_umask),
+            self._code_store,
+            os.environ,
+            environments,
+            settings.pass_env,
         )
         self._api = AgentApi(
             settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes

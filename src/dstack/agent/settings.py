@@ -20,6 +20,7 @@ class AgentSettings:
     max_code_bytes: int
     token: str
     pass_env: Tuple[str, ...] = ()  # host variables jobs see beyond jobenv.HOST_VARIABLES
+    job_umask: int = 0o022  # the agent's own files are private (umask 077); jobs get the user's
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -32,6 +33,14 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--token-stdin",
         action="store_true",
         help="read the API token from standard input (it then appears in no process's environment)",
+    )
+    parser.add_argument(
+        "--job-umask",
+        type=_umask,
+        default=None,
+        metavar="OCTAL",
+        help="the umask of the jobs' processes (default: the umask the agent was started with; the agent "
+        "itself uses 077)",
     )
     parser.add_argument(
         "--pass-env",
@@ -65,6 +74,16 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an octal umask such as 022") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("must be an octal umask from 000 to 777")
     return value
 
 

@@ -61,6 +61,7 @@ def _module(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _make_private()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after "--" belongs to the task, untouched by our parser.
     after: list[str] = []
@@ -83,6 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown + after)}")
     args.run_args = unknown + after
     return run_command(args)
+
+
+def _make_private() -> None:
+    """Whatever this process writes under ~/.dstack is the user's only (see dstack.core.private)."""
+    from pathlib import Path
+
+    from dstack.core.private import make_process_private, make_tree_private
+
+    make_process_private()
+    try:
+        make_tree_private(Path.home() / ".dstack")
+    except OSError:
+        pass  # a folder we cannot change is reported by the command that needs it
 
 
 def run_command(args: argparse.Namespace) -> int:

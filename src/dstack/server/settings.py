@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstack.core.defaults import DEFAULT_SERVER_PORT
+from dstack.core.private import make_tree_private
 
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
@@ -71,4 +72,4 @@ class ServerSettings:
     def ensure_dirs(self) -> None:
         for d in (self.server_dir, self.data_dir, self.logs_dir, self.code_dir, self.agents_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.server_dir.chmod(0o700)
+        make_tree_private(self.server_dir)  # also one that DSTACK_SERVER_DIR puts outside ~/.dstack

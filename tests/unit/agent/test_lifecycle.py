@@ -170,3 +170,34 @@ def test_runs_on_python_3_9(start_agent: StartAgent) -> None:
     assert agent.terminate() == 0
     assert "Traceback" not in agent.log()
     assert TOKEN not in agent.log()
+
+
+def test_the_work_folder_is_private_and_jobs_keep_the_users_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from agent_testkit import AgentProcess
+
+    work = tmp_path / "work"
+    (work / "jobs" / "old").mkdir(parents=True)
+    (work / "jobs" / "old" / "state.json").write_text("{}")
+    for path in (work, work / "jobs", work / "jobs" / "old"):
+        path.chmod(0o755)
+    (work / "jobs" / "old" / "state.json").chmod(0o644)
+    old_umask = os.umask(0o022)  # the user's, as the agent inherits it
+    try:
+        agent = AgentProcess(work).wait_ready()
+    finally:
+        os.umask(old_umask)
+    try:
+        modes = {p.relative_to(work).as_posix(): stat.S_IMODE(p.lstat().st_mode) for p in work.rglob("*")}
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+        assert modes["jobs/old"] == 0o700 and modes["jobs/old/state.json"] == 0o600
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+        client = agent.client()
+        job = client.submit(["touch mine; stat -c %a mine"])
+        client.wait_final(job["id"])
+        assert client.read_logs(job["id"]).decode().strip() == "644"  # the job's own file: the user's umask
+        assert stat.S_IMODE((work / "jobs" / job["id"] / "state.json").stat().st_mode) == 0o600
+    finally:
+        agent.terminate()

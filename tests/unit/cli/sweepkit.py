@@ -118,10 +118,18 @@ def sweep_home(base: Path) -> Iterator[Path]:
     saved = (dstack.server.main.serve, dstack.cli.embedded.start_embedded_server)
     dstack.server.main.serve = _refuse_to_serve  # type: ignore[assignment]
     dstack.cli.embedded.start_embedded_server = _refuse_to_serve  # type: ignore[assignment]
+    # The CLI makes its process private (umask 077, DSTACK_USER_UMASK): this process must not stay so.
+    umask, recorded = os.umask(0o022), os.environ.get("DSTACK_USER_UMASK")
+    os.umask(umask)
     try:
         yield home
     finally:
         dstack.server.main.serve, dstack.cli.embedded.start_embedded_server = saved
+        os.umask(umask)
+        if recorded is None:
+            os.environ.pop("DSTACK_USER_UMASK", None)
+        else:
+            os.environ["DSTACK_USER_UMASK"] = recorded
         if old_home is None:
             os.environ.pop("HOME", None)
         else:

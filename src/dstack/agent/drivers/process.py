@@ -23,8 +23,9 @@ class ProcessHandle(JobHandle):
 
 
 class ProcessDriver:
-    def __init__(self, children: ChildProcesses) -> None:
+    def __init__(self, children: ChildProcesses, umask: int = 0o022) -> None:
         self._children = children
+        self._umask = umask  # the user's, for the files a job makes (the agent's own umask is 077)
 
     def start(self, launch: LaunchSpec) -> JobHandle:
         argv = ["bash", "--noprofile", "--norc", str(launch.script)]
@@ -44,6 +45,7 @@ class ProcessDriver:
                 stdout=write_fd,
                 stderr=write_fd,
                 start_new_session=True,
+                umask=self._umask,
             )
         except BaseException:
             os.close(read_fd)

@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from dstack.agent.environments import pythons
 from dstack.agent.environments.tools import ToolError, last_line, run_tool
+from dstack.agent.fsutil import strip_other_modes
 from dstack.agent.reaper import ChildProcesses
 
 READY_FILE = ".dstack-ready"
@@ -78,6 +79,7 @@ class VenvFactory:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        strip_other_modes(path)
         return Venv(path=path, version=version, interpreter=interpreter)
 
     def _create_with_uv(self, uv: str, path: Path, interpreter: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dstack.core.private import user_umask
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, Backend, HostInfo
 
@@ -150,6 +151,9 @@ def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]
                 "--idle-exit",
                 str(AGENT_IDLE_EXIT),
                 "--token-stdin",
+                # The user's own umask for their tasks' files; the agent keeps its own files private.
+                "--job-umask",
+                f"{user_umask():03o}",
             ],
             env=env,
             stdin=subprocess.PIPE,
