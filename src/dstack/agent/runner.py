@@ -349,6 +349,7 @@ class Runner:
             env=self._job_environment(job, env.venv, in_container=container is not None),
             resources=job.spec.resources,
             container=container,
+            args=list(job.spec.args),
         )
 
     def _job_environment(self, job: Job, venv: Optional[Venv], in_container: bool) -> Dict[str, str]:

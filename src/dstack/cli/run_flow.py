@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
-    finalize(prepared, args, plan["run_name"])
+    finalize(prepared, plan["run_name"])
     if args.reload:  # watching starts before packing, so no edit falls between the two
         from dstack.cli.reload import start_reload
 

@@ -22,7 +22,7 @@ from dstack.cli.errors import CLIError
 from dstack.cli.requirements import OVERRIDE_FLAGS
 from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
-from dstack.config.interpolation import interpolate_lines, run_variables
+from dstack.config.interpolation import interpolate_lines, run_references
 from dstack.config.names import validate_run_name
 from dstack.core.text import clip
 
@@ -64,8 +64,8 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     configuration, profile, ports = validated["configuration"], validated["profile"], validated["ports"]
     env = resolve_env_values(configuration["env"], os.environ, args.env)
     name = validate_run_name(args.name) if args.name else configuration.get("name")
-    # Check interpolation now, before any prompt; the real run name is filled in by `finalize`.
-    commands, build = _interpolate(configuration, config_file, args, name or "run-name", env)
+    # Interpolated now, so that a mistake stops the run before any prompt.
+    commands, build = _interpolate(configuration, config_file, env)
     _check_size(commands, build, env, args.run_args)
     workdir_rel = os.path.relpath(workdir.resolve(), code_root)
     working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
@@ -83,8 +83,10 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         "ports": ports,
         "python": python,
         "image": configuration.get("image"),
-        "commands": [],
-        "build": [],
+        "commands": commands,
+        "build": build,
+        # ${{ run.args }}: the job script's positional parameters (see dstack.config.interpolation).
+        "args": list(args.run_args),
     }
     prepared = PreparedRun(
         spec=spec,
@@ -98,34 +100,26 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     return prepared
 
 
-def finalize(prepared: PreparedRun, args: argparse.Namespace, run_name: str) -> None:
-    """Fill in what depends on the run's name: the interpolated commands."""
-    spec = prepared.spec
-    spec["run_name"] = run_name
-    spec["commands"], spec["build"] = _interpolate(
-        prepared.configuration, prepared.config_file, args, run_name, spec["env"]
-    )
+def finalize(prepared: PreparedRun, run_name: str) -> None:
+    """Fill in the run's name, once the server has given it (${{ run.name }} is read by the task)."""
+    prepared.spec["run_name"] = run_name
 
 
 def _interpolate(
-    configuration: dict[str, Any],
-    config_file: Path,
-    args: argparse.Namespace,
-    run_name: str,
-    env: dict[str, str],
+    configuration: dict[str, Any], config_file: Path, env: dict[str, str]
 ) -> tuple[list[str], list[str]]:
-    variables = run_variables(run_name=run_name, run_args=args.run_args, env=env)
+    references = run_references(env=env)
     try:
         return (
-            interpolate_lines(configuration["commands"], variables),
-            interpolate_lines(configuration["build"], variables),
+            interpolate_lines(configuration["commands"], references),
+            interpolate_lines(configuration["build"], references),
         )
     except InterpolationError:
         # Re-run on the validated model: its error names the file, line and column.
         from dstack.config import interpolate_commands, load_configuration
 
         model = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
-        return interpolate_commands(model, run_name=run_name, run_args=args.run_args, env=env)
+        return interpolate_commands(model, env=env)
 
 
 def _check_size(commands: list[str], build: list[str], env: dict[str, str], run_args: list[str]) -> None:

@@ -1,4 +1,20 @@
-"""`${{ namespace.name }}` interpolation of commands.
+"""`${{ namespace.name }}` in commands: values reach the shell as references, never as text.
+
+A value a user passes (`-e X='$(touch /tmp/p)'`, `dstack run . -- '$(reboot)'`) must never be read as
+shell syntax, wherever in a command it is written: unquoted, in double or single quotes, in a comment or
+a here-document. So interpolation does not paste values; it writes a reference to a variable the agent
+sets for the job, spelled for the place it lands in (see dstack.config.shell_context):
+
+| written                | its value is            | unquoted   | in "..."  | in '...'      |
+|------------------------|-------------------------|------------|-----------|---------------|
+| `${{ env.NAME }}`      | the variable NAME       | `"${NAME}"`| `${NAME}` | `'"${NAME}"'` |
+| `${{ run.name }}`      | DSTACK_RUN_NAME         | likewise   |           |               |
+| `${{ run.args }}`      | the script's arguments  | `"$@"`     | `$*`      | `'"$*"'`      |
+
+Unquoted, `"$@"` keeps every run argument a separate word, as the shell-quoted arguments did before; in
+double quotes `$*` is all of them joined by spaces. `REFERENCES` is the table of what a name means; a new
+namespace adds its entry there (`run_references` builds it for a run). `$$` is a literal `$`; `$HOME` and
+`${HOME}` pass through to the shell untouched.
 
 This module must stay importable without pydantic or yaml: the CLI's fast path uses it without loading
 the configuration models.
@@ -7,10 +23,10 @@ the configuration models.
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from dstack.config import shell_context as sh
 from dstack.config.errors import InterpolationError, Location
 from dstack.core.text import clip
 
@@ -21,27 +37,60 @@ _OPEN = "${{"
 _CLOSE = "}}"
 # Exactly `namespace.key`; anything else is refused so that a typo cannot silently pass to the shell.
 _LEGAL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*")
+RUN_NAME_VARIABLE = "DSTACK_RUN_NAME"  # the agent sets it for every job
+# Variables the shell sets or reads itself: a reference to one would not be the task's value.
+SHELL_OWNED = frozenset(
+    (
+        "PWD", "OLDPWD", "RANDOM", "SRANDOM", "SECONDS", "LINENO", "SHLVL", "PPID", "UID", "EUID",
+        "BASHPID", "GROUPS", "IFS", "OPTIND", "OPTARG", "HISTCMD", "EPOCHSECONDS", "EPOCHREALTIME",
+        "FUNCNAME", "PIPESTATUS", "REPLY", "COLUMNS", "LINES", "_",
+    )
+)  # fmt: skip
 
 
-def interpolate(text: str, variables: Mapping[str, str]) -> str:
-    """Substitute `${{ name }}` references; `$$` is a literal `$`; other `$` pass through untouched."""
+class Reference(NamedTuple):
+    """How a `${{ name }}` reaches the shell: `variable` holds a single value; None means the run's
+    arguments, which are the job script's positional parameters."""
+
+    variable: str | None
+
+
+RUN_ARGS = Reference(None)
+
+
+def run_references(*, env: Mapping[str, str]) -> dict[str, Reference]:
+    """What a task's commands may reference: run.args, run.name and env.NAME for each NAME of its env."""
+    references = {"run.args": RUN_ARGS, "run.name": Reference(RUN_NAME_VARIABLE)}
+    references.update({f"env.{name}": Reference(name) for name in env})
+    return references
+
+
+def interpolate(text: str, references: Mapping[str, Reference]) -> str:
+    """Replace every `${{ name }}` with a reference to its variable, spelled for where it stands."""
     pieces: list[str] = []
     unknown: list[str] = []
+    context = sh.ShellContext()
+
+    def emit(part: str) -> None:
+        if part:
+            pieces.append(part)
+            context.feed(part)
+
     position = 0
     while True:
         dollar = text.find("$", position)
         if dollar < 0:
-            pieces.append(text[position:])
+            emit(text[position:])
             break
-        pieces.append(text[position:dollar])
+        emit(text[position:dollar])
         if text.startswith("$$", dollar):
-            pieces.append("$")
+            emit("$")
             position = dollar + 2
         elif text.startswith(_OPEN, dollar):
             closing = text.find(_CLOSE, dollar + len(_OPEN))
             if closing < 0:
                 raise InterpolationError(
-                    f"Unclosed '${{{{' in {text!r}; close it with '}}}}', "
+                    f"Unclosed '${{{{' in '{clip(text)}'; close it with '}}}}', "
                     "or write '$${{' for a literal '${{'"
                 )
             name = text[dollar + len(_OPEN) : closing].strip()
@@ -50,34 +99,51 @@ def interpolate(text: str, variables: Mapping[str, str]) -> str:
                     f"Illegal variable name '{clip(name)}' in ${{{{ {clip(name)} }}}}; "
                     "names look like run.args, run.name or env.NAME"
                 )
-            if name in variables:
-                pieces.append(variables[name])
+            if name in references:
+                emit(_spell(name, references[name], context))
             elif name not in unknown:
                 unknown.append(name)
             position = closing + len(_CLOSE)
         else:
-            pieces.append("$")
+            emit("$")
             position = dollar + 1
     if unknown:
         listed = ", ".join(f"${{{{ {clip(name)} }}}}" for name in unknown)
-        known = ", ".join(variables) or "none"
+        known = ", ".join(references) or "none"
         raise InterpolationError(f"Unknown variable(s) {listed}; known: {known}")
     return "".join(pieces)
 
 
-def run_variables(*, run_name: str, run_args: Sequence[str], env: Mapping[str, str]) -> dict[str, str]:
-    """The variables a task's commands may reference.
-
-    Each run argument is shell-quoted so that no argument can inject shell syntax into a command.
-    """
-    variables = {"run.args": shlex.join(run_args), "run.name": run_name}
-    variables.update({f"env.{key}": value for key, value in env.items()})
-    return variables
+def _spell(name: str, reference: Reference, context: sh.ShellContext) -> str:
+    where = context.where
+    shown = f"${{{{ {name} }}}}"
+    if context.escaped:
+        raise InterpolationError(
+            f"{shown} follows a backslash, which would take it apart; remove the backslash"
+        )
+    if where == sh.QUOTED_HEREDOC:
+        raise InterpolationError(
+            f"{shown} is in a quoted here-document (<<'WORD'), where the shell expands nothing; "
+            "unquote its word (<<WORD)"
+        )
+    if reference.variable is not None and reference.variable in SHELL_OWNED:
+        raise InterpolationError(
+            f"{shown} cannot be used: the shell sets {reference.variable} itself; give the value another name"
+        )
+    value = f"${{{reference.variable}}}" if reference.variable is not None else None
+    if where == sh.UNQUOTED:
+        return f'"{value}"' if value else '"$@"'
+    joined = value or "$*"
+    if where == sh.SINGLE:
+        return f"'\"{joined}\"'"  # close the quote, the reference in double quotes, reopen it
+    if where == sh.ANSI:
+        return f"'\"{joined}\"$'"
+    return joined  # in double quotes, a here-document or a comment
 
 
 def interpolate_lines(
     lines: Sequence[str],
-    variables: Mapping[str, str],
+    references: Mapping[str, Reference],
     *,
     location_of: Callable[[int], Location | None] | None = None,
 ) -> list[str]:
@@ -85,7 +151,7 @@ def interpolate_lines(
     result: list[str] = []
     for index, line in enumerate(lines):
         try:
-            result.append(interpolate(line, variables))
+            result.append(interpolate(line, references))
         except InterpolationError as error:
             location = location_of(index) if location_of is not None else None
             if location is None:
@@ -97,19 +163,15 @@ def interpolate_lines(
 
 
 def interpolate_commands(
-    configuration: TaskConfiguration,
-    *,
-    run_name: str,
-    run_args: list[str],
-    env: Mapping[str, str],
+    configuration: TaskConfiguration, *, env: Mapping[str, str]
 ) -> tuple[list[str], list[str]]:
-    """Return the task's (commands, build) with `run.args`, `run.name` and `env.X` substituted."""
-    variables = run_variables(run_name=run_name, run_args=run_args, env=env)
+    """Return the task's (commands, build) with their `${{ ... }}` references written for the shell."""
+    references = run_references(env=env)
 
     def lines_of(field: str) -> list[str]:
         return interpolate_lines(
             getattr(configuration, field),
-            variables,
+            references,
             location_of=lambda index: configuration.location_of(field, index),
         )
 

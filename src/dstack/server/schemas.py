@@ -25,8 +25,9 @@ class RunSpec(_Strict):
     configuration_path: str = ""
     configuration: dict[str, Any]  # a TaskConfiguration, re-validated by the server
     profile: dict[str, Any] = Field(default_factory=dict)  # an EffectiveProfile
-    commands: list[str] = Field(default_factory=list)  # interpolated
+    commands: list[str] = Field(default_factory=list)  # interpolated (see dstack.config.interpolation)
     build: list[str] = Field(default_factory=list)  # interpolated
+    args: list[str] = Field(default_factory=list)  # the run's arguments: ${{ run.args }} in the commands
     env: dict[str, str] = Field(default_factory=dict)  # resolved
     working_dir: str | None = None  # relative to the code root
     code_hash: str | None = Field(default=None, pattern=CODE_HASH_PATTERN)

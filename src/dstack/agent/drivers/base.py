@@ -29,6 +29,7 @@ class LaunchSpec:
     env: Dict[str, str]
     resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
     container: Optional[ContainerSpec] = None  # set for the container driver
+    args: List[str] = field(default_factory=list)  # the script's positional parameters (the run's arguments)
 
 
 @dataclass(frozen=True)

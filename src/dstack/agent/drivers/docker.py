@@ -43,8 +43,8 @@ WRAPPER = (
     "stopping=\n"
     "trap 'stopping=1; kill -TERM -1 2>/dev/null' TERM INT HUP\n"
     ". " + ENV_MOUNT + "\n"
-    "if command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + " &\n"
-    "else /bin/sh " + SCRIPT_MOUNT + " &\nfi\n"
+    "if command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + ' "$@" &\n'
+    "else /bin/sh " + SCRIPT_MOUNT + ' "$@" &\nfi\n'
     "pid=$!\n"
     'wait "$pid"; code=$?\n'
     'while [ -n "$stopping" ]; do stopping=; wait "$pid"; c=$?; [ "$c" = 127 ] && break; code=$c; done\n'
@@ -156,7 +156,7 @@ class DockerDriver:
         }
         if not container.use_image_command:
             config["Entrypoint"] = ["/bin/sh", "-c", WRAPPER]
-            config["Cmd"] = ["dstack-job"]
+            config["Cmd"] = ["dstack-job", *launch.args]  # $0, then the script's positional parameters
         return config
 
     def _wait_loop(self, handle: ContainerHandle) -> None:

@@ -28,7 +28,7 @@ class ProcessDriver:
         self._umask = umask  # the user's, for the files a job makes (the agent's own umask is 077)
 
     def start(self, launch: LaunchSpec) -> JobHandle:
-        argv = ["bash", "--noprofile", "--norc", str(launch.script)]
+        argv = ["bash", "--noprofile", "--norc", str(launch.script), *launch.args]
         # CPU and memory caps, where this host can enforce them (the plan said whether it can).
         cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
         if cgroup is not None:

@@ -8,6 +8,10 @@ the build commands, and the content of the files that define the environment:
 - the well-known environment files in the working directory, whether named or not, since tools such as
   `poetry install` or `uv sync` read them implicitly.
 Editing any of them gives a new key, so a new build; nothing else (the task's own code) does.
+
+The build commands refer to values by shell variables (`${{ env.REQS }}` is written `"${REQS}"`, and
+`${{ run.args }}` `"$@"`; see dstack.config.interpolation), so the values of the variables they refer to
+go into the key too, and name the files they stand for: a different value is a different environment.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Iterable, List, Set
+from typing import Iterable, List, Mapping, Optional, Sequence, Set
 
 from dstack.agent.fsutil import is_inside
 
@@ -41,10 +45,22 @@ ENV_FILE_PATTERNS = (
     "pdm.lock",
 )
 _MAX_NAMED_FILES = 1000
+_VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_ARGS_RE = re.compile(r"\$(?:[@*1-9]|\{[@*1-9]\}|#)")
 _INCLUDE_RE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)")
 
 
-def build_key(base: Iterable[str], working_dir: str, commands: List[str], cwd: Path, code_dir: Path) -> str:
+def build_key(
+    base: Iterable[str],
+    working_dir: str,
+    commands: List[str],
+    cwd: Path,
+    code_dir: Path,
+    variables: Optional[Mapping[str, str]] = None,
+    args: Sequence[str] = (),
+) -> str:
+    """`variables`: the job's own variables (its env, its run name); `args`: its positional parameters."""
+    variables = variables or {}
     digest = hashlib.sha256()
 
     def add(kind: str, value: bytes) -> None:
@@ -58,33 +74,56 @@ def build_key(base: Iterable[str], working_dir: str, commands: List[str], cwd: P
     add("working_dir", working_dir.encode())
     for command in commands:
         add("command", command.encode())
-    for path in environment_files(commands, cwd, code_dir):
+    for name in sorted(_referenced(commands) & set(variables)):
+        add("variable", f"{name}={variables[name]}".encode())
+    if any(_ARGS_RE.search(command) for command in commands):
+        for arg in args:
+            add("arg", arg.encode())
+    for path in environment_files(commands, cwd, code_dir, variables, args):
         add("file", os.path.relpath(path, code_dir).encode())
         add("content", _file_digest(path))
     return digest.hexdigest()
 
 
-def environment_files(commands: List[str], cwd: Path, code_dir: Path) -> List[Path]:
+def environment_files(
+    commands: List[str],
+    cwd: Path,
+    code_dir: Path,
+    variables: Optional[Mapping[str, str]] = None,
+    args: Sequence[str] = (),
+) -> List[Path]:
     """The files whose content defines the environment, sorted, each inside the code folder."""
     found: Set[Path] = set()
-    for name in _command_paths(commands):
+    for name in _command_paths(commands, variables or {}, args):
         _add_named(Path(name) if os.path.isabs(name) else cwd / name, code_dir, found)
     _add_project_files(cwd, code_dir, found)
     return sorted(found)
 
 
-def _command_paths(commands: List[str]) -> List[str]:
+def _command_paths(commands: List[str], variables: Mapping[str, str], args: Sequence[str]) -> List[str]:
     words: List[str] = []
     for command in commands:
         try:
             tokens = shlex.split(command, comments=True)
         except ValueError:  # an unbalanced quote: bash will say so at build time; split on spaces here
             tokens = command.split()
+        expanded: List[str] = []
         for token in tokens:
+            if token in ("$@", "${@}"):
+                expanded.extend(args)
+            else:
+                expanded.append(
+                    _VARIABLE_RE.sub(lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), token)
+                )
+        for token in expanded:
             words.append(token)
             if token.startswith("-") and "=" in token:  # --requirement=req.txt
                 words.append(token.split("=", 1)[1])
     return words
+
+
+def _referenced(commands: List[str]) -> Set[str]:
+    return {m.group(1) or m.group(2) for command in commands for m in _VARIABLE_RE.finditer(command)}
 
 
 def _add_named(path: Path, code_dir: Path, found: Set[Path]) -> None:

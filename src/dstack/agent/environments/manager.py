@@ -153,6 +153,8 @@ class EnvironmentManager:
             spec.build,
             cwd,
             code_dir,
+            _job_variables(spec),
+            spec.args,
         )
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
@@ -193,7 +195,15 @@ class EnvironmentManager:
         info = images.ensure(image, notify, cancelled)
         if not spec.build:
             return TaskEnvironment(image=str(info.get("Id") or image))
-        key = build_key(["image", str(info.get("Id"))], spec.working_dir or ".", spec.build, cwd, code_dir)
+        key = build_key(
+            ["image", str(info.get("Id"))],
+            spec.working_dir or ".",
+            spec.build,
+            cwd,
+            code_dir,
+            _job_variables(spec),
+            spec.args,
+        )
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
             cached = None if spec.build_policy == "force-build" else images.cached_build(key)
@@ -249,6 +259,11 @@ class EnvironmentManager:
             context.__exit__(None, None, None)
 
         return unlock
+
+
+def _job_variables(spec: JobSpec) -> Dict[str, str]:
+    """The variables of the job's own that its build commands may refer to."""
+    return {**spec.env, "DSTACK_RUN_NAME": spec.run_name}
 
 
 def _refuse_without_build(spec: JobSpec) -> None:

@@ -49,6 +49,8 @@ class JobSpec:
     build_policy: str = "use-build"
     resources: JobResources = field(default_factory=JobResources)
     ports: List[int] = field(default_factory=list)  # the ports the task listens on (host networking)
+    # The run's arguments: the script's positional parameters, which `${{ run.args }}` refers to ("$@").
+    args: List[str] = field(default_factory=list)
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -89,6 +91,7 @@ def parse_job_spec(data: Any) -> JobSpec:
         build_policy=_parse_build_policy(data.get("build_policy")),
         resources=_parse_resources(data.get("resources")),
         ports=_parse_ports(data.get("ports")),
+        args=_parse_args(data.get("args")),
     )
 
 
@@ -151,6 +154,13 @@ def _positive_int(value: Any, name: str) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpecError(f"Field {name} must be a positive integer or null")
     return value
+
+
+def _parse_args(value: Any) -> List[str]:
+    args = _parse_text_list(value, "args")
+    if any("\0" in arg for arg in args):
+        raise SpecError("Field args must not hold NUL characters")
+    return args
 
 
 def _parse_ports(value: Any) -> List[int]:

@@ -81,6 +81,7 @@ def job_request(job_id: str, spec: RunSpec, allocation: dict[str, Any]) -> dict[
         "image": spec.image,
         "build": spec.build,
         "build_policy": spec.build_policy,
+        "args": spec.args,
         "resources": {
             "cpus": cpus,
             "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
