@@ -31,13 +31,16 @@ def run(args: argparse.Namespace) -> int:
         note("Exiting...")
         return 0
     finalize(prepared, plan["run_name"])
+    reloader = None
     if args.reload:  # watching starts before packing, so no edit falls between the two
         from dstack.cli.reload import start_reload
 
-        start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
+        reloader = start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
     prepared.spec["code_hash"] = upload_code(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]
+    if reloader is not None:
+        reloader.submitted()  # edits made meanwhile wait no more
     if args.detach:
         note(f"Run {name} submitted; follow it with: dstack logs -f {name}")
         print(name)
