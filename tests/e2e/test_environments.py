@@ -86,9 +86,10 @@ def test_python_version_and_pip_install_stay_in_the_tasks_environment(
     host = subprocess.run([sys.executable, "-c", "import dstack_probe"], capture_output=True)
     assert host.returncode != 0
 
-    # A second run of the same version reuses the environment: the package is still there.
+    # Each run has an environment of its own: what one installed is not in the next one's.
     write_config(project_dir, 'python: "3.12"\ncommands:\n  - python -c "import dstack_probe"\n')
-    assert run(env, project_dir).returncode == 0
+    result = run(env, project_dir)
+    assert result.returncode == 1 and "No module named 'dstack_probe'" in result.stdout
 
 
 def test_without_python_or_image_the_task_gets_the_clis_python(env: DstackEnv, project_dir: Path) -> None:

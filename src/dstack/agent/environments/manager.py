@@ -24,9 +24,10 @@ from dstack.agent.drivers.docker import DockerDriver
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError, docker_socket
 from dstack.agent.environments.buildkey import build_key
 from dstack.agent.environments.builds import VENV_DIR, BuildCancelled, BuildStore
+from dstack.agent.environments.clones import seal
 from dstack.agent.environments.images import ImageError, Images, PullCancelled
 from dstack.agent.environments.tools import ToolError
-from dstack.agent.environments.venvs import SharedVenvs, Venv, VenvFactory
+from dstack.agent.environments.venvs import RunVenvs, Templates, Venv, VenvFactory
 from dstack.agent.jobs.spec import JobSpec
 from dstack.agent.reaper import ChildProcesses
 
@@ -57,6 +58,7 @@ class PendingBuild:
     # The first line of the build's output. Not a status message as well: the CLI would show it twice.
     announcement: str
     folder: Optional[Path] = None  # python: the new build's folder
+    job_id: str = ""  # python: whose copy of the build the commands then run in
     base_image: Optional[Dict[str, Any]] = None  # docker: the base image's inspect data
 
 
@@ -89,13 +91,16 @@ class TaskEnvironment:
 class EnvironmentManager:
     def __init__(self, root: Path, children: ChildProcesses, tool_env: Mapping[str, str]) -> None:
         self._factory = VenvFactory(children, tool_env)
-        self._shared = SharedVenvs(root / "python", self._factory)
+        self._templates = Templates(root / "python", self._factory)
+        self._runs = RunVenvs(root / "runs")
         self._builds = BuildStore(root / "builds")
         self._docker: Optional[DockerDriver] = None
         self._docker_lock = threading.Lock()
 
     def collect_garbage(self) -> None:
+        """Call when no job runs: what cut-short builds and runs left goes."""
         self._builds.collect_garbage()
+        self._runs.collect_garbage()
 
     def docker(self) -> DockerDriver:
         """The container driver; raises SetupError if this host has no Docker daemon that answers."""
@@ -145,7 +150,7 @@ class EnvironmentManager:
         cancelled: Callable[[], bool],
     ) -> TaskEnvironment:
         if not spec.build:
-            return TaskEnvironment(venv=self._shared.get(version, notify))
+            return self._own_copy(TaskEnvironment(), spec.id, self._templates.get(version, notify))
         interpreter = self._factory.interpreter(version, notify)
         key = build_key(
             ["python", version, os.path.realpath(interpreter)],
@@ -161,8 +166,10 @@ class EnvironmentManager:
             cached = None if spec.build_policy == "force-build" else self._builds.lookup(key)
             if cached is not None:
                 self._builds.acquire(cached)
-                env._releases.append(lambda: self._builds.release(cached))
-                env.venv = Venv(path=cached / VENV_DIR, version=version, interpreter=interpreter)
+                try:  # held only while it is copied: the copy's files outlive the build's folder
+                    self._own_copy(env, spec.id, Venv(cached / VENV_DIR, version, interpreter))
+                finally:
+                    self._builds.release(cached)
                 built_at = self._builds.info(cached).get("built_at")
                 env.note = _cached_note(key, float(built_at) if isinstance(built_at, (int, float)) else None)
                 env.unlock()
@@ -173,7 +180,11 @@ class EnvironmentManager:
             env._releases.append(lambda: self._builds.release(folder))
             env.venv = self._factory.create(folder / VENV_DIR, version, interpreter)
             env.build = PendingBuild(
-                key=key, description=f"Python {version}", announcement=announcement, folder=folder
+                key=key,
+                description=f"Python {version}",
+                announcement=announcement,
+                folder=folder,
+                job_id=spec.id,
             )
             return env
         except BaseException:
@@ -230,19 +241,27 @@ class EnvironmentManager:
         build = env.build
         assert build is not None
         try:
-            if build.folder is not None:
+            if build.folder is not None and env.venv is not None:
+                seal(build.folder / VENV_DIR)  # cached from now on: read-only, and only ever copied
                 self._builds.publish(build.key, build.folder, {"description": build.description})
+                self._own_copy(env, build.job_id, env.venv)  # what the run then does stays in its copy
             elif build.base_image is not None and container_id is not None:
                 images = Images(self.docker().client)
                 reference = images.commit_build(container_id, build.key, build.base_image)
                 committed = images.cached_build(build.key)
                 env.image = str((committed or {}).get("Id") or reference)
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError, ToolError) as e:
             raise SetupError(f"The build succeeded but its result could not be saved: {e}") from e
         finally:
             env.build = None
             env.unlock()
         env.note = f"Build {build.key[:_KEY_SHOWN]} is cached for later runs"
+
+    def _own_copy(self, env: TaskEnvironment, job_id: str, source: Venv) -> TaskEnvironment:
+        """Give the run a venv of its own, copied from `source`, removed when the run is over."""
+        env.venv = self._runs.make(job_id, source)
+        env._releases.append(lambda: self._runs.remove(job_id))
+        return env
 
     def build_failed(self, env: TaskEnvironment) -> None:
         build = env.build
