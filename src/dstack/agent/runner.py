@@ -16,7 +16,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec
@@ -74,6 +74,12 @@ class Runner:
         self._base_env = host_environment(base_env, pass_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
+
+    def find_build(
+        self, python: Optional[str], image: Optional[str], inputs: Dict[str, Any]
+    ) -> Optional[str]:
+        """The key of this host's cached build for a plan's build inputs, if it has one."""
+        return self._environments.find_build(python, image, inputs)
 
     def close(self) -> None:
         """Start no more jobs (the agent is shutting down); jobs submitted from now on end at once."""

@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     print_plan(plan, prepared)
     if not plan["offers"] and not prepared.retry:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
+    if plan.get("build_message"):  # nothing is submitted that would fail with `build not found`
+        raise CLIError(plan["build_message"])
     forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")

@@ -87,6 +87,7 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         "build": build,
         # ${{ run.args }}: the job script's positional parameters (see dstack.config.interpolation).
         "args": list(args.run_args),
+        "build_inputs": _build_inputs(build, code_root, working_dir, env, name, args.run_args),
     }
     prepared = PreparedRun(
         spec=spec,
@@ -120,6 +121,34 @@ def _interpolate(
 
         model = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
         return interpolate_commands(model, env=env)
+
+
+def _build_inputs(
+    build: list[str],
+    code_root: Path,
+    working_dir: str | None,
+    env: dict[str, str],
+    run_name: str | None,
+    run_args: list[str],
+) -> dict[str, Any] | None:
+    """What the build's cache key is made of, from the user's folder (the agent's own computation, on
+    what the upload will carry): the plan asks each host whether it has that build (SPEC §5)."""
+    if not build:
+        return None
+    from dstack.agent.environments.buildkey import build_inputs
+    from dstack.code.ignore import IgnoreRules
+
+    rules = IgnoreRules(code_root)
+
+    def uploaded(path: Path) -> bool:
+        return not rules.is_ignored(path.relative_to(code_root).as_posix(), False)
+
+    variables = {**env, "DSTACK_RUN_NAME": run_name} if run_name else env
+    cwd = code_root / working_dir if working_dir else code_root
+    try:
+        return build_inputs(working_dir or ".", build, cwd, code_root, variables, run_args, uploaded)
+    except OSError:
+        return None  # an unreadable file: the upload says so; the plan just cannot tell
 
 
 def _check_size(commands: list[str], build: list[str], env: dict[str, str], run_args: list[str]) -> None:

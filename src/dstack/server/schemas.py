@@ -35,6 +35,9 @@ class RunSpec(_Strict):
     ports: list[PortSpec] = Field(default_factory=list)
     python: str | None = None  # the Python version the task gets when no image is set
     image: str | None = None
+    # What the build's cache key is made of (dstack.agent.environments.buildkey.build_inputs), as the
+    # CLI found it in the user's folder: the plan asks the hosts whether they have that build.
+    build_inputs: dict[str, Any] | None = None
 
 
 class RunRequest(_Strict):

@@ -222,3 +222,33 @@ def test_cache_survives_an_agent_restart(start_agent: StartAgent, tmp_path: Path
     second = start_agent(work, env=agent_env(**OFFLINE))
     state, output = _run(second.client(), ["true"], build_policy="use-build", **spec)
     assert state["status"] == "done" and output.startswith("Using cached build "), (state, output)
+
+
+def test_a_plan_can_ask_whether_a_build_is_cached(agent: AgentProcess, tmp_path: Path) -> None:
+    from dstack.agent.environments.buildkey import build_inputs
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text("# nothing to install\n")
+    build = ['echo "${MODE}"', "pip install -q -r requirements.txt"]
+
+    def lookup(mode: str) -> dict[str, object]:
+        inputs = build_inputs(".", build, folder, folder, {"MODE": mode, "OTHER": "x"}, [])
+        response = agent.client().request(
+            "POST", "/api/builds/lookup", body={"python": "3.12", "inputs": inputs}
+        )
+        assert response.status == 200, response.body
+        return response.json()
+
+    assert lookup("fast") == {"cached": False, "key": None}
+    client = agent.client()
+    code_hash = client.upload(_code({"requirements.txt": b"# nothing to install\n"}))
+    state, _ = _run(client, ["true"], python="3.12", code_hash=code_hash, build=build,
+                    build_policy="build", env={"MODE": "fast"})  # fmt: skip
+    assert state["status"] == "done", state
+    assert lookup("fast")["cached"] is True  # what the CLI computes is what the agent built
+    assert lookup("slow")["cached"] is False  # another value of a variable the build refers to
+    (folder / "requirements.txt").write_text("requests\n")
+    assert lookup("fast")["cached"] is False  # another requirements file
+    bad = client.request("POST", "/api/builds/lookup", body={"python": "3.12", "inputs": {"x": 1}})
+    assert bad.status == 400

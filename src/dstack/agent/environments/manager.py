@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from dstack.agent.drivers.docker import DockerDriver
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError, docker_socket
-from dstack.agent.environments.buildkey import build_key
+from dstack.agent.environments import pythons
+from dstack.agent.environments.buildkey import build_key, key_of
 from dstack.agent.environments.builds import VENV_DIR, BuildCancelled, BuildStore
 from dstack.agent.environments.clones import seal
 from dstack.agent.environments.images import ImageError, Images, PullCancelled
@@ -101,6 +102,31 @@ class EnvironmentManager:
         """Call when no job runs: what cut-short builds and runs left goes."""
         self._builds.collect_garbage()
         self._runs.collect_garbage()
+
+    def find_build(
+        self, python: Optional[str], image: Optional[str], inputs: Dict[str, Any]
+    ) -> Optional[str]:
+        """The key of this host's cached build for these inputs (see buildkey.build_inputs), if it has one.
+
+        For a plan: it looks, it never installs a Python or pulls an image (without them, no cached build).
+        """
+        if image is not None:
+            try:
+                client = self.docker().client
+                info = client.inspect_image(image)
+                if info is None:
+                    return None
+                key = key_of(["image", str(info.get("Id"))], inputs)
+                return key if Images(client).cached_build(key) is not None else None
+            except (SetupError, ImageError, DockerError):
+                return None
+        if python is None:
+            return None
+        interpreter = pythons.find_interpreters().get(python)
+        if interpreter is None:
+            return None
+        key = key_of(["python", python, os.path.realpath(interpreter)], inputs)
+        return key if self._builds.lookup(key) is not None else None
 
     def docker(self) -> DockerDriver:
         """The container driver; raises SetupError if this host has no Docker daemon that answers."""

@@ -106,6 +106,11 @@ class AgentClient:
             timeout=httpx.Timeout(self._timeout, write=300.0, read=300.0),
         )
 
+    async def has_build(self, *, python: str | None, image: str | None, inputs: dict[str, Any]) -> bool:
+        """Whether the host has a cached build for these inputs (dstack.agent.environments.buildkey)."""
+        body = {"python": python, "image": image, "inputs": inputs}
+        return bool((await self._request("POST", "/api/builds/lookup", json=body)).json().get("cached"))
+
     async def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         return (await self._request("POST", "/api/jobs", json=job)).json()
 

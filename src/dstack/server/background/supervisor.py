@@ -12,7 +12,6 @@ import contextlib
 import functools
 import json
 import logging
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -333,13 +332,9 @@ class Supervisor:
 
 
 def _build_advice(run: RunRow) -> str:
-    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
     spec = RunSpec.model_validate_json(run.spec)
-    config = f" -f {shlex.quote(spec.configuration_path)}" if spec.configuration_path else ""
-    return (
-        "build not found: this configuration's build is not cached on its host yet; "
-        f"run it with --build to build it (dstack run .{config} --build)"
-    )
+    advice = specs.build_advice(spec.configuration_path)
+    return f"build not found: this configuration's build is not cached on its host yet; {advice}"
 
 
 def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:

@@ -15,6 +15,8 @@ from dstack.core.statuses import (
     RunStatus,
     TerminationReason,
 )
+from dstack.server.backends.agent_client import AgentError
+from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
@@ -27,6 +29,7 @@ from dstack.server.services.transitions import apply_status
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
+PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
 _FINISHED = [s.value for s in FINISHED_STATUSES]
@@ -43,6 +46,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     if run_name is None:
         async with ctx.db.read() as session:
             run_name = await _free_name(session, project)
+    build_message = await _missing_build(ctx, spec, offers)
     return {
         "project": project.name,
         "run_name": run_name,
@@ -58,7 +62,25 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         "busy_message": f"No offer is free now: {offers[0].note}"
         if offers and all(o.availability != "available" for o in offers)
         else None,
+        # Set when the run needs a cached build (no --build) and no host that fits has it.
+        "build_message": build_message,
     }
+
+
+async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placement.Offer]) -> str | None:
+    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so."""
+    if not spec.build or spec.build_policy != "use-build" or spec.build_inputs is None or not offers:
+        return None
+    python = spec.python if spec.image is None else None
+    for offer in offers[:PLAN_BUILD_LOOKUPS]:
+        try:
+            agent = ctx.backends.agent(offer.host.id)
+            if await agent.has_build(python=python, image=spec.image, inputs=spec.build_inputs):
+                return None
+        except (AgentError, UnknownHost):
+            continue  # a host that does not answer is not known to have it
+    advice = specs.build_advice(spec.configuration_path)
+    return f"This configuration's build is not cached on any host that fits; {advice}"
 
 
 def _offer_json(offer: placement.Offer) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,12 @@ def job_request(job_id: str, spec: RunSpec, allocation: dict[str, Any]) -> dict[
         },
         "ports": [p.container_port for p in spec.ports],
     }
+
+
+def build_advice(configuration_path: str) -> str:
+    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
+    config = f" -f {shlex.quote(configuration_path)}" if configuration_path else ""
+    return f"run it with --build to build it (dstack run .{config} --build)"
 
 
 def check_size(spec: RunSpec) -> None:
