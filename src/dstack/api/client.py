@@ -150,6 +150,11 @@ class Client:
     def stop(self, names: list[str], *, abort: bool = False) -> list[dict[str, Any]]:
         return self.json("POST", self._project_path("/runs/stop"), body={"names": names, "abort": abort})
 
+    def delete(self, names: list[str], *, finished: bool = False) -> list[str]:
+        """Delete finished runs and their output; returns the names deleted."""
+        body = {"names": names, "finished": finished}
+        return list(self.json("POST", self._project_path("/runs/delete"), body=body)["deleted"])
+
     def has_code(self, code_hash: str) -> bool:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("logs", "Show a run's output"),
     "attach": ("attach", "Attach to a running task: its output and ports"),
     "stop": ("stop", "Stop a run"),
+    "delete": ("delete", "Delete finished runs and their output"),
     "offer": ("offer", "List the offers that fit resource requirements"),
     "server": ("server", "Run the dstack server in the foreground"),
     "config": ("config", "Point the CLI at a dstack server"),

@@ -51,6 +51,7 @@ class TerminationReason(str, Enum):
     BUILD_NOT_FOUND = "build_not_found"
     FAILED_TO_START = "failed_to_start"
     SERVER_ERROR = "server_error"
+    LOG_QUOTA_EXCEEDED = "log_quota_exceeded"
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -70,4 +71,5 @@ _DESCRIPTIONS = {
     TerminationReason.BUILD_NOT_FOUND: "build not found",
     TerminationReason.FAILED_TO_START: "failed to start",
     TerminationReason.SERVER_ERROR: "server error",
+    TerminationReason.LOG_QUOTA_EXCEEDED: "log quota exceeded",
 }

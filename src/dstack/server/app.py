@@ -44,7 +44,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
             LocalBackend(settings.agents_dir, price=b.price, declared=b.resources) for b in config.backends
         ]
         registry = BackendRegistry(db, backends)
-        ctx = ServerContext(settings=settings, db=db, backends=registry)
+        ctx = ServerContext(settings=settings, db=db, backends=registry, retention=config.retention)
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
         app.state.projects = ProjectResolver(db)

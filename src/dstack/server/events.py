@@ -55,6 +55,7 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
+RETENTION = "retention"  # a run ended: finished runs may be over the retention limits
 
 
 def run_channel(run_id: str) -> str:

@@ -47,3 +47,8 @@ class RunRequest(_Strict):
 class StopRequest(_Strict):
     names: list[str]
     abort: bool = False
+
+
+class DeleteRequest(_Strict):
+    names: list[str] = Field(default_factory=list, max_length=1000)
+    finished: bool = False  # every finished run of the project

@@ -24,7 +24,7 @@ from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUn
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import SCHEDULE, run_channel, stop_channel
+from dstack.server.events import RETENTION, SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services import specs
@@ -63,6 +63,7 @@ class Supervisor:
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._over_quota = False  # it printed more than retention.run_output_limit: stopped for it
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
 
@@ -159,6 +160,8 @@ class Supervisor:
 
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
+        limit = self.ctx.retention.run_output_limit
+        position = appender.size  # how far the agent's output has been read (kept up to `limit`)
         wait = FIRST_POLL
         running_due: float | None = None
         shown_message: str | None = None
@@ -166,7 +169,7 @@ class Supervisor:
             while True:
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
+                        host_id, functools.partial(self._poll_logs, offset=position, wait=wait)
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -179,8 +182,14 @@ class Supervisor:
                         return
                     raise
                 if chunk.data:
-                    appender.append(chunk.data)
-                    self.ctx.notifier.notify(run_channel(run_id))
+                    position += len(chunk.data)
+                    room = len(chunk.data) if limit is None else max(0, limit - appender.size)
+                    if room:
+                        appender.append(chunk.data if room >= len(chunk.data) else chunk.data[:room])
+                        self.ctx.notifier.notify(run_channel(run_id))
+                    if limit is not None and position > limit and not self._over_quota:
+                        self._over_quota = True  # what it prints from now on is not kept
+                        await self._reach(host_id, self._stop_for_quota)
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
@@ -205,10 +214,26 @@ class Supervisor:
         finally:
             appender.close()
 
+    async def _stop_for_quota(self, agent: AgentClient) -> None:
+        log.info(
+            "job %s: output over the limit of %s bytes; stopping it",
+            self.job_id,
+            self.ctx.retention.run_output_limit,
+        )
+        with contextlib.suppress(AgentError):
+            await agent.stop_job(self.job_id, abort=False, grace_seconds=specs.STOP_GRACE)
+
     async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
         return await agent.logs(self.job_id, offset=offset, wait=wait)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
+        if self._over_quota:
+            limit = self.ctx.retention.run_output_limit or 0
+            quota = f"log quota exceeded: the run printed more than {_size(limit)} of output"
+            await self._finish(RunStatus.FAILED, TerminationReason.LOG_QUOTA_EXCEEDED, quota, None)
+            with contextlib.suppress(AgentError):
+                await agent.delete_job(self.job_id)
+            return
         if chunk.status == "done":  # the common end needs nothing more from the agent
             await self._finish(RunStatus.DONE, None, None, 0)
             with contextlib.suppress(AgentError):
@@ -320,6 +345,7 @@ class Supervisor:
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+        self.ctx.notifier.notify(RETENTION)  # finished runs may be over the limits now
 
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
         return await self._select(session, owned=True)
@@ -335,6 +361,12 @@ def _build_advice(run: RunRow) -> str:
     spec = RunSpec.model_validate_json(run.spec)
     advice = specs.build_advice(spec.configuration_path)
     return f"build not found: this configuration's build is not cached on its host yet; {advice}"
+
+
+def _size(size: int) -> str:
+    from dstack.config.ranges import Memory
+
+    return str(Memory(size / 1024**3))
 
 
 def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:

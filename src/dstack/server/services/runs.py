@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from dstack.core.statuses import (
     FINISHED_STATUSES,
@@ -22,7 +22,7 @@ from dstack.server.db.models import CodeRow, JobRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
 from dstack.server.schemas import RunSpec
-from dstack.server.services import logs, specs
+from dstack.server.services import retention, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
 from dstack.server.services.transitions import apply_status
@@ -165,15 +165,41 @@ async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted
                 f"Run {wanted} is {existing.status}; "
                 f"stop it first (dstack stop {wanted}) or choose another name"
             )
+        if existing.id in ctx.readers:
+            raise Conflict(f"Run {wanted} is being read by a client; choose another name, or try again")
         # A finished run's name is reused by the new run: the old one (and its logs) is replaced.
-        job_ids = (
-            (await session.execute(select(JobRow.id).where(JobRow.run_id == existing.id))).scalars().all()
-        )
-        await session.execute(delete(JobRow).where(JobRow.run_id == existing.id))
-        await session.execute(delete(RunRow).where(RunRow.id == existing.id))
-        for job_id in job_ids:
-            logs.remove(ctx.settings, job_id)
+        await retention.delete_runs(ctx, session, [existing.id])
     return wanted
+
+
+async def delete(
+    ctx: ServerContext, project: Project, names: list[str], *, finished: bool = False
+) -> list[str]:
+    """Delete finished runs with their output: the named ones, or with `finished` all of the project's.
+
+    A named run that is not finished, or that a client is reading, is refused (and nothing is deleted);
+    `finished` passes over such runs."""
+    async with ctx.db.write() as session:
+        if finished:
+            rows = (
+                await session.execute(
+                    select(RunRow.id, RunRow.name).where(
+                        RunRow.project_id == project.id, RunRow.status.in_(_FINISHED)
+                    )
+                )
+            ).all()
+            chosen = [(run_id, name) for run_id, name in rows if run_id not in ctx.readers]
+        else:
+            chosen = []
+            for name in dict.fromkeys(names):
+                run, _ = await find(session, project, name)
+                if not RunStatus(run.status).is_finished:
+                    raise Conflict(f"Run {name} is {run.status}; stop it first (dstack stop {name})")
+                if run.id in ctx.readers:
+                    raise Conflict(f"Run {name} is being read by a client; try again once it is not")
+                chosen.append((run.id, name))
+        await retention.delete_runs(ctx, session, [run_id for run_id, _ in chosen])
+    return [name for _, name in chosen]
 
 
 _UNFINISHED = [s.value for s in RunStatus if not s.is_finished]
