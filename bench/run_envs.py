@@ -22,45 +22,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit" / "agent"), str(ROOT / "src")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "unit" / "agent"), str(ROOT / "src"), str(ROOT / "bench")]
 
 from agent_testkit import AgentClient, AgentProcess, agent_env  # noqa: E402
 from tests.e2e.envkit import make_wheel  # noqa: E402
 
+import environments  # noqa: E402 - bench/environments.py: its job timing
 from dstack.agent.environments import pythons  # noqa: E402
 from dstack.agent.environments.clones import clone  # noqa: E402
 
-FINAL = ("done", "failed", "terminated")
 VERSION = "3.12"
 GOAL_MS = 1000
 
 
 def run_job(client: AgentClient, commands: list[str], **fields: object) -> float:
-    started = time.perf_counter()
-    job = client.submit(commands, python=VERSION, **fields)
-    offset = 0
-    while True:
-        response = client.request("GET", f"/api/jobs/{job['id']}/logs?offset={offset}&wait=10")
-        offset = int(response.headers["x-log-end"])
-        if response.headers["x-job-status"] in FINAL and offset == int(response.headers["x-log-size"]):
-            break
-    elapsed = time.perf_counter() - started
-    state = client.job(job["id"])
-    if state["status"] != "done":
-        raise SystemExit(f"benchmark job failed: {state}")
-    client.request("DELETE", f"/api/jobs/{job['id']}")
-    return elapsed
-
-
-def timed(action: Callable[[], object]) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
+    """Seconds from submission to the end of a python job (bench/environments.py's measure)."""
+    return environments.run_job(client, commands, python=VERSION, **fields)
 
 
 def row(name: str, samples: list[float], mark: str = "") -> str:
@@ -134,14 +114,23 @@ def main() -> None:
         installs = [install_job() for _ in range(runs)]
         verdict = "ok" if statistics.median(installs) * 1000 <= GOAL_MS else "over"
         rows = [
-            row("floor: cp -al of the template", [timed(hard_link_copy) for _ in range(runs)]),
-            row("floor: uv pip install of the wheel into a venv", [timed(uv_install) for _ in range(runs)]),
+            row("floor: cp -al of the template", [environments.timed(hard_link_copy) for _ in range(runs)]),
+            row(
+                "floor: uv pip install of the wheel into a venv",
+                [environments.timed(uv_install) for _ in range(runs)],
+            ),
             row(
                 "dstack: the run's copy of the template (clones.clone)",
-                [timed(our_copy) for _ in range(runs)],
+                [environments.timed(our_copy) for _ in range(runs)],
             ),
-            row("peer: uv venv + pip from the bundled wheel", [timed(uv_venv_with_pip) for _ in range(runs)]),
-            row("peer: python -m venv + pip install", [timed(python_venv_pip) for _ in range(few)]),
+            row(
+                "peer: uv venv + pip from the bundled wheel",
+                [environments.timed(uv_venv_with_pip) for _ in range(runs)],
+            ),
+            row(
+                "peer: python -m venv + pip install",
+                [environments.timed(python_venv_pip) for _ in range(few)],
+            ),
             row(
                 "agent job: python 3.12, `true` (copy + start + end)",
                 [run_job(client, ["true"]) for _ in range(runs)],

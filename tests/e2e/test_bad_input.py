@@ -156,22 +156,14 @@ def test_a_subset_of_the_sweep_through_the_real_binary(dstack_env: DstackEnv, tm
     import sys
 
     sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "cli"))
-    from sweepkit import MAX_MESSAGE, UNREACHABLE, all_cases
+    from sweepkit import MAX_MESSAGE, UNREACHABLE, all_cases, write_case
 
     cases = {case.id: case for case in all_cases()}
     _configure(dstack_env, f"http://127.0.0.1:{_free_port()}", "whatever")  # nothing answers there
     log = dstack_env.home / ".dstack" / "logs" / "cli.log"
     for case_id in _BINARY_CASES:
         case = cases[case_id]
-        folder = tmp_path / case_id.replace("/", "_")
-        folder.mkdir()
-        for name, content in case.files.items():
-            path = folder / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                path.write_bytes(content)
-            else:
-                path.write_text(content)
+        folder = write_case(case, tmp_path)
         argv = [a.replace("{dir}", str(folder)) for a in case.argv]
         result = dstack_env.run(*argv, cwd=folder)
         assert result.returncode != 0, case_id

@@ -5,13 +5,13 @@ local backend as processes and in a container (whose image has only /bin/sh)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.dockerd import BUSYBOX_IMAGE, Dockerd, dockerd  # noqa: F401 - the fixture
+from tests.dockerd import BUSYBOX_IMAGE, dockerd  # noqa: F401 - the fixture
 from tests.e2e.harness import DstackEnv
+from tests.e2e.test_environments import docker_env, env  # noqa: F401 - the fixtures
 from tests.e2e.test_run import write
 
 pytestmark = pytest.mark.e2e
@@ -50,16 +50,7 @@ def test_values_and_arguments_are_never_run(dstack_env: DstackEnv, project_dir: 
     _check(result.stdout, trap, value, args)
 
 
-@pytest.fixture
-def docker_env(dstack_env: DstackEnv, dockerd: Dockerd) -> Iterator[DstackEnv]:  # noqa: F811
-    dstack_env.env.update(dockerd.env)
-    yield dstack_env
-    dstack_env.cleanup()
-    for container in dockerd.containers("label=dstack.job.marker"):
-        dockerd.docker("rm", "-f", container)
-
-
-def test_in_a_container_with_only_sh_too(docker_env: DstackEnv, project_dir: Path) -> None:
+def test_in_a_container_with_only_sh_too(docker_env: DstackEnv, project_dir: Path) -> None:  # noqa: F811
     trap = Path("/workflow") / "pwned"  # inside the container: the code folder is the one it can write
     write(
         project_dir / ".dstack.yml", CONFIG.format(extra=f"image: {BUSYBOX_IMAGE}\n") + "  - ls /workflow\n"

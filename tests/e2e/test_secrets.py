@@ -8,13 +8,13 @@ user's shell happens to have reaches a task only if the task asks for it (`env: 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.dockerd import BUSYBOX_IMAGE, Dockerd, dockerd  # noqa: F401 - the fixture
+from tests.dockerd import BUSYBOX_IMAGE, dockerd  # noqa: F401 - the fixture
 from tests.e2e.harness import DstackEnv
+from tests.e2e.test_environments import docker_env  # noqa: F401 - the fixture (with this module's env)
 from tests.e2e.test_run import task
 
 pytestmark = pytest.mark.e2e
@@ -106,16 +106,7 @@ def test_a_foreground_servers_token_from_its_environment_reaches_no_task(
         server.wait(timeout=30)
 
 
-@pytest.fixture
-def docker_env(env: DstackEnv, dockerd: Dockerd) -> Iterator[DstackEnv]:  # noqa: F811
-    env.env.update(dockerd.env)
-    yield env
-    env.cleanup()
-    for container in dockerd.containers("label=dstack.job.marker"):
-        dockerd.docker("rm", "-f", container)
-
-
-def test_no_secret_reaches_a_container_task(docker_env: DstackEnv, project_dir: Path) -> None:
+def test_no_secret_reaches_a_container_task(docker_env: DstackEnv, project_dir: Path) -> None:  # noqa: F811
     task(project_dir, ["true"])
     docker_env.run("run", ".", "-y", cwd=project_dir, check=True)
     task(project_dir, PROBE[:2], extra=f"image: {BUSYBOX_IMAGE}\nenv:\n  - ASKED_FOR\n")

@@ -64,10 +64,8 @@ class Outcome:
         return found
 
 
-def run_case(case: Case, base: Path) -> Outcome:
-    """Run one case in its own folder under `base`, with HOME = base/home."""
-    from dstack.cli.main import main
-
+def write_case(case: Case, base: Path) -> Path:
+    """The case's folder under `base`, with its files in it."""
     folder = base / case.id.replace("/", "_")[:80]
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in case.files.items():
@@ -77,6 +75,14 @@ def run_case(case: Case, base: Path) -> Outcome:
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8", errors="surrogateescape")
+    return folder
+
+
+def run_case(case: Case, base: Path) -> Outcome:
+    """Run one case in its own folder under `base`, with HOME = base/home."""
+    from dstack.cli.main import main
+
+    folder = write_case(case, base)
     home = base / "home"
     log = home / ".dstack" / "logs" / "cli.log"
     log.unlink(missing_ok=True)

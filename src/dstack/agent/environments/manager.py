@@ -178,15 +178,7 @@ class EnvironmentManager:
         if not spec.build:
             return self._own_copy(TaskEnvironment(), spec.id, self._templates.get(version, notify))
         interpreter = self._factory.interpreter(version, notify)
-        key = build_key(
-            ["python", version, os.path.realpath(interpreter)],
-            spec.working_dir or ".",
-            spec.build,
-            cwd,
-            code_dir,
-            _job_variables(spec),
-            spec.args,
-        )
+        key = _build_key(spec, ["python", version, os.path.realpath(interpreter)], cwd, code_dir)
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
             cached = None if spec.build_policy == "force-build" else self._builds.lookup(key)
@@ -232,15 +224,7 @@ class EnvironmentManager:
         info = images.ensure(image, notify, cancelled)
         if not spec.build:
             return TaskEnvironment(image=str(info.get("Id") or image))
-        key = build_key(
-            ["image", str(info.get("Id"))],
-            spec.working_dir or ".",
-            spec.build,
-            cwd,
-            code_dir,
-            _job_variables(spec),
-            spec.args,
-        )
+        key = _build_key(spec, ["image", str(info.get("Id"))], cwd, code_dir)
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
             cached = None if spec.build_policy == "force-build" else images.cached_build(key)
@@ -306,9 +290,10 @@ class EnvironmentManager:
         return unlock
 
 
-def _job_variables(spec: JobSpec) -> Dict[str, str]:
-    """The variables of the job's own that its build commands may refer to."""
-    return {**spec.env, "DSTACK_RUN_NAME": spec.run_name}
+def _build_key(spec: JobSpec, base: List[str], cwd: Path, code_dir: Path) -> str:
+    # The variables of the job's own that its build commands may refer to: its env and its run name.
+    variables = {**spec.env, "DSTACK_RUN_NAME": spec.run_name}
+    return build_key(base, spec.working_dir or ".", spec.build, cwd, code_dir, variables, spec.args)
 
 
 def _refuse_without_build(spec: JobSpec) -> None:
