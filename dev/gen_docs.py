@@ -99,6 +99,67 @@ FIELD_NOTES = {
     "(`20GB`; `off`: no cap). A run that ended in the last 10 minutes is kept.",
     "RetentionConfig.run_output_limit": "A run that prints more ends with `log quota exceeded`; what it "
     "printed up to the limit is kept (`4GB`; `off`: no limit).",
+    "ProfileParams.stop_duration": "How long a stopped task may take to exit after SIGTERM before it is "
+    "killed (`30s`; `off`: no limit).",
+    "ProfileParams.utilization_policy": "Stop the task if any of its GPUs stays below a utilization for a "
+    "whole time window (see its block).",
+    "ProfileParams.schedule": "Start the run at these times (cron, UTC), over and over (see its block).",
+    "ProfileParams.fleets": "Only hosts of these fleets may run it.",
+    "ProfileParams.instances": "Only these hosts may run it (by name, or fleet and index).",
+    "ProfileParams.startup_order": "Multi-node: `any`, `master-first` or `workers-first`.",
+    "ProfileParams.stop_criteria": "Multi-node: the run ends when `all-done` or when the `master-done`.",
+    "ProfileParams.availability_zones": "Cloud only (the plan says so): availability zones.",
+    "ProfileParams.instance_types": "Cloud only (the plan says so): instance types.",
+    "ProfileParams.reservation": "Cloud only (the plan says so): a capacity reservation.",
+    "ProfileParams.idle_duration": "Cloud only (the plan says so): how long an idle instance is kept.",
+    "ProfileParams.creation_policy": "Cloud only (the plan says so): reuse instances or create new ones.",
+    "ProfileParams.tags": "Cloud only (the plan says so): tags of created resources.",
+    "ProfileParams.backend_options": "Cloud only (the plan says so): options per backend.",
+    "TaskConfiguration.setup": "Deprecated: commands that run before `commands`, as in 0.11.",
+    "TaskConfiguration.entrypoint": "Run this instead of a shell; the commands become its arguments (one "
+    "argv item each, values interpolated as text: no shell reads them).",
+    "TaskConfiguration.user": "The container's user, `name[:group]`.",
+    "TaskConfiguration.shell": "The shell the commands run in: `bash` (default), `sh` or an absolute path.",
+    "TaskConfiguration.privileged": "Run the container privileged.",
+    "TaskConfiguration.docker": "Docker in the task (excludes `image`, `python` and `nvcc`).",
+    "TaskConfiguration.nvcc": "The CUDA compiler on PATH.",
+    "TaskConfiguration.registry_auth": "Credentials for pulling a private image (may use `${{ env.X }}` and "
+    "`${{ secrets.X }}`).",
+    "TaskConfiguration.home_dir": "Deprecated; has no effect.",
+    "TaskConfiguration.single_branch": "Clone only the repo's branch (default true).",
+    "TaskConfiguration.priority": "0-100: a higher one is placed first when capacity is short (default 0).",
+    "TaskConfiguration.dstack": "Give the task the server's URL, the project and a token for this run.",
+    "TaskConfiguration.volumes": "Host folders mounted into the task: `/host/path:/path`, or a mapping; "
+    "may use `${{ dstack.job_num }}` and `${{ dstack.node_rank }}`.",
+    "TaskConfiguration.files": "Local files or folders placed in the task: `local[:path]`, or a mapping.",
+    "TaskConfiguration.repos": "At most one repo as the task's code: a `local_path` (packed instead of the "
+    "code root) or a `url` (cloned on the host).",
+    "TaskConfiguration.nodes": "How many nodes the task runs on (multi-node; at least 1).",
+    "TaskConfiguration.groups": "Node groups of their own size, resources, commands and ports (excludes "
+    "`nodes`).",
+    "UtilizationPolicy.min_gpu_utilization": "The least GPU utilization, 0-100 percent.",
+    "UtilizationPolicy.time_window": "How long it may stay below (at least `5m`).",
+    "Schedule.cron": "A cron expression or a list of them, in UTC.",
+    "InstanceRef.fleet": "The fleet's name.",
+    "InstanceRef.index": "The host's index in the fleet.",
+    "RegistryAuth.username": "The registry's user name.",
+    "RegistryAuth.password": "The registry's password or token.",
+    "InstanceMount.instance_path": "The folder on the host.",
+    "InstanceMount.path": "Where the task sees it.",
+    "InstanceMount.optional": "Mount it only if the host has it.",
+    "FileMapping.local_path": "The file or folder on the user's machine (relative to the configuration).",
+    "FileMapping.path": "Where the task sees it (relative to its working directory, absolute or `~/...`).",
+    "RepoSpec.local_path": "A git folder on the user's machine, packed as the task's code.",
+    "RepoSpec.url": "A git URL the host clones.",
+    "RepoSpec.branch": "The branch to clone.",
+    "RepoSpec.hash": "The commit to check out.",
+    "RepoSpec.path": "Where the repo goes in the task's code folder (default `.`).",
+    "RepoSpec.if_exists": "`error` or `skip` when that folder is not empty.",
+    "NodeGroup.name": "The group's name.",
+    "NodeGroup.nodes": "How many nodes it has.",
+    "NodeGroup.resources": "What each of its nodes needs.",
+    "NodeGroup.commands": "The commands its nodes run (default: the task's).",
+    "NodeGroup.ports": "The ports its nodes listen on.",
 }
 
 
@@ -287,6 +348,12 @@ def cli_reference(missing: list[str]) -> str:
         for action in parser._actions:
             if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):
                 continue
+            if isinstance(action, argparse._SubParsersAction):  # `dstack secret set|list|delete`
+                for choice in action._choices_actions:
+                    if not choice.help:
+                        missing.append(f"dstack {name} {choice.dest}")
+                    rows.append(f"| `{choice.dest}` | {choice.help or '**(undocumented)**'} |")
+                continue
             if action.option_strings:
                 spelled = ", ".join(action.option_strings)
                 if action.nargs != 0 and action.metavar:
@@ -352,7 +419,7 @@ def check() -> list[str]:
         if path.read_text(encoding="utf-8") != text
     ]
     hint = "a field: add one to the model or to FIELD_NOTES; a flag: its help"
-    problems += [f"{name} has no description ({hint})" for name in missing]
+    problems += [f"{name} has no description ({hint})" for name in dict.fromkeys(missing)]
     return problems
 
 
@@ -368,7 +435,7 @@ def main() -> int:
     missing: list[str] = []
     for path, text in render(missing).items():
         path.write_text(text, encoding="utf-8")
-    for name in missing:
+    for name in dict.fromkeys(missing):
         print(
             f"{name} has no description (a field: in the model or FIELD_NOTES; a flag: its help)",
             file=sys.stderr,

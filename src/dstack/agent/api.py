@@ -91,8 +91,9 @@ class AgentApi:
             spec = parse_job_spec(exchange.read_json())
         except SpecError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
-        if spec.code_hash is not None and not self._code_store.has(spec.code_hash):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"Code {spec.code_hash} has not been uploaded")
+        for code_hash in [spec.code_hash, *(f.code_hash for f in spec.files)]:
+            if code_hash is not None and not self._code_store.has(code_hash):
+                raise ApiError(HTTPStatus.BAD_REQUEST, f"Code {code_hash} has not been uploaded")
         try:
             job, created = self._registry.create(spec)
         except JobConflictError as e:

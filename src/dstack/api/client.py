@@ -141,8 +141,30 @@ class Client:
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", self._project_path("/runs/submit"), body={"spec": spec})
 
-    def list_runs(self, *, all: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.json("GET", self._project_path("/runs"), params={"all": all, "limit": limit})
+    def list_runs(
+        self, *, all: bool = False, limit: int | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; `before` pages on (with all): "SUBMITTED_AT:ID" of the last run of a page."""
+        params = {"all": all, "limit": limit, "before": before}
+        return self.json("GET", self._project_path("/runs"), params=params)
+
+    def run_history(self, name: str) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path(f"/runs/{quote(name, safe='')}/history"))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self.json("GET", "/api/projects")
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path("/hosts"))
+
+    def offers(self, query: dict[str, Any]) -> dict[str, Any]:
+        """`dstack offer`'s answer for its flags: {"gpu", "cpu", "memory", "disk", "backends", "max_price",
+        "image"}, each optional."""
+        return self.json("POST", self._project_path("/offers"), body=query)
+
+    def ui_sign_in_link(self, project: str | None = None) -> dict[str, Any]:
+        """{"url", "expires_in"}: a one-time link that opens the web UI signed in as this client's user."""
+        return self.json("POST", "/api/ui/sign-in", body={"project": project})
 
     def get_run(self, name: str) -> dict[str, Any]:
         return self.json("GET", self._project_path(f"/runs/{quote(name, safe='')}"))
@@ -154,6 +176,16 @@ class Client:
         """Delete finished runs and their output; returns the names deleted."""
         body = {"names": names, "finished": finished}
         return list(self.json("POST", self._project_path("/runs/delete"), body=body)["deleted"])
+
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """The project's secrets: names, lengths and times, never values."""
+        return self.json("GET", self._project_path("/secrets"))
+
+    def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        return self.json("PUT", self._project_path(f"/secrets/{quote(name, safe='')}"), body={"value": value})
+
+    def delete_secret(self, name: str) -> None:
+        self.request("DELETE", self._project_path(f"/secrets/{quote(name, safe='')}"))
 
     def has_code(self, code_hash: str) -> bool:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))

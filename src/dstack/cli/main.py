@@ -23,8 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "delete": ("delete", "Delete finished runs and their output"),
     "offer": ("offer", "List the offers that fit resource requirements"),
     "server": ("server", "Run the dstack server in the foreground"),
+    "ui": ("ui", "Open the web UI in your browser, signed in"),
     "config": ("config", "Point the CLI at a dstack server"),
     "init": ("init", "Check the server and record this repository"),
+    "secret": ("secret", "Manage the project's secrets (set, list, delete)"),
+    "schema": ("schema", "Print the JSON Schema of *.dstack.yml files (for editors)"),
 }
 # Commands whose unknown arguments are the task's own (`${{ run.args }}`).
 PASSTHROUGH = {"run", "apply"}

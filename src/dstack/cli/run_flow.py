@@ -24,25 +24,40 @@ def run(args: argparse.Namespace) -> int:
     client = get_client(args.project)
     plan = client.plan(prepared.spec)
     print_plan(plan, prepared)
-    if not plan["offers"] and not prepared.retry:
+    if plan.get("refusal"):
+        raise CLIError(plan["refusal"])
+    scheduled = plan.get("schedule") is not None
+    if not plan["offers"] and not prepared.retry and not scheduled:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
-    if plan.get("build_message"):  # nothing is submitted that would fail with `build not found`
-        raise CLIError(plan["build_message"])
     forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
-    finalize(prepared, plan["run_name"])
+    finalize(prepared, plan["run_name"], args.run_args)
     reloader = None
     if args.reload:  # watching starts before packing, so no edit falls between the two
         from dstack.cli.reload import start_reload
 
         reloader = start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
-    prepared.spec["code_hash"] = upload_code(client, prepared)
+    if prepared.upload_code:
+        prepared.spec["code_hash"] = upload_code(client, prepared)
+    if prepared.files:
+        prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]
     if reloader is not None:
         reloader.submitted()  # edits made meanwhile wait no more
+    if scheduled and not args.detach:
+        # It starts at its times, over and over: following it here would hold the terminal for days.
+        from dstack.config.cron import format_utc
+
+        upcoming = submitted.get("next_start_at")
+        when = f" at {format_utc(upcoming)}" if upcoming else ""
+        note(
+            f"Run {name} is scheduled to start{when}; see it with dstack ps, stop it with dstack stop {name}"
+        )
+        print(name)
+        return 0
     if args.detach:
         note(f"Run {name} submitted; follow it with: dstack logs -f {name}")
         print(name)
@@ -67,7 +82,15 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
     """The plan (SPEC §4): the run's settings, then the offers, cheapest first, unavailable ones last."""
     rows = [[key, value] for key, value in prepared.summary.items()]
     rows.append(["Resources", plan["requirements"]])
+    schedule = plan.get("schedule")
+    if schedule is not None:
+        from dstack.config.cron import format_utc
+
+        upcoming = f" (next start {format_utc(schedule['next_start'])})" if schedule.get("next_start") else ""
+        rows.append(["Schedule", ", ".join(schedule["cron"]) + " UTC" + upcoming])
     table(["", ""], rows, stream=sys.stderr)
+    for line in plan.get("notes") or []:
+        note(line)
     offers = plan["offers"]
     if offers:
         shown = offers[:PLAN_OFFERS_SHOWN]
@@ -107,12 +130,27 @@ def upload_code(client: Client, prepared: PreparedRun) -> str:
     from dstack.code import pack_code
 
     packed = pack_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    _upload(client, packed, "the code")
+    return packed.sha256
+
+
+def upload_files(client: Client, prepared: PreparedRun) -> list[dict[str, Any]]:
+    """Pack and upload each `files` entry (only what the server lacks); the spec's entries."""
+    from dstack.cli.run_files import pack_files
+
+    uploads = []
+    for upload, packed in pack_files(prepared.files, prepared.code_limit):
+        _upload(client, packed, f"files {upload['source']}")
+        uploads.append(upload)
+    return uploads
+
+
+def _upload(client: Client, packed: Any, what: str) -> None:
     if client.has_code(packed.sha256):
-        return packed.sha256
-    note(f"Uploading the code: {packed.files} files, {human_size(packed.size)}", dim=True)
+        return
+    note(f"Uploading {what}: {packed.files} files, {human_size(packed.size)}", dim=True)
     with _progress(packed.size) as advance:
         client.upload_code(packed.sha256, packed.path, progress=advance)
-    return packed.sha256
 
 
 class _progress:

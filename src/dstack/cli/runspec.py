@@ -22,7 +22,7 @@ from dstack.cli.errors import CLIError
 from dstack.cli.requirements import OVERRIDE_FLAGS
 from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
-from dstack.config.interpolation import interpolate_lines, run_references
+from dstack.config.interpolation import command_table, interpolate_lines, run_references
 from dstack.config.names import validate_run_name
 from dstack.core.text import clip
 
@@ -50,6 +50,8 @@ class PreparedRun:
         self.code_limit = code_limit
         self.config_file = config_file
         self.summary: dict[str, str] = {}
+        self.files: list[dict[str, Any]] = []  # `files` entries, their local paths resolved
+        self.upload_code = True  # False when the code is a repo cloned on the host (`repos: [url]`)
 
 
 def prepare(args: argparse.Namespace) -> PreparedRun:
@@ -64,11 +66,22 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     configuration, profile, ports = validated["configuration"], validated["profile"], validated["ports"]
     env = resolve_env_values(configuration["env"], os.environ, args.env)
     name = validate_run_name(args.name) if args.name else configuration.get("name")
-    # Interpolated now, so that a mistake stops the run before any prompt.
-    commands, build = _interpolate(configuration, config_file, env)
+    # Interpolated now, so that a mistake stops the run before any prompt (`finalize` redoes the commands
+    # of an entrypoint task, which hold the run's name itself).
+    commands, build = _interpolate(configuration, config_file, env, name or "run-name", args.run_args)
     _check_size(commands, build, env, args.run_args)
     workdir_rel = os.path.relpath(workdir.resolve(), code_root)
     working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
+    code_path = "."
+    repos = configuration.get("repos") or []
+    if repos:
+        from dstack.cli.run_files import repo_folder
+
+        # A repo is the task's code: a local one is packed instead of the code root, a url is cloned.
+        local = repo_folder(configuration, config_file.parent)
+        if local is not None:
+            code_root, code_path = local
+        working_dir = configuration.get("working_dir")
     python = configuration.get("python")
     if python is None and configuration.get("image") is None:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the task gets the CLI's own Python
@@ -87,7 +100,11 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         "build": build,
         # ${{ run.args }}: the job script's positional parameters (see dstack.config.interpolation).
         "args": list(args.run_args),
-        "build_inputs": _build_inputs(build, code_root, working_dir, env, name, args.run_args),
+        "code_path": code_path,
+        # A repo placed inside the job's code folder has paths the CLI cannot tell: no lookup for it.
+        "build_inputs": _build_inputs(build, code_root, working_dir, env, name, args.run_args)
+        if code_path == "."
+        else None,
     }
     prepared = PreparedRun(
         spec=spec,
@@ -97,30 +114,42 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         code_limit=_code_limit(),
         config_file=config_file,
     )
+    prepared.upload_code = not any(repo.get("url") for repo in repos)
+    if configuration.get("files"):
+        from dstack.cli.run_files import check_files
+
+        prepared.files = check_files(configuration, config_file.parent)
     prepared.summary = _summary(prepared, args)
     return prepared
 
 
-def finalize(prepared: PreparedRun, run_name: str) -> None:
-    """Fill in the run's name, once the server has given it (${{ run.name }} is read by the task)."""
-    prepared.spec["run_name"] = run_name
+def finalize(prepared: PreparedRun, run_name: str, run_args: list[str]) -> None:
+    """Fill in the run's name, once the server has given it (a shell's ${{ run.name }} reads it then)."""
+    spec = prepared.spec
+    spec["run_name"] = run_name
+    if prepared.configuration.get("entrypoint"):
+        spec["commands"], _ = _interpolate(
+            prepared.configuration, prepared.config_file, spec["env"], run_name, run_args
+        )
 
 
 def _interpolate(
-    configuration: dict[str, Any], config_file: Path, env: dict[str, str]
+    configuration: dict[str, Any], config_file: Path, env: dict[str, str], run_name: str, run_args: list[str]
 ) -> tuple[list[str], list[str]]:
-    references = run_references(env=env)
+    entrypoint = bool(configuration.get("entrypoint"))
+    table, plain = command_table(env=env, entrypoint=entrypoint, run_name=run_name, run_args=run_args)
     try:
+        # `setup` (deprecated) runs before the commands, as in 0.11; `build` always runs in a shell.
         return (
-            interpolate_lines(configuration["commands"], references),
-            interpolate_lines(configuration["build"], references),
+            interpolate_lines(configuration.get("setup", []) + configuration["commands"], table, plain=plain),
+            interpolate_lines(configuration["build"], run_references(env=env)),
         )
     except InterpolationError:
         # Re-run on the validated model: its error names the file, line and column.
         from dstack.config import interpolate_commands, load_configuration
 
         model = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
-        return interpolate_commands(model, env=env)
+        return interpolate_commands(model, env=env, run_name=run_name, run_args=run_args)
 
 
 def _build_inputs(
@@ -250,7 +279,8 @@ def _summary(prepared: PreparedRun, args: argparse.Namespace) -> dict[str, str]:
     profile = prepared.profile
     retry = profile.get("retry")
     max_duration = profile.get("max_duration")
-    return {
+    configuration = prepared.configuration
+    summary = {
         "Configuration": prepared.spec["configuration_path"],
         "Environment": (
             f"image {prepared.spec['image']}"
@@ -262,12 +292,20 @@ def _summary(prepared: PreparedRun, args: argparse.Namespace) -> dict[str, str]:
         "Spot policy": str(profile.get("spot_policy") or "on-demand"),
         "Retry policy": f"wait up to {_duration(retry['duration'])} for capacity" if retry else "no",
     }
+    stop_duration = profile.get("stop_duration")
+    if stop_duration is not None:
+        summary["Stop duration"] = "off" if stop_duration == "off" else _duration(stop_duration)
+    if configuration.get("priority") is not None:
+        summary["Priority"] = str(configuration["priority"])
+    if configuration.get("entrypoint"):
+        summary["Entrypoint"] = configuration["entrypoint"]
+    return summary
 
 
 def _duration(seconds: int) -> str:
     from dstack.config.durations import format_duration
 
-    return format_duration(int(seconds))
+    return format_duration(int(seconds)) if seconds else "0s"
 
 
 def _display_path(config_file: Path, code_root: Path) -> str:

@@ -12,9 +12,10 @@ sets for the job, spelled for the place it lands in (see dstack.config.shell_con
 | `${{ run.args }}`      | the script's arguments  | `"$@"`     | `$*`      | `'"$*"'`      |
 
 Unquoted, `"$@"` keeps every run argument a separate word, as the shell-quoted arguments did before; in
-double quotes `$*` is all of them joined by spaces. `REFERENCES` is the table of what a name means; a new
-namespace adds its entry there (`run_references` builds it for a run). `$$` is a literal `$`; `$HOME` and
-`${HOME}` pass through to the shell untouched.
+double quotes `$*` is all of them joined by spaces. `run_references` builds the table of what each name
+means for a run (`interpolate_command` writes them); a new namespace adds its entry there. `$$` is a
+literal `$`; `$HOME` and `${HOME}` pass through to the shell untouched. Text that no shell reads (a
+volume's path, registry credentials) takes `interpolate`, which pastes values.
 
 This module must stay importable without pydantic or yaml: the CLI's fast path uses it without loading
 the configuration models.
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from dstack.config import shell_context as sh
 from dstack.config.errors import InterpolationError, Location
@@ -56,6 +57,7 @@ class Reference(NamedTuple):
 
 
 RUN_ARGS = Reference(None)
+_T = TypeVar("_T")
 
 
 def run_references(*, env: Mapping[str, str]) -> dict[str, Reference]:
@@ -65,16 +67,36 @@ def run_references(*, env: Mapping[str, str]) -> dict[str, Reference]:
     return references
 
 
-def interpolate(text: str, references: Mapping[str, Reference]) -> str:
-    """Replace every `${{ name }}` with a reference to its variable, spelled for where it stands."""
+def interpolate_command(text: str, references: Mapping[str, Reference]) -> str:
+    """A shell command's `${{ name }}`s as references to their variables, spelled for where they stand."""
+    context = sh.ShellContext()
+    return _substitute(
+        text, references, lambda name, reference: _spell(name, reference, context), context.feed
+    )
+
+
+def interpolate(text: str, variables: Mapping[str, str]) -> str:
+    """Text that no shell reads (a volume's path, registry credentials): the values themselves, pasted.
+    Never for commands: those take `interpolate_command`."""
+    return _substitute(text, variables, lambda _name, value: value, None)
+
+
+def _substitute(
+    text: str,
+    table: Mapping[str, _T],
+    render: Callable[[str, _T], str],
+    seen: Callable[[str], None] | None,
+) -> str:
+    """Replace every `${{ name }}` by `render(name, table[name])`; `$$` is a literal `$`; `seen` is told
+    every piece of the result as it is made (the shell context follows it)."""
     pieces: list[str] = []
     unknown: list[str] = []
-    context = sh.ShellContext()
 
     def emit(part: str) -> None:
         if part:
             pieces.append(part)
-            context.feed(part)
+            if seen is not None:
+                seen(part)
 
     position = 0
     while True:
@@ -99,8 +121,8 @@ def interpolate(text: str, references: Mapping[str, Reference]) -> str:
                     f"Illegal variable name '{clip(name)}' in ${{{{ {clip(name)} }}}}; "
                     "names look like run.args, run.name or env.NAME"
                 )
-            if name in references:
-                emit(_spell(name, references[name], context))
+            if name in table:
+                emit(render(name, table[name]))
             elif name not in unknown:
                 unknown.append(name)
             position = closing + len(_CLOSE)
@@ -109,7 +131,7 @@ def interpolate(text: str, references: Mapping[str, Reference]) -> str:
             position = dollar + 1
     if unknown:
         listed = ", ".join(f"${{{{ {clip(name)} }}}}" for name in unknown)
-        known = ", ".join(references) or "none"
+        known = ", ".join(table) or "none"
         raise InterpolationError(f"Unknown variable(s) {listed}; known: {known}")
     return "".join(pieces)
 
@@ -143,15 +165,17 @@ def _spell(name: str, reference: Reference, context: sh.ShellContext) -> str:
 
 def interpolate_lines(
     lines: Sequence[str],
-    references: Mapping[str, Reference],
+    table: Mapping[str, Any],
     *,
     location_of: Callable[[int], Location | None] | None = None,
+    plain: bool = False,
 ) -> list[str]:
-    """Interpolate each line; an error carries the location of the offending line when known."""
+    """Interpolate each line (as shell commands, or with `plain` as text no shell reads); an error carries
+    the location of the offending line when known."""
     result: list[str] = []
     for index, line in enumerate(lines):
         try:
-            result.append(interpolate(line, references))
+            result.append(interpolate(line, table) if plain else interpolate_command(line, table))
         except InterpolationError as error:
             location = location_of(index) if location_of is not None else None
             if location is None:
@@ -162,17 +186,40 @@ def interpolate_lines(
     return result
 
 
+def command_table(
+    *, env: Mapping[str, str], entrypoint: bool, run_name: str, run_args: Sequence[str]
+) -> tuple[dict[str, Any], bool]:
+    """(the table, whether it is plain) for a task's commands. With an `entrypoint` the commands are its
+    arguments, one argv item each, and no shell reads them: the values themselves go in (run.args joined
+    by spaces). Without one they are shell commands and get references."""
+    if not entrypoint:
+        return dict(run_references(env=env)), False
+    values = {"run.args": " ".join(run_args), "run.name": run_name}
+    values.update({f"env.{name}": value for name, value in env.items()})
+    return values, True
+
+
 def interpolate_commands(
-    configuration: TaskConfiguration, *, env: Mapping[str, str]
+    configuration: TaskConfiguration,
+    *,
+    env: Mapping[str, str],
+    run_name: str = "",
+    run_args: Sequence[str] = (),
 ) -> tuple[list[str], list[str]]:
-    """Return the task's (commands, build) with their `${{ ... }}` references written for the shell."""
+    """Return the task's (commands, build), interpolated for how they run (see `command_table`)."""
+    commands, plain = command_table(
+        env=env, entrypoint=bool(configuration.entrypoint), run_name=run_name, run_args=run_args
+    )
     references = run_references(env=env)
 
-    def lines_of(field: str) -> list[str]:
+    def lines_of(field: str, table: Mapping[str, Any], as_text: bool) -> list[str]:
         return interpolate_lines(
             getattr(configuration, field),
-            references,
+            table,
             location_of=lambda index: configuration.location_of(field, index),
+            plain=as_text,
         )
 
-    return lines_of("commands"), lines_of("build")
+    # `setup` (deprecated) runs before the commands, as in 0.11; `build` always runs in a shell.
+    head = lines_of("setup", commands, plain) + lines_of("commands", commands, plain)
+    return head, lines_of("build", references, False)

@@ -52,6 +52,7 @@ class TerminationReason(str, Enum):
     FAILED_TO_START = "failed_to_start"
     SERVER_ERROR = "server_error"
     LOG_QUOTA_EXCEEDED = "log_quota_exceeded"
+    UTILIZATION_POLICY = "utilization_policy"
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -72,4 +73,5 @@ _DESCRIPTIONS = {
     TerminationReason.FAILED_TO_START: "failed to start",
     TerminationReason.SERVER_ERROR: "server error",
     TerminationReason.LOG_QUOTA_EXCEEDED: "log quota exceeded",
+    TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
 }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dstack.core.defaults import DEFAULT_SERVER_PORT
 from dstack.core.private import make_tree_private
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
 
@@ -34,6 +36,9 @@ class ServerSettings:
     # Background loops are woken by events; this is only the safety-net poll (and how other replicas notice).
     poll_seconds: float = 2.0
     write_cli_config: bool = True
+    # The web UI's own port (None: no UI) and address; it listens on loopback unless configured.
+    ui_port: int | None = None
+    ui_host: str = "127.0.0.1"
 
     @property
     def data_dir(self) -> Path:
@@ -57,8 +62,36 @@ class ServerSettings:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _http_url(self.host, self.port)
+
+    @property
+    def ui_url(self) -> str | None:
+        """Where a browser on this machine opens the UI (a wildcard address is reached on loopback)."""
+        if self.ui_port is None:
+            return None
+        wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+        return _http_url(wildcard.get(self.ui_host, self.ui_host), self.ui_port)
+
+    @property
+    def public_url(self) -> str:
+        """The URL tasks reach the server at (`dstack: true`): DSTACK_SERVER_URL, else the one it serves."""
+        return os.environ.get("DSTACK_SERVER_URL") or self.url
+
+    def run_token_key(self) -> bytes:
+        """The server's key for run tokens (made once, owner-only): a job's token is the same on a retry."""
+        path = self.server_dir / "run-token.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            key = secrets.token_bytes(32)
+            f.write(key)
+        return key
 
     def resolved_database_url(self) -> str:
         url = self.database_url or os.environ.get("DSTACK_DATABASE_URL")
@@ -73,3 +106,7 @@ class ServerSettings:
         for d in (self.server_dir, self.data_dir, self.logs_dir, self.code_dir, self.agents_dir):
             d.mkdir(parents=True, exist_ok=True)
         make_tree_private(self.server_dir)  # also one that DSTACK_SERVER_DIR puts outside ~/.dstack
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -415,6 +415,7 @@ _VALID = {
     ("working_dir", "emoji"),  # folder names may have emoji, spaces and dollars: they are never run
     ("working_dir", "spaces"),
     ("working_dir", "shell"),
+    ("working_dir", "absolute"),  # an absolute working_dir is the container's
 }
 
 

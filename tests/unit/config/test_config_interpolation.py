@@ -12,7 +12,7 @@ import pytest
 from config_testkit import FILENAME, parse
 
 from dstack.config import InterpolationError, interpolate, interpolate_commands
-from dstack.config.interpolation import run_references
+from dstack.config.interpolation import interpolate_command, run_references
 
 REFERENCES = run_references(env={"A": "1", "X": "x"})
 
@@ -44,7 +44,7 @@ REFERENCES = run_references(env={"A": "1", "X": "x"})
     ],
 )
 def test_references_are_spelled_for_where_they_stand(text: str, expected: str) -> None:
-    assert interpolate(text, REFERENCES) == expected
+    assert interpolate_command(text, REFERENCES) == expected
 
 
 @pytest.mark.parametrize(
@@ -70,13 +70,18 @@ def test_references_are_spelled_for_where_they_stand(text: str, expected: str) -
 )
 def test_interpolation_errors(text: str, message: str) -> None:
     with pytest.raises(InterpolationError) as caught:
-        interpolate(text, REFERENCES)
+        interpolate_command(text, REFERENCES)
     assert str(caught.value).startswith(message)
+
+
+def test_text_no_shell_reads_gets_the_values_themselves() -> None:
+    assert interpolate("/data/${{ dstack.job_num }}", {"dstack.job_num": "3"}) == "/data/3"
+    assert interpolate("$${{ x.y }} $HOME", {}) == "${{ x.y }} $HOME"
 
 
 def test_a_variable_the_shell_owns_cannot_be_referenced() -> None:
     with pytest.raises(InterpolationError) as caught:
-        interpolate("cd ${{ env.PWD }}", run_references(env={"PWD": "/data"}))
+        interpolate_command("cd ${{ env.PWD }}", run_references(env={"PWD": "/data"}))
     assert "the shell sets PWD itself" in str(caught.value)
 
 
@@ -190,7 +195,7 @@ def test_importing_interpolation_loads_neither_pydantic_nor_yaml() -> None:
         "import sys\n"
         "import dstack.config.interpolation as interpolation\n"
         "refs = interpolation.run_references(env={})\n"
-        "assert interpolation.interpolate('${{ run.name }}', refs) == '\"${DSTACK_RUN_NAME}\"'\n"
+        "assert interpolation.interpolate_command('${{ run.name }}', refs) == '\"${DSTACK_RUN_NAME}\"'\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core', 'yaml')))\n"
     )
     result = subprocess.run(

@@ -91,6 +91,7 @@ class TaskEnvironment:
 
 class EnvironmentManager:
     def __init__(self, root: Path, children: ChildProcesses, tool_env: Mapping[str, str]) -> None:
+        self.children = children
         self._factory = VenvFactory(children, tool_env)
         self._templates = Templates(root / "python", self._factory)
         self._runs = RunVenvs(root / "runs")
@@ -221,7 +222,9 @@ class EnvironmentManager:
         cancelled: Callable[[], bool],
     ) -> TaskEnvironment:
         images = Images(self.docker().client)
-        info = images.ensure(image, notify, cancelled)
+        auth = spec.registry_auth
+        credentials = None if auth is None else {"username": auth.username or "", "password": auth.password}
+        info = images.ensure(image, notify, cancelled, credentials)
         if not spec.build:
             return TaskEnvironment(image=str(info.get("Id") or image))
         key = _build_key(spec, ["image", str(info.get("Id"))], cwd, code_dir)

@@ -67,6 +67,10 @@ def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[l
 
 def _status(run: dict[str, Any]) -> str:
     status = str(run["status"])
+    if run.get("next_start_at") and status in ("pending", "submitted"):
+        from dstack.config.cron import format_utc
+
+        return f"scheduled (next start {format_utc(run['next_start_at'])})"
     if status == "failed" and run.get("exit_code"):
         return f"failed ({run['exit_code']})"
     return status

@@ -43,18 +43,25 @@ class LogChunk:
 
 
 class AgentClient:
-    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 10.0, socket_path: str | None = None
+    ) -> None:
+        """`socket_path`: reach the agent through this unix socket (an SSH forward to a remote host's
+        agent); `url` then only names it (in messages and the Host header)."""
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._socket_path = socket_path
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            limits=limits,
+            transport=httpx.AsyncHTTPTransport(uds=socket_path, limits=limits) if socket_path else None,
         )
         # The calls made for every job go through a leaner client (see agent_http); httpx keeps the rest.
-        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"})
+        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"}, socket_path=socket_path)
 
     async def close(self) -> None:
         await self._lean.aclose()
@@ -177,7 +184,9 @@ class AgentClient:
     async def open_tunnel(self, job_id: str, port: int) -> TunnelStream:
         """A TCP stream to the job's port, relayed by the agent (an HTTP Upgrade to raw bytes)."""
         try:
-            return await open_tunnel(self.url, self._token, job_id, port, timeout=self._timeout)
+            return await open_tunnel(
+                self.url, self._token, job_id, port, timeout=self._timeout, socket_path=self._socket_path
+            )
         except TunnelRefused as e:
             raise AgentError(str(e), e.status) from e
         except (OSError, asyncio.TimeoutError, ValueError) as e:

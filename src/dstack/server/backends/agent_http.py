@@ -48,8 +48,18 @@ _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class AgentHTTP:
-    def __init__(self, base_url: str, headers: dict[str, str], *, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        max_connections: int = 64,
+        socket_path: str | None = None,
+    ) -> None:
+        """`socket_path`: connect to this unix socket (e.g. an SSH forward to a remote agent) instead of
+        the URL's host and port, which then only name the agent in the Host header."""
         parts = urlsplit(base_url)
+        self._socket_path = socket_path
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{base_url} is not an http:// URL")
         self._host = parts.hostname
@@ -117,7 +127,12 @@ class AgentHTTP:
                 return (reader, writer), True
             writer.close()
         try:
-            opened = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), timeout)
+            connect = (
+                asyncio.open_unix_connection(self._socket_path)
+                if self._socket_path is not None
+                else asyncio.open_connection(self._host, self._port)
+            )
+            opened = await asyncio.wait_for(connect, timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise TransportError(f"cannot connect: {e or type(e).__name__}") from e
         return opened, False

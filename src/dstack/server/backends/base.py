@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from dstack.server.backends.agent_client import AgentClient
 
 CAP_CONTAINERS = "containers"
+CAP_NVCC = "nvcc"  # the agent found the CUDA compiler (`nvcc: true` tasks need it)
 
 
 @dataclass
@@ -28,6 +29,8 @@ class HostInfo:
     available: bool = True
     unavailable_reason: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    fleet: str | None = None  # the fleet the host belongs to (fleet backends), and its place there
+    fleet_index: int | None = None
 
 
 class Backend(ABC):

@@ -83,6 +83,8 @@ class BackendRegistry:
                 capabilities=info.capabilities,
                 available=info.available,
                 unavailable_reason=info.unavailable_reason,
+                fleet=info.fleet,
+                fleet_index=info.fleet_index,
             )
             for host_id, (_, info) in self._hosts.items()
         ]

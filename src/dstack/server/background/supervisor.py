@@ -27,9 +27,10 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import RETENTION, SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
-from dstack.server.services import specs
+from dstack.server.services import job_request, specs
+from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, end_job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class Supervisor:
         self._leases = leases
         self._stop_sent: str | None = None
         self._over_quota = False  # it printed more than retention.run_output_limit: stopped for it
+        self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
 
@@ -75,6 +77,7 @@ class Supervisor:
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = job.host_id
+            self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
                 shown = RunStatus(job.status)
@@ -143,11 +146,18 @@ class Supervisor:
     async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
-            if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
-                await agent.upload_code(
-                    spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
-                )
-            await agent.submit_job(specs.job_request(self.job_id, spec, allocation))
+            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation)
+        except (job_request.JobRequestError, ServiceError) as e:
+            await self._finish(
+                RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
+            )
+            raise JobFinished() from e
+        try:
+            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
+                if code_hash is not None and not await agent.has_code(code_hash):
+                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+            await agent.submit_job(request)
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -221,7 +231,7 @@ class Supervisor:
             self.ctx.retention.run_output_limit,
         )
         with contextlib.suppress(AgentError):
-            await agent.stop_job(self.job_id, abort=False, grace_seconds=specs.STOP_GRACE)
+            await agent.stop_job(self.job_id, abort=False, grace_seconds=self._stop_grace)
 
     async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
         return await agent.logs(self.job_id, offset=offset, wait=wait)
@@ -254,6 +264,9 @@ class Supervisor:
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
         elif status == "failed" and reason_code == "build_not_found":
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
+        elif status == "terminated" and reason_text and "utilization policy" in reason_text.lower():
+            message = reason_text[:1].lower() + reason_text[1:]
+            await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
@@ -294,7 +307,7 @@ class Supervisor:
                     and (wanted == "abort" or not self._stop_sent)
                 ):
                     agent = self.ctx.backends.agent(host_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=specs.STOP_GRACE)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:
@@ -341,7 +354,9 @@ class Supervisor:
     ) -> None:
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
-            apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+            if following is not None:  # a scheduled run waits for its next start
+                session.add(following)
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now

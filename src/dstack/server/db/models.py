@@ -91,6 +91,12 @@ class RunRow(Base):
     # Retry window end (unix seconds) for runs waiting for capacity; None = no retry.
     retry_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # stop | abort
+    # 0-100 (`priority:`): waiting runs are placed highest first, then in submission order.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # For runs with a `schedule` (JSON list of cron expressions, UTC): when it starts next (unix seconds);
+    # it waits until then, and after each end it waits for the next start (a new job), until stopped.
+    schedule: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     __table_args__ = (
         UniqueConstraint("project_id", "name"),
@@ -125,6 +131,77 @@ class JobRow(Base):
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_host_status", "host_id", "status"),
     )
+
+
+class TransitionRow(Base):
+    """One change of a run's status (or of its status message), in order: the run's history.
+
+    Written by `services/transitions.py` only, in the transaction that changes the status. The first entry
+    of every run is `submitted`, at its submission time.
+    """
+
+    __tablename__ = "run_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (Index("ix_run_transitions_run", "run_id", "id"),)
+
+
+class UISessionRow(Base):
+    """A web UI sign-in: a browser session (`session`) or a one-time sign-in code (`code`).
+
+    Only hashes are stored, as for tokens; a code is deleted when it is exchanged for a session.
+    """
+
+    __tablename__ = "ui_sessions"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # session | code
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str | None] = mapped_column(String(64), nullable=True)  # sessions only
+    # The user's token hash when it was made: a new token (a leaked one replaced) ends every UI sign-in.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)  # codes: the page to open
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class SecretRow(Base):
+    """A project's secret (`dstack secret set`), resolved into runs' env and registry_auth on the server.
+
+    The value never leaves the server except to the agent of a job that references it; the database lives
+    in the server's folder, which only its owner can read.
+    """
+
+    __tablename__ = "secrets"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RunTokenRow(Base):
+    """A token given to a run with `dstack: true`: it acts in the run's project only, while the run is
+    unfinished, and cannot manage secrets. Only its hash is stored."""
+
+    __tablename__ = "run_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_run_tokens_run", "run_id"),)
 
 
 class LockRow(Base):

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
 from dstack.server.schemas import DeleteRequest, RunRequest, StopRequest
-from dstack.server.services import attach, logs
+from dstack.server.services import attach, history, logs, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
 from dstack.server.services.users import User
@@ -39,10 +39,20 @@ async def submit(
 async def list_runs(
     all: bool = False,
     limit: int | None = Query(default=None, ge=1),
+    before: str | None = Query(default=None, max_length=128),
+    after: str | None = Query(default=None, max_length=128),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> list[dict[str, Any]]:
-    return await runs_service.list_runs(ctx, project, all_runs=all, limit=limit)
+    """Runs, newest first; with `all`, pages: `before`/`after` = "SUBMITTED_AT:ID" of a listed run."""
+    return await runs_service.list_runs(
+        ctx,
+        project,
+        all_runs=all,
+        limit=limit,
+        before=runs_service.parse_cursor(before) if before else None,
+        after=runs_service.parse_cursor(after) if after else None,
+    )
 
 
 @router.get("/{name}")
@@ -51,6 +61,22 @@ async def get_run(
 ) -> dict[str, Any]:
     run, job = await runs_service.get(ctx, project, name)
     return runs_service.run_json(run, job, project.name, None)
+
+
+@router.get("/{name}/history")
+async def run_history(
+    name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> list[dict[str, Any]]:
+    """The run's statuses in order, with their times, messages and (at the end) the reason."""
+    return await history.of_run(ctx, project, name)
+
+
+@router.get("/{name}/plan")
+async def placement_of_run(
+    name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    """What the run asked for (requirements, profile) and where it was placed."""
+    return await run_plan.placement_of(ctx, project, name)
 
 
 @router.post("/stop")
@@ -77,7 +103,7 @@ async def run_logs(
     project: Project = Depends(get_project),
 ) -> Response:
     """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
-    run, job = await runs_service.get(ctx, project, name)
+    run, job = await runs_service.output_job(ctx, project, name)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)

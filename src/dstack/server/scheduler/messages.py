@@ -51,6 +51,12 @@ def describe_allocation(host: Host, allocation: Allocation) -> str:
 _POLICY_SENTENCES: dict[str, Callable[[Requirements], str]] = {
     "backend": lambda r: f"No offer is from backend {', '.join(r.backends or ())}",
     "region": lambda r: f"No offer is in region {', '.join(r.regions or ())}",
+    "fleet": lambda r: (
+        f"No offer is in fleet {', '.join(r.fleets or ())} (a fleet's hosts are offers once it is applied "
+        "with dstack apply)"
+    ),
+    "instance": lambda r: f"No offer is instance {', '.join(_instance_names(r))}",
+    "nvcc": lambda r: "No offer has the CUDA compiler (nvcc: true needs nvcc on the host)",
     "containers": lambda r: "No offer can run containers (an image task needs Docker on its host)",
     "python": lambda r: f"No offer has Python {r.python} (not installed, and uv may not download it there)",
     "spot": lambda r: "No offer is a spot instance",
@@ -58,6 +64,10 @@ _POLICY_SENTENCES: dict[str, Callable[[Requirements], str]] = {
     "price": lambda r: f"No offer costs at most ${r.max_price:g}/h",
     "arch": lambda r: f"No offer has {_article(r.arch or '')} {r.arch} CPU",
 }
+
+
+def _instance_names(req: Requirements) -> list[str]:
+    return [f"{fleet}[{which}]" if fleet else str(which) for fleet, which in req.instances or ()]
 
 
 def _gpu_phrase(req: Requirements) -> str:

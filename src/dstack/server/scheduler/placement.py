@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dstack.server.backends.base import CAP_CONTAINERS
+from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC
 
 # Re-exported: callers know these from here.
 from dstack.server.scheduler.messages import (  # noqa: F401
@@ -115,6 +115,12 @@ def misses(req: Requirements, host: Host) -> list[str]:
         found.append("backend")
     if req.regions is not None and host.region not in req.regions:
         found.append("region")
+    if req.fleets is not None and host.fleet not in req.fleets:
+        found.append("fleet")
+    if req.instances is not None and not any(_is_instance(host, ref) for ref in req.instances):
+        found.append("instance")
+    if req.needs_nvcc and CAP_NVCC not in host.capabilities:
+        found.append("nvcc")
     if req.needs_containers and CAP_CONTAINERS not in host.capabilities:
         found.append("containers")
     if _lacks_python(req, host):
@@ -144,6 +150,13 @@ def mismatch(req: Requirements, host: Host) -> str | None:
     """Why `host` can never run the task (its most decisive reason), or None if its totals fit."""
     found = misses(req, host)
     return found[0] if found else None
+
+
+def _is_instance(host: Host, ref: tuple[str | None, str | int]) -> bool:
+    fleet, which = ref
+    if isinstance(which, int):
+        return host.fleet == fleet and host.fleet_index == which
+    return which in (host.name, host.hostname)
 
 
 def _lacks_python(req: Requirements, host: Host) -> bool:

@@ -48,8 +48,17 @@ async def _frames(
                 sent += len(data)
         if sent and time.monotonic() - refreshed < STATUS_REFRESH:
             continue
+        followed = job
         run, job = await runs_service.get(ctx, project, name)
         refreshed = time.monotonic()
+        if followed is not None and job is not None and job.id != followed.id:
+            # A scheduled run's job ended and the next one waits for its start: the stream of this one ends.
+            ended = await runs_service.job_by_id(ctx, followed.id)
+            if ended is not None and offset < logs.size(ctx.settings, ended.id):
+                job = ended
+                continue
+            yield frames.json_frame(frames.END, end_payload(ended or followed))
+            return
         status = (run.status, run.status_message)
         if status != last_status:
             last_status = status

@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 
 from dstack.core.statuses import FINISHED_STATUSES
 from dstack.server.config_file import RetentionConfig
-from dstack.server.db.models import JobRow, RunRow
+from dstack.server.db.models import Base, JobRow, RunRow
 from dstack.server.events import RETENTION
 from dstack.server.services import logs
 
@@ -94,14 +94,27 @@ def choose(candidates: Sequence[Candidate], policy: RetentionConfig, now: float)
 
 
 async def delete_runs(ctx: Any, session: Any, run_ids: Sequence[str]) -> None:
-    """Delete runs (their jobs and the server's copy of their output) inside a write transaction."""
+    """Delete runs inside a write transaction: their rows, every row that points at them (jobs, status
+    history, run tokens, and whatever table is added later), and the server's copy of their output."""
     if not run_ids:
         return
     job_ids = (await session.execute(select(JobRow.id).where(JobRow.run_id.in_(run_ids)))).scalars().all()
-    await session.execute(delete(JobRow).where(JobRow.run_id.in_(run_ids)))
+    for table, column in _pointing_at_runs():
+        await session.execute(delete(table).where(column.in_(run_ids)))
     await session.execute(delete(RunRow).where(RunRow.id.in_(run_ids)))
     for job_id in job_ids:
         logs.remove(ctx.settings, job_id)
+
+
+def _pointing_at_runs() -> list[tuple[Any, Any]]:
+    """(table, column) for every foreign key to runs.id, found in the models (not every database
+    cascades: SQLite does only with foreign keys turned on)."""
+    found = []
+    for table in reversed(Base.metadata.sorted_tables):
+        for key in table.foreign_keys:
+            if key.column.table.name == RunRow.__tablename__:
+                found.append((table, key.parent))
+    return found
 
 
 async def enforce(ctx: Any) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
+from dstack.config.cron import next_start
 from dstack.core.statuses import (
     FINISHED_STATUSES,
     WAITING_STATUSES,
@@ -21,23 +23,27 @@ from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
+from dstack.server.scheduler.model import Host
 from dstack.server.schemas import RunSpec
-from dstack.server.services import retention, specs
+from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, record_submitted
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
 PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
+Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
 _FINISHED = [s.value for s in FINISHED_STATUSES]
+_WAITING = [s.value for s in WAITING_STATUSES]
 
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
     specs.check_size(spec)
+    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
     hosts = await ctx.backends.hosts()
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
@@ -46,7 +52,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     if run_name is None:
         async with ctx.db.read() as session:
             run_name = await _free_name(session, project)
-    build_message = await _missing_build(ctx, spec, offers)
+    refusal = refusal or await _missing_build(ctx, spec, offers)
     return {
         "project": project.name,
         "run_name": run_name,
@@ -62,8 +68,12 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         "busy_message": f"No offer is free now: {offers[0].note}"
         if offers and all(o.availability != "available" for o in offers)
         else None,
-        # Set when the run needs a cached build (no --build) and no host that fits has it.
-        "build_message": build_message,
+        "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
+        # Set when the task cannot run here at all (or, without --build, its build is not cached on any
+        # host that fits): the CLI shows the plan, then stops with this.
+        "refusal": refusal,
+        "priority": checked.priority,
+        "schedule": _schedule_json(checked, time.time()),
     }
 
 
@@ -83,6 +93,34 @@ async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placeme
     return f"This configuration's build is not cached on any host that fits; {advice}"
 
 
+def placement_notes(checked: specs.CheckedSpec, host: Host | None) -> list[str]:
+    """What the plan says about the best offer's host for this task (e.g. what it cannot measure)."""
+    if host is None or checked.profile.utilization_policy is None or checked.profile.resources.gpu is None:
+        return []
+    if host.gpu_metrics is not False:
+        return []
+    return [
+        f"utilization_policy cannot be measured on {placement.host_label(host)}: nvidia-smi does not answer "
+        "there, so the policy has no effect on it."
+    ]
+
+
+def _schedule_json(checked: specs.CheckedSpec, now: float) -> dict[str, Any] | None:
+    cron = checked.schedule
+    if cron is None:
+        return None
+    return {"cron": cron, "next_start": next_start(cron, now)}
+
+
+async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
+    names = checked.secret_names
+    if not names:
+        return None
+    found = await secrets.values_of(ctx, project.id, names)
+    missing = names - set(found)
+    return secrets.missing_message(missing, project.name) if missing else None
+
+
 def _offer_json(offer: placement.Offer) -> dict[str, Any]:
     host = offer.host
     return {
@@ -100,7 +138,14 @@ def _offer_json(offer: placement.Offer) -> dict[str, Any]:
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
     specs.check_size(spec)
+    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
+    if refusal is not None:
+        raise ServiceError(refusal)
     now = time.time()
+    schedule = checked.schedule
+    first_start = next_start(schedule, now) if schedule else None
+    # The retry window opens when the run may start: at submission, or at each scheduled start.
+    opens = first_start if first_start is not None else now
     async with ctx.db.write() as session:
         if spec.code_hash is not None:
             code = await session.get(CodeRow, (project.id, spec.code_hash))
@@ -113,13 +158,16 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
         run = RunRow(
             id=str(uuid.uuid4()),
             project_id=project.id,
-            user_id=user.id,
+            user_id=user.record_id,
             name=name,
             submitted_at=now,
             status=RunStatus.SUBMITTED.value,
             spec=stored.model_dump_json(),
             configuration_path=spec.configuration_path[:256] or None,
-            retry_deadline=now + checked.retry_seconds if checked.retry_seconds is not None else None,
+            retry_deadline=opens + checked.retry_seconds if checked.retry_seconds is not None else None,
+            priority=checked.priority,
+            schedule=json.dumps(schedule) if schedule else None,
+            next_start_at=first_start,
         )
         job = JobRow(
             id=str(uuid.uuid4()),
@@ -131,7 +179,9 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
         session.add(run)
         await session.flush()
         session.add(job)
+        record_submitted(session, run)
     specs.remember(run.id, checked)
+    ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
 
@@ -208,14 +258,39 @@ _LISTED = [c for c in RunRow.__table__.columns if c.name != "spec"]
 
 
 async def list_runs(
-    ctx: ServerContext, project: Project, *, all_runs: bool, limit: int | None = None
+    ctx: ServerContext,
+    project: Project,
+    *,
+    all_runs: bool,
+    limit: int | None = None,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active."""
+    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active.
+
+    With `all_runs`, a page of a keyset walk over the (project, submitted) index: `before` the runs older
+    than a cursor, `after` the ones newer than it (still newest first). Nothing is counted, so a page costs
+    the same with 100 runs or 100,000.
+    """
     limit = min(limit or (PS_MAX_LIMIT if all_runs else PS_DEFAULT_LIMIT), PS_MAX_LIMIT)
-    newest = select(*_LISTED).where(RunRow.project_id == project.id).order_by(RunRow.submitted_at.desc())
+    mine = select(*_LISTED).where(RunRow.project_id == project.id)
+    newest = mine.order_by(RunRow.submitted_at.desc(), RunRow.id.desc())
     async with ctx.db.read() as session:
-        if all_runs:
-            rows = (await session.execute(newest.limit(limit))).mappings().all()
+        if all_runs and after is not None:
+            at, run_id = after
+            # The range term alone lets the index seek; the OR only breaks ties within one instant.
+            newer = mine.where(
+                RunRow.submitted_at >= at, or_(RunRow.submitted_at > at, RunRow.id > run_id)
+            ).order_by(RunRow.submitted_at, RunRow.id)
+            rows: Sequence[Any] = list(reversed((await session.execute(newer.limit(limit))).mappings().all()))
+        elif all_runs:
+            query = newest
+            if before is not None:
+                at, run_id = before
+                query = query.where(
+                    RunRow.submitted_at <= at, or_(RunRow.submitted_at < at, RunRow.id < run_id)
+                )
+            rows = (await session.execute(query.limit(limit))).mappings().all()
         else:
             # The few unfinished runs through the status index. Left to itself, SQLite walks the
             # (project, submitted) index newest first instead, reading every finished run of the project
@@ -231,6 +306,18 @@ async def list_runs(
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
     return [_listed_json(row, project.name) for row in rows]
+
+
+def parse_cursor(text: str) -> Cursor:
+    """A page cursor: "SUBMITTED_AT:RUN_ID" of the last run of the page before (see `list_runs`)."""
+    at, sep, run_id = text.partition(":")
+    try:
+        value = float(at)
+    except ValueError:
+        value = float("nan")
+    if not sep or not run_id or value != value:
+        raise ServiceError(f"The page cursor {text[:80]!r} is not valid; pass SUBMITTED_AT:RUN_ID of a run")
+    return value, run_id
 
 
 def _listed_json(row: Any, project: str) -> dict[str, Any]:
@@ -250,6 +337,8 @@ def _listed_json(row: Any, project: str) -> dict[str, Any]:
         "resources": row["resources"],
         "price": row["price"],
         "configuration_path": row["configuration_path"],
+        "priority": row["priority"],
+        "next_start_at": row["next_start_at"] if row["schedule"] else None,
     }
 
 
@@ -306,6 +395,41 @@ async def stop(
     return result
 
 
+def _shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored spec as users see it: a password written into registry_auth is not shown back.
+
+    (`${{ secrets.X }}` references are shown as written: their values are only ever resolved for the agent.)
+    """
+    auth = (spec.get("configuration") or {}).get("registry_auth")
+    if isinstance(auth, dict) and auth.get("password") and "${{" not in str(auth["password"]):
+        spec = json.loads(json.dumps(spec))
+        spec["configuration"]["registry_auth"]["password"] = "***"  # noqa: S105 (a mask, not a password)
+    return spec
+
+
+async def job_by_id(ctx: ServerContext, job_id: str) -> JobRow | None:
+    async with ctx.db.read() as session:
+        return await session.get(JobRow, job_id)
+
+
+async def output_job(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+    """The run and the job whose output to show: the latest that was placed (a scheduled run's newest job
+    waits for its start with no output yet)."""
+    async with ctx.db.read() as session:
+        run, job = await find(session, project, name)
+        if job is None or job.status not in _WAITING or job.submission_num == 0:
+            return run, job
+        placed = (
+            await session.execute(
+                select(JobRow)
+                .where(JobRow.run_id == run.id, JobRow.status.not_in(_WAITING))
+                .order_by(JobRow.submission_num.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        return run, placed or job
+
+
 def run_json(
     run: RunRow, job: JobRow | None, project: str, user: str | None, *, with_spec: bool = True
 ) -> dict[str, Any]:
@@ -326,9 +450,11 @@ def run_json(
         "resources": run.resources,
         "price": run.price,
         "configuration_path": run.configuration_path or spec.get("configuration_path"),
+        "priority": run.priority,
+        "next_start_at": run.next_start_at if run.schedule else None,
     }
     if with_spec:
-        data["spec"] = spec
+        data["spec"] = _shown_spec(spec)
     if job is not None:
         data["job"] = {
             "id": job.id,

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import ValidationError
 
 from dstack.config import ConfigError, EffectiveProfile, TaskConfiguration
+from dstack.config.policies import InstanceRef
 from dstack.config.profiles import RetryEvent
 from dstack.core.limits import JOB_SPEC_LIMIT_BYTES, spec_too_big
 from dstack.server.scheduler.model import GpuRequest, Requirements, Span
 from dstack.server.schemas import RunSpec
+from dstack.server.services import secrets as secrets_service
 from dstack.server.services.errors import ServiceError
+from dstack.server.services.spec_notes import notes_for, refusal_for
 
-STOP_GRACE = 10.0  # seconds a stopped job gets between SIGTERM and SIGKILL
-# What the supervisor adds to a job request beyond the spec (ids, allocation): room left for it.
+# What the supervisor adds to a job request beyond the spec (ids, allocation, tokens): room left for it.
 _REQUEST_MARGIN = 16 * 1024
+_SERVER_ONLY = {"configuration", "profile", "build_inputs", "configuration_path"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,26 @@ class CheckedSpec:
     configuration: TaskConfiguration
     profile: EffectiveProfile
     requirements: Requirements
+    notes: tuple[str, ...] = ()  # the plan's lines about fields honoured differently here, or not at all
+    refusal: str | None = None  # why it cannot run on any backend here
+
+    @property
+    def priority(self) -> int:
+        return self.configuration.priority or 0
+
+    @property
+    def schedule(self) -> list[str] | None:
+        schedule = self.profile.schedule
+        return list(schedule.cron) if schedule is not None else None
+
+    @property
+    def secret_names(self) -> set[str]:
+        """The project secrets the job's env and registry_auth refer to."""
+        texts = list(self.spec.env.values())
+        auth = self.configuration.registry_auth
+        if auth is not None:
+            texts += [auth.password, auth.username or ""]
+        return secrets_service.references(texts)
 
     @property
     def retry_seconds(self) -> int | None:
@@ -59,37 +80,13 @@ def check(spec: RunSpec) -> CheckedSpec:
     if spec.image is not None and spec.python is not None:
         raise ServiceError("The run spec sets both image and python; they are mutually exclusive")
     return CheckedSpec(
-        spec=spec, configuration=configuration, profile=profile, requirements=requirements_of(spec, profile)
+        spec=spec,
+        configuration=configuration,
+        profile=profile,
+        requirements=requirements_of(spec, profile, configuration),
+        notes=tuple(notes_for(configuration, profile)),
+        refusal=refusal_for(configuration),
     )
-
-
-def job_request(job_id: str, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
-    """What the job's agent is asked to run (POST /api/jobs, see dstack.agent.jobs.spec)."""
-    profile = spec.profile
-    # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
-    cpus = allocation.get("cpu_limit") or None
-    memory_gb = allocation.get("memory_limit_gb") or None
-    return {
-        "id": job_id,
-        "run_name": spec.run_name,
-        "commands": spec.commands,
-        "env": spec.env,
-        "working_dir": spec.working_dir,
-        "code_hash": spec.code_hash,
-        "stop_grace_seconds": STOP_GRACE,
-        "max_duration": profile.get("max_duration"),
-        "python": spec.python if spec.image is None else None,
-        "image": spec.image,
-        "build": spec.build,
-        "build_policy": spec.build_policy,
-        "args": spec.args,
-        "resources": {
-            "cpus": cpus,
-            "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
-            "gpus": allocation.get("gpus", []),
-        },
-        "ports": [p.container_port for p in spec.ports],
-    }
 
 
 def build_advice(configuration_path: str) -> str:
@@ -99,8 +96,11 @@ def build_advice(configuration_path: str) -> str:
 
 
 def check_size(spec: RunSpec) -> None:
-    """Refuse at submission what a host would refuse at start: a job request over the agent's limit."""
-    size = len(json.dumps(job_request("", spec, {})).encode())
+    """Refuse at submission what a host would refuse at start: a job request over the agent's limit.
+
+    The request (services/job_request.py) is the spec's commands, env, files and the like made concrete
+    for one host; what only the server reads (the configuration as written, the profile) is left out."""
+    size = len(spec.model_dump_json(exclude=_SERVER_ONLY).encode())
     if size > JOB_SPEC_LIMIT_BYTES - _REQUEST_MARGIN:
         raise ServiceError(spec_too_big(size))
 
@@ -129,7 +129,9 @@ def _first_error(e: Exception) -> str:
     return str(e)
 
 
-def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
+def requirements_of(
+    spec: RunSpec, profile: EffectiveProfile, configuration: TaskConfiguration | None = None
+) -> Requirements:
     resources = profile.resources
     explicit = profile.resources_explicit
     cpu = resources.cpu
@@ -160,6 +162,19 @@ def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
         ),
         backends=tuple(profile.backends) if profile.backends else None,
         regions=tuple(profile.regions) if profile.regions else None,
+        fleets=tuple(profile.fleets) if profile.fleets else None,
+        instances=_instances(profile),
+        needs_nvcc=bool(configuration is not None and configuration.nvcc),
+    )
+
+
+def _instances(profile: EffectiveProfile) -> tuple[tuple[str | None, str | int], ...] | None:
+    """`instances:` as (fleet, name or index) pairs: a name or hostname matches in any fleet."""
+    if not profile.instances:
+        return None
+    return tuple(
+        (item.fleet, item.index) if isinstance(item, InstanceRef) else (None, item)
+        for item in profile.instances
     )
 
 
