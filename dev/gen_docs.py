@@ -160,6 +160,20 @@ FIELD_NOTES = {
     "NodeGroup.resources": "What each of its nodes needs.",
     "NodeGroup.commands": "The commands its nodes run (default: the task's).",
     "NodeGroup.ports": "The ports its nodes listen on.",
+    "SlurmBackendConfig.type": "`slurm`: a Slurm cluster reached through its login node over SSH.",
+    "SlurmBackendConfig.clusters": "The clusters (see the Slurm cluster block).",
+    "SlurmClusterConfig.name": "The cluster's name, shown as the offers' REGION.",
+    "SlurmClusterConfig.hostname": "The login node.",
+    "SlurmClusterConfig.port": "Its SSH port.",
+    "SlurmClusterConfig.user": "The user to log in as.",
+    "SlurmClusterConfig.identity_file": "The private key to log in with.",
+    "SlurmClusterConfig.cpu_partitions": "The partitions offered for tasks without GPUs (default: every "
+    "partition not under gpu_partitions).",
+    "SlurmClusterConfig.gpu_partitions": "What the GPUs of some partitions are (Slurm's GRES counts them "
+    "but does not name them).",
+    "SlurmClusterConfig.container_runtime": "`docker`: image tasks run on the nodes with Docker.",
+    "SlurmGpuPartitions.gpu": "`NAME:MEMORY`, e.g. `A100:80GB`.",
+    "SlurmGpuPartitions.partitions": "The partitions whose nodes have them.",
 }
 
 
@@ -215,6 +229,9 @@ _TITLES = {
     "RetentionConfig": "retention",
     "DeclaredResources": "declared resources",
     "DeclaredGpu": "declared GPU",
+    "SlurmBackendConfig": "backend: slurm",
+    "SlurmClusterConfig": "Slurm cluster",
+    "SlurmGpuPartitions": "Slurm GPU partitions",
 }
 
 

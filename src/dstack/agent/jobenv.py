@@ -25,6 +25,8 @@ HOST_VARIABLES: Tuple[str, ...] = (
     "PIP_*", "UV_*", "CONDA_*", "PYTHONDONTWRITEBYTECODE",
     # GPU libraries and drivers
     "LD_LIBRARY_PATH", "CUDA_HOME", "CUDA_PATH", "ROCM_PATH", "HIP_PATH",
+    # a batch scheduler's facts about the allocation the job runs in (an agent started by Slurm)
+    "SLURM_*",
 )  # fmt: skip
 _OURS = "DSTACK_"
 

@@ -21,6 +21,10 @@ class AgentSettings:
     token: str
     pass_env: Tuple[str, ...] = ()  # host variables jobs see beyond jobenv.HOST_VARIABLES
     job_umask: int = 0o022  # the agent's own files are private (umask 077); jobs get the user's
+    # Serve one job, then exit with its exit code (an agent started for one allocation, e.g. a Slurm job):
+    # once the server has collected it, or `linger_seconds` after it ended if nobody does.
+    one_job: bool = False
+    linger_seconds: float = 300.0
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -59,6 +63,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         type=_non_negative,
         metavar="SECONDS",
         help="exit after this long with no job running and no request (default: 0, never)",
+    )
+    parser.add_argument(
+        "--one-job",
+        action="store_true",
+        help="serve one job, then exit with its exit code once the server has collected it (deleted it); "
+        "a signal stops the job and still waits for the server to collect it",
+    )
+    parser.add_argument(
+        "--linger",
+        default=300.0,
+        type=_non_negative,
+        metavar="SECONDS",
+        help="with --one-job: exit this long after the job ended even if nobody collected it (default: 300)",
     )
     parser.add_argument(
         "--max-code-bytes",

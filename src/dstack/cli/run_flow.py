@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     if plan.get("refusal"):
         raise CLIError(plan["refusal"])
     scheduled = plan.get("schedule") is not None
-    if not plan["offers"] and not prepared.retry and not scheduled:
+    if plan.get("no_offer_message") and not prepared.retry and not scheduled:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
     forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
@@ -93,9 +93,11 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
         note(line)
     offers = plan["offers"]
     if offers:
-        shown = offers[:PLAN_OFFERS_SHOWN]
+        fitting = [o for o in offers if o["availability"] != "no fit"]
+        # The cheapest offers that fit, then (where no offer fits) what never can and why.
+        shown = fitting[:PLAN_OFFERS_SHOWN] or offers[:PLAN_OFFERS_SHOWN]
         body = [offer_row(i, o, _availability(o)) for i, o in enumerate(shown, 1)]
-        if plan["total_offers"] > len(shown):
+        if plan["total_offers"] > len(shown) and fitting:
             body.append(["...", "", "", "", "", "", "", f"{plan['total_offers'] - len(shown)} more"])
         sys.stderr.write("\n")
         table(
@@ -113,7 +115,7 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
                     f"{plan['busy_message']}; without --retry-limit the run fails at once "
                     "(pass --retry-limit DURATION, e.g. 1h, to wait for capacity)"
                 )
-    elif plan.get("no_offer_message") and prepared.retry:
+    if plan.get("no_offer_message") and prepared.retry:
         # (Without retry the run stops here with this sentence as its error, so it is not said twice.)
         sys.stderr.write("\n")
         note(f"{plan['no_offer_message']} The run will wait for capacity.")
@@ -122,7 +124,7 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
 
 def _availability(offer: dict[str, Any]) -> str:
     if offer["availability"] == "available":
-        return ""
+        return offer.get("note") or ""  # e.g. a Slurm partition's node counts
     return f"{offer['availability']}: {offer['note']}" if offer.get("note") else offer["availability"]
 
 

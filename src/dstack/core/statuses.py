@@ -53,6 +53,8 @@ class TerminationReason(str, Enum):
     SERVER_ERROR = "server_error"
     LOG_QUOTA_EXCEEDED = "log_quota_exceeded"
     UTILIZATION_POLICY = "utilization_policy"
+    CANCELLED_OUTSIDE = "cancelled_outside_dstack"  # e.g. `scancel` of a Slurm job by its user
+    PREEMPTED = "preempted"  # the backend gave the job's capacity to another (Slurm preemption)
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -74,4 +76,6 @@ _DESCRIPTIONS = {
     TerminationReason.SERVER_ERROR: "server error",
     TerminationReason.LOG_QUOTA_EXCEEDED: "log quota exceeded",
     TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
+    TerminationReason.CANCELLED_OUTSIDE: "cancelled outside dstack",
+    TerminationReason.PREEMPTED: "preempted",
 }

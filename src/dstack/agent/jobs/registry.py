@@ -30,6 +30,10 @@ class JobRegistry:
         make_private_dir(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
+        # What a one-job agent exits on: whether its job came, and how the one collected last ended.
+        self.created = 0
+        self.last_deleted: Optional[JobState] = None
+        self.deleted = threading.Event()  # set once a job was deleted
 
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
@@ -71,6 +75,7 @@ class JobRegistry:
             write_json_atomic(folder / STATE_FILE, state.to_record())
             job = Job(spec, folder, state)
             self._jobs[spec.id] = job
+            self.created += 1
             return job, True
 
     def get(self, job_id: str) -> Optional[Job]:
@@ -93,6 +98,8 @@ class JobRegistry:
             if not job.state.is_final:
                 raise JobConflictError(f"Job {job_id} is {job.state.status}; stop it before deleting it")
             del self._jobs[job_id]
+            self.last_deleted = job.state
+            self.deleted.set()
             # Renamed under the lock (a new job with this id may be created at once), removed outside it.
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             job.folder.rename(trash)

@@ -12,7 +12,12 @@ from dstack.cli.argtypes import positive_number
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="show finished runs too")
     parser.add_argument("-w", "--watch", action="store_true", help="refresh every 2 seconds (Ctrl+C exits)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show why runs ended")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show where runs run (e.g. the Slurm job) and why they ended",
+    )
     parser.add_argument(
         "-n", "--limit", type=positive_number, default=None, help="show at most this many runs"
     )
@@ -47,7 +52,7 @@ def execute(args: argparse.Namespace) -> int:
 def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[list[str]]]:
     headers = ["RUN", "CONFIGURATION", "BACKEND", "RESOURCES", "PRICE", "STATUS", "SUBMITTED"]
     if verbose:
-        headers.append("ERROR")
+        headers += ["INSTANCE", "ERROR"]
     rows = []
     for run in runs:
         row = [
@@ -60,7 +65,7 @@ def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[l
             ago(run["submitted_at"]),
         ]
         if verbose:
-            row.append(_error(run))
+            row += [run.get("instance") or "-", _error(run)]
         rows.append(row)
     return headers, rows
 

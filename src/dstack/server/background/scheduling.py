@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
+from dstack.server.backends.base import CAP_QUEUE
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, LockRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
@@ -190,9 +191,10 @@ class SchedulingLoop:
                     f"retry limit exceeded while waiting for capacity: {decision.wait_reason}",
                 )
                 return False
-            # It queues for the hosts it fits; later runs may not jump ahead of it there.
+            # It queues for the hosts it fits; later runs may not jump ahead of it there (a queue host has
+            # a queue of its own and is never held for anyone).
             for usage in usages:
-                if not placement.misses(req, usage.host):
+                if CAP_QUEUE not in usage.host.capabilities and not placement.misses(req, usage.host):
                     blocked.setdefault(usage.host.id, run.name)
             apply_status(
                 run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {decision.wait_reason}"

@@ -1,6 +1,10 @@
 """One supervisor per placed job: hand it to its agent, mirror its output, follow its status, stop it on
 request, and record how it ended. It holds the job's row lease the whole time and renews it.
 
+A backend with a launch step (Slurm) is asked first to start the job's allocation and agent (`_launch`):
+the run shows `pending` with the backend's reason meanwhile, a stop ends the launch at once, and every end
+asks the backend to release the job before it is recorded (its allocation is gone by then).
+
 Order matters for readers: every byte of output is appended before the final status is recorded, so a
 stream that sees a finished run has already seen (or can still read) all of its output.
 """
@@ -21,6 +25,7 @@ from sqlalchemy.orm import defer
 
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
@@ -44,6 +49,7 @@ RUNNING_GRACE = 0.25
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
+RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
 _STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
@@ -68,6 +74,9 @@ class Supervisor:
         self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._host_id = ""
+        self._launches = False  # the backend has a launch step (see the module's docstring)
+        self._launched = Launched()
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -76,10 +85,14 @@ class Supervisor:
             run, job = await self._load()
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
-            host_id = job.host_id
+            host_id = self._host_id = job.host_id
+            self._launches = self.ctx.backends.needs_launch(host_id)
             self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
+                if self._launches:
+                    await self._launch(host_id, run, job)
+                    run, job = await self._load()
                 shown = RunStatus(job.status)
                 if run.stop_requested:
                     # Stopped before it was handed over? Then it ends here; else the watcher stops it.
@@ -117,8 +130,14 @@ class Supervisor:
         since = time.monotonic()
         while True:
             try:
-                return await call(self.ctx.backends.agent(host_id))
+                return await call(self.ctx.backends.job_agent(host_id, self.job_id))
             except AgentUnreachable:
+                if self._launches:
+                    # Gone because the backend ended the job (a time limit, scancel)? Then that is the end.
+                    ended = await self.ctx.backends.job_ended(host_id, self.job_id)
+                    if ended is not None:
+                        await self._finish_end(ended)
+                        raise JobFinished() from None
                 if time.monotonic() - since > HOST_LOST_AFTER:
                     await self._finish(
                         RunStatus.FAILED,
@@ -129,6 +148,69 @@ class Supervisor:
                     raise JobFinished() from None
                 await self.ctx.backends.recover(host_id)
                 await asyncio.sleep(1.0)
+
+    # -- launching (backends with a queue of their own) ---------------------------------------------------
+
+    async def _launch(self, host_id: str, run: RunRow, job: JobRow) -> None:
+        """Until the job's agent answers; a stop requested meanwhile ends the launch (the backend cancels
+        what it started). Raises JobFinished if the job ended here."""
+        spec = RunSpec.model_validate_json(run.spec)
+        allocation = json.loads(job.allocation) if job.allocation else {}
+        request = LaunchRequest(
+            job_id=self.job_id,
+            run_name=run.name,
+            cpus=float(allocation.get("cpus") or 0),
+            memory_gb=float(allocation.get("memory_gb") or 0),
+            gpus=len(allocation.get("gpus") or []),
+            max_duration=_seconds(spec.profile.get("max_duration")),
+            python=spec.python if spec.image is None else None,
+            instance_id=job.instance_id,
+        )
+        progress = LaunchProgress(
+            submitted=self._record_instance, waiting=self._pending, started=self._started
+        )
+        launch = asyncio.create_task(self.ctx.backends.launch(host_id, request, progress))
+        stop = asyncio.create_task(self._stop_requested(run.id))
+        try:
+            done, _ = await asyncio.wait({launch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (launch, stop):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        if launch in done:
+            try:
+                self._launched = launch.result()
+                return
+            except LaunchFailed as e:
+                await self._finish_end(e.end)
+                raise JobFinished() from e
+        await self._finish_unstarted(stop.result())
+        raise JobFinished()
+
+    async def _stop_requested(self, run_id: str) -> str:
+        signal = self.ctx.notifier.signal(stop_channel(run_id))
+        recheck = SQLITE_STOP_RECHECK if self.ctx.db.is_sqlite else self.ctx.settings.poll_seconds
+        while True:
+            version = signal.version
+            run, _ = await self._load()
+            if run.stop_requested:
+                return run.stop_requested
+            await signal.wait(version, recheck)
+
+    async def _record_instance(self, instance_id: str, label: str) -> None:
+        async with self.ctx.db.write() as session:
+            run, job = await self._owned(session)
+            job.instance_id = instance_id
+            run.instance = label[:128]
+
+    async def _pending(self, message: str) -> None:
+        # The run waits in the backend's queue; the job stays placed (the scheduler must not place it again).
+        await self._set_status(RunStatus.PENDING, message, job_status=RunStatus.PROVISIONING)
+
+    async def _started(self, message: str) -> None:
+        await self._set_status(RunStatus.PROVISIONING, message)
 
     # -- provisioning ------------------------------------------------------------------------------------
 
@@ -157,7 +239,7 @@ class Supervisor:
             for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
                 if code_hash is not None and not await agent.has_code(code_hash):
                     await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
-            await agent.submit_job(request)
+            await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
         except AgentError as e:
@@ -253,7 +335,13 @@ class Supervisor:
         run, job = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
         reason_code = state.get("reason_code")
-        if status == "done":
+        ended = None
+        if status != "done" and not run.stop_requested and self._launches:
+            # Slurm's own signal (a time limit, scancel) may have ended the task before its agent knew why.
+            ended = await self.ctx.backends.job_ended(self._host_id, self.job_id)
+        if ended is not None:
+            await self._finish_end(ended)
+        elif status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
         elif run.stop_requested == "abort":
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
@@ -306,7 +394,7 @@ class Supervisor:
                     and wanted != self._stop_sent
                     and (wanted == "abort" or not self._stop_sent)
                 ):
-                    agent = self.ctx.backends.agent(host_id)
+                    agent = self.ctx.backends.job_agent(host_id, self.job_id)
                     await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
@@ -340,18 +428,29 @@ class Supervisor:
             raise LeaseLost()
         return found[0], found[1]
 
-    async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
+    async def _set_status(
+        self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
+    ) -> None:
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
             if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
                 return  # a stop is under way; keep showing it
-            apply_status(run, job, status, status_message=status_message)
+            apply_status(run, job, status, status_message=status_message, job_status=job_status)
             run_id = run.id
         self.ctx.notifier.notify(run_channel(run_id))
+
+    async def _finish_end(self, end: JobEnd) -> None:
+        await self._finish(end.status, end.reason, end.message, end.exit_code)
 
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
+        if self._launches:
+            # Ended means ended: the backend's allocation is gone before the run says so.
+            try:
+                await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
+            except Exception:
+                log.exception("job %s: its backend did not release it", self.job_id)
         async with self.ctx.db.write() as session:
             run, job = await self._owned(session)
             following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
@@ -396,3 +495,7 @@ def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
     return (
         f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
     )
+
+
+def _seconds(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -97,6 +97,8 @@ class RunRow(Base):
     # it waits until then, and after each end it waits for the next start (a new job), until stopped.
     schedule: Mapped[str | None] = mapped_column(Text, nullable=True)
     next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Where it runs as its backend names it, for `ps -v` (e.g. "slurm job 123 on node1").
+    instance: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("project_id", "name"),
@@ -122,6 +124,8 @@ class JobRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the backend created for this job (a Slurm job id): a resubmission after a crash finds it.
+    instance_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Row lease: a worker owns the row while lock_expires_at is in the future and lock_token is its own.
     lock_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lock_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -122,6 +122,7 @@ class Host:
     fleet_index: int | None = None
     hostname: str | None = None
     gpu_metrics: bool | None = None  # whether GPU utilisation can be measured there; None: not reported
+    note: str | None = None  # the backend's word on its availability, shown with the offer
 
     @classmethod
     def from_resources(
@@ -138,6 +139,7 @@ class Host:
         unavailable_reason: str | None = None,
         fleet: str | None = None,
         fleet_index: int | None = None,
+        note: str | None = None,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
         pythons = resources.get("pythons")
@@ -171,6 +173,7 @@ class Host:
             fleet_index=fleet_index,
             hostname=str(resources["hostname"]) if resources.get("hostname") else None,
             gpu_metrics=bool(resources["gpu_metrics"]) if "gpu_metrics" in resources else None,
+            note=note,
         )
 
 

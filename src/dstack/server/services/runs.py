@@ -48,6 +48,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
     offers = placement.offers(checked.requirements, usages)
+    misfits = placement.misfit_offers(checked.requirements, usages)
     run_name = spec.run_name
     if run_name is None:
         async with ctx.db.read() as session:
@@ -61,7 +62,8 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         "sharing": placement.placement_note(checked.requirements, offers[0].host)
         if offers
         else placement.SHARING_POLICY,
-        "offers": [_offer_json(o) for o in offers[:50]],
+        # The offers that fit, then queue hosts (Slurm partitions) that never can, each with why.
+        "offers": [_offer_json(o) for o in [*offers[:50], *misfits[:10]]],
         "total_offers": len(offers),
         "no_offer_message": None if offers else placement.no_offer_message(checked.requirements, hosts),
         # Set when offers fit but none is free now: without retry the run would fail at once.
@@ -339,6 +341,7 @@ def _listed_json(row: Any, project: str) -> dict[str, Any]:
         "configuration_path": row["configuration_path"],
         "priority": row["priority"],
         "next_start_at": row["next_start_at"] if row["schedule"] else None,
+        "instance": row["instance"],
     }
 
 
@@ -373,7 +376,7 @@ async def stop(
             status = RunStatus(run.status)
             if status.is_finished:
                 pass
-            elif status in WAITING_STATUSES:
+            elif status in WAITING_STATUSES and (job is None or job.host_id is None):
                 apply_status(
                     run,
                     job,
@@ -452,6 +455,7 @@ def run_json(
         "configuration_path": run.configuration_path or spec.get("configuration_path"),
         "priority": run.priority,
         "next_start_at": run.next_start_at if run.schedule else None,
+        "instance": run.instance,
     }
     if with_spec:
         data["spec"] = _shown_spec(spec)

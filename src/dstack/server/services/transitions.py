@@ -34,14 +34,18 @@ def apply_status(
     message: str | None = None,
     exit_code: int | None = None,
     status_message: str | None = None,
+    job_status: RunStatus | None = None,
 ) -> None:
-    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit."""
+    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit.
+
+    `job_status`: the job's own status where it differs from its run's — a job handed to a backend's queue
+    (Slurm) stays placed while its run shows `pending` with the queue's reason."""
     now = time.time()
     before = (run.status, run.status_message)
     run.status = status.value
     run.status_message = one_line(status_message, MESSAGE_LIMIT) if status_message else None
     if job is not None:
-        job.status = status.value
+        job.status = (job_status or status).value
         if status is RunStatus.RUNNING and job.started_at is None:
             job.started_at = now
     if status.is_finished:
