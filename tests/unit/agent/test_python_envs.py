@@ -252,3 +252,23 @@ def test_a_plan_can_ask_whether_a_build_is_cached(agent: AgentProcess, tmp_path:
     assert lookup("fast")["cached"] is False  # another requirements file
     bad = client.request("POST", "/api/builds/lookup", body={"python": "3.12", "inputs": {"x": 1}})
     assert bad.status == 400
+
+
+def test_an_agent_from_its_zipapp_gives_runs_their_own_venvs(tmp_path: Path) -> None:
+    # How remote hosts run the agent (dstack.server.remote.artifact): nothing is read from its files.
+    from dstack.server.remote.artifact import agent_zipapp
+
+    zipapp = agent_zipapp(tmp_path / "artifact").path
+    env = agent_env(**OFFLINE)
+    env["PYTHONPATH"] = str(zipapp)  # `python -m dstack.agent` imports it from the zip only
+    agent = AgentProcess(tmp_path / "work", env=env).wait_ready()
+    try:
+        wheel = make_wheel(tmp_path / "wheels", "dstack_zipped")
+        check = "python -c 'import dstack_zipped, sys; print(sys.prefix)'"
+        state, output = _run(agent.client(), [f"pip install -q {wheel}", check], python="3.12")
+        assert state["status"] == "done", output
+        assert Path(output.split()[-1]).parent.parent == tmp_path / "work" / "envs" / "runs"
+        pip = (tmp_path / "work" / "envs" / "python" / "3.12" / "bin" / "pip").read_text()
+        assert "uv's pip where uv can do what was asked" in pip  # the shim, read from the zip
+    finally:
+        agent.terminate()

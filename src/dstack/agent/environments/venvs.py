@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pkgutil
 import shutil
 import threading
 from dataclasses import dataclass
@@ -138,7 +139,11 @@ def mark_ready(path: Path) -> None:
 
 def install_shims(venv: Path, version: str, uv: str) -> None:
     """Make the venv's `pip`, `pip3` and `pip3.X` scripts run pip_shim.py (uv's pip where it can)."""
-    source = (Path(__file__).parent / "pip_shim.py").read_text(encoding="utf-8")
+    # Through the loader, not the file system: the agent may run from a zipapp (shipped to remote hosts).
+    data = pkgutil.get_data(__package__ or "dstack.agent.environments", "pip_shim.py")
+    if data is None:
+        return  # the package cannot say: the venv keeps pip's own scripts
+    source = data.decode("utf-8")
     source = source.replace('\nUV = ""', f"\nUV = {uv!r}", 1)
     script = f"#!{venv / 'bin' / 'python'}\n" + source
     for name in ("pip", "pip3", f"pip{version}"):
