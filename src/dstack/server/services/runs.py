@@ -80,7 +80,8 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
 
 
 async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placement.Offer]) -> str | None:
-    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so."""
+    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so
+    when every offer's host says it has no such build."""
     if not spec.build or spec.build_policy != "use-build" or spec.build_inputs is None or not offers:
         return None
     python = spec.python if spec.image is None else None
@@ -90,7 +91,9 @@ async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placeme
             if await agent.has_build(python=python, image=spec.image, inputs=spec.build_inputs):
                 return None
         except (AgentError, UnknownHost):
-            continue  # a host that does not answer is not known to have it
+            # No agent to ask (a queue backend such as Slurm starts one per job), or it does not answer:
+            # the plan cannot tell, so the run goes on and the host says at start (`build not found`).
+            return None
     advice = specs.build_advice(spec.configuration_path)
     return f"This configuration's build is not cached on any host that fits; {advice}"
 
