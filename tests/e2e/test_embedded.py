@@ -49,6 +49,11 @@ def test_the_guides_port_3000_command_works_on_a_fresh_machine(
     try:
 
         def fetched() -> bytes | None:
+            if cli.poll() is not None:
+                stderr = cli.stderr.read() if cli.stderr else ""
+                if "is in use" in stderr:  # the machine is shared: another program took it meanwhile
+                    pytest.skip("another program took port 3000 while the test ran")
+                raise AssertionError(f"dstack run exited {cli.returncode}: {stderr}")
             try:
                 return urllib.request.urlopen("http://127.0.0.1:3000/index.html", timeout=5).read()
             except OSError:
