@@ -10,7 +10,14 @@ from typing import Any, List, Optional, Tuple
 from urllib.parse import quote
 
 from dstack.agent import __version__
-from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
+from dstack.agent.codestore import (
+    HEADER,
+    MAX_ENTRIES,
+    MAX_MANIFEST_BYTES,
+    CodeStore,
+    CodeUploadError,
+    is_code_hash,
+)
 from dstack.agent.filesync import FileSync
 from dstack.agent.host import host_facts
 from dstack.agent.httpserver import ApiError, Exchange, Route
@@ -50,8 +57,10 @@ class AgentApi:
         return [
             Route("GET", r"/api/health", self.health, auth=False),
             Route("GET", r"/api/host", self.host),
+            Route("POST", r"/api/code/missing", self.missing_blobs),
+            Route("POST", r"/api/code/blobs", self.upload_blobs),
             Route("HEAD", r"/api/code/(?P<code_hash>[^/]+)", self.code_exists),
-            Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_code),
+            Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_manifest),
             Route("POST", r"/api/jobs", self.submit_job),
             Route("GET", r"/api/jobs", self.list_jobs),
             Route("GET", _JOB, self.get_job),
@@ -75,14 +84,38 @@ class AgentApi:
         found = self._code_store.has(_code_hash(exchange))
         exchange.send_empty(HTTPStatus.OK if found else HTTPStatus.NOT_FOUND)
 
-    def upload_code(self, exchange: Exchange) -> None:
-        code_hash = _code_hash(exchange)
-        stream, length = exchange.body_stream(self._max_code_bytes)
+    def missing_blobs(self, exchange: Exchange) -> None:
+        """Which of the contents named in the body (40-byte sha256 + size entries) the store lacks."""
+        stream, length = exchange.body_stream(MAX_ENTRIES * HEADER.size)
+        wanted = stream.read(length)
+        if len(wanted) != length:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
         try:
-            self._code_store.store(code_hash, stream, length)
+            missing = self._code_store.missing(wanted)
         except CodeUploadError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
-        exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash, "size": length})
+        exchange.send_json(HTTPStatus.OK, {"missing": missing})
+
+    def upload_blobs(self, exchange: Exchange) -> None:
+        limit = self._max_code_bytes + MAX_ENTRIES * HEADER.size
+        stream, length = exchange.body_stream(limit)
+        try:
+            count = self._code_store.receive(stream, length, self._max_code_bytes)
+        except CodeUploadError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        exchange.send_json(HTTPStatus.CREATED, {"stored": count})
+
+    def upload_manifest(self, exchange: Exchange) -> None:
+        code_hash = _code_hash(exchange)
+        stream, length = exchange.body_stream(MAX_MANIFEST_BYTES)
+        manifest = stream.read(length)
+        if len(manifest) != length:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
+        try:
+            self._code_store.store_manifest(code_hash, manifest, self._max_code_bytes)
+        except CodeUploadError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash})
 
     def submit_job(self, exchange: Exchange) -> None:
         try:

@@ -34,7 +34,7 @@ from dstack.agent.output import OutputReader
 from dstack.agent.procutil import JOB_MARKER_ENV
 from dstack.agent.script import render_script
 from dstack.agent.settings import TOKEN_ENV
-from dstack.agent.unpack import UnpackError, unpack_code
+from dstack.agent.unpack import UnpackError
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +307,12 @@ class Runner:
         shutil.rmtree(job.code_dir, ignore_errors=True)
         job.code_dir.mkdir()
         if spec.code_hash is not None:
-            archive = self._code_store.path(spec.code_hash)
-            if not archive.is_file():
+            if not self._code_store.has(spec.code_hash):
                 raise PrepareError(f"Code {spec.code_hash} has not been uploaded")
             try:
-                unpack_code(archive, job.code_dir, cancelled=lambda: job.stop_request is not None)
+                self._code_store.assemble(
+                    spec.code_hash, job.code_dir, cancelled=lambda: job.stop_request is not None
+                )
             except UnpackError as e:
                 raise PrepareError(f"Could not unpack the code: {e}") from e
         cwd = job.code_dir / spec.working_dir if spec.working_dir else job.code_dir

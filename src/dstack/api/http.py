@@ -10,12 +10,21 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Callable
-from typing import IO, cast
+from typing import IO, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
 SEND_CHUNK = 1024 * 1024
+
+
+@runtime_checkable
+class StreamedBody(Protocol):
+    """A body that writes itself to the socket (e.g. with sendfile); its `length` is sent first."""
+
+    length: int
+
+    def send_to(self, sock: socket.socket, progress: Callable[[int], None] | None) -> None: ...
 
 
 class HTTPError(OSError):
@@ -123,7 +132,7 @@ class Connection:
         method: str,
         target: str,
         headers: dict[str, str],
-        body: bytes | IO[bytes] | None = None,
+        body: bytes | IO[bytes] | StreamedBody | None = None,
         *,
         length: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -135,6 +144,8 @@ class Connection:
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if isinstance(body, bytes):
             length = len(body)
+        elif isinstance(body, StreamedBody):
+            length = body.length
         if length is not None:
             head.append(f"Content-Length: {length}")
         head += [f"{k}: {v}" for k, v in headers.items()]
@@ -143,6 +154,9 @@ class Connection:
         try:
             if isinstance(body, bytes):
                 self.sock.sendall(data + body)
+            elif isinstance(body, StreamedBody):
+                self.sock.sendall(data)
+                body.send_to(self.sock, progress)
             else:
                 self.sock.sendall(data)
                 while body is not None and (chunk := body.read(SEND_CHUNK)):

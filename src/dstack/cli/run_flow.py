@@ -99,15 +99,19 @@ def _availability(offer: dict[str, Any]) -> str:
 
 
 def upload_code(client: Client, prepared: PreparedRun) -> str:
-    from dstack.code import pack_code
+    """SPEC §4 step 4: only the contents the server lacks travel (none for an unchanged tree)."""
+    from dstack.code import snapshot_code
 
-    packed = pack_code(prepared.code_root, limit_bytes=prepared.code_limit)
-    if client.has_code(packed.sha256):
-        return packed.sha256
-    note(f"Uploading the code: {packed.files} files, {human_size(packed.size)}", dim=True)
-    with _progress(packed.size) as advance:
-        client.upload_code(packed.sha256, packed.path, progress=advance)
-    return packed.sha256
+    snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    missing = client.missing_code(snapshot)
+    if missing is None:
+        return snapshot.code_hash
+    size = sum(snapshot.blob_size(sha256) for sha256 in missing)
+    if missing:
+        note(f"Uploading the code: {len(missing)} of {snapshot.files} files, {human_size(size)}", dim=True)
+    with _progress(size) as advance:
+        client.send_code(snapshot, missing, progress=advance)
+    return snapshot.code_hash
 
 
 class _progress:

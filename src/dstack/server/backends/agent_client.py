@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,9 @@ from urllib.parse import unquote
 
 import httpx
 
-from dstack.server.backends.agent_http import AgentHTTP, TransportError
+from dstack.code.blobs import blob_parts, stream_length
+from dstack.code.blobs import header as blob_header
+from dstack.server.backends.agent_http import AgentHTTP, BodyPart, StreamBody, TransportError
 from dstack.server.backends.agent_tunnel import TunnelRefused, TunnelStream, open_tunnel
 
 
@@ -63,12 +65,14 @@ class AgentClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         """The response (httpx's, or the lean client's with the same status_code, headers, content, json)."""
         try:
-            if set(kwargs) <= {"params", "json", "timeout"}:
+            if set(kwargs) <= {"params", "json", "raw", "stream", "timeout"}:
                 response: Any = await self._lean.request(
                     method,
                     path,
                     params=kwargs.get("params"),
                     json_body=kwargs.get("json"),
+                    raw_body=kwargs.get("raw"),
+                    stream=kwargs.get("stream"),
                     timeout=_seconds(kwargs.get("timeout"), self._timeout),
                 )
             else:
@@ -90,21 +94,18 @@ class AgentClient:
         response = await self._request("HEAD", f"/api/code/{code_hash}")
         return response.status_code == 200
 
-    async def upload_code(self, code_hash: str, path: Path) -> None:
-        size = path.stat().st_size
+    async def missing_blobs(self, blobs: dict[str, int]) -> list[str]:
+        """Which of these contents (sha256 -> size) the agent's code store lacks."""
+        wanted = b"".join(blob_header(sha256, size) for sha256, size in blobs.items())
+        response = await self._request("POST", "/api/code/missing", raw=wanted, timeout=120.0)
+        return list(response.json()["missing"])
 
-        async def body() -> AsyncIterator[bytes]:
-            with path.open("rb") as f:
-                while chunk := f.read(1024 * 1024):
-                    yield chunk
+    async def upload_blobs(self, blobs: list[tuple[Path, str, int]]) -> None:
+        """Send these contents (the file holding each, its sha256, its size) in one blob stream."""
+        await self._request("POST", "/api/code/blobs", stream=blob_stream(blobs), timeout=600.0)
 
-        await self._request(
-            "PUT",
-            f"/api/code/{code_hash}",
-            content=body(),
-            headers={"Content-Length": str(size), "Content-Type": "application/x-tar"},
-            timeout=httpx.Timeout(self._timeout, write=300.0, read=300.0),
-        )
+    async def put_manifest(self, code_hash: str, manifest: bytes) -> None:
+        await self._request("PUT", f"/api/code/{code_hash}", raw=manifest, timeout=120.0)
 
     async def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         return (await self._request("POST", "/api/jobs", json=job)).json()
@@ -179,6 +180,24 @@ class AgentClient:
             raise AgentUnreachable(
                 f"Cannot open a tunnel through the agent at {self.url}: {e or type(e).__name__}"
             ) from e
+
+
+def blob_stream(blobs: list[tuple[Path, str, int]]) -> StreamBody:
+    """A blob stream (dstack.code.blobs) read from the files holding the contents."""
+    paths = {sha256: path for path, sha256, _ in blobs}
+
+    def read_small(sha256: str, size: int) -> bytes:
+        data = paths[sha256].read_bytes()
+        if len(data) != size:
+            raise OSError(f"the stored content {sha256[:12]} is {len(data)} bytes, not {size}")
+        return data
+
+    def parts() -> Iterator[BodyPart]:
+        for part in blob_parts([(sha256, size) for _, sha256, size in blobs], read_small):
+            yield part if isinstance(part, bytes) else (paths[part], sizes[part])
+
+    sizes = {sha256: size for _, sha256, size in blobs}
+    return StreamBody(stream_length([size for _, _, size in blobs]), parts)
 
 
 def _seconds(timeout: Any, default: float) -> float:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Union
 from urllib.parse import urlencode, urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -67,17 +69,25 @@ class AgentHTTP:
         *,
         params: dict[str, Any] | None = None,
         json_body: Any = None,
+        raw_body: bytes | None = None,
+        stream: StreamBody | None = None,
         timeout: float,
     ) -> Response:
+        """One exchange. The body is JSON, raw bytes, or a StreamBody."""
         if params:
             path = f"{path}?{urlencode(params)}"
-        body = json.dumps(json_body).encode() if json_body is not None else b""
+        body = json.dumps(json_body).encode() if json_body is not None else (raw_body or b"")
         head = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in self._headers.items())]
         if json_body is not None:
             head.append("Content-Type: application/json")
-        if body or method in ("POST", "PUT"):
-            head.append(f"Content-Length: {len(body)}")
+        elif raw_body is not None or stream is not None:
+            head.append("Content-Type: application/octet-stream")
+        length = len(body) if stream is None else stream.length
+        if length or method in ("POST", "PUT"):
+            head.append(f"Content-Length: {length}")
         message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        if stream is not None:
+            return await self._send(method, message, stream, timeout)
         async with self._slots:
             # A kept-alive connection the agent closed while it idled fails at once, before any reply:
             # then the request goes again on a fresh connection (the agent's calls are idempotent).
@@ -105,6 +115,58 @@ class AgentHTTP:
                 return response
         raise AssertionError("unreachable")
 
+    async def _send(self, method: str, message: bytes, stream: StreamBody, timeout: float) -> Response:
+        """A request with a streamed body; on a kept-alive connection the agent had closed, sent again."""
+        async with self._slots:
+            for attempt in (1, 2):
+                connection, reused = await self._connection(timeout)
+                try:
+                    response, keep = await asyncio.wait_for(
+                        self._stream(connection, method, message, stream), timeout
+                    )
+                except asyncio.TimeoutError:
+                    _close(connection)
+                    raise TransportError(f"no answer within {timeout:g} s") from None
+                except (_Stale, BrokenPipeError, ConnectionResetError) as e:
+                    _close(connection)
+                    if reused and attempt == 1:
+                        continue
+                    raise TransportError(str(e) or "the connection was closed before an answer") from None
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+                    _close(connection)
+                    raise TransportError(str(e) or type(e).__name__) from e
+                if keep and not self._closed:
+                    self._idle.append(connection)
+                else:
+                    _close(connection)
+                return response
+        raise AssertionError("unreachable")
+
+    async def _stream(
+        self, connection: _Connection, method: str, message: bytes, stream: StreamBody
+    ) -> tuple[Response, bool]:
+        writer = connection[1]
+        writer.write(message)
+        loop = asyncio.get_running_loop()
+        sent_total = 0
+        for part in stream.parts():
+            if isinstance(part, bytes):
+                writer.write(part)
+                sent_total += len(part)
+                if writer.transport.get_write_buffer_size() > _HIGH_WATER:
+                    await writer.drain()
+                continue
+            path, size = part
+            await writer.drain()
+            with open(path, "rb") as file:  # noqa: ASYNC230 (a local file: opening it does not wait)
+                sent = await loop.sendfile(writer.transport, file, 0, size)
+            if sent != size:
+                raise ValueError(f"{path} ended after {sent} of {size} bytes")
+            sent_total += size
+        if sent_total != stream.length:
+            raise ValueError(f"the body was {sent_total} bytes, not the {stream.length} announced")
+        return await self._exchange(connection, method, b"")
+
     async def aclose(self) -> None:
         self._closed = True
         while self._idle:
@@ -124,7 +186,8 @@ class AgentHTTP:
 
     async def _exchange(self, connection: _Connection, method: str, message: bytes) -> tuple[Response, bool]:
         reader, writer = connection
-        writer.write(message)
+        if message:
+            writer.write(message)
         await writer.drain()
         try:
             status_line = await reader.readuntil(b"\r\n")
@@ -154,6 +217,19 @@ class AgentHTTP:
         content = await reader.readexactly(length) if length else b""
         keep = headers.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
         return Response(status, headers, content), keep
+
+
+# A piece of a streamed body: bytes, or a whole file (path, size) that the loop sends from the kernel.
+BodyPart = Union[bytes, tuple[Path, int]]
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class StreamBody:
+    """A request body of known length, produced piece by piece (again from the start on a retry)."""
+
+    def __init__(self, length: int, parts: Callable[[], Iterable[BodyPart]]) -> None:
+        self.length = length
+        self.parts = parts
 
 
 class _Stale(Exception):

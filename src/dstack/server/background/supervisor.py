@@ -28,6 +28,7 @@ from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
+from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
 from dstack.server.services.transitions import apply_status
 
@@ -143,14 +144,12 @@ class Supervisor:
     async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
-            if spec.code_hash is not None and not await agent.has_code(spec.code_hash):
-                await agent.upload_code(
-                    spec.code_hash, code_service.code_path(self.ctx.settings, spec.code_hash)
-                )
+            if spec.code_hash is not None:
+                await code_service.send_to_agent(self.ctx, run.project_id, spec.code_hash, agent)
             await agent.submit_job(self._job_request(spec, allocation))
         except AgentUnreachable:
             raise
-        except AgentError as e:
+        except (AgentError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
