@@ -15,6 +15,7 @@ from dstack.agent.codestore import (
     MAX_ENTRIES,
     MAX_MANIFEST_BYTES,
     CodeStore,
+    CodeTooLarge,
     CodeUploadError,
     is_code_hash,
 )
@@ -101,6 +102,8 @@ class AgentApi:
         stream, length = exchange.body_stream(limit)
         try:
             count = self._code_store.receive(stream, length, self._max_code_bytes)
+        except CodeTooLarge as e:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
         except CodeUploadError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         exchange.send_json(HTTPStatus.CREATED, {"stored": count})
@@ -113,6 +116,8 @@ class AgentApi:
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
         try:
             self._code_store.store_manifest(code_hash, manifest, self._max_code_bytes)
+        except CodeTooLarge as e:
+            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
         except CodeUploadError as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash})

@@ -35,6 +35,10 @@ class CodeUploadError(Exception):
     """The upload was refused; the message is one sentence for the client."""
 
 
+class CodeTooLarge(CodeUploadError):
+    pass
+
+
 def is_code_hash(value: str) -> bool:
     return bool(_SHA256_RE.match(value))
 
@@ -97,8 +101,10 @@ class CodeStore:
                 raise CodeUploadError("The upload ends in the middle of a content's header")
             raw, size = HEADER.unpack(read(HEADER.size))
             content_bytes += size
-            if size > remaining or content_bytes > max_bytes:
-                raise CodeUploadError(f"The upload is over the limit of {max_bytes} bytes or cut short")
+            if content_bytes > max_bytes:
+                raise CodeTooLarge(f"The upload is over the limit of {max_bytes} bytes for code")
+            if size > remaining:
+                raise CodeUploadError(f"The upload ends in the middle of the content {raw.hex()[:12]}")
             self._store_blob(raw.hex(), size, read)
             count += 1
         return count
@@ -136,7 +142,7 @@ class CodeStore:
             raise CodeUploadError(f"The code was refused: {e}") from e
         total = sum(item.size for item in items if item.kind == FILE)
         if total > max_bytes:
-            raise CodeUploadError(f"The code is {total} bytes, over the limit of {max_bytes}")
+            raise CodeTooLarge(f"The code is {total} bytes, over the limit of {max_bytes}")
         wanted = {item.ref: item.size for item in items if item.kind == FILE}
         lacking = self.missing(pairs(list(wanted.items())))
         if lacking:

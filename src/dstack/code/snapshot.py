@@ -27,9 +27,11 @@ from dstack.code.walk import CodeEntry, ScannedEntry, scan_tree
 DEFAULT_LIMIT_BYTES = 500 * 1024**2
 _BIGGEST_FILES_SHOWN = 5
 _READ_CHUNK = 1024 * 1024
-# A file changed less than this before it was hashed may be changed again within the same timestamp
-# tick without its stamp showing it (git's "racily clean" entries): its hash is used but not cached.
-_RACY_NS = 1_000_000_000
+# A file changed less than a timestamp tick before it was hashed may change again within that tick
+# without its stamp showing it (git's "racily clean" entries): its hash is used but not cached. Kernels
+# stamp from a clock that ticks every few ms; file systems that keep whole seconds need seconds.
+_RACY_NS = 20_000_000
+_RACY_COARSE_NS = 2_000_000_000
 _READ_FLAGS = (
     os.O_RDONLY
     | getattr(os, "O_BINARY", 0)
@@ -169,7 +171,7 @@ def _snapshot(
         sha256 = cache.lookup(rel, key)
         if sha256 is None:
             sha256 = hash_file(path, rel, status)
-            if max(status.st_mtime_ns, status.st_ctime_ns) < started_ns - _RACY_NS:
+            if not _racy(status, started_ns):
                 cache.record(rel, key, sha256)
         kept.add(rel)
         entries.append((rel, FILE, mode, entry.size, sha256))
@@ -212,6 +214,12 @@ def hash_file(path: str, rel_path: str, listed: os.stat_result) -> str:
     finally:
         os.close(fd)
     return digest.hexdigest()
+
+
+def _racy(status: os.stat_result, now_ns: int) -> bool:
+    latest = max(status.st_mtime_ns, status.st_ctime_ns)
+    coarse = status.st_mtime_ns % 1_000_000_000 == 0 and status.st_ctime_ns % 1_000_000_000 == 0
+    return latest >= now_ns - (_RACY_COARSE_NS if coarse else _RACY_NS)
 
 
 def changed_error(rel_path: str, doing: str) -> CodeError:

@@ -22,14 +22,12 @@ def delete_member(name: str) -> tuple[tarfile.TarInfo, bytes]:
 @pytest.fixture
 def job(client: AgentClient, shared_agent: AgentProcess) -> Iterator[tuple[str, Path]]:
     """A running job whose code holds keep.txt, gone.txt and a folder old/ with a file in it."""
-    archive = make_tar(
-        [
-            file_member("keep.txt", b"keep\n"),
-            file_member("gone.txt", b"gone\n"),
-            dir_member("old"),
-            file_member("old/inner.txt", b"inner\n"),
-        ]
-    )
+    archive = [
+        file_member("keep.txt", b"keep\n"),
+        file_member("gone.txt", b"gone\n"),
+        dir_member("old"),
+        file_member("old/inner.txt", b"inner\n"),
+    ]
     state = client.submit(["touch started; sleep 60"], code_hash=client.upload(archive))
     client.wait_status(state["id"], ["running"])
     code = shared_agent.work_dir / "jobs" / state["id"] / "code"

@@ -147,7 +147,6 @@ class AgentHTTP:
     ) -> tuple[Response, bool]:
         writer = connection[1]
         writer.write(message)
-        loop = asyncio.get_running_loop()
         sent_total = 0
         for part in stream.parts():
             if isinstance(part, bytes):
@@ -157,9 +156,13 @@ class AgentHTTP:
                     await writer.drain()
                 continue
             path, size = part
-            await writer.drain()
             with open(path, "rb") as file:  # noqa: ASYNC230 (a local file: opening it does not wait)
-                sent = await loop.sendfile(writer.transport, file, 0, size)
+                # uvloop has no sendfile: the file goes in big reads, each written as it is read.
+                sent = 0
+                while chunk := file.read(min(_FILE_CHUNK, size - sent)):
+                    writer.write(chunk)
+                    sent += len(chunk)
+                    await writer.drain()
             if sent != size:
                 raise ValueError(f"{path} ended after {sent} of {size} bytes")
             sent_total += size
@@ -219,9 +222,10 @@ class AgentHTTP:
         return Response(status, headers, content), keep
 
 
-# A piece of a streamed body: bytes, or a whole file (path, size) that the loop sends from the kernel.
+# A piece of a streamed body: bytes, or a whole file (path, size).
 BodyPart = Union[bytes, tuple[Path, int]]
 _HIGH_WATER = 4 * 1024 * 1024
+_FILE_CHUNK = 1024 * 1024
 
 
 class StreamBody:
