@@ -12,6 +12,7 @@ one streamed request, then the manifest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -36,6 +37,7 @@ from dstack.server.services.projects import Project
 from dstack.server.settings import ServerSettings
 
 _TEMP_PREFIX = ".upload-"
+_BATCH_BYTES = 1024 * 1024
 
 
 def project_dir(settings: ServerSettings, project_id: str) -> Path:
@@ -82,11 +84,28 @@ async def receive_blobs(
     if length is not None and length > limit + HEADER.size * MAX_ENTRIES:
         raise TooLarge(f"The code upload is {_mb(length)}, over the server's {_mb(limit)} limit")
     receiver = BlobReceiver(project_dir(ctx.settings, project.id) / "blobs", limit)
+    # Hashing and writing happen in a thread, a batch at a time, while the loop receives the next batch:
+    # the two overlap, and the loop stays free for other requests.
+    loop = asyncio.get_running_loop()
+    in_flight: asyncio.Future[None] | None = None
+    batch: list[bytes] = []
+    size = 0
     try:
         async for chunk in body:
-            receiver.feed(chunk)
+            batch.append(chunk)
+            size += len(chunk)
+            if size >= _BATCH_BYTES:
+                if in_flight is not None:
+                    await in_flight
+                in_flight = loop.run_in_executor(None, receiver.feed_all, batch)
+                batch, size = [], 0
+        if in_flight is not None:
+            await in_flight
+        await loop.run_in_executor(None, receiver.feed_all, batch)
         return receiver.finish()
     finally:
+        if in_flight is not None and not in_flight.done():
+            await asyncio.wait([in_flight])
         receiver.abort()
 
 
@@ -164,10 +183,13 @@ def parse_wanted(data: bytes) -> list[tuple[str, int]]:
 
 
 class BlobReceiver:
-    """Writes a blob stream into a folder of contents as it arrives, keeping only verified ones."""
+    """Writes a blob stream into a folder of contents as it arrives, keeping only verified ones.
+
+    str paths and os calls, not pathlib: a repository's thousands of small files make this a hot loop.
+    """
 
     def __init__(self, folder: Path, limit: int) -> None:
-        self._folder = folder
+        self._folder = os.fspath(folder)
         self._limit = limit
         self._received = 0
         self._count = 0
@@ -177,7 +199,13 @@ class BlobReceiver:
         self._left = 0
         self._digest: hashlib._Hash | None = None  # None while skipping a content already stored
         self._fd: int | None = None
-        self._temp: Path | None = None
+        self._temp: str | None = None
+        self._folders: set[str] = set()
+        self._temp_prefix = f"{_TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-"
+
+    def feed_all(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.feed(chunk)
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
@@ -206,10 +234,13 @@ class BlobReceiver:
         self._received += size
         if self._received > self._limit:
             raise TooLarge(f"The code upload is over the server's {_mb(self._limit)} limit")
-        target = self._target()
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._temp = target.parent / f"{_TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+        folder = f"{self._folder}/{self._sha256[:2]}"
+        if not os.path.exists(f"{folder}/{self._sha256}"):
+            if folder not in self._folders:
+                os.makedirs(folder, exist_ok=True)
+                self._folders.add(folder)
+            self._count += 1
+            self._temp = f"{folder}/{self._temp_prefix}{self._count}"
             self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             self._digest = hashlib.sha256()
         if size == 0:
@@ -217,7 +248,6 @@ class BlobReceiver:
 
     def _end(self) -> None:
         self._in_blob = False
-        self._count += 1
         if self._digest is None or self._fd is None or self._temp is None:
             return  # stored already: these bytes were not needed
         os.close(self._fd)
@@ -228,13 +258,11 @@ class BlobReceiver:
                 "corrupted, try again"
             )
         self._digest = None
-        self._temp.replace(self._target())
+        os.replace(self._temp, f"{self._folder}/{self._sha256[:2]}/{self._sha256}")
         self._temp = None
 
-    def _target(self) -> Path:
-        return self._folder / self._sha256[:2] / self._sha256
-
     def finish(self) -> int:
+        """How many contents were new (the others were here already)."""
         if self._in_blob or self._header:
             raise ServiceError("The code upload ended in the middle of a content; send it again")
         return self._count
@@ -245,7 +273,8 @@ class BlobReceiver:
             os.close(self._fd)
             self._fd = None
         if self._temp is not None:
-            self._temp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp)
             self._temp = None
 
 
