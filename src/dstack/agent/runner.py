@@ -194,7 +194,7 @@ class Runner:
         handle = self._start(job, driver, launch, main=True)
         if handle is None:
             return
-        log.info("Job %s started (pid %d)", job.id, handle.pid)
+        log.debug("Job %s started (pid %d)", job.id, handle.pid)
         try:
             exit_code = self._follow(job, driver, handle, spec.max_duration)
         finally:
@@ -299,7 +299,7 @@ class Runner:
                 job.update(status=DONE, exit_code=0)
             else:
                 job.update(status=FAILED, exit_code=exit_code, reason=_exit_reason(exit_code))
-        log.info("Job %s is %s (exit code %d)", job.id, job.state.status, exit_code)
+        log.info("Job %s (pid %s) is %s (exit code %d)", job.id, job.state.pid, job.state.status, exit_code)
 
     def _prepare(self, job: Job) -> Path:
         """Unpack the job's code; returns its working directory."""

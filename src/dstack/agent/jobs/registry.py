@@ -30,6 +30,7 @@ class JobRegistry:
         make_private_dir(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
+        self._creating: Dict[str, Job] = {}  # reserved, their files being written
 
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
@@ -51,15 +52,12 @@ class JobRegistry:
     def create(self, spec: JobSpec) -> Tuple[Job, bool]:
         """Create the job, or return the existing one with the same id and spec: (job, created)."""
         with self._lock:
-            existing = self._jobs.get(spec.id)
+            existing = self._jobs.get(spec.id) or self._creating.get(spec.id)
             if existing is not None:
                 if existing.spec != spec:
                     raise JobConflictError(f"Job {spec.id} already exists with a different spec")
                 return existing, False
             folder = self.jobs_dir / spec.id
-            # A folder without a readable state is debris of a crash during an earlier create.
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
             state = JobState(
                 id=spec.id,
                 run_name=spec.run_name,
@@ -67,11 +65,24 @@ class JobRegistry:
                 created_at=time.time(),
                 marker=uuid.uuid4().hex,
             )
+            job = Job(spec, folder, state)
+            self._creating[spec.id] = job
+        # Files are written outside the lock: submissions of many jobs at once do not queue behind disks.
+        try:
+            if folder.exists():
+                # A folder without a readable state is debris of a crash during an earlier create.
+                shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
             write_json_atomic(folder / SPEC_FILE, spec.to_json())
             write_json_atomic(folder / STATE_FILE, state.to_record())
-            job = Job(spec, folder, state)
+        except BaseException:
+            with self._lock:
+                del self._creating[spec.id]
+            raise
+        with self._lock:
+            del self._creating[spec.id]
             self._jobs[spec.id] = job
-            return job, True
+        return job, True
 
     def get(self, job_id: str) -> Optional[Job]:
         with self._lock:
