@@ -30,7 +30,7 @@ from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import write_job_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,12 +67,14 @@ class Supervisor:
         self._stop_sent: str | None = None
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._known_run_id: str | None = None
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
         self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
             run, job = await self._load()
+            self._known_run_id = run.id
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = job.host_id
@@ -329,26 +331,48 @@ class Supervisor:
         return found[0], found[1]
 
     async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
+        run_id = await self._run_id()
         async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
-                return  # a stop is under way; keep showing it
-            apply_status(run, job, status, status_message=status_message)
-            run_id = run.id
+            # Not while a stop is under way (or recorded as ended): keep showing that.
+            written = await write_job_status(
+                session,
+                run_id,
+                self.job_id,
+                self.token,
+                status,
+                unless_stopping=True,
+                status_message=status_message,
+            )
+            if not written:
+                await self._select(session, owned=True)  # raises LeaseLost if the job is not ours any more
+                return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
+        run_id = await self._run_id()
         async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
-            run_id = run.id
+            written = await write_job_status(
+                session,
+                run_id,
+                self.job_id,
+                self.token,
+                status,
+                reason=reason,
+                message=message,
+                exit_code=exit_code,
+            )
+        if not written:
+            raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
 
-    async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
-        return await self._select(session, owned=True)
+    async def _run_id(self) -> str:
+        if self._known_run_id is None:
+            run, _ = await self._load()
+            self._known_run_id = run.id
+        return self._known_run_id
 
     def _on_lease_lost(self) -> None:
         # Stop at once: two writers appending to one log file would corrupt it.
