@@ -6,7 +6,7 @@ import os
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import quote
 
 from dstack.agent import __version__
@@ -19,6 +19,7 @@ from dstack.agent.codestore import (
     CodeUploadError,
     is_code_hash,
 )
+from dstack.agent.events import EventRoutes, JobEvents
 from dstack.agent.filesync import FileSync
 from dstack.agent.host import host_facts
 from dstack.agent.httpserver import ApiError, Exchange, Route
@@ -35,6 +36,8 @@ _BATCH_SECONDS = 0.003
 MAX_LOG_LIMIT = 16 * 1024 * 1024
 MAX_LOG_WAIT_SECONDS = 60.0
 MAX_TIMESTAMPS = 100_000
+MAX_BATCH_JOBS = 1000
+MAX_BATCH_JSON_BYTES = 32 * 1024 * 1024
 _JOB = r"/api/jobs/(?P<job_id>[^/]+)"
 
 
@@ -46,6 +49,7 @@ class AgentApi:
         runner: Runner,
         code_store: CodeStore,
         max_code_bytes: int,
+        events: Optional[JobEvents] = None,
     ) -> None:
         self._work_dir = work_dir
         self._registry = registry
@@ -53,6 +57,7 @@ class AgentApi:
         self._code_store = code_store
         self._max_code_bytes = max_code_bytes
         self._files = FileSync(registry, max_code_bytes)
+        self._events = EventRoutes(registry, events or JobEvents())
 
     def routes(self) -> List[Route]:
         return [
@@ -63,6 +68,8 @@ class AgentApi:
             Route("HEAD", r"/api/code/(?P<code_hash>[^/]+)", self.code_exists),
             Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_manifest),
             Route("POST", r"/api/jobs", self.submit_job),
+            Route("POST", r"/api/jobs/batch", self.submit_jobs),
+            Route("POST", r"/api/jobs/delete", self.delete_jobs),
             Route("GET", r"/api/jobs", self.list_jobs),
             Route("GET", _JOB, self.get_job),
             Route("DELETE", _JOB, self.delete_job),
@@ -71,6 +78,7 @@ class AgentApi:
             Route("POST", _JOB + r"/stop", self.stop_job),
             *self._files.routes(),  # --reload: live edits to a running job's code
             *PortRoutes(self._registry).routes(),
+            *self._events.routes(),  # one stream of every job's changes, instead of a poll per job
         ]
 
     def health(self, exchange: Exchange) -> None:
@@ -123,19 +131,39 @@ class AgentApi:
         exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash})
 
     def submit_job(self, exchange: Exchange) -> None:
+        status, answer = self._submit(exchange.read_json())
+        if status >= 400:
+            raise ApiError(status, answer["error"])
+        exchange.send_json(status, answer["job"])
+
+    def submit_jobs(self, exchange: Exchange) -> None:
+        """Many jobs in one request: {"jobs": [spec, ...]} -> {"results": [{"status", "job" | "error"}]}."""
+        body = exchange.read_json(MAX_BATCH_JSON_BYTES)
+        specs = body.get("jobs") if isinstance(body, dict) else None
+        if not isinstance(specs, list) or len(specs) > MAX_BATCH_JOBS:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"The body must hold a list of at most {MAX_BATCH_JOBS} jobs"
+            )
+        results = []
+        for spec in specs:
+            status, answer = self._submit(spec)
+            results.append({"status": int(status), **answer})
+        exchange.send_json(HTTPStatus.OK, {"results": results})
+
+    def _submit(self, body: Any) -> Tuple[int, Dict[str, Any]]:
         try:
-            spec = parse_job_spec(exchange.read_json())
+            spec = parse_job_spec(body)
         except SpecError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+            return HTTPStatus.BAD_REQUEST, {"error": str(e)}
         if spec.code_hash is not None and not self._code_store.has(spec.code_hash):
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"Code {spec.code_hash} has not been uploaded")
+            return HTTPStatus.BAD_REQUEST, {"error": f"Code {spec.code_hash} has not been uploaded"}
         try:
             job, created = self._registry.create(spec)
         except JobConflictError as e:
-            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+            return HTTPStatus.CONFLICT, {"error": str(e)}
         if created:
             self._runner.launch(job)
-        exchange.send_json(HTTPStatus.CREATED if created else HTTPStatus.OK, job.to_json())
+        return (HTTPStatus.CREATED if created else HTTPStatus.OK), {"job": job.to_json()}
 
     def list_jobs(self, exchange: Exchange) -> None:
         exchange.send_json(HTTPStatus.OK, [job.to_json() for job in self._registry.list()])
@@ -144,14 +172,35 @@ class AgentApi:
         exchange.send_json(HTTPStatus.OK, self._job(exchange).to_json())
 
     def delete_job(self, exchange: Exchange) -> None:
-        job_id = exchange.params["job_id"]
+        status, error = self._delete(exchange.params["job_id"])
+        if error is not None:
+            raise ApiError(status, error)
+        exchange.send_empty(HTTPStatus.NO_CONTENT)
+
+    def delete_jobs(self, exchange: Exchange) -> None:
+        """{"ids": [...]} -> {"results": [{"status"[, "error"]}]}, in order."""
+        body = exchange.read_json(MAX_BATCH_JSON_BYTES)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or len(ids) > MAX_BATCH_JOBS or not all(isinstance(i, str) for i in ids):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"The body must hold a list of at most {MAX_BATCH_JOBS} ids"
+            )
+        results = []
+        for job_id in ids:
+            status, error = self._delete(job_id)
+            results.append(
+                {"status": int(status)} if error is None else {"status": int(status), "error": error}
+            )
+        exchange.send_json(HTTPStatus.OK, {"results": results})
+
+    def _delete(self, job_id: str) -> Tuple[int, Optional[str]]:
         try:
             deleted = self._registry.delete(job_id)
         except JobConflictError as e:
-            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+            return HTTPStatus.CONFLICT, str(e)
         if not deleted:
-            raise _job_not_found(job_id)
-        exchange.send_empty(HTTPStatus.NO_CONTENT)
+            return HTTPStatus.NOT_FOUND, _job_not_found(job_id).message
+        return HTTPStatus.NO_CONTENT, None
 
     def job_logs(self, exchange: Exchange) -> None:
         job = self._job(exchange)

@@ -103,11 +103,11 @@ class Exchange:
         self._body = _CountedBody(self._handler.rfile, length)
         return cast(IO[bytes], self._body), length
 
-    def read_json(self) -> Any:
+    def read_json(self, max_bytes: int = MAX_JSON_BYTES) -> Any:
         """The JSON body; an empty or missing body reads as an empty object."""
         if not self.content_length():
             return {}
-        stream, length = self.body_stream(MAX_JSON_BYTES)
+        stream, length = self.body_stream(max_bytes)
         raw = stream.read(length)
         if len(raw) != length:
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
@@ -132,6 +132,20 @@ class Exchange:
         if self.method != "HEAD":
             self._handler.wfile.write(body)
 
+    def start_stream(self, status: int, content_type: str) -> Callable[[bytes], None]:
+        """Start an answer of unknown length (it ends when the connection closes); returns a writer that
+        sends each piece at once."""
+        handler = self._handler
+        handler.close_connection = True
+        self._start(status, content_type, None, None)
+        handler.wfile.flush()
+        sock: socket.socket = handler.connection
+
+        def write(data: bytes) -> None:
+            sock.sendall(data)
+
+        return write
+
     def send_empty(self, status: int, headers: Optional[Dict[str, str]] = None) -> None:
         self._start(status, None, 0, headers)
 
@@ -150,15 +164,19 @@ class Exchange:
                     self._handler.close_connection = True
 
     def _start(
-        self, status: int, content_type: Optional[str], length: int, headers: Optional[Dict[str, str]]
+        self,
+        status: int,
+        content_type: Optional[str],
+        length: Optional[int],
+        headers: Optional[Dict[str, str]],
     ) -> None:
         handler = self._handler
         self.status = int(status)
         handler.send_response(status)
         if content_type is not None:
             handler.send_header("Content-Type", content_type)
-        # 204 must not have a body, nor a Content-Length.
-        if status != HTTPStatus.NO_CONTENT:
+        # 204 must not have a body, nor a Content-Length; nor has a stream (it ends with the connection).
+        if status != HTTPStatus.NO_CONTENT and length is not None:
             handler.send_header("Content-Length", str(length))
         for name, value in (headers or {}).items():
             handler.send_header(name, value)

@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 LOG_FILE = "output.log"
 INDEX_FILE = "output.idx"
@@ -21,8 +21,9 @@ _RECORD = struct.Struct("<Qd")
 class LogStore:
     """Owns append / size / wait / read of a job's output. Safe to use from many threads."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_change: Optional[Callable[[], None]] = None) -> None:
         self.log_path = folder / LOG_FILE
+        self._on_change = on_change  # told of every append and notify (the agent's job events)
         self.index_path = folder / INDEX_FILE
         self._changed = threading.Condition()
         # Opened for writing on the first append only: a finished job must not hold file descriptors.
@@ -69,11 +70,15 @@ class LogStore:
             self._size = offset + len(data)
             self._records += 1
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def notify(self) -> None:
         """Wake the waiters: e.g. the job changed status, which long-polling readers must see."""
         with self._changed:
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def wait_for_change(self, offset: int, timeout: float, unchanged: Callable[[], bool]) -> None:
         """Block while size == offset and `unchanged()` holds, for at most `timeout` seconds."""

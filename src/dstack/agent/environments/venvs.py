@@ -59,7 +59,11 @@ class VenvFactory:
         # Looking the host's interpreters up reads several folders; a burst of jobs asks for the same
         # version a thousand times a second. A path found a moment ago that is still there is the answer.
         found = self._found.get(version)
-        if found is not None and time.monotonic() - found[1] < _FOUND_FOR_SECONDS and os.access(found[0], os.X_OK):
+        if (
+            found is not None
+            and time.monotonic() - found[1] < _FOUND_FOR_SECONDS
+            and os.access(found[0], os.X_OK)
+        ):
             return found[0]
         path = pythons.find_interpreters().get(version)
         if path is not None:

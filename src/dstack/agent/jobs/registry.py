@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from dstack.agent.fsutil import make_private_dir, read_json, write_json_atomic
 from dstack.agent.jobs.job import PREPARING, SPEC_FILE, STATE_FILE, Job, JobState
@@ -25,8 +25,9 @@ class JobConflictError(Exception):
 
 
 class JobRegistry:
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, on_change: Optional[Callable[[str], None]] = None) -> None:
         self.jobs_dir = jobs_dir
+        self._on_change = on_change  # told the id of every job that changed (its state, output, or end)
         make_private_dir(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
@@ -46,7 +47,7 @@ class JobRegistry:
                 log.warning("Skipping job folder %s: %s", folder, e)
                 continue
             with self._lock:
-                self._jobs[spec.id] = Job(spec, folder, state)
+                self._jobs[spec.id] = Job(spec, folder, state, self._on_change)
         return self.list()
 
     def create(self, spec: JobSpec) -> Tuple[Job, bool]:
@@ -65,7 +66,7 @@ class JobRegistry:
                 created_at=time.time(),
                 marker=uuid.uuid4().hex,
             )
-            job = Job(spec, folder, state)
+            job = Job(spec, folder, state, self._on_change)
             self._creating[spec.id] = job
         # Files are written outside the lock: submissions of many jobs at once do not queue behind disks.
         try:
@@ -82,6 +83,8 @@ class JobRegistry:
         with self._lock:
             del self._creating[spec.id]
             self._jobs[spec.id] = job
+        if self._on_change is not None:
+            self._on_change(spec.id)
         return job, True
 
     def get(self, job_id: str) -> Optional[Job]:
@@ -107,5 +110,7 @@ class JobRegistry:
             # Renamed under the lock (a new job with this id may be created at once), removed outside it.
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             job.folder.rename(trash)
+        if self._on_change is not None:
+            self._on_change(job_id)
         shutil.rmtree(trash, ignore_errors=True)
         return True

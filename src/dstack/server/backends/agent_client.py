@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import httpx
 
 from dstack.code.blobs import blob_parts, stream_length
 from dstack.code.blobs import header as blob_header
+from dstack.server.backends.agent_events import AgentEvents, Coalescer
 from dstack.server.backends.agent_http import AgentHTTP, BodyPart, StreamBody, TransportError
 from dstack.server.backends.agent_tunnel import TunnelRefused, TunnelStream, open_tunnel
 
@@ -57,8 +59,14 @@ class AgentClient:
         )
         # The calls made for every job go through a leaner client (see agent_http); httpx keeps the rest.
         self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"})
+        # Jobs are followed through one event stream, submitted and deleted in batches (agent_events).
+        self._events = AgentEvents(self.url, {"Authorization": f"Bearer {token}"})
+        self._submits: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._submit_batch, BATCH)
+        self._deletes: Coalescer[str, dict[str, Any]] = Coalescer(self._delete_batch, BATCH)
+        self._batches = True  # cleared if the agent predates the batch routes
 
     async def close(self) -> None:
+        await self._events.close()
         await self._lean.aclose()
         await self._client.aclose()
 
@@ -108,7 +116,19 @@ class AgentClient:
         await self._request("PUT", f"/api/code/{code_hash}", raw=manifest, timeout=120.0)
 
     async def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
-        return (await self._request("POST", "/api/jobs", json=job)).json()
+        if not self._batches:
+            return (await self._request("POST", "/api/jobs", json=job)).json()
+        return _result(await self._submits.call(job), "job")
+
+    async def _submit_batch(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            response = await self._request("POST", "/api/jobs/batch", json={"jobs": jobs}, timeout=60.0)
+        except AgentError as e:
+            if e.status not in (404, 405):
+                raise
+            self._batches = False
+            return [{"status": 201, "job": await self.submit_job(job)} for job in jobs]
+        return list(response.json()["results"])
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         return (await self._request("GET", f"/api/jobs/{job_id}")).json()
@@ -122,7 +142,15 @@ class AgentClient:
         )
 
     async def delete_job(self, job_id: str) -> None:
-        await self._request("DELETE", f"/api/jobs/{job_id}")
+        self._events.forget(job_id)
+        if not self._batches:
+            await self._request("DELETE", f"/api/jobs/{job_id}")
+            return
+        _result(await self._deletes.call(job_id), None)
+
+    async def _delete_batch(self, job_ids: list[str]) -> list[dict[str, Any]]:
+        response = await self._request("POST", "/api/jobs/delete", json={"ids": job_ids}, timeout=60.0)
+        return list(response.json()["results"])
 
     async def sync_files(self, job_id: str, body: AsyncIterator[bytes], length: int) -> dict[str, Any]:
         """Apply a --reload batch (a tar, see dstack.agent.filesync) to the job's code folder."""
@@ -142,6 +170,45 @@ class AgentClient:
         return response.json()["results"]
 
     async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 16 * 1024 * 1024) -> LogChunk:
+        """The job's output from `offset` (up to `limit` bytes) and its state, as soon as either changed
+        (or after `wait` seconds): told by the agent's event stream, or long-polled while it is down."""
+        view = self._events.view(job_id)
+        if view is None:
+            return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
+        seen = (view.status, view.message)
+        deadline = asyncio.get_running_loop().time() + wait
+        while (
+            view.size <= offset
+            and (view.status, view.message) == seen
+            and view.status not in _FINAL
+            and not view.gone
+        ):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or not self._events.healthy:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(view.changed.wait(), remaining)
+        if view.gone or not self._events.healthy:
+            remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+            return await self._poll_logs(job_id, offset=offset, wait=remaining, limit=limit)
+        data = b""
+        if view.size > offset:
+            inline = view.inline(offset, limit)
+            if inline is None or len(inline) < min(limit, view.size - offset):
+                # A flood of output is announced, not carried: read it (the agent batches floods itself).
+                return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
+            data = inline
+        final = view.status in _FINAL
+        return LogChunk(
+            data=data,
+            end=offset + len(data),
+            size=view.size,
+            status=view.status,
+            exit_code=view.exit_code if final else None,
+            message=view.message,
+        )
+
+    async def _poll_logs(self, job_id: str, *, offset: int, wait: float, limit: int) -> LogChunk:
         # The lean client reads the body with one readexactly: this path carries a task's whole output.
         response = await self._request(
             "GET",
@@ -198,6 +265,18 @@ def blob_stream(blobs: list[tuple[Path, str, int]]) -> StreamBody:
 
     sizes = {sha256: size for _, sha256, size in blobs}
     return StreamBody(stream_length([size for _, _, size in blobs]), parts)
+
+
+BATCH = 500  # jobs per batch request
+_FINAL = ("done", "failed", "terminated")
+
+
+def _result(answer: dict[str, Any], key: str | None) -> Any:
+    """One job's answer in a batch, or its error raised as the single-job route would."""
+    status = int(answer.get("status", 500))
+    if status >= 400:
+        raise AgentError(str(answer.get("error") or f"the agent answered HTTP {status}"), status)
+    return answer.get(key) if key is not None else None
 
 
 def _seconds(timeout: Any, default: float) -> float:

@@ -59,8 +59,16 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        job_id: str,
+        token: str,
+        leases: LeaseKeeper,
+        loaded: tuple[RunRow, JobRow] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self._loaded = loaded  # the rows as claimed (the claim loop reads all of its claims at once)
         self.job_id = job_id
         self.token = token
         self._leases = leases
@@ -73,7 +81,8 @@ class Supervisor:
         self._task = asyncio.current_task()
         self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
-            run, job = await self._load()
+            run, job = self._loaded or await self._load()
+            self._loaded = None
             self._known_run_id = run.id
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")

@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from dstack.core.statuses import (
     FINISHED_STATUSES,
@@ -104,12 +104,17 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             status=RunStatus.SUBMITTED.value,
             submitted_at=now,
         )
-        session.add(run)
-        await session.flush()
-        session.add(job)
+        # Two INSERT statements, not the ORM's unit of work (flushing the run, then the job): a burst of
+        # submissions spends its time here. The rows stay unattached, for the answer only.
+        await session.execute(insert(RunRow).values(_columns(run, RunRow)))
+        await session.execute(insert(JobRow).values(_columns(job, JobRow)))
     specs.remember(run.id, checked)
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
+
+
+def _columns(row: Any, table: Any) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in table.__table__.columns}
 
 
 async def _free_name(session: Any, project: Project) -> str:

@@ -8,9 +8,9 @@ a few times by every job, where loading and flushing ORM objects was the server'
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, update
+from sqlalchemy import Table, func, update
 
 from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
 from dstack.server.db.models import JobRow, RunRow
@@ -90,13 +90,16 @@ async def write_job_status(
     """The change for a job its caller holds the lease of (`token`); False, writing nothing, if the job
     no longer carries that token, or (with `unless_stopping`) if a stop or an end was recorded already."""
     run_values, job_values = status_values(status, **details)
+    # The tables, not the ORM classes: an ORM UPDATE would also search the session for rows to refresh.
+    job_table, run_table = cast(Table, JobRow.__table__), cast(Table, RunRow.__table__)
+    jobs, runs = job_table.c, run_table.c
     if _STARTED_AT in job_values:
-        job_values[_STARTED_AT] = func.coalesce(JobRow.started_at, job_values[_STARTED_AT])
-    condition = [JobRow.id == job_id, JobRow.lock_token == token]
+        job_values[_STARTED_AT] = func.coalesce(jobs.started_at, job_values[_STARTED_AT])
+    condition = [jobs.id == job_id, jobs.lock_token == token]
     if unless_stopping:
-        condition.append(JobRow.status.notin_(_STOPPING))  # the job's status mirrors its run's
-    result = await session.execute(update(JobRow).where(*condition).values(**job_values))
+        condition.append(jobs.status.notin_(_STOPPING))  # the job's status mirrors its run's
+    result = await session.execute(update(job_table).where(*condition).values(**job_values))
     if result.rowcount != 1:
         return False
-    await session.execute(update(RunRow).where(RunRow.id == run_id).values(**run_values))
+    await session.execute(update(run_table).where(runs.id == run_id).values(**run_values))
     return True
