@@ -341,41 +341,48 @@ class Supervisor:
 
     async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
         run_id = await self._run_id()
-        async with self.ctx.db.write() as session:
-            # Not while a stop is under way (or recorded as ended): keep showing that.
-            written = await write_job_status(
-                session,
-                run_id,
-                self.job_id,
-                self.token,
-                status,
+        # Not while a stop is under way (or recorded as ended): keep showing that. The status writes of many
+        # jobs share one transaction (Database.write_batched).
+        written = await self.ctx.db.write_batched(
+            functools.partial(
+                write_job_status,
+                run_id=run_id,
+                job_id=self.job_id,
+                token=self.token,
+                status=status,
                 unless_stopping=True,
                 status_message=status_message,
             )
-            if not written:
-                await self._select(session, owned=True)  # raises LeaseLost if the job is not ours any more
-                return
+        )
+        if not written:
+            await self._load_owned()  # raises LeaseLost if the job is not ours any more
+            return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
         run_id = await self._run_id()
-        async with self.ctx.db.write() as session:
-            written = await write_job_status(
-                session,
-                run_id,
-                self.job_id,
-                self.token,
-                status,
+        written = await self.ctx.db.write_batched(
+            functools.partial(
+                write_job_status,
+                run_id=run_id,
+                job_id=self.job_id,
+                token=self.token,
+                status=status,
                 reason=reason,
                 message=message,
                 exit_code=exit_code,
             )
+        )
         if not written:
             raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+
+    async def _load_owned(self) -> tuple[RunRow, JobRow]:
+        async with self.ctx.db.read() as session:
+            return await self._select(session, owned=True)
 
     async def _run_id(self) -> str:
         if self._known_run_id is None:

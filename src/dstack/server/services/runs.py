@@ -77,7 +77,8 @@ def _offer_json(offer: placement.Offer) -> dict[str, Any]:
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
     now = time.time()
-    async with ctx.db.write() as session:
+
+    async def record(session: Any) -> tuple[RunRow, JobRow]:
         if spec.code_hash is not None:
             code = await session.get(CodeRow, (project.id, spec.code_hash))
             if code is None:
@@ -108,6 +109,10 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
         # submissions spends its time here. The rows stay unattached, for the answer only.
         await session.execute(insert(RunRow).values(_columns(run, RunRow)))
         await session.execute(insert(JobRow).values(_columns(job, JobRow)))
+        return run, job
+
+    # Submissions arriving together share one transaction (see Database.write_batched).
+    run, job = await ctx.db.write_batched(record)
     specs.remember(run.id, checked)
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
