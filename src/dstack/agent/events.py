@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from http import HTTPStatus
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -28,6 +29,7 @@ from dstack.agent.jobs.registry import JobRegistry
 HEARTBEAT_SECONDS = 5.0
 INLINE_BYTES = 64 * 1024  # more output than this since the last batch is announced, not carried
 BATCH_INLINE_BYTES = 4 * 1024 * 1024
+OUTPUT_EVERY_SECONDS = 0.01  # at most this often a batch that only says output grew
 
 
 class JobEvents:
@@ -83,32 +85,55 @@ class EventRoutes:
         write = exchange.start_stream(HTTPStatus.OK, "application/x-dstack-events")
         pending = self._events.subscribe([job.id for job in self._registry.list()])
         sent: Dict[str, Tuple[str, Optional[str], int]] = {}  # job id -> status, message, size told
+        told_output_at = 0.0
         try:
             while True:
                 changed = self._events.take(pending, HEARTBEAT_SECONDS)
                 if changed is None:
                     return
-                write(self._batch(changed, sent))
+                batch, states_changed = self._batch(changed, sent)
+                if not states_changed and batch is not None:
+                    # Only output grew: a flood would otherwise make a batch of every pipe read. Waiting
+                    # a moment lets the next ones join it (a status change is never kept waiting).
+                    pause = told_output_at + OUTPUT_EVERY_SECONDS - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                        more = self._events.take(pending, 0)
+                        if more:
+                            batch, _ = self._batch(more, sent, batch)
+                    told_output_at = time.monotonic()
+                write(self._empty if batch is None else self._encode(*batch))
         except OSError:
             return  # the server went away; it subscribes again when it comes back
         finally:
             self._events.unsubscribe(pending)
 
-    def _batch(self, changed: List[str], sent: Dict[str, Tuple[str, Optional[str], int]]) -> bytes:
-        entries: List[Dict[str, Any]] = []
-        chunks: List[bytes] = []
-        inline_budget = BATCH_INLINE_BYTES
-        for job_id in changed:
+    _empty = b'{"jobs":[]}\n'
+
+    def _batch(
+        self,
+        changed: List[str],
+        sent: Dict[str, Tuple[str, Optional[str], int]],
+        into: Optional[Tuple[List[Dict[str, Any]], List[bytes]]] = None,
+    ) -> Tuple[Optional[Tuple[List[Dict[str, Any]], List[bytes]]], bool]:
+        """The entries and inline bytes for the jobs that changed (None if nothing did), and whether a
+        status or message changed (output growing alone is not urgent)."""
+        entries, chunks = into if into is not None else ([], [])
+        states_changed = False
+        inline_budget = BATCH_INLINE_BYTES - sum(len(chunk) for chunk in chunks)
+        for job_id in dict.fromkeys(changed):
             job = self._registry.get(job_id)
             if job is None:
                 if sent.pop(job_id, None) is not None:
                     entries.append({"id": job_id, "gone": True})
+                    states_changed = True
                 continue
             state = job.state  # before the size: a final status comes with all of its output
             size = job.logs.size()
             told = sent.get(job_id)
             if told == (state.status, state.message, size):
                 continue
+            states_changed = states_changed or told is None or told[:2] != (state.status, state.message)
             entry: Dict[str, Any] = {
                 "id": job_id,
                 "status": state.status,
@@ -126,6 +151,10 @@ class EventRoutes:
                     inline_budget -= len(data)
             sent[job_id] = (state.status, state.message, size)
             entries.append(entry)
+        return ((entries, chunks) if entries else None), states_changed
+
+    @staticmethod
+    def _encode(entries: List[Dict[str, Any]], chunks: List[bytes]) -> bytes:
         return json.dumps({"jobs": entries}, separators=(",", ":")).encode() + b"\n" + b"".join(chunks)
 
 
