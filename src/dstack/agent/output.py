@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024
 _POLL_MILLISECONDS = 250
+_FLOOD_BYTES = 64 * 1024
+_GATHER_SECONDS = 0.002
 
 
 class OutputReader:
@@ -51,6 +53,10 @@ class OutputReader:
             if not data:
                 return
             self._store(data)
+            if len(data) >= _FLOOD_BYTES:
+                # A flood: let the pipe fill a moment, so that it is stored (and sent on) in big pieces,
+                # not in one append per write the task made. A trickle is never delayed.
+                time.sleep(_GATHER_SECONDS)
         log.warning(
             "Gave up waiting for the end of %s: a process outside the job holds its pipe", self._thread.name
         )

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Protocol
+from urllib.parse import unquote, urlencode
 
 import httpx
 
 from dstack.code.blobs import blob_parts, stream_length
 from dstack.code.blobs import header as blob_header
 from dstack.server.backends.agent_events import AgentEvents, Coalescer
-from dstack.server.backends.agent_http import AgentHTTP, BodyPart, StreamBody, TransportError
+from dstack.server.backends.agent_http import AgentHTTP, BodyFetcher, BodyPart, StreamBody, TransportError
 from dstack.server.backends.agent_tunnel import TunnelRefused, TunnelStream, open_tunnel
 
 
@@ -32,14 +34,24 @@ class AgentUnreachable(AgentError):
     """No answer at all: the host or its agent is down, or the network is."""
 
 
+class LogSink(Protocol):
+    """Where a job's output may be appended directly (the server's copy, see services/logs.py)."""
+
+    @property
+    def fd(self) -> int: ...
+
+    def grew(self, count: int) -> None: ...
+
+
 @dataclass
 class LogChunk:
-    data: bytes
-    end: int  # the offset right after `data`
+    data: bytes  # output to append (empty when it went straight into the sink: see `stored`)
+    end: int  # the offset right after this chunk's output
     size: int  # bytes the agent holds so far
     status: str
     exit_code: int | None
     message: str | None = None  # what the agent is doing for the job (e.g. "Pulling image X")
+    stored: int = 0  # bytes of output already appended to the caller's sink
 
     @property
     def finished(self) -> bool:
@@ -64,8 +76,12 @@ class AgentClient:
         self._submits: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._submit_batch, BATCH)
         self._deletes: Coalescer[str, dict[str, Any]] = Coalescer(self._delete_batch, BATCH)
         self._batches = True  # cleared if the agent predates the batch routes
+        # Floods of output go from the agent's socket into the server's file in worker threads.
+        self._fetcher = BodyFetcher(self.url, {"Authorization": f"Bearer {token}"})
+        self._fetch_pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS, thread_name_prefix="agent-logs")
 
     async def close(self) -> None:
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         await self._events.close()
         await self._lean.aclose()
         await self._client.aclose()
@@ -169,9 +185,18 @@ class AgentClient:
         )
         return response.json()["results"]
 
-    async def logs(self, job_id: str, *, offset: int, wait: float, limit: int = 16 * 1024 * 1024) -> LogChunk:
+    async def logs(
+        self,
+        job_id: str,
+        *,
+        offset: int,
+        wait: float,
+        limit: int = 16 * 1024 * 1024,
+        sink: LogSink | None = None,
+    ) -> LogChunk:
         """The job's output from `offset` (up to `limit` bytes) and its state, as soon as either changed
-        (or after `wait` seconds): told by the agent's event stream, or long-polled while it is down."""
+        (or after `wait` seconds): told by the agent's event stream, or long-polled while it is down.
+        With a `sink`, big output goes straight into it (see LogChunk.stored)."""
         view = self._events.view(job_id)
         if view is None:
             return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
@@ -196,6 +221,8 @@ class AgentClient:
             inline = view.inline(offset, limit)
             if inline is None or len(inline) < min(limit, view.size - offset):
                 # A flood of output is announced, not carried: read it (the agent batches floods itself).
+                if sink is not None:
+                    return await self._fetch_logs(job_id, offset=offset, limit=limit, sink=sink)
                 return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
             data = inline
         final = view.status in _FINAL
@@ -208,6 +235,21 @@ class AgentClient:
             message=view.message,
         )
 
+    async def _fetch_logs(self, job_id: str, *, offset: int, limit: int, sink: LogSink) -> LogChunk:
+        """Output the agent has already: read in a worker thread straight into the sink."""
+        # A short wait lets the agent gather a flood into one big answer (it answers at once otherwise).
+        target = f"/api/jobs/{job_id}/logs?{urlencode({'offset': offset, 'wait': 1.0, 'limit': limit})}"
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._fetcher.fetch_into, target, sink.fd, self._timeout + 1.0)
+        try:
+            status, headers, error_body, written = await loop.run_in_executor(self._fetch_pool, call)
+        except TransportError as e:
+            raise AgentUnreachable(f"Cannot reach the agent at {self.url}: {e}") from e
+        sink.grew(written)
+        if status >= 400:
+            raise AgentError(_error_message(_Answer(status, error_body)), status)
+        return _chunk_from(headers, b"", stored=written)
+
     async def _poll_logs(self, job_id: str, *, offset: int, wait: float, limit: int) -> LogChunk:
         # The lean client reads the body with one readexactly: this path carries a task's whole output.
         response = await self._request(
@@ -216,16 +258,7 @@ class AgentClient:
             params={"offset": offset, "wait": wait, "limit": limit},
             timeout=self._timeout + wait,
         )
-        exit_code = response.headers.get("X-Exit-Code")
-        message = response.headers.get("X-Job-Message")
-        return LogChunk(
-            data=response.content,
-            end=int(response.headers["X-Log-End"]),
-            size=int(response.headers["X-Log-Size"]),
-            status=response.headers["X-Job-Status"],
-            exit_code=int(exit_code) if exit_code not in (None, "") else None,
-            message=unquote(message) if message else None,
-        )
+        return _chunk_from(response.headers, response.content)
 
     async def port_status(self, job_id: str, port: int, *, wait: float) -> dict[str, Any]:
         """{"port", "open", "status"}; the agent answers as soon as the port opens, or after `wait` s."""
@@ -268,6 +301,32 @@ def blob_stream(blobs: list[tuple[Path, str, int]]) -> StreamBody:
 
 
 BATCH = 500  # jobs per batch request
+_FETCH_THREADS = 4
+
+
+def _chunk_from(headers: Any, data: bytes, stored: int = 0) -> LogChunk:
+    """A LogChunk from the headers of the agent's logs route."""
+    exit_code = headers.get("X-Exit-Code")
+    message = headers.get("X-Job-Message")
+    return LogChunk(
+        data=data,
+        end=int(headers["X-Log-End"]),
+        size=int(headers["X-Log-Size"]),
+        status=headers["X-Job-Status"],
+        exit_code=int(exit_code) if exit_code not in (None, "") else None,
+        message=unquote(message) if message else None,
+        stored=stored,
+    )
+
+
+class _Answer:
+    """An error answer in the shape _error_message reads."""
+
+    def __init__(self, status_code: int, content: bytes) -> None:
+        self.status_code = status_code
+        self.content = content
+
+
 _FINAL = ("done", "failed", "terminated")
 
 

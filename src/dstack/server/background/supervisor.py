@@ -25,7 +25,7 @@ from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUn
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import SCHEDULE, run_channel, stop_channel
+from dstack.server.events import SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services.errors import ServiceError
@@ -203,7 +203,8 @@ class Supervisor:
             while True:
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
+                        host_id,
+                        functools.partial(self._poll_logs, offset=appender.size, wait=wait, sink=appender),
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -217,7 +218,8 @@ class Supervisor:
                     raise
                 if chunk.data:
                     appender.append(chunk.data)
-                    self.ctx.notifier.notify(run_channel(run_id))
+                if chunk.data or chunk.stored:
+                    self.ctx.notifier.notify(output_channel(run_id))
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
@@ -242,8 +244,10 @@ class Supervisor:
         finally:
             appender.close()
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=wait)
+    async def _poll_logs(
+        self, agent: AgentClient, *, offset: int, wait: float, sink: LogAppender | None = None
+    ) -> LogChunk:
+        return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
         if chunk.status == "done":  # the common end needs nothing more from the agent

@@ -37,12 +37,20 @@ class LogAppender:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
 
+    @property
+    def fd(self) -> int:
+        """For writers that append on their own (e.g. straight from a socket); they report with `grew`."""
+        return self._fd
+
     def append(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
         self.size += len(data)
+
+    def grew(self, count: int) -> None:
+        self.size += count
 
     def close(self) -> None:
         os.close(self._fd)
