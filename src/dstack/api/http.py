@@ -83,24 +83,55 @@ class Response:
         self._maybe_release()
         return data
 
-    def _read_chunked(self, size: int) -> bytes:
-        if self._chunk_left == 0:
-            if self._after_chunk:
-                self._fp.readline(MAX_LINE)
-                self._after_chunk = False
-            line = self._fp.readline(MAX_LINE)
-            if not line:
+    def readinto(self, buffer: memoryview) -> int:
+        """Up to len(buffer) bytes into buffer, as soon as some are there; 0 at the end of the body. No
+        copy of its own: the bytes go from the socket's buffer (or the socket) into `buffer`."""
+        if self._eof or not len(buffer):
+            return 0
+        if self._chunked:
+            if self._chunk_left == 0 and not self._next_chunk():
+                return 0
+            count = self._fp.readinto(buffer[: self._chunk_left])
+            if not count:
                 raise HTTPError("The server closed the connection in the middle of an answer")
-            try:
-                self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HTTPError(f"Bad chunk size line {line[:40]!r}") from None
-            if self._chunk_left == 0:
-                while self._fp.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                self._eof = True
-                self._maybe_release()
-                return b""
+            self._chunk_left -= count
+            self._after_chunk = self._chunk_left == 0
+            return count
+        want = len(buffer) if self._left is None else min(len(buffer), self._left)
+        count = self._fp.readinto(buffer[:want])
+        if self._left is not None:
+            if not count:
+                raise HTTPError("The server closed the connection in the middle of an answer")
+            self._left -= count
+            self._eof = self._left == 0
+        elif not count:
+            self._eof = True
+        self._maybe_release()
+        return count
+
+    def _next_chunk(self) -> bool:
+        """Read the next chunk's size line; False at the last chunk (the body ended)."""
+        if self._after_chunk:
+            self._fp.readline(MAX_LINE)
+            self._after_chunk = False
+        line = self._fp.readline(MAX_LINE)
+        if not line:
+            raise HTTPError("The server closed the connection in the middle of an answer")
+        try:
+            self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HTTPError(f"Bad chunk size line {line[:40]!r}") from None
+        if self._chunk_left == 0:
+            while self._fp.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            self._eof = True
+            self._maybe_release()
+            return False
+        return True
+
+    def _read_chunked(self, size: int) -> bytes:
+        if self._chunk_left == 0 and not self._next_chunk():
+            return b""
         data = self._fp.read1(min(size, self._chunk_left))
         if not data:
             raise HTTPError("The server closed the connection in the middle of an answer")

@@ -10,8 +10,12 @@ Anything else (streamed uploads) stays on httpx.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -21,6 +25,8 @@ from urllib.parse import urlencode, urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
 _FETCH_BUFFER = 4 * 1024 * 1024
+_F_SETPIPE_SZ = 1031  # Linux
+_PIPE_SIZE = 1024 * 1024
 
 
 class TransportError(Exception):
@@ -257,7 +263,17 @@ class BodyFetcher:
         self._local = threading.local()
 
     def fetch_into(self, target: str, fd: int, timeout: float) -> tuple[int, Headers, bytes, int]:
-        """(status, headers, body of an error answer, bytes written to `fd`); raises TransportError."""
+        """(status, headers, body of an error answer, bytes appended to `fd`); raises TransportError, and
+        then leaves the file as it was (a half-received answer never stays in it)."""
+        start = os.fstat(fd).st_size
+        try:
+            return self._fetch(target, fd, timeout)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+
+    def _fetch(self, target: str, fd: int, timeout: float) -> tuple[int, Headers, bytes, int]:
         head = [f"GET {target} HTTP/1.1", *(f"{k}: {v}" for k, v in self._headers.items())]
         request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         for attempt in (1, 2):
@@ -285,16 +301,20 @@ class BodyFetcher:
         if buffer is None:
             buffer = self._local.buffer = bytearray(_FETCH_BUFFER)
         view = memoryview(buffer)
-        filled = 0
-        while (end := bytes(view[:filled]).find(b"\r\n\r\n")) < 0:
-            if filled >= MAX_HEADER_BYTES:
+        # The head is peeked at, then taken alone: the body stays in the socket, for splice to move.
+        while True:
+            peeked = sock.recv(MAX_HEADER_BYTES, socket.MSG_PEEK)
+            if not peeked:
+                raise _Stale()
+            end = peeked.find(b"\r\n\r\n")
+            if end >= 0:
+                break
+            if len(peeked) >= MAX_HEADER_BYTES:
                 raise ValueError("reply headers too large")
-            count = sock.recv_into(view[filled:])
-            if count == 0:
-                if filled == 0:
-                    raise _Stale()
-                raise ValueError("the connection closed in the middle of the reply headers")
-            filled += count
+            select.select([sock], [], [], sock.gettimeout())  # a head cut in two: wait for the rest
+        filled = sock.recv_into(view, end + 4)
+        if filled != end + 4:
+            raise ValueError("the reply's head could not be read whole")
         lines = bytes(view[:end]).decode("latin-1").split("\r\n")
         parts = lines[0].split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
@@ -312,21 +332,26 @@ class BodyFetcher:
         pending = view[body_start:filled]
         kept = bytearray()
         written = 0
-        while True:
-            if len(pending) > left:
-                raise ValueError("the agent sent more than its Content-Length")
-            if status >= 400:
-                kept += pending
-            elif pending:
-                _write_all(fd, pending)
-                written += len(pending)
-            left -= len(pending)
-            if left == 0:
-                break
+        if len(pending) > left:
+            raise ValueError("the agent sent more than its Content-Length")
+        if status >= 400:
+            kept += pending
+        elif pending:
+            _write_all(fd, pending)
+            written += len(pending)
+        left -= len(pending)
+        if status < 400 and left > 0 and _splice_into(sock, fd, left, sock.gettimeout()):
+            return status, headers, b"", written + left
+        while left > 0:
             count = sock.recv_into(view[: min(len(view), left)])
             if count == 0:
                 raise ValueError("the connection closed in the middle of the reply")
-            pending = view[:count]
+            if status >= 400:
+                kept += view[:count]
+            else:
+                _write_all(fd, view[:count])
+                written += count
+            left -= count
         if headers.get("connection", "").lower() == "close":
             self._drop()
         return status, headers, bytes(kept), written
@@ -339,6 +364,51 @@ class BodyFetcher:
 
     def close(self) -> None:
         self._drop()
+
+
+_splice = {"works": hasattr(os, "splice")}
+_pipes = threading.local()
+
+
+def _splice_into(sock: socket.socket, fd: int, count: int, timeout: float | None) -> bool:
+    """Move `count` bytes from the socket to the end of the file in the kernel (Linux: splice through a
+    pipe), never through Python; False if this system cannot (then nothing was moved)."""
+    if not _splice["works"]:
+        return False
+    pipe = getattr(_pipes, "pipe", None)
+    if pipe is None:
+        pipe = _pipes.pipe = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe[1], _F_SETPIPE_SZ, _PIPE_SIZE)
+    # splice(2) refuses files opened for appending: write at the end through a second descriptor.
+    target = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        position = os.fstat(fd).st_size
+        moved = 0
+        while moved < count:
+            try:
+                got = os.splice(sock.fileno(), pipe[1], min(_PIPE_SIZE, count - moved))
+            except BlockingIOError:
+                # The socket has a timeout, so it is non-blocking underneath: wait for more, up to it.
+                if not select.select([sock], [], [], timeout)[0]:
+                    raise TimeoutError(f"no data for {timeout} s") from None
+                continue
+            except OSError as e:
+                if moved == 0 and e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    _splice["works"] = False
+                    return False
+                raise
+            if got == 0:
+                raise ValueError("the connection closed in the middle of the reply")
+            left = got
+            while left:
+                out = os.splice(pipe[0], target, left, offset_dst=position)
+                position += out
+                left -= out
+            moved += got
+        return True
+    finally:
+        os.close(target)
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -56,6 +56,28 @@ class LogAppender:
         os.close(self._fd)
 
 
+class LogReader:
+    """Reads one job's file from any offset, through one descriptor kept open (a stream reads it often)."""
+
+    def __init__(self, settings: ServerSettings, job_id: str) -> None:
+        self.job_id = job_id
+        self._path = log_path(settings, job_id)
+        self._fd = -1
+
+    def read(self, offset: int, limit: int = READ_CHUNK) -> bytes:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b""
+        return os.pread(self._fd, limit, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def read(path: Path, offset: int, limit: int = READ_CHUNK) -> bytes:
     try:
         with path.open("rb") as f:
