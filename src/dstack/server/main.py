@@ -13,6 +13,7 @@ import uvicorn
 from dstack.api.config import ProjectEntry, load_config, save_config
 from dstack.server.app import create_app
 from dstack.server.config_file import load_server_config
+from dstack.server.services.tunnel import expose_websocket_protocol
 from dstack.server.services.users import DEFAULT_PROJECT
 from dstack.server.settings import ServerSettings
 
@@ -58,7 +59,7 @@ def serve(
                 print(f"The admin token is {issued_token}", flush=True)
 
     config = uvicorn.Config(
-        create_app(settings, on_ready),
+        expose_websocket_protocol(create_app(settings, on_ready)),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
