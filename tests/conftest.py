@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# Real SSH hosts in network namespaces (tests/infra): ssh_hosts, make_ssh_host, client_key, test_network.
+pytest_plugins = ["tests.infra.fixtures"]
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _no_interpreter_downloads() -> None:

@@ -31,7 +31,10 @@ def test_ctrl_c_no_detaches_and_yes_stops(dstack_env: DstackEnv, project_dir: Pa
         assert "Detached" in terminal.text
     finally:
         terminal.close()
-    assert _status(dstack_env, "ctrl-c-run") == "running"
+    # The status write may trail the output a moment on a loaded machine; the run must settle as running.
+    wait_for(
+        lambda: _status(dstack_env, "ctrl-c-run") == "running", timeout=15, what="the run to show running"
+    )
 
     terminal = Terminal(dstack_env, "attach", "ctrl-c-run")
     try:

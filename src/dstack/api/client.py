@@ -142,8 +142,30 @@ class Client:
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", self._project_path("/runs/submit"), body={"spec": spec})
 
-    def list_runs(self, *, all: bool = False, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.json("GET", self._project_path("/runs"), params={"all": all, "limit": limit})
+    def list_runs(
+        self, *, all: bool = False, limit: int | None = None, before: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first; `before` pages on (with all): "SUBMITTED_AT:ID" of the last run of a page."""
+        params = {"all": all, "limit": limit, "before": before}
+        return self.json("GET", self._project_path("/runs"), params=params)
+
+    def run_history(self, name: str) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path(f"/runs/{quote(name, safe='')}/history"))
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self.json("GET", "/api/projects")
+
+    def list_hosts(self) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path("/hosts"))
+
+    def offers(self, query: dict[str, Any]) -> dict[str, Any]:
+        """`dstack offer`'s answer for its flags: {"gpu", "cpu", "memory", "disk", "backends", "max_price",
+        "image"}, each optional."""
+        return self.json("POST", self._project_path("/offers"), body=query)
+
+    def ui_sign_in_link(self, project: str | None = None) -> dict[str, Any]:
+        """{"url", "expires_in"}: a one-time link that opens the web UI signed in as this client's user."""
+        return self.json("POST", "/api/ui/sign-in", body={"project": project})
 
     def get_run(self, name: str) -> dict[str, Any]:
         return self.json("GET", self._project_path(f"/runs/{quote(name, safe='')}"))

@@ -45,11 +45,12 @@ def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
             return entry
         listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_PORT)
         port = int(listener.getsockname()[1])
+        ui_listener = _listen(port % 65535 + 1)  # the web UI's port, bound here for the same reason
         token = restart.token if restart is not None else secrets.token_urlsafe(32)
         url = f"http://127.0.0.1:{port}"
         log = server_dir() / "server.log"
-        with listener:
-            process = _spawn(listener, token, log)
+        with listener, ui_listener:
+            process = _spawn(listener, ui_listener, token, log)
         entry = ProjectEntry(name="main", url=url, token=token, default=True, embedded=True)
         _wait_healthy(entry, process, log)
         config = load_config()
@@ -57,13 +58,16 @@ def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
         save_config(config)
     verb = "Restarted" if restart is not None else "Started"
     note(
-        f"{verb} a dstack server in the background at {url} (log: {_tilde(log)}; stop: dstack server --stop)",
+        f"{verb} a dstack server in the background at {url} "
+        f"(web UI: dstack ui; log: {_tilde(log)}; stop: dstack server --stop)",
         dim=True,
     )
     return entry
 
 
-def _spawn(listener: socket.socket, token: str, log: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    listener: socket.socket, ui_listener: socket.socket, token: str, log: Path
+) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, DSTACK_SERVER_ADMIN_TOKEN=token)  # never on the command line, where ps shows it
     with log.open("ab") as out:
@@ -79,6 +83,10 @@ def _spawn(listener: socket.socket, token: str, log: Path) -> subprocess.Popen[b
                 str(listener.getsockname()[1]),
                 "--fd",
                 str(listener.fileno()),
+                "--ui-port",
+                str(ui_listener.getsockname()[1]),
+                "--ui-fd",
+                str(ui_listener.fileno()),
                 "--embedded",
             ],
             env=env,
@@ -87,7 +95,7 @@ def _spawn(listener: socket.socket, token: str, log: Path) -> subprocess.Popen[b
             stderr=out,
             start_new_session=True,
             close_fds=True,
-            pass_fds=(listener.fileno(),),
+            pass_fds=(listener.fileno(), ui_listener.fileno()),
         )
 
 

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stop": ("stop", "Stop a run"),
     "offer": ("offer", "List the offers that fit resource requirements"),
     "server": ("server", "Run the dstack server in the foreground"),
+    "ui": ("ui", "Open the web UI in your browser, signed in"),
     "config": ("config", "Point the CLI at a dstack server"),
     "init": ("init", "Check the server and record this repository"),
 }

@@ -20,12 +20,14 @@ from dstack.server.config_file import load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import code, files, misc, runs
+from dstack.server.routers import code, files, history, hosts, misc, runs
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
 from dstack.server.services.users import Authenticator, init_admin
 from dstack.server.settings import ServerSettings
+from dstack.server.ui import links as ui_links
+from dstack.server.ui.session import SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
         app.state.projects = ProjectResolver(db)
+        app.state.ui_sessions = SessionStore(db)
         await registry.start()
         workers = BackgroundWorkers(ctx)
         await workers.start()
@@ -73,6 +76,9 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(code.router)
     app.include_router(files.router)
     app.include_router(ports_router.router)
+    app.include_router(history.router)
+    app.include_router(hosts.router)
+    app.include_router(ui_links.router)
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:

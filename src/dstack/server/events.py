@@ -48,6 +48,12 @@ class Notifier:
         sig = self._signals.get(name)
         if sig is not None:
             sig.notify()
+        if name.startswith(_RUN_PREFIX):
+            # Whatever concerns one run may change a list of runs: wake those who watch lists (they check
+            # the history table for what really changed, see services/history.py).
+            runs = self._signals.get(RUNS)
+            if runs is not None:
+                runs.notify()
 
     def forget(self, name: str) -> None:
         self._signals.pop(name, None)
@@ -55,10 +61,12 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
+RUNS = "runs"
+_RUN_PREFIX = "run:"
 
 
 def run_channel(run_id: str) -> str:
-    return f"run:{run_id}"
+    return f"{_RUN_PREFIX}{run_id}"
 
 
 def output_channel(run_id: str) -> str:

@@ -16,31 +16,44 @@ from dstack.server.config_file import load_server_config
 from dstack.server.services.tunnel import expose_websocket_protocol
 from dstack.server.services.users import DEFAULT_PROJECT
 from dstack.server.settings import ServerSettings
+from dstack.server.ui.app import with_ui
 
 
 class PortInUse(Exception):
     pass
 
 
-def check_port(host: str, port: int) -> None:
+def listen(host: str, port: int, *, flag: str = "--port") -> socket.socket:
+    """A socket listening on host:port (port 0: any free one), or PortInUse with the flag that fixes it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise PortInUse(
-                f"Port {port} on {host} is in use (another dstack server?); pass --port to use another one"
-            ) from e
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as e:
+        sock.close()
+        raise PortInUse(
+            f"Port {port} on {host} is in use (another dstack server?); pass {flag} to use another one"
+        ) from e
+    return sock
 
 
 def serve(
-    settings: ServerSettings, *, embedded: bool = False, log_level: str = "warning", fd: int | None = None
+    settings: ServerSettings,
+    *,
+    embedded: bool = False,
+    log_level: str = "warning",
+    fd: int | None = None,
+    ui_fd: int | None = None,
+    ui_port_fixed: bool = True,
 ) -> None:
-    """`fd`: an already listening socket to serve on (its port is `settings.port`)."""
-    sockets = [socket.socket(fileno=fd)] if fd is not None else None
-    if sockets is None:
-        check_port(settings.host, settings.port)
+    """`fd`, `ui_fd`: already listening sockets to serve the API and the UI on (their ports are the
+    settings'). Without `ui_port_fixed`, a busy UI port is replaced by any free one."""
+    sockets = [socket.socket(fileno=fd) if fd is not None else listen(settings.host, settings.port)]
+    if settings.ui_port is not None:
+        sockets.append(_ui_socket(settings, ui_fd, ui_port_fixed))
+        settings.ui_port = int(sockets[-1].getsockname()[1])
     # A mistake in config.yml is one sentence here, not a traceback from the app's start-up.
     settings.ensure_dirs()
     load_server_config(settings.config_file)
@@ -57,9 +70,11 @@ def serve(
             print(f"The dstack server is running at {settings.url}", flush=True)
             if issued_token is not None:
                 print(f"The admin token is {issued_token}", flush=True)
+            if settings.ui_url is not None:
+                print(f"The web UI is at {settings.ui_url}: run dstack ui to open it signed in", flush=True)
 
     config = uvicorn.Config(
-        expose_websocket_protocol(create_app(settings, on_ready)),
+        expose_websocket_protocol(with_ui(create_app(settings, on_ready), settings)),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
@@ -78,8 +93,22 @@ def serve(
         sys.exit(1)
 
 
+def _ui_socket(settings: ServerSettings, fd: int | None, fixed: bool) -> socket.socket:
+    assert settings.ui_port is not None
+    if fd is not None:
+        return socket.socket(fileno=fd)
+    if settings.ui_port == settings.port and settings.ui_host == settings.host:
+        raise PortInUse(f"The web UI needs a port of its own, not {settings.port}; pass another --ui-port")
+    try:
+        return listen(settings.ui_host, settings.ui_port, flag="--ui-port (or --no-ui)")
+    except PortInUse:
+        if fixed:
+            raise
+        return listen(settings.ui_host, 0)
+
+
 def _write_server_info(settings: ServerSettings) -> None:
-    info = {"pid": os.getpid(), "url": settings.url}
+    info = {"pid": os.getpid(), "url": settings.url, "ui_url": settings.ui_url}
     (settings.server_dir / "server.json").write_text(json.dumps(info))
 
 

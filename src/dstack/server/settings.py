@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_PORT = 3000
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
 
@@ -32,6 +33,9 @@ class ServerSettings:
     # Background loops are woken by events; this is only the safety-net poll (and how other replicas notice).
     poll_seconds: float = 2.0
     write_cli_config: bool = True
+    # The web UI's own port (None: no UI) and address; it listens on loopback unless configured.
+    ui_port: int | None = None
+    ui_host: str = "127.0.0.1"
 
     @property
     def data_dir(self) -> Path:
@@ -55,8 +59,15 @@ class ServerSettings:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return _http_url(self.host, self.port)
+
+    @property
+    def ui_url(self) -> str | None:
+        """Where a browser on this machine opens the UI (a wildcard address is reached on loopback)."""
+        if self.ui_port is None:
+            return None
+        wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
+        return _http_url(wildcard.get(self.ui_host, self.ui_host), self.ui_port)
 
     def resolved_database_url(self) -> str:
         url = self.database_url or os.environ.get("DSTACK_DATABASE_URL")
@@ -71,3 +82,7 @@ class ServerSettings:
         for d in (self.server_dir, self.data_dir, self.logs_dir, self.code_dir, self.agents_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.server_dir.chmod(0o700)
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -19,21 +19,20 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.connection import get_client
     from dstack.cli.output import note, table
     from dstack.cli.requirements import OFFER_HEADERS, offer_row, overrides_from
-    from dstack.config import parse_configuration, resolve_profile
 
-    overrides = overrides_from(args)
-    text = "type: task\nimage: offer\n" if args.image else "type: task\ncommands: [':']\n"
-    configuration = parse_configuration(text, filename="offer.dstack.yml")
-    profile = resolve_profile(configuration, None, overrides)
-    spec = {
-        "run_name": None,
-        "configuration": configuration.model_dump(mode="json"),
-        "profile": profile.model_dump(mode="json"),
-        "commands": [":"],
-        "image": "offer" if args.image else None,
-        "python": None,
-    }
-    plan = get_client(args.project).plan(spec)
+    overrides_from(args)  # a mistake in a flag is one sentence before any server is asked (or started)
+    # The server reads the flags as `dstack run` would (services/offers.py), for the web UI too.
+    plan = get_client(args.project).offers(
+        {
+            "gpu": args.gpu,
+            "cpu": args.cpu,
+            "memory": args.memory,
+            "disk": args.disk,
+            "backends": args.backends,
+            "max_price": args.max_price,
+            "image": args.image,
+        }
+    )
     note(f"Requirements: {plan['requirements']}", dim=True)
     if not plan["offers"]:
         sys.stderr.write((plan.get("no_offer_message") or "No offer fits") + "\n")

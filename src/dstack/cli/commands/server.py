@@ -20,6 +20,18 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="port to listen on (default 3000)",
     )
     parser.add_argument(
+        "--ui-port",
+        type=int,
+        default=int(os.environ["DSTACK_SERVER_UI_PORT"]) if os.environ.get("DSTACK_SERVER_UI_PORT") else None,
+        help="port of the web UI (default: the next one after --port, or any free one if that is busy)",
+    )
+    parser.add_argument(
+        "--ui-host",
+        default=os.environ.get("DSTACK_SERVER_UI_HOST", "127.0.0.1"),
+        help="address the web UI listens on (default 127.0.0.1)",
+    )
+    parser.add_argument("--no-ui", action="store_true", help="run without the web UI")
+    parser.add_argument(
         "--token",
         help="the admin token (default: the saved one, or a new one on first start); "
         "DSTACK_SERVER_ADMIN_TOKEN works too and stays out of `ps`",
@@ -39,6 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     # A listening socket inherited from the CLI that started this server (see cli/embedded.py).
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--ui-fd", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def execute(args: argparse.Namespace) -> int:
@@ -46,22 +59,36 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.output import note
     from dstack.server.config_file import ServerConfigError
     from dstack.server.main import PortInUse, serve
-    from dstack.server.settings import ServerSettings
+    from dstack.server.settings import LOOPBACK_HOSTS, ServerSettings
 
     if args.stop:
         return _stop_background_server()
-    if not 1 <= args.port <= 65535:
-        raise CLIError(f"Port {args.port} is not valid; use 1-65535")
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        note(
-            f"Warning: listening on {args.host} exposes the dstack API beyond this machine; every call but "
-            "health needs the token, but use TLS in front of it on untrusted networks"
-        )
+    for flag, port in (("--port", args.port), ("--ui-port", args.ui_port)):
+        if port is not None and not 1 <= port <= 65535:
+            raise CLIError(f"Port {port} is not valid for {flag}; use 1-65535")
+    for what, host in (("dstack API", args.host), ("web UI", None if args.no_ui else args.ui_host)):
+        if host is not None and host not in LOOPBACK_HOSTS:
+            note(
+                f"Warning: listening on {host} exposes the {what} beyond this machine; it needs the token, "
+                "but use TLS in front of it on untrusted networks"
+            )
+    ui_port = None if args.no_ui else args.ui_port or (args.port % 65535) + 1
     settings = ServerSettings(
-        host=args.host, port=args.port, admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN")
+        host=args.host,
+        port=args.port,
+        admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN"),
+        ui_port=ui_port,
+        ui_host=args.ui_host,
     )
     try:
-        serve(settings, embedded=args.embedded, log_level=args.log_level, fd=args.fd)
+        serve(
+            settings,
+            embedded=args.embedded,
+            log_level=args.log_level,
+            fd=args.fd,
+            ui_fd=args.ui_fd,
+            ui_port_fixed=args.ui_port is not None,
+        )
     except (PortInUse, ServerConfigError) as e:
         raise CLIError(str(e)) from e
     except KeyboardInterrupt:

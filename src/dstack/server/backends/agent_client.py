@@ -59,25 +59,32 @@ class LogChunk:
 
 
 class AgentClient:
-    def __init__(self, url: str, token: str, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 10.0, socket_path: str | None = None
+    ) -> None:
+        """`socket_path`: reach the agent through this unix socket (an SSH forward to a remote host's
+        agent); `url` then only names it (in messages and the Host header)."""
         self.url = url.rstrip("/")
         self._token = token
         self._timeout = timeout
+        self._socket_path = socket_path
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
         self._client = httpx.AsyncClient(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            limits=limits,
+            transport=httpx.AsyncHTTPTransport(uds=socket_path, limits=limits) if socket_path else None,
         )
         # The calls made for every job go through a leaner client (see agent_http); httpx keeps the rest.
-        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"})
+        self._lean = AgentHTTP(self.url, {"Authorization": f"Bearer {token}"}, socket_path=socket_path)
         # Jobs are followed through one event stream, submitted and deleted in batches (agent_events).
-        self._events = AgentEvents(self.url, {"Authorization": f"Bearer {token}"})
+        self._events = AgentEvents(self.url, {"Authorization": f"Bearer {token}"}, socket_path=socket_path)
         self._submits: Coalescer[dict[str, Any], dict[str, Any]] = Coalescer(self._submit_batch, BATCH)
         self._deletes: Coalescer[str, dict[str, Any]] = Coalescer(self._delete_batch, BATCH)
         self._batches = True  # cleared if the agent predates the batch routes
         # Floods of output go from the agent's socket into the server's file in worker threads.
-        self._fetcher = BodyFetcher(self.url, {"Authorization": f"Bearer {token}"})
+        self._fetcher = BodyFetcher(self.url, {"Authorization": f"Bearer {token}"}, socket_path=socket_path)
         self._fetch_pool = ThreadPoolExecutor(max_workers=_FETCH_THREADS, thread_name_prefix="agent-logs")
 
     async def close(self) -> None:
@@ -273,7 +280,9 @@ class AgentClient:
     async def open_tunnel(self, job_id: str, port: int) -> TunnelStream:
         """A TCP stream to the job's port, relayed by the agent (an HTTP Upgrade to raw bytes)."""
         try:
-            return await open_tunnel(self.url, self._token, job_id, port, timeout=self._timeout)
+            return await open_tunnel(
+                self.url, self._token, job_id, port, timeout=self._timeout, socket_path=self._socket_path
+            )
         except TunnelRefused as e:
             raise AgentError(str(e), e.status) from e
         except (OSError, asyncio.TimeoutError, ValueError) as e:

@@ -64,9 +64,10 @@ class JobView:
 
 
 class AgentEvents:
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str], *, socket_path: str | None = None) -> None:
         parts = urlsplit(base_url)
         self._host, self._port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._socket_path = socket_path  # the agent through a unix socket (an SSH forward), if set
         self._headers = headers
         self._views: dict[str, JobView] = {}
         self._task: asyncio.Task[None] | None = None
@@ -106,9 +107,12 @@ class AgentEvents:
             await asyncio.sleep(RECONNECT_AFTER)
 
     async def _follow(self) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(self._host, self._port, limit=_LINE_LIMIT), STALE_AFTER
+        opening = (
+            asyncio.open_unix_connection(self._socket_path, limit=_LINE_LIMIT)
+            if self._socket_path is not None
+            else asyncio.open_connection(self._host, self._port, limit=_LINE_LIMIT)
         )
+        reader, writer = await asyncio.wait_for(opening, STALE_AFTER)
         try:
             head = ["GET /api/events HTTP/1.1", f"Host: {self._host}:{self._port}", "Connection: close"]
             head += [f"{name}: {value}" for name, value in self._headers.items()]

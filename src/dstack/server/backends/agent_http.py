@@ -60,8 +60,18 @@ _Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
 class AgentHTTP:
-    def __init__(self, base_url: str, headers: dict[str, str], *, max_connections: int = 64) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        max_connections: int = 64,
+        socket_path: str | None = None,
+    ) -> None:
+        """`socket_path`: connect to this unix socket (e.g. an SSH forward to a remote agent) instead of
+        the URL's host and port, which then only name the agent in the Host header."""
         parts = urlsplit(base_url)
+        self._socket_path = socket_path
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{base_url} is not an http:// URL")
         self._host = parts.hostname
@@ -192,7 +202,12 @@ class AgentHTTP:
                 return (reader, writer), True
             writer.close()
         try:
-            opened = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), timeout)
+            connect = (
+                asyncio.open_unix_connection(self._socket_path)
+                if self._socket_path is not None
+                else asyncio.open_connection(self._host, self._port)
+            )
+            opened = await asyncio.wait_for(connect, timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise TransportError(f"cannot connect: {e or type(e).__name__}") from e
         return opened, False
@@ -255,9 +270,10 @@ class BodyFetcher:
     worker thread keeps its own kept-alive connection.
     """
 
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+    def __init__(self, base_url: str, headers: dict[str, str], *, socket_path: str | None = None) -> None:
         parts = urlsplit(base_url)
         self._address = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self._socket_path = socket_path
         host_header = f"[{self._address[0]}]" if ":" in self._address[0] else self._address[0]
         self._headers = {"Host": f"{host_header}:{self._address[1]}", "Connection": "keep-alive", **headers}
         self._local = threading.local()
@@ -281,8 +297,7 @@ class BodyFetcher:
             reused = sock is not None
             try:
                 if sock is None:
-                    sock = self._local.sock = socket.create_connection(self._address, timeout)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock = self._local.sock = self._connect(timeout)
                 sock.settimeout(timeout)
                 sock.sendall(request)
                 return self._answer(sock, fd)
@@ -355,6 +370,20 @@ class BodyFetcher:
         if headers.get("connection", "").lower() == "close":
             self._drop()
         return status, headers, bytes(kept), written
+
+    def _connect(self, timeout: float) -> socket.socket:
+        if self._socket_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self._socket_path)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        sock = socket.create_connection(self._address, timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
 
     def _drop(self) -> None:
         sock = getattr(self._local, "sock", None)

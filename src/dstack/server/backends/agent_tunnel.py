@@ -172,16 +172,21 @@ class TunnelStream(asyncio.Protocol):
         return body
 
 
-async def open_tunnel(url: str, token: str, job_id: str, port: int, *, timeout: float) -> TunnelStream:
+async def open_tunnel(
+    url: str, token: str, job_id: str, port: int, *, timeout: float, socket_path: str | None = None
+) -> TunnelStream:
     """Connect to the agent at `url` and upgrade to a raw stream to the job's port.
 
     Raises OSError / asyncio.TimeoutError when the agent is unreachable, TunnelRefused when it says no.
     """
     parts = urlsplit(url)
     loop = asyncio.get_running_loop()
-    _, stream = await asyncio.wait_for(
-        loop.create_connection(TunnelStream, parts.hostname or "127.0.0.1", parts.port or 80), timeout
+    connect = (
+        loop.create_unix_connection(TunnelStream, socket_path)
+        if socket_path is not None
+        else loop.create_connection(TunnelStream, parts.hostname or "127.0.0.1", parts.port or 80)
     )
+    _, stream = await asyncio.wait_for(connect, timeout)
     assert stream.transport is not None
     request = (
         f"GET /api/jobs/{job_id}/ports/{port}/connect HTTP/1.1\r\n"

@@ -127,6 +127,46 @@ class JobRow(Base):
     )
 
 
+class TransitionRow(Base):
+    """One change of a run's status (or of its status message), in order: the run's history.
+
+    Written by `services/transitions.py` only, in the transaction that changes the status. The first entry
+    of every run is `submitted`, at its submission time.
+    """
+
+    __tablename__ = "run_transitions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16))
+    status_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (Index("ix_run_transitions_run", "run_id", "id"),)
+
+
+class UISessionRow(Base):
+    """A web UI sign-in: a browser session (`session`) or a one-time sign-in code (`code`).
+
+    Only hashes are stored, as for tokens; a code is deleted when it is exchanged for a session.
+    """
+
+    __tablename__ = "ui_sessions"
+
+    secret_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # session | code
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str | None] = mapped_column(String(64), nullable=True)  # sessions only
+    # The user's token hash when it was made: a new token (a leaked one replaced) ends every UI sign-in.
+    token_hash: Mapped[str] = mapped_column(String(64))
+    project: Mapped[str | None] = mapped_column(String(64), nullable=True)  # codes: the page to open
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 class LockRow(Base):
     """Named locks held for one transaction (SELECT ... FOR UPDATE), e.g. "scheduler": on PostgreSQL two
     server replicas then never run a scheduling pass at once (SQLite's single writer already ensures it)."""

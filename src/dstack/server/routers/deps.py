@@ -9,6 +9,9 @@ from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import Project
 from dstack.server.services.users import User
 
+# The key under which an ASGI layer in front of the API puts the user it has already authenticated.
+SESSION_USER = "dstack.user"
+
 
 class Unauthorized(ServiceError):
     status_code = 401
@@ -20,6 +23,10 @@ async def get_ctx(request: Request) -> ServerContext:
 
 
 async def get_user(request: Request) -> User:
+    # Signed in by the web UI's session (dstack.server.ui.session), on the UI's own port only.
+    preset: User | None = request.scope.get(SESSION_USER)
+    if preset is not None:
+        return preset
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

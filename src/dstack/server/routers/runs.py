@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
 from dstack.server.schemas import RunRequest, StopRequest
-from dstack.server.services import attach, logs
+from dstack.server.services import attach, history, logs, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
 from dstack.server.services.users import User
@@ -41,10 +41,21 @@ async def submit(
 async def list_runs(
     all: bool = False,
     limit: int | None = Query(default=None, ge=1),
+    before: str | None = Query(default=None, max_length=128),
+    after: str | None = Query(default=None, max_length=128),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> Response:
-    return _json(await runs_service.list_runs(ctx, project, all_runs=all, limit=limit))
+    """Runs, newest first; with `all`, pages: `before`/`after` = "SUBMITTED_AT:ID" of a listed run."""
+    runs = await runs_service.list_runs(
+        ctx,
+        project,
+        all_runs=all,
+        limit=limit,
+        before=runs_service.parse_cursor(before) if before else None,
+        after=runs_service.parse_cursor(after) if after else None,
+    )
+    return _json(runs)
 
 
 @router.get("/{name}")
@@ -57,6 +68,22 @@ async def get_run(
 
 def _json(data: Any) -> Response:
     return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
+
+
+@router.get("/{name}/history")
+async def run_history(
+    name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> list[dict[str, Any]]:
+    """The run's statuses in order, with their times, messages and (at the end) the reason."""
+    return await history.of_run(ctx, project, name)
+
+
+@router.get("/{name}/plan")
+async def placement_of_run(
+    name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    """What the run asked for (requirements, profile) and where it was placed."""
+    return await run_plan.placement_of(ctx, project, name)
 
 
 @router.post("/stop")

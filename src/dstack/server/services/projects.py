@@ -43,3 +43,14 @@ class ProjectResolver:
         project = Project(id=row.id, name=row.name)
         self._cache[key] = project
         return project
+
+
+async def projects_of(db: Database, user: User) -> list[Project]:
+    """The projects a user may open: those they are a member of (an admin: all of them), by name."""
+    query = select(ProjectRow.id, ProjectRow.name).order_by(ProjectRow.name)
+    if not user.is_admin:
+        query = query.join(MemberRow, MemberRow.project_id == ProjectRow.id).where(
+            MemberRow.user_id == user.id
+        )
+    async with db.read() as session:
+        return [Project(id=row.id, name=row.name) for row in await session.execute(query)]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, or_, select
 
 from dstack.core.statuses import (
     FINISHED_STATUSES,
@@ -16,19 +17,20 @@ from dstack.core.statuses import (
     TerminationReason,
 )
 from dstack.server.context import ServerContext
-from dstack.server.db.models import CodeRow, JobRow, RunRow
+from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
 from dstack.server.schemas import RunSpec
 from dstack.server.services import logs, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, submitted_entry
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
+Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
 _FINISHED = [s.value for s in FINISHED_STATUSES]
 
 
@@ -105,15 +107,17 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             status=RunStatus.SUBMITTED.value,
             submitted_at=now,
         )
-        # Two INSERT statements, not the ORM's unit of work (flushing the run, then the job): a burst of
+        # INSERT statements, not the ORM's unit of work (flushing the run, then the job): a burst of
         # submissions spends its time here. The rows stay unattached, for the answer only.
         await session.execute(insert(RunRow).values(_columns(run, RunRow)))
         await session.execute(insert(JobRow).values(_columns(job, JobRow)))
+        await session.execute(insert(TransitionRow).values(submitted_entry(run)))  # its history's start
         return run, job
 
     # Submissions arriving together share one transaction (see Database.write_batched).
     run, job = await ctx.db.write_batched(record)
     specs.remember(run.id, checked)
+    ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
 
@@ -168,14 +172,39 @@ _LISTED = [c for c in RunRow.__table__.columns if c.name != "spec"]
 
 
 async def list_runs(
-    ctx: ServerContext, project: Project, *, all_runs: bool, limit: int | None = None
+    ctx: ServerContext,
+    project: Project,
+    *,
+    all_runs: bool,
+    limit: int | None = None,
+    before: Cursor | None = None,
+    after: Cursor | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active."""
+    """Newest first. Without `all_runs`: the unfinished runs, or the latest finished one if none is active.
+
+    With `all_runs`, a page of a keyset walk over the (project, submitted) index: `before` the runs older
+    than a cursor, `after` the ones newer than it (still newest first). Nothing is counted, so a page costs
+    the same with 100 runs or 100,000.
+    """
     limit = min(limit or (PS_MAX_LIMIT if all_runs else PS_DEFAULT_LIMIT), PS_MAX_LIMIT)
-    newest = select(*_LISTED).where(RunRow.project_id == project.id).order_by(RunRow.submitted_at.desc())
+    mine = select(*_LISTED).where(RunRow.project_id == project.id)
+    newest = mine.order_by(RunRow.submitted_at.desc(), RunRow.id.desc())
     async with ctx.db.read() as session:
-        if all_runs:
-            rows = (await session.execute(newest.limit(limit))).mappings().all()
+        if all_runs and after is not None:
+            at, run_id = after
+            # The range term alone lets the index seek; the OR only breaks ties within one instant.
+            newer = mine.where(
+                RunRow.submitted_at >= at, or_(RunRow.submitted_at > at, RunRow.id > run_id)
+            ).order_by(RunRow.submitted_at, RunRow.id)
+            rows: Sequence[Any] = list(reversed((await session.execute(newer.limit(limit))).mappings().all()))
+        elif all_runs:
+            query = newest
+            if before is not None:
+                at, run_id = before
+                query = query.where(
+                    RunRow.submitted_at <= at, or_(RunRow.submitted_at < at, RunRow.id < run_id)
+                )
+            rows = (await session.execute(query.limit(limit))).mappings().all()
         else:
             # The few unfinished runs through the status index. Left to itself, SQLite walks the
             # (project, submitted) index newest first instead, reading every finished run of the project
@@ -191,6 +220,18 @@ async def list_runs(
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
     return [_listed_json(row, project.name) for row in rows]
+
+
+def parse_cursor(text: str) -> Cursor:
+    """A page cursor: "SUBMITTED_AT:RUN_ID" of the last run of the page before (see `list_runs`)."""
+    at, sep, run_id = text.partition(":")
+    try:
+        value = float(at)
+    except ValueError:
+        value = float("nan")
+    if not sep or not run_id or value != value:
+        raise ServiceError(f"The page cursor {text[:80]!r} is not valid; pass SUBMITTED_AT:RUN_ID of a run")
+    return value, run_id
 
 
 def _listed_json(row: Any, project: str) -> dict[str, Any]:

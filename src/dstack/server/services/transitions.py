@@ -1,8 +1,11 @@
 """The one place a run's status changes. The run mirrors its current job, so both rows move together.
 
+Every change of status (or of the status message, e.g. why a run waits) is also recorded as a row of
+`run_transitions`, in the same transaction: the run's history, as `GET .../runs/NAME/history` shows it.
+
 `status_values` says what a change writes; `apply_status` applies it to loaded rows (in an ORM session),
-`write_job_status` writes it with two UPDATE statements and nothing loaded: the supervisor's path, taken
-a few times by every job, where loading and flushing ORM objects was the server's largest cost.
+`write_job_status` writes it with plain UPDATE and INSERT statements and nothing loaded: the supervisor's
+path, taken a few times by every job, where loading and flushing ORM objects was the server's largest cost.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
-from sqlalchemy import Table, func, update
+from sqlalchemy import Table, func, insert, update
+from sqlalchemy.orm import object_session
 
 from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
-from dstack.server.db.models import JobRow, RunRow
+from dstack.server.db.models import JobRow, RunRow, TransitionRow
 
 _STARTED_AT = "started_at"  # set once: the first time a job is seen running
 _STOPPING = [RunStatus.TERMINATING.value, *(s.value for s in FINISHED_STATUSES)]
+_HISTORY = ("status", "status_message", "termination_reason", "termination_message", "exit_code")
 
 
 def status_values(
@@ -65,9 +70,11 @@ def apply_status(
     exit_code: int | None = None,
     status_message: str | None = None,
 ) -> None:
-    """Call inside a write transaction; notify the run's channel after the commit."""
+    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit."""
+    now = time.time()
+    before = (run.status, run.status_message)
     run_values, job_values = status_values(
-        status, reason=reason, message=message, exit_code=exit_code, status_message=status_message
+        status, reason=reason, message=message, exit_code=exit_code, status_message=status_message, now=now
     )
     for name, value in run_values.items():
         setattr(run, name, value)
@@ -75,6 +82,8 @@ def apply_status(
         for name, value in job_values.items():
             if name != _STARTED_AT or job.started_at is None:
                 setattr(job, name, value)
+    if (run.status, run.status_message) != before:
+        _record(run, now)
 
 
 async def write_job_status(
@@ -88,8 +97,10 @@ async def write_job_status(
     **details: Any,
 ) -> bool:
     """The change for a job its caller holds the lease of (`token`); False, writing nothing, if the job
-    no longer carries that token, or (with `unless_stopping`) if a stop or an end was recorded already."""
-    run_values, job_values = status_values(status, **details)
+    no longer carries that token, or (with `unless_stopping`) if a stop or an end was recorded already.
+    The caller only asks for a change it has not seen recorded: each one is a history entry too."""
+    now = time.time()
+    run_values, job_values = status_values(status, now=now, **details)
     # The tables, not the ORM classes: an ORM UPDATE would also search the session for rows to refresh.
     job_table, run_table = cast(Table, JobRow.__table__), cast(Table, RunRow.__table__)
     jobs, runs = job_table.c, run_table.c
@@ -102,4 +113,39 @@ async def write_job_status(
     if result.rowcount != 1:
         return False
     await session.execute(update(run_table).where(runs.id == run_id).values(**run_values))
+    entry = {name: run_values.get(name) for name in _HISTORY}
+    await session.execute(insert(cast(Table, TransitionRow.__table__)).values(run_id=run_id, at=now, **entry))
     return True
+
+
+def record_submitted(session: Any, run: RunRow) -> None:
+    """The first entry of a new run's history (call after the run row is added to `session`)."""
+    _record(run, run.submitted_at, session)
+
+
+def submitted_entry(run: RunRow) -> dict[str, Any]:
+    """The same entry as a row to INSERT (for a submission written with plain statements)."""
+    return {
+        "run_id": run.id,
+        "at": run.submitted_at,
+        "status": run.status,
+        "status_message": run.status_message,
+    }
+
+
+def _record(run: RunRow, at: float, session: Any = None) -> None:
+    session = session if session is not None else object_session(run)
+    if session is None:
+        raise RuntimeError("apply_status needs a run row that belongs to a write session")
+    finished = RunStatus(run.status).is_finished
+    session.add(
+        TransitionRow(
+            run_id=run.id,
+            at=at,
+            status=run.status,
+            status_message=run.status_message,
+            termination_reason=run.termination_reason if finished else None,
+            termination_message=run.termination_message if finished else None,
+            exit_code=run.exit_code if finished else None,
+        )
+    )

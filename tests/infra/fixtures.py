@@ -1,0 +1,86 @@
+"""Pytest fixtures for tests that need real SSH hosts (see sshhosts.py), shared by every test session.
+
+`ssh_hosts` is two hosts for the whole session (host 1: root; host 2: root and `ubuntu`), both accepting
+`client_key`; tests must leave them as they found them. A test that breaks a host (kills its sshd, changes
+its key, cuts its link) takes its own from `make_ssh_host`, removed at the end of the test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.infra.netns import NetworkUnavailable, TestNetwork, create_network
+from tests.infra.sshhosts import ClientKey, SSHHost, make_key, start_host
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"The SSH host tests cannot run in CI: {reason}")
+    pytest.skip(f"no test hosts: {reason}")
+
+
+@pytest.fixture(scope="session")
+def test_network() -> Iterator[TestNetwork]:
+    try:
+        network = create_network()
+    except NetworkUnavailable as e:
+        _unavailable(str(e))
+        raise
+    try:
+        yield network
+    finally:
+        network.close()
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+    return make_key(tmp_path_factory.mktemp("ssh-client") / "id_ed25519")
+
+
+class HostFactory:
+    def __init__(self, network: TestNetwork, key: ClientKey) -> None:
+        self.network = network
+        self.key = key
+        self.hosts: list[SSHHost] = []
+
+    def __call__(self, *, users: tuple[str, ...] = (), port: int = 22, authorize: bool = True) -> SSHHost:
+        host = start_host(self.network, len(self.network.namespaces) + 1, users=users, port=port)
+        self.hosts.append(host)
+        if authorize:
+            for user in ("root", *users):
+                host.authorize(user, self.key)
+        return host
+
+    def close(self) -> None:
+        for host in self.hosts:
+            host.close()
+
+
+@pytest.fixture(scope="session")
+def _session_hosts(test_network: TestNetwork, client_key: ClientKey) -> Iterator[HostFactory]:
+    factory = HostFactory(test_network, client_key)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def ssh_hosts(_session_hosts: HostFactory) -> list[SSHHost]:
+    return [_session_hosts(), _session_hosts(users=("ubuntu",))]
+
+
+@pytest.fixture
+def make_ssh_host(test_network: TestNetwork, client_key: ClientKey) -> Iterator[Callable[..., SSHHost]]:
+    factory = HostFactory(test_network, client_key)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+__all__ = ["ClientKey", "HostFactory", "Path", "SSHHost"]
