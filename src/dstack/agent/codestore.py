@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any, Callable, List, Optional, Tuple
 
 from dstack.agent.fsutil import make_private_dir
+from dstack.agent.spares import SpareTrees
 from dstack.agent.unpack import DIR, FILE, SYMLINK, Item, UnpackError, build_tree, check_items, normalise_path
 
 FORMAT = "dstack-code/1"
@@ -58,6 +59,7 @@ class CodeStore:
             *self._blobs.glob("*/" + _TEMP_PREFIX + "*"),
         ]:
             leftover.unlink(missing_ok=True)
+        self.spares = SpareTrees(folder / "trees", self.blob_path)
 
     def blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
@@ -159,14 +161,22 @@ class CodeStore:
     def assemble(
         self, code_hash: str, destination: Path, cancelled: Optional[Callable[[], bool]] = None
     ) -> None:
-        """Build the code's tree in the empty folder `destination` (raises UnpackError)."""
+        """Put the code's tree at `destination` (an empty folder, replaced): a spare copy of it moved there
+        if one is ready (see dstack.agent.spares), else built from the store. Raises UnpackError."""
+        items = self.items(code_hash)
+        if not self.spares.take(code_hash, items, destination):
+            build_tree(items, self.blob_path, destination, cancelled)
+        self.spares.offer(code_hash, items)  # the next job of this code gets its folder at once
+
+    def items(self, code_hash: str) -> List[Item]:
+        """The code's checked entries (raises UnpackError)."""
         try:
             manifest = (self._manifests / code_hash).read_bytes()
         except FileNotFoundError:
             raise UnpackError(f"code {code_hash} has not been uploaded") from None
         items = parse_manifest(manifest)
         check_items(items)  # checked when stored too; this file is what counts now
-        build_tree(items, self.blob_path, destination, cancelled)
+        return items
 
 
 def parse_manifest(data: bytes) -> List[Item]:

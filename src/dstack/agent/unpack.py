@@ -18,7 +18,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple
 
 _MAX_SYMLINK_HOPS = 40  # as the Linux kernel's limit on nested symlinks
 _DROPPED_MODE_BITS = stat.S_ISUID | stat.S_ISGID
@@ -144,34 +144,42 @@ def build_tree(
     """Create the checked items under the existing empty folder `destination`; `content(hash)` is where
     a file's bytes are."""
     root = os.path.realpath(destination)
-    folders: List[Tuple[str, Item]] = []
     made = {root}
     try:
         for item in items:
             if cancelled is not None and cancelled():
                 raise UnpackError("the job was stopped")
-            path = os.path.join(root, item.path)
-            parent = os.path.dirname(path)
-            if parent not in made:
-                os.makedirs(parent, mode=0o755, exist_ok=True)
-                # The checks make this impossible; it is the last line of defence if they ever miss a case.
-                real = os.path.realpath(parent)
-                if real != root and not real.startswith(root + os.sep):
-                    raise UnpackError(f"the entry {_quote(item.path)} leads outside the code folder")
-                made.add(parent)
-            if item.kind == DIR:
-                os.makedirs(path, mode=0o755, exist_ok=True)
-                made.add(path)
-                folders.append((path, item))
-            elif item.kind == SYMLINK:
-                os.symlink(item.ref, path)
-            else:
-                _copy_file(content(item.ref), path, item)
-        # Folder modes last and deepest first, so that a read-only folder does not block its own content.
-        for path, item in sorted(folders, key=lambda pair: pair[0], reverse=True):
-            os.chmod(path, _safe_mode(item.mode))
+            create_item(root, item, content, made)
+        set_folder_modes(root, items)
     except OSError as e:
         raise UnpackError(f"building the folder failed: {e.strerror or e}") from e
+
+
+def create_item(root: str, item: Item, content: Callable[[str], Path], made: Set[str]) -> None:
+    """Create one checked item under the real folder `root` (`made`: folders known to exist there)."""
+    path = os.path.join(root, item.path)
+    parent = os.path.dirname(path)
+    if parent not in made:
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        # The checks make this impossible; it is the last line of defence if they ever miss a case.
+        real = os.path.realpath(parent)
+        if real != root and not real.startswith(root + os.sep):
+            raise UnpackError(f"the entry {_quote(item.path)} leads outside the code folder")
+        made.add(parent)
+    if item.kind == DIR:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        made.add(path)
+    elif item.kind == SYMLINK:
+        os.symlink(item.ref, path)
+    else:
+        _copy_file(content(item.ref), path, item)
+
+
+def set_folder_modes(root: str, items: List[Item]) -> None:
+    """Folder modes last and deepest first, so that a read-only folder does not block its own content."""
+    folders = [item for item in items if item.kind == DIR]
+    for item in sorted(folders, key=lambda folder: folder.path, reverse=True):
+        os.chmod(os.path.join(root, item.path), _safe_mode(item.mode))
 
 
 def _copy_file(source: Path, path: str, item: Item) -> None:

@@ -13,7 +13,7 @@ import pytest
 from agent_testkit import AgentClient, AgentProcess, code_manifest, dir_member, file_member, link_member
 
 from dstack.agent.codestore import CodeStore
-from dstack.agent.unpack import FILE, SYMLINK, Item, UnpackError, check_items, check_members
+from dstack.agent.unpack import FILE, SYMLINK, Item, UnpackError, build_tree, check_items, check_members
 
 
 def test_good_code_keeps_content_modes_and_inside_symlinks(
@@ -143,3 +143,76 @@ def test_read_only_folders_are_filled_before_their_mode_is_set(tmp_path: Path) -
     assert (tmp_path / "out" / "ro" / "file").read_bytes() == b"content"
     assert stat.S_IMODE((tmp_path / "out" / "ro").stat().st_mode) == 0o555
     assert FILE == "f"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    """Every entry under root: kind, mode and content (or link target)."""
+    found: dict[str, tuple[str, int, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink():
+            found[rel] = ("l", mode, os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("d", mode, "")
+        else:
+            found[rel] = ("f", mode, path.read_bytes())
+    return found
+
+
+def _stored(store: CodeStore, members: list) -> str:
+    manifest, blobs = code_manifest(members)
+    for sha256, data in blobs.items():
+        store.blob_path(sha256).parent.mkdir(parents=True, exist_ok=True)
+        store.blob_path(sha256).write_bytes(data)
+    code_hash = hashlib.sha256(manifest).hexdigest()
+    store.store_manifest(code_hash, manifest, 1 << 20)
+    return code_hash
+
+
+def test_a_spare_tree_patched_for_other_code_is_exactly_a_fresh_build_of_it(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path / "code")
+    before = _stored(
+        store,
+        [
+            file_member("same.txt", b"same"),
+            file_member("edited.txt", b"old"),
+            file_member("gone.txt", b"gone"),
+            file_member("mode.sh", b"#!/bin/sh\n", mode=0o644),
+            dir_member("becomes-file"),
+            file_member("becomes-file/inner.txt", b"inner"),
+            file_member("becomes-link", b"x"),
+            dir_member("ro", mode=0o555),
+            file_member("ro/kept.txt", b"kept"),
+        ],
+    )
+    after = _stored(
+        store,
+        [
+            file_member("same.txt", b"same"),
+            file_member("edited.txt", b"new content"),
+            file_member("mode.sh", b"#!/bin/sh\n", mode=0o755),
+            file_member("becomes-file", b"now a file"),
+            link_member("becomes-link", "same.txt"),
+            dir_member("ro", mode=0o555),
+            file_member("ro/kept.txt", b"kept"),
+            file_member("ro/added.txt", b"added"),
+            dir_member("new-dir"),
+        ],
+    )
+    first = tmp_path / "job1"
+    first.mkdir()
+    store.assemble(before, first)  # built from the store; a spare of `before` follows in the background
+    second = tmp_path / "job2"
+    second.mkdir()
+    store.assemble(after, second)  # the spare of `before`, patched
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    build_tree(store.items(after), store.blob_path, fresh)
+    assert _snapshot(second) == _snapshot(fresh)
+    assert _snapshot(first)["edited.txt"] == ("f", 0o644, b"old")  # the first job's copy is its own
+    # A third job of the same code gets a spare of it, made after the second took its own.
+    third = tmp_path / "job3"
+    third.mkdir()
+    store.assemble(after, third)
+    assert _snapshot(third) == _snapshot(fresh)
