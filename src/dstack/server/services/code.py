@@ -17,6 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +39,9 @@ from dstack.server.settings import ServerSettings
 
 _TEMP_PREFIX = ".upload-"
 _BATCH_BYTES = 1024 * 1024
+_SMALL = 256 * 1024
+_WRITERS = 4
+_MAX_PENDING_WRITES = 256
 
 
 def project_dir(settings: ServerSettings, project_id: str) -> Path:
@@ -201,6 +205,8 @@ class BlobReceiver:
         self._fd: int | None = None
         self._temp: str | None = None
         self._folders: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._writes: list[Future[None]] = []
         self._temp_prefix = f"{_TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-"
 
     def feed_all(self, chunks: list[bytes]) -> None:
@@ -215,7 +221,15 @@ class BlobReceiver:
                 self._header += bytes(view[:need])
                 view = view[need:]
                 if len(self._header) == HEADER.size:
-                    self._start()
+                    raw, size = HEADER.unpack(self._header)
+                    if size <= min(len(view), _SMALL):
+                        # A small content whole in this piece: hashed and written by the pool (files are
+                        # created by the file system far slower than by us; a repository has thousands).
+                        self._header = b""
+                        self._small(raw.hex(), view[:size])
+                        view = view[size:]
+                    else:
+                        self._start()
                 continue
             piece = view[: self._left]
             view = view[len(piece) :]
@@ -226,6 +240,36 @@ class BlobReceiver:
                     piece = piece[os.write(self._fd, piece) :]
             if self._left == 0:
                 self._end()
+
+    def _small(self, sha256: str, data: memoryview) -> None:
+        self._received += len(data)
+        if self._received > self._limit:
+            raise TooLarge(f"The code upload is over the server's {_mb(self._limit)} limit")
+        folder = f"{self._folder}/{sha256[:2]}"
+        if os.path.exists(f"{folder}/{sha256}"):  # noqa: PTH110 (str paths, see above)
+            return
+        self._count += 1
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="code-upload")
+        self._writes.append(self._pool.submit(self._write_small, folder, sha256, data, self._count))
+        if len(self._writes) >= _MAX_PENDING_WRITES:  # each holds a piece of the body in memory
+            self._writes.pop(0).result()
+
+    def _write_small(self, folder: str, sha256: str, data: memoryview, serial: int) -> None:
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise _mismatch(sha256)
+        os.makedirs(folder, exist_ok=True)  # noqa: PTH103
+        temp = f"{folder}/{self._temp_prefix}{serial}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)  # noqa: PTH108
+            raise
+        os.close(fd)
+        os.replace(temp, f"{folder}/{sha256}")  # noqa: PTH105
 
     def _start(self) -> None:
         raw, size = HEADER.unpack(self._header)
@@ -253,22 +297,36 @@ class BlobReceiver:
         os.close(self._fd)
         self._fd = None
         if self._digest.hexdigest() != self._sha256:
-            raise ServiceError(
-                f"The uploaded content {self._sha256[:12]} does not match its hash; the upload was "
-                "corrupted, try again"
-            )
+            raise _mismatch(self._sha256)
         self._digest = None
         os.replace(self._temp, f"{self._folder}/{self._sha256[:2]}/{self._sha256}")  # noqa: PTH105
         self._temp = None
 
     def finish(self) -> int:
         """How many contents were new (the others were here already)."""
+        self._wait_for_writes()
         if self._in_blob or self._header:
             raise ServiceError("The code upload ended in the middle of a content; send it again")
         return self._count
 
+    def _wait_for_writes(self) -> None:
+        writes, self._writes = self._writes, []
+        error: BaseException | None = None
+        for write in writes:
+            try:
+                write.result()
+            except BaseException as e:  # every write is waited for; the first failure is the answer
+                error = error or e
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if error is not None:
+            raise error
+
     def abort(self) -> None:
         """Remove what an unfinished content left (after finish(), nothing is left)."""
+        with contextlib.suppress(BaseException):
+            self._wait_for_writes()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -276,6 +334,12 @@ class BlobReceiver:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._temp)  # noqa: PTH108
             self._temp = None
+
+
+def _mismatch(sha256: str) -> ServiceError:
+    return ServiceError(
+        f"The uploaded content {sha256[:12]} does not match its hash; the upload was corrupted, try again"
+    )
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
