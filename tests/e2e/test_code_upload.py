@@ -203,3 +203,36 @@ def test_a_project_cannot_take_another_projects_code_by_naming_its_hash(
     # Sending the bytes themselves works, as for anyone who has them.
     other.upload_code(snapshot)
     assert other.has_code(snapshot.code_hash)
+
+
+def test_reload_sends_contents_through_the_store_and_a_revert_sends_no_bytes_again(
+    server: tuple[DstackEnv, int], dstack_env: DstackEnv, project_dir: Path
+) -> None:
+    from tests.e2e.test_reload import free_port, get, start, stop_cli, wait_served
+
+    _, port = server
+    proxy = CountingProxy(port)
+    cli = None
+    try:
+        dstack_env.run("config", "--url", f"http://127.0.0.1:{proxy.port}", "--token", TOKEN, check=True)
+        app_port = free_port()
+        task(project_dir, [f"python3 -m http.server {app_port} --bind 127.0.0.1"])
+        original = os.urandom(150_000)
+        edited = os.urandom(150_000)
+        (project_dir / "model.bin").write_bytes(original)
+        cli = start(dstack_env, project_dir, "run", ".", "-y", "--reload")
+        wait_for(lambda: get(app_port, "/model.bin") == (200, original), timeout=90, what="the task")
+        time.sleep(0.5)  # the output stream and the port waiter settle; then count what the edits cost
+        proxy.take()
+        (project_dir / "model.bin").write_bytes(edited)
+        wait_served(app_port, "/model.bin", (200, edited), "the edit")
+        assert proxy.take() > len(edited)  # a new content: it travels (once)
+        (project_dir / "model.bin").write_bytes(original)
+        wait_served(app_port, "/model.bin", (200, original), "the revert")
+        # The original content is in the project's store already: only the change list and the
+        # stream's own frames travel now.
+        assert proxy.take() < len(original) // 2
+    finally:
+        if cli is not None:
+            stop_cli(cli)
+        proxy.close()

@@ -56,7 +56,7 @@ class AgentApi:
         self._runner = runner
         self._code_store = code_store
         self._max_code_bytes = max_code_bytes
-        self._files = FileSync(registry, max_code_bytes)
+        self._files = FileSync(registry, code_store.blob_path)
         self._events = EventRoutes(registry, events or JobEvents())
 
     def routes(self) -> List[Route]:

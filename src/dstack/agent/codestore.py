@@ -191,10 +191,11 @@ def parse_manifest(data: bytes) -> List[Item]:
     entries = document.get("entries")
     if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
         raise UnpackError(f"the manifest must list at most {MAX_ENTRIES} entries")
-    return [_item(entry) for entry in entries]
+    return [parse_entry(entry) for entry in entries]
 
 
-def _item(entry: Any) -> Item:
+def parse_entry(entry: Any) -> Item:
+    """One manifest entry as an Item, its shape checked (raises UnpackError)."""
     if not (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str)):
         raise UnpackError("a manifest entry is not [path, kind, mode, size, ref]")
     path, kind, mode, size, ref = entry

@@ -3,7 +3,7 @@
 Every entry is checked before anything is written (so a refused manifest writes nothing): relative paths
 that stay inside, no entry through a symlink, symlinks with relative targets that resolve inside (following
 the code's own links, as the kernel would), only folders, files and symlinks. The same rules check the
-tar batches of --reload (`check_members`).
+changes --reload puts in a running job's folder (dstack.agent.filesync).
 
 Files are copies of the store's contents, never hard links: a job that writes to its files (or chmods
 them) must not change what later jobs get. Where the file system can share blocks copy-on-write
@@ -16,10 +16,9 @@ import errno
 import fcntl
 import os
 import stat
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, NamedTuple, Optional, Set, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Set
 
 _MAX_SYMLINK_HOPS = 40  # as the Linux kernel's limit on nested symlinks
 _DROPPED_MODE_BITS = stat.S_ISUID | stat.S_ISGID
@@ -89,25 +88,6 @@ def normalise_path(name: str) -> Optional[str]:
     if "\0" in name:
         raise UnpackError(f"the entry {_quote(name)} has a NUL byte in its name")
     return "/".join(parts) or None
-
-
-def check_members(members: List[tarfile.TarInfo]) -> List[Tuple[str, tarfile.TarInfo]]:
-    """The tar form (--reload batches): (relative path, member) for every member to apply."""
-    plan: List[Tuple[str, tarfile.TarInfo]] = []
-    items = []
-    for member in members:
-        rel = normalise_path(member.name)
-        if rel is None:
-            if member.isdir():
-                continue
-            raise UnpackError(f"the entry {_quote(member.name)} has no name")
-        if member.islnk():
-            raise UnpackError(f"the entry {_quote(member.name)} is a hard link, which is not allowed")
-        kind = DIR if member.isdir() else FILE if member.isfile() else SYMLINK if member.issym() else "?"
-        items.append(Item(rel, kind, member.mode, member.size, member.linkname))
-        plan.append((rel, member))
-    check_items(items)
-    return plan
 
 
 def _symlink_stays_inside(link: str, symlinks: Dict[str, str]) -> bool:
@@ -205,7 +185,7 @@ def create_item(root: str, item: Item, content: Callable[[str], Path], made: Set
     elif item.kind == SYMLINK:
         os.symlink(item.ref, path)
     else:
-        _copy_file(content(item.ref), path, item)
+        copy_file(content(item.ref), path, item)
 
 
 def set_folder_modes(root: str, items: List[Item]) -> None:
@@ -215,7 +195,8 @@ def set_folder_modes(root: str, items: List[Item]) -> None:
         os.chmod(os.path.join(root, item.path), _safe_mode(item.mode))
 
 
-def _copy_file(source: Path, path: str, item: Item) -> None:
+def copy_file(source: Path, path: str, item: Item) -> None:
+    """A new file at `path` (which must not exist) with the content stored at `source`, and its mode."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         src = open(source, "rb")  # noqa: SIM115 (closed below)

@@ -68,6 +68,11 @@ def parse_manifest(data: bytes) -> ParsedManifest:
     entries = document.get("entries")
     if not isinstance(entries, list):
         raise ManifestError("The manifest has no list of entries")
+    return parse_entries(entries)
+
+
+def parse_entries(entries: list[Any]) -> ParsedManifest:
+    """Check entries of the manifest's form (a manifest's, or the changes --reload puts in place)."""
     if len(entries) > MAX_ENTRIES:
         raise ManifestError(f"The manifest lists {len(entries)} entries, over the limit of {MAX_ENTRIES}")
     blobs: dict[str, int] = {}

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,16 +175,10 @@ class AgentClient:
         response = await self._request("POST", "/api/jobs/delete", json={"ids": job_ids}, timeout=60.0)
         return list(response.json()["results"])
 
-    async def sync_files(self, job_id: str, body: AsyncIterator[bytes], length: int) -> dict[str, Any]:
-        """Apply a --reload batch (a tar, see dstack.agent.filesync) to the job's code folder."""
-        response = await self._request(
-            "POST",
-            f"/api/jobs/{job_id}/files",
-            content=body,
-            headers={"Content-Length": str(length), "Content-Type": "application/x-tar"},
-            timeout=httpx.Timeout(self._timeout, write=300.0, read=300.0),
-        )
-        return response.json()
+    async def sync_files(self, job_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply a --reload batch (see dstack.agent.filesync) to the job's code folder."""
+        response = await self._request("POST", f"/api/jobs/{job_id}/files", json=changes, timeout=300.0)
+        return dict(response.json())
 
     async def compare_files(self, job_id: str, entries: list[list[Any]]) -> list[Any]:
         response = await self._request(

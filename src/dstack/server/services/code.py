@@ -162,11 +162,17 @@ async def send_to_agent(ctx: ServerContext, project_id: str, code_hash_: str, ag
         raise ServiceError(
             f"Code {code_hash_[:12]} is not stored on the server any more; run again"
         ) from None
-    blobs = parse_manifest(manifest).blobs
+    await send_blobs_to_agent(ctx, project_id, parse_manifest(manifest).blobs, agent)
+    await agent.put_manifest(code_hash_, manifest)
+
+
+async def send_blobs_to_agent(
+    ctx: ServerContext, project_id: str, blobs: dict[str, int], agent: AgentClient
+) -> None:
+    """Those of these contents (the project's own) the agent lacks, in one streamed request."""
     lacking = await agent.missing_blobs(blobs)
     if lacking:
         await agent.upload_blobs([(blob_path(ctx.settings, project_id, h), h, blobs[h]) for h in lacking])
-    await agent.put_manifest(code_hash_, manifest)
 
 
 async def read_limited(body: AsyncIterator[bytes], limit: int, what: str) -> bytes:
