@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from dstack.agent import __version__
@@ -99,21 +100,15 @@ class AgentApi:
         wanted = stream.read(length)
         if len(wanted) != length:
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
-        try:
+        with _refusals():
             missing = self._code_store.missing(wanted)
-        except CodeUploadError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         exchange.send_json(HTTPStatus.OK, {"missing": missing})
 
     def upload_blobs(self, exchange: Exchange) -> None:
         limit = self._max_code_bytes + MAX_ENTRIES * HEADER.size
         stream, length = exchange.body_stream(limit)
-        try:
+        with _refusals():
             count = self._code_store.receive(stream, length, self._max_code_bytes)
-        except CodeTooLarge as e:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
-        except CodeUploadError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         exchange.send_json(HTTPStatus.CREATED, {"stored": count})
 
     def upload_manifest(self, exchange: Exchange) -> None:
@@ -122,12 +117,8 @@ class AgentApi:
         manifest = stream.read(length)
         if len(manifest) != length:
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
-        try:
+        with _refusals():
             self._code_store.store_manifest(code_hash, manifest, self._max_code_bytes)
-        except CodeTooLarge as e:
-            raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
-        except CodeUploadError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
         exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash})
 
     def submit_job(self, exchange: Exchange) -> None:
@@ -259,6 +250,17 @@ class AgentApi:
         if job is None:
             raise _job_not_found(exchange.params["job_id"])
         return job
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The code store's refusals as HTTP answers (one sentence each)."""
+    try:
+        yield
+    except CodeTooLarge as e:
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
+    except CodeUploadError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
 
 
 def _code_hash(exchange: Exchange) -> str:

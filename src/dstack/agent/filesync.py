@@ -33,7 +33,16 @@ from dstack.agent.codestore import parse_entry
 from dstack.agent.httpserver import ApiError, Exchange, Route
 from dstack.agent.jobs.job import RUNNING, Job
 from dstack.agent.jobs.registry import JobRegistry
-from dstack.agent.unpack import DIR, SYMLINK, Item, UnpackError, check_items, copy_file, normalise_path
+from dstack.agent.unpack import (
+    DIR,
+    SYMLINK,
+    Item,
+    UnpackError,
+    check_items,
+    copy_file,
+    normalise_path,
+    remove_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +178,7 @@ class _Applier:
 
     def delete(self, rel: str) -> None:
         self._folders.clear()
-        _remove(os.path.join(self._parent(rel, create=False), os.path.basename(rel)))
+        remove_path(os.path.join(self._parent(rel, create=False), os.path.basename(rel)))
 
     def put_dir(self, rel: str, mode: int) -> None:
         self._folders.clear()
@@ -248,18 +257,6 @@ def _real_folder(root: str, folder: str) -> str:
 
 def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def _remove(path: str) -> None:
-    """Remove whatever is at path, without following a symlink; nothing there is fine."""
-    try:
-        status = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(status.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def _remove_folder(path: str) -> bool:

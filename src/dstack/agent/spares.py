@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import stat
 import threading
 import time
 from collections import OrderedDict
@@ -23,7 +22,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from dstack.agent.fsutil import make_private_dir
-from dstack.agent.unpack import DIR, FILE, Item, UnpackError, build_tree, create_item, set_folder_modes
+from dstack.agent.unpack import (
+    DIR,
+    FILE,
+    Item,
+    UnpackError,
+    build_tree,
+    create_item,
+    remove_path,
+    set_folder_modes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +137,7 @@ def patch_tree(old: List[Item], new: List[Item], root: str, content: Callable[[s
             os.chmod(os.path.join(root, item.path), 0o700)
     gone = [path for path, item in before.items() if _differs(item, after.get(path))]
     for path in sorted(gone, key=lambda p: p.count("/"), reverse=True):
-        _remove(os.path.join(root, path))
+        remove_path(os.path.join(root, path))
     made = {root}
     for item in new:
         previous = before.get(item.path)
@@ -144,14 +152,3 @@ def _differs(old: Item, new: Optional[Item]) -> bool:
     if old.kind == DIR:
         return False  # a folder's mode is set again at the end; its content is compared entry by entry
     return (old.mode, old.ref) != (new.mode, new.ref)
-
-
-def _remove(path: str) -> None:
-    try:
-        status = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(status.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)

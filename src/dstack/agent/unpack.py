@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -231,6 +232,18 @@ def _clone(source_fd: int, target_fd: int) -> bool:
             _clone_works[0] = False
             return False
         raise
+
+
+def remove_path(path: str) -> None:
+    """Remove whatever is at path, without following a symlink; nothing there is fine."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(status.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 def _safe_mode(mode: int) -> int:

@@ -18,7 +18,7 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Union
 from urllib.parse import urlencode, urlsplit
@@ -106,44 +106,22 @@ class AgentHTTP:
         if length or method in ("POST", "PUT"):
             head.append(f"Content-Length: {length}")
         message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
-        if stream is not None:
-            return await self._send(method, message, stream, timeout)
+        if stream is None:
+            return await self._exchange_retrying(lambda c: self._exchange(c, method, message), timeout)
+        # A streamed body that met a closed kept-alive connection is sent again whole: its parts are
+        # produced anew from the start.
+        return await self._exchange_retrying(lambda c: self._stream(c, method, message, stream), timeout)
+
+    async def _exchange_retrying(
+        self, exchange: Callable[[_Connection], Awaitable[tuple[Response, bool]]], timeout: float
+    ) -> Response:
         async with self._slots:
             # A kept-alive connection the agent closed while it idled fails at once, before any reply:
             # then the request goes again on a fresh connection (the agent's calls are idempotent).
             for attempt in (1, 2):
                 connection, reused = await self._connection(timeout)
                 try:
-                    response, keep = await asyncio.wait_for(
-                        self._exchange(connection, method, message), timeout
-                    )
-                except asyncio.TimeoutError:
-                    _close(connection)
-                    raise TransportError(f"no answer within {timeout:g} s") from None
-                except _Stale:
-                    _close(connection)
-                    if reused and attempt == 1:
-                        continue
-                    raise TransportError("the connection was closed before an answer") from None
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-                    _close(connection)
-                    raise TransportError(str(e) or type(e).__name__) from e
-                if keep and not self._closed:
-                    self._idle.append(connection)
-                else:
-                    _close(connection)
-                return response
-        raise AssertionError("unreachable")
-
-    async def _send(self, method: str, message: bytes, stream: StreamBody, timeout: float) -> Response:
-        """A request with a streamed body; on a kept-alive connection the agent had closed, sent again."""
-        async with self._slots:
-            for attempt in (1, 2):
-                connection, reused = await self._connection(timeout)
-                try:
-                    response, keep = await asyncio.wait_for(
-                        self._stream(connection, method, message, stream), timeout
-                    )
+                    response, keep = await asyncio.wait_for(exchange(connection), timeout)
                 except asyncio.TimeoutError:
                     _close(connection)
                     raise TransportError(f"no answer within {timeout:g} s") from None

@@ -344,21 +344,9 @@ class Supervisor:
         return found[0], found[1]
 
     async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
+        # Not while a stop is under way (or recorded as ended): keep showing that.
         run_id = await self._run_id()
-        # Not while a stop is under way (or recorded as ended): keep showing that. The status writes of many
-        # jobs share one transaction (Database.write_batched).
-        written = await self.ctx.db.write_batched(
-            functools.partial(
-                write_job_status,
-                run_id=run_id,
-                job_id=self.job_id,
-                token=self.token,
-                status=status,
-                unless_stopping=True,
-                status_message=status_message,
-            )
-        )
-        if not written:
+        if not await self._write(status, unless_stopping=True, status_message=status_message):
             await self._load_owned()  # raises LeaseLost if the job is not ours any more
             return
         self.ctx.notifier.notify(run_channel(run_id))
@@ -367,22 +355,19 @@ class Supervisor:
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
         run_id = await self._run_id()
-        written = await self.ctx.db.write_batched(
-            functools.partial(
-                write_job_status,
-                run_id=run_id,
-                job_id=self.job_id,
-                token=self.token,
-                status=status,
-                reason=reason,
-                message=message,
-                exit_code=exit_code,
-            )
-        )
-        if not written:
+        if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
             raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+
+    async def _write(self, status: RunStatus, **details: Any) -> bool:
+        """The status change, written while this supervisor holds the job's lease. The status writes of
+        many jobs share one transaction (Database.write_batched)."""
+        run_id = await self._run_id()
+        change = functools.partial(
+            write_job_status, run_id=run_id, job_id=self.job_id, token=self.token, status=status, **details
+        )
+        return bool(await self.ctx.db.write_batched(change))
 
     async def _load_owned(self) -> tuple[RunRow, JobRow]:
         async with self.ctx.db.read() as session:
