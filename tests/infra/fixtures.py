@@ -3,6 +3,8 @@
 `ssh_hosts` is two hosts for the whole session (host 1: root; host 2: root and `ubuntu`), both accepting
 `client_key`; tests must leave them as they found them. A test that breaks a host (kills its sshd, changes
 its key, cuts its link) takes its own from `make_ssh_host`, removed at the end of the test.
+
+`slurm_cluster` is one real Slurm cluster for the session (see slurm.py): tests leave it idle.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.infra.netns import NetworkUnavailable, TestNetwork, create_network
+from tests.infra.slurm import SlurmCluster, SlurmUnavailable, start_cluster
 from tests.infra.sshhosts import ClientKey, SSHHost, make_key, start_host
 
 
@@ -83,4 +86,17 @@ def make_ssh_host(test_network: TestNetwork, client_key: ClientKey) -> Iterator[
         factory.close()
 
 
-__all__ = ["ClientKey", "HostFactory", "Path", "SSHHost"]
+@pytest.fixture(scope="session")
+def slurm_cluster(test_network: TestNetwork, client_key: ClientKey) -> Iterator[SlurmCluster]:
+    try:
+        cluster = start_cluster(test_network, client_key)
+    except SlurmUnavailable as e:
+        _unavailable(str(e))
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+__all__ = ["ClientKey", "HostFactory", "Path", "SSHHost", "SlurmCluster"]

@@ -126,6 +126,13 @@ def test_forward_reaches_the_hosts_loopback_and_survives_a_reconnect(
             assert (await connection.run(["hostname"])).text.strip() == host.hostname
             # The same socket path works again once the link is back.
             assert (await _http_get(path, "/hostname")).rstrip().endswith(host.hostname.encode())
+            # A forward no longer needed goes away (socket and all), and only it.
+            other = await connection.forward("127.0.0.1", 18766)
+            await connection.unforward("127.0.0.1", 18766)
+            assert not other.exists() and path.exists()
+            with pytest.raises(OSError):
+                await _http_get(other, "/hostname")
+            assert (await _http_get(path, "/hostname")).rstrip().endswith(host.hostname.encode())
             await pool.close()
 
         run(scenario())

@@ -146,8 +146,9 @@ class AgentApi:
             spec = parse_job_spec(body)
         except SpecError as e:
             return HTTPStatus.BAD_REQUEST, {"error": str(e)}
-        if spec.code_hash is not None and not self._code_store.has(spec.code_hash):
-            return HTTPStatus.BAD_REQUEST, {"error": f"Code {spec.code_hash} has not been uploaded"}
+        for code_hash in [spec.code_hash, *(f.code_hash for f in spec.files)]:
+            if code_hash is not None and not self._code_store.has(code_hash):
+                return HTTPStatus.BAD_REQUEST, {"error": f"Code {code_hash} has not been uploaded"}
         try:
             job, created = self._registry.create(spec)
         except JobConflictError as e:

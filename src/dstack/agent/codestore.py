@@ -159,14 +159,20 @@ class CodeStore:
             temp.unlink(missing_ok=True)
 
     def assemble(
-        self, code_hash: str, destination: Path, cancelled: Optional[Callable[[], bool]] = None
+        self,
+        code_hash: str,
+        destination: Path,
+        cancelled: Optional[Callable[[], bool]] = None,
+        spare: bool = True,
     ) -> None:
-        """Put the code's tree at `destination` (an empty folder, replaced): a spare copy of it moved there
-        if one is ready (see dstack.agent.spares), else built from the store. Raises UnpackError."""
+        """Put the code's tree at `destination` (an empty folder, replaced): with `spare`, a spare copy of
+        it moved there if one is ready (see dstack.agent.spares), else built from the store; a spare of it
+        is then made for the next job. Raises UnpackError."""
         items = self.items(code_hash)
-        if not self.spares.take(code_hash, items, destination):
+        if not (spare and self.spares.take(code_hash, items, destination)):
             build_tree(items, self.blob_path, destination, cancelled)
-        self.spares.offer(code_hash, items)  # the next job of this code gets its folder at once
+        if spare:
+            self.spares.offer(code_hash, items)  # the next job of this code gets its folder at once
 
     def items(self, code_hash: str) -> List[Item]:
         """The code's checked entries (raises UnpackError)."""

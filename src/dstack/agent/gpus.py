@@ -110,6 +110,11 @@ def parse_rocm_json(text: str) -> List[Dict[str, Any]]:
     return sorted(gpus, key=lambda gpu: gpu["index"])
 
 
+def query_nvidia_smi(args: List[str]) -> Optional[str]:
+    """nvidia-smi's output for `args`, or None where it is missing or fails."""
+    return _run_tool("nvidia-smi", args)
+
+
 def _run_tool(tool: str, args: List[str]) -> Optional[str]:
     path = shutil.which(tool)
     if path is None:

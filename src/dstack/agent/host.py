@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -34,7 +35,26 @@ def host_facts(work_dir: Path) -> Dict[str, Any]:
         "python_downloads": downloads_allowed(),
         # How CPU and memory caps are enforced for process jobs ("cgroup v2"/"cgroup v1"), or None.
         "limits": CGROUPS.mechanism(),
+        # The CUDA compiler, for `nvcc: true` tasks (None: not on this host).
+        "nvcc": find_nvcc(),
+        # Whether GPU utilisation can be measured here (`utilization_policy`): nvidia-smi answers.
+        "gpu_metrics": bool(shutil.which("nvidia-smi")),
     }
+
+
+NVCC_DIRS = ("/usr/local/cuda/bin",)
+
+
+def find_nvcc() -> Optional[str]:
+    """The CUDA compiler on PATH, else in CUDA's usual folder."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for folder in NVCC_DIRS:
+        candidate = os.path.join(folder, "nvcc")
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
 def docker_version() -> Optional[str]:

@@ -62,6 +62,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         idle_exit_seconds=args.idle_exit,
         max_code_bytes=args.max_code_bytes,
         token=token,
+        one_job=args.one_job,
+        linger_seconds=args.linger,
     )
     try:
         return Agent(settings).run()
@@ -88,6 +90,7 @@ class Agent:
         )
         self._last_activity = time.monotonic()
         self._signals_received = 0
+        self._exit_code = EXIT_OK
 
     def run(self) -> int:
         self._install_signal_handlers()
@@ -101,7 +104,9 @@ class Agent:
             return _fail(
                 EXIT_FAILED, f"Cannot listen on {self.settings.host}:{self.settings.port}: {e.strerror or e}"
             )
-        serving = threading.Thread(target=server.serve_forever, args=(0.5,), name="http", daemon=True)
+        # A one-job agent's exit ends its allocation (a Slurm job): its shutdown must not wait half a second.
+        poll = 0.05 if self.settings.one_job else 0.5
+        serving = threading.Thread(target=server.serve_forever, args=(poll,), name="http", daemon=True)
         try:
             self._runner.recover(self._registry.load())
             serving.start()
@@ -114,7 +119,10 @@ class Agent:
                 port,
                 self.settings.work_dir,
             )
-            self._wait_for_exit_request()
+            if self.settings.one_job:
+                self._serve_one_job()
+            else:
+                self._wait_for_exit_request()
         finally:
             if serving.is_alive():  # shutdown() would wait forever for a loop that never ran
                 server.shutdown()
@@ -124,7 +132,7 @@ class Agent:
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")
-        return EXIT_OK
+        return self._exit_code
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
@@ -147,6 +155,52 @@ class Agent:
                 log.info("Exiting: no job and no request for %g seconds", idle_limit)
                 return
         log.info("Exiting: asked to stop by a signal")
+
+    def _serve_one_job(self) -> None:
+        """--one-job: exit once the server has collected the job (deleted it), or `linger` seconds after it
+        ended if nobody does, or after `idle_exit` if no job ever came. A signal (scancel, a time limit)
+        stops the job gracefully — a second one at once — and the agent still waits, so the server can read
+        its last output and how it ended. The exit code is the job's, so the allocation's own record (e.g.
+        Slurm's ExitCode) tells how the task ended even if the server never asked."""
+        ended_at = None
+        handled = 0
+        started = time.monotonic()
+        while True:
+            self._registry.deleted.wait(_MAIN_LOOP_SECONDS)  # woken at once when the job is collected
+            jobs = self._registry.list()
+            if not jobs:
+                collected = self._registry.last_deleted
+                if collected is not None:
+                    self._exit_code = _job_exit_code(collected.status, collected.exit_code)
+                    log.info("Exiting: the server collected job %s", collected.id)
+                    return
+                if self._registry.created:  # created, then gone without a delete: nothing left to serve
+                    return
+                if self._signals_received:
+                    log.info("Exiting: asked to stop by a signal before any job came")
+                    self._exit_code = EXIT_FAILED
+                    return
+                idle = self.settings.idle_exit_seconds
+                if idle and time.monotonic() - started >= idle:
+                    log.info("Exiting: no job came within %g seconds", idle)
+                    self._exit_code = EXIT_FAILED
+                    return
+                continue
+            self._registry.deleted.clear()  # (a job other than the one collected is still here)
+            job = jobs[0]
+            state = job.state
+            if state.is_final:
+                self._exit_code = _job_exit_code(state.status, state.exit_code)
+                ended_at = ended_at or time.monotonic()
+                if time.monotonic() - ended_at >= self.settings.linger_seconds:
+                    log.info("Exiting: nobody collected job %s", job.id)
+                    return
+            elif self._signals_received > handled:
+                abort = handled > 0
+                self._runner.stop(
+                    job, abort=abort, grace_seconds=0 if abort else None, reason=REASON_AGENT_STOPPED
+                )
+            handled = self._signals_received
 
     def _stop_jobs(self) -> None:
         """Stop running jobs gracefully (the host is going away); a second signal aborts them."""
@@ -188,6 +242,12 @@ class Agent:
                 path.unlink()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def _job_exit_code(status: str, exit_code: Optional[int]) -> int:
+    if exit_code is not None and 0 <= exit_code <= 255:
+        return exit_code
+    return EXIT_OK if status == "done" else EXIT_FAILED
 
 
 def _lock_work_dir(work_dir: Path) -> Optional[IO[Any]]:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import shutil
 import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
-from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec
+from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec, process_shell
 from dstack.agent.environments.manager import (
     BUILD_FAILED,
     EnvironmentManager,
@@ -28,13 +27,14 @@ from dstack.agent.environments.manager import (
     TaskEnvironment,
 )
 from dstack.agent.environments.venvs import Venv
-from dstack.agent.fsutil import is_inside
+from dstack.agent.host import find_nvcc
 from dstack.agent.jobs.job import ACTIVE_STATUSES, DONE, FAILED, RUNNING, TERMINATED, Job, StopRequest
 from dstack.agent.output import OutputReader
 from dstack.agent.procutil import JOB_MARKER_ENV
 from dstack.agent.script import render_script
 from dstack.agent.settings import TOKEN_ENV
-from dstack.agent.unpack import UnpackError
+from dstack.agent.utilization import start_utilization_watch
+from dstack.agent.workspace import Workspace, WorkspaceBuilder, WorkspaceError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Runner:
         self._code_store = code_store
         self._environments = environments
         self._base_env = {name: value for name, value in base_env.items() if name != TOKEN_ENV}
+        self._workspaces = WorkspaceBuilder(environments.children, code_store, self._base_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 
@@ -151,10 +152,10 @@ class Runner:
 
     def _run(self, job: Job) -> None:
         try:
-            cwd = self._prepare(job)
+            workspace = self._prepare(job)
             env = self._environments.prepare(
                 job.spec,
-                cwd,
+                workspace.cwd,
                 job.code_dir,
                 notify=lambda message: job.update(message=message),
                 cancelled=lambda: job.stop_request is not None,
@@ -171,43 +172,55 @@ class Runner:
         if job.state.message is not None:
             job.update(message=None)  # "Pulling image x" is over
         try:
-            self._run_in(job, env, cwd)
+            self._run_in(job, env, workspace)
         finally:
             env.close()
 
-    def _run_in(self, job: Job, env: TaskEnvironment, cwd: Path) -> None:
+    def _run_in(self, job: Job, env: TaskEnvironment, workspace: Workspace) -> None:
         try:
             driver: Driver = self._environments.docker() if env.in_container else self._process_driver
         except SetupError as e:
             self._finish_unstarted(job, str(e), e.code)
             return
-        if env.build is not None and not self._build(job, env, cwd, driver):
+        if env.build is not None and not self._build(job, env, workspace, driver):
             return
         spec = job.spec
         # A job with neither python nor image (only an agent's API user sends one) has no environment to
         # build into: its build commands simply run first, every time.
         commands = spec.commands if spec.python or spec.image else spec.build + spec.commands
         job.script_path.write_text(render_script(commands), encoding="utf-8")
-        launch = self._launch(job, env, cwd, job.script_path, use_image_command=not commands)
+        argv = spec.entrypoint + spec.commands if spec.entrypoint else None
+        if spec.image is not None and workspace.copies and not commands and argv is None:
+            self._finish_unstarted(
+                job,
+                "Files with an absolute or ~/ target are placed by the task's commands' shell; give commands",
+            )
+            return
+        launch = self._launch(
+            job, env, workspace, job.script_path, use_image_command=not commands and argv is None, argv=argv
+        )
         if env.note:
             _announce(job, env.note)
         handle = self._start(job, driver, launch, main=True)
         if handle is None:
             return
         log.debug("Job %s started (pid %d)", job.id, handle.pid)
+        watch = start_utilization_watch(job, self.stop)
         try:
             exit_code = self._follow(job, driver, handle, spec.max_duration)
         finally:
+            if watch is not None:
+                watch.stop()
             driver.release(handle)
         self._finish_started(job, exit_code)
 
-    def _build(self, job: Job, env: TaskEnvironment, cwd: Path, driver: Driver) -> bool:
+    def _build(self, job: Job, env: TaskEnvironment, workspace: Workspace, driver: Driver) -> bool:
         """Run the build phase and cache its result; False if the job ended there."""
         script = job.folder / BUILD_SCRIPT_FILE
         script.write_text(render_script(job.spec.build), encoding="utf-8")
         if env.build is not None:
             _announce(job, env.build.announcement)
-        handle = self._start(job, driver, self._launch(job, env, cwd, script), main=False)
+        handle = self._start(job, driver, self._launch(job, env, workspace, script), main=False)
         if handle is None:
             self._environments.build_failed(env)
             return False
@@ -301,60 +314,76 @@ class Runner:
                 job.update(status=FAILED, exit_code=exit_code, reason=_exit_reason(exit_code))
         log.info("Job %s (pid %s) is %s (exit code %d)", job.id, job.state.pid, job.state.status, exit_code)
 
-    def _prepare(self, job: Job) -> Path:
-        """Unpack the job's code; returns its working directory."""
-        spec = job.spec
-        shutil.rmtree(job.code_dir, ignore_errors=True)
-        job.code_dir.mkdir()
-        if spec.code_hash is not None:
-            if not self._code_store.has(spec.code_hash):
-                raise PrepareError(f"Code {spec.code_hash} has not been uploaded")
-            try:
-                self._code_store.assemble(
-                    spec.code_hash, job.code_dir, cancelled=lambda: job.stop_request is not None
-                )
-            except UnpackError as e:
-                raise PrepareError(f"Could not unpack the code: {e}") from e
-        cwd = job.code_dir / spec.working_dir if spec.working_dir else job.code_dir
+    def _prepare(self, job: Job) -> Workspace:
+        """Lay out the job's code, repo, files and volumes; returns them (with its working directory)."""
+        if job.spec.user is not None and job.spec.image is None:
+            raise PrepareError("A task without image runs as the agent's user; user needs image")
         try:
-            cwd.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise PrepareError(
-                f"Could not create the working directory {spec.working_dir}: {e.strerror}"
-            ) from e
-        # The code's own symlinks could bend the path; they are checked on unpack, and this makes sure.
-        if not is_inside(cwd, job.code_dir):
-            raise PrepareError(f"The working directory {spec.working_dir} leads outside the code folder")
-        return cwd
+            return self._workspaces.build(
+                job.spec,
+                job.folder,
+                job.code_dir,
+                announce=lambda line: _announce(job, line),
+                cancelled=lambda: job.stop_request is not None,
+                notify=lambda message: job.update(message=message),
+            )
+        except WorkspaceError as e:
+            raise PrepareError(str(e)) from e
 
     def _launch(
-        self, job: Job, env: TaskEnvironment, cwd: Path, script: Path, use_image_command: bool = False
+        self,
+        job: Job,
+        env: TaskEnvironment,
+        workspace: Workspace,
+        script: Path,
+        use_image_command: bool = False,
+        argv: Optional[List[str]] = None,
     ) -> LaunchSpec:
+        spec = job.spec
+        cwd = workspace.cwd
         container = None
         if env.image is not None:
             relative = os.path.relpath(cwd, job.code_dir)
+            default_workdir = CODE_MOUNT if relative == "." else posixpath.join(CODE_MOUNT, relative)
             container = ContainerSpec(
                 image=env.image,
                 code_dir=job.code_dir,
                 code_mount=CODE_MOUNT,
-                workdir=CODE_MOUNT if relative == "." else posixpath.join(CODE_MOUNT, relative),
+                workdir=spec.container_workdir or default_workdir,
                 use_image_command=use_image_command,
+                argv=argv,
+                shell=spec.shell,
+                user=spec.user,
+                privileged=spec.privileged,
+                mounts=list(workspace.mounts),
+                copies=list(workspace.copies),
             )
+        elif argv is None:
+            argv = [*process_shell(spec.shell), str(script)]
         return LaunchSpec(
-            job_id=job.spec.id,
+            job_id=spec.id,
             marker=job.state.marker,
             script=script,
             cwd=cwd,
-            env=self._job_environment(job, env.venv, in_container=container is not None),
-            resources=job.spec.resources,
+            env=self._job_environment(job, env.venv, in_container=container is not None, cwd=cwd),
+            resources=spec.resources,
             container=container,
+            argv=argv,
         )
 
-    def _job_environment(self, job: Job, venv: Optional[Venv], in_container: bool) -> Dict[str, str]:
+    def _job_environment(
+        self, job: Job, venv: Optional[Venv], in_container: bool, cwd: Optional[Path] = None
+    ) -> Dict[str, str]:
         # A container has its image's own environment: the host's must not leak into it (PATH least).
         env = {} if in_container else dict(self._base_env)
         # Before the job's own env, so that a task may still turn it off.
         env["PYTHONUNBUFFERED"] = "1"
+        if not in_container and cwd is not None:
+            env["DSTACK_WORKING_DIR"] = str(cwd)  # a container's start script sets its own
+        if job.spec.nvcc and not in_container:
+            nvcc = find_nvcc()
+            if nvcc is not None:  # `nvcc: true`: the compiler's folder on PATH (a venv goes before it)
+                env["PATH"] = os.path.dirname(nvcc) + os.pathsep + env.get("PATH", os.defpath)
         env.update(job.spec.env)
         if venv is not None:
             # After the job's env: `python` and `pip` must be the venv's whatever PATH the task set.

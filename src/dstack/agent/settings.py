@@ -19,6 +19,10 @@ class AgentSettings:
     idle_exit_seconds: float  # 0 = never
     max_code_bytes: int
     token: str
+    # Serve one job, then exit with its exit code (an agent started for one allocation, e.g. a Slurm job):
+    # once the server has collected it, or `linger_seconds` after it ended if nobody does.
+    one_job: bool = False
+    linger_seconds: float = 300.0
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
@@ -36,6 +40,19 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         type=_non_negative,
         metavar="SECONDS",
         help="exit after this long with no job running and no request (default: 0, never)",
+    )
+    parser.add_argument(
+        "--one-job",
+        action="store_true",
+        help="serve one job, then exit with its exit code once the server has collected it (deleted it); "
+        "a signal stops the job and still waits for the server to collect it",
+    )
+    parser.add_argument(
+        "--linger",
+        default=300.0,
+        type=_non_negative,
+        metavar="SECONDS",
+        help="with --one-job: exit this long after the job ended even if nobody collected it (default: 300)",
     )
     parser.add_argument(
         "--max-code-bytes",

@@ -173,6 +173,16 @@ class Client:
     def stop(self, names: list[str], *, abort: bool = False) -> list[dict[str, Any]]:
         return self.json("POST", self._project_path("/runs/stop"), body={"names": names, "abort": abort})
 
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """The project's secrets: names, lengths and times, never values."""
+        return self.json("GET", self._project_path("/secrets"))
+
+    def set_secret(self, name: str, value: str) -> dict[str, Any]:
+        return self.json("PUT", self._project_path(f"/secrets/{quote(name, safe='')}"), body={"value": value})
+
+    def delete_secret(self, name: str) -> None:
+        self.request("DELETE", self._project_path(f"/secrets/{quote(name, safe='')}"))
+
     def has_code(self, code_hash: str) -> bool:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200

@@ -20,6 +20,10 @@ def server_dir() -> Path:
 
 
 def get_client(project: str | None = None, *, start_embedded: bool = True) -> Client:
+    url, token = os.environ.get("DSTACK_SERVER_URL"), os.environ.get("DSTACK_TOKEN")
+    if url and token:
+        # Inside a run with `dstack: true` (or wherever both are set): that server, that token.
+        return Client(url, token, project or os.environ.get("DSTACK_PROJECT") or "main")
     entry = load_config().default(project)
     if entry is None:
         if project is not None:

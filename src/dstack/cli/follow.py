@@ -99,10 +99,13 @@ class Follower:
         self.status = status
         if self.on_status is not None:
             self.on_status(status, message)
-        if status == RunStatus.PENDING.value and "pending" not in self._shown:
-            self._shown.add("pending")
-            note("Waiting for capacity... To exit, press Ctrl+C...")
-            if message:
+        if status == RunStatus.PENDING.value:
+            if "pending" not in self._shown:
+                self._shown.add("pending")
+                note("Waiting for capacity... To exit, press Ctrl+C...")
+            if message and message != self._last_message:
+                # Why it waits, each time that changes (Slurm's reason: Priority, then Resources, ...).
+                self._last_message = message
                 note(message, dim=True)
         elif status == RunStatus.PULLING.value and message and message != self._last_message:
             # What the host does for the environment: pulling an image, creating a venv.

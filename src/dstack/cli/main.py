@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("ui", "Open the web UI in your browser, signed in"),
     "config": ("config", "Point the CLI at a dstack server"),
     "init": ("init", "Check the server and record this repository"),
+    "secret": ("secret", "Manage the project's secrets (set, list, delete)"),
+    "schema": ("schema", "Print the JSON Schema of *.dstack.yml files (for editors)"),
 }
 # Commands whose unknown arguments are the task's own (`${{ run.args }}`).
 PASSTHROUGH = {"run", "apply"}

@@ -24,7 +24,10 @@ def run(args: argparse.Namespace) -> int:
     client = get_client(args.project)
     plan = client.plan(prepared.spec)
     print_plan(plan, prepared)
-    if not plan["offers"] and not prepared.retry:
+    if plan.get("refusal"):
+        raise CLIError(plan["refusal"])
+    scheduled = plan.get("schedule") is not None
+    if plan.get("no_offer_message") and not prepared.retry and not scheduled:
         raise CLIError(plan.get("no_offer_message") or "No offer fits this task")
     forwards = _reserve_ports(client, prepared, plan, detach=args.detach)
     if not args.yes and not confirm("Continue?"):
@@ -35,9 +38,23 @@ def run(args: argparse.Namespace) -> int:
         from dstack.cli.reload import start_reload
 
         start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
-    prepared.spec["code_hash"] = upload_code(client, prepared)
+    if prepared.upload_code:
+        prepared.spec["code_hash"] = upload_code(client, prepared)
+    if prepared.files:
+        prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]
+    if scheduled and not args.detach:
+        # It starts at its times, over and over: following it here would hold the terminal for days.
+        from dstack.config.cron import format_utc
+
+        upcoming = submitted.get("next_start_at")
+        when = f" at {format_utc(upcoming)}" if upcoming else ""
+        note(
+            f"Run {name} is scheduled to start{when}; see it with dstack ps, stop it with dstack stop {name}"
+        )
+        print(name)
+        return 0
     if args.detach:
         note(f"Run {name} submitted; follow it with: dstack logs -f {name}")
         print(name)
@@ -62,12 +79,22 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
     """The plan (SPEC §4): the run's settings, then the offers, cheapest first, unavailable ones last."""
     rows = [[key, value] for key, value in prepared.summary.items()]
     rows.append(["Resources", plan["requirements"]])
+    schedule = plan.get("schedule")
+    if schedule is not None:
+        from dstack.config.cron import format_utc
+
+        upcoming = f" (next start {format_utc(schedule['next_start'])})" if schedule.get("next_start") else ""
+        rows.append(["Schedule", ", ".join(schedule["cron"]) + " UTC" + upcoming])
     table(["", ""], rows, stream=sys.stderr)
+    for line in plan.get("notes") or []:
+        note(line)
     offers = plan["offers"]
     if offers:
-        shown = offers[:PLAN_OFFERS_SHOWN]
+        fitting = [o for o in offers if o["availability"] != "no fit"]
+        # The cheapest offers that fit, then (where no offer fits) what never can and why.
+        shown = fitting[:PLAN_OFFERS_SHOWN] or offers[:PLAN_OFFERS_SHOWN]
         body = [offer_row(i, o, _availability(o)) for i, o in enumerate(shown, 1)]
-        if plan["total_offers"] > len(shown):
+        if plan["total_offers"] > len(shown) and fitting:
             body.append(["...", "", "", "", "", "", "", f"{plan['total_offers'] - len(shown)} more"])
         sys.stderr.write("\n")
         table(
@@ -85,7 +112,7 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
                     f"{plan['busy_message']}; without --retry-limit the run fails at once "
                     "(pass --retry-limit DURATION, e.g. 1h, to wait for capacity)"
                 )
-    elif plan.get("no_offer_message") and prepared.retry:
+    if plan.get("no_offer_message") and prepared.retry:
         # (Without retry the run stops here with this sentence as its error, so it is not said twice.)
         sys.stderr.write("\n")
         note(f"{plan['no_offer_message']} The run will wait for capacity.")
@@ -94,7 +121,7 @@ def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
 
 def _availability(offer: dict[str, Any]) -> str:
     if offer["availability"] == "available":
-        return ""
+        return offer.get("note") or ""  # e.g. a Slurm partition's node counts
     return f"{offer['availability']}: {offer['note']}" if offer.get("note") else offer["availability"]
 
 
@@ -103,15 +130,31 @@ def upload_code(client: Client, prepared: PreparedRun) -> str:
     from dstack.code import snapshot_code
 
     snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    _upload(client, snapshot, "the code")
+    return snapshot.code_hash
+
+
+def upload_files(client: Client, prepared: PreparedRun) -> list[dict[str, Any]]:
+    """Snapshot and upload each `files` entry (only what the server lacks); the spec's entries."""
+    from dstack.cli.run_files import pack_files
+
+    uploads = []
+    for upload, snapshot in pack_files(prepared.files, prepared.code_limit):
+        _upload(client, snapshot, f"files {upload['source']}")
+        uploads.append(upload)
+    return uploads
+
+
+def _upload(client: Client, snapshot: Any, what: str) -> None:
+    """Only the contents the server lacks travel (none for an unchanged tree)."""
     missing = client.missing_code(snapshot)
     if missing is None:
-        return snapshot.code_hash
+        return
     size = sum(snapshot.blob_size(sha256) for sha256 in missing)
     if missing:
-        note(f"Uploading the code: {len(missing)} of {snapshot.files} files, {human_size(size)}", dim=True)
+        note(f"Uploading {what}: {len(missing)} of {snapshot.files} files, {human_size(size)}", dim=True)
     with _progress(size) as advance:
         client.send_code(snapshot, missing, progress=advance)
-    return snapshot.code_hash
 
 
 class _progress:

@@ -48,6 +48,8 @@ class PreparedRun:
         self.code_limit = code_limit
         self.config_file = config_file
         self.summary: dict[str, str] = {}
+        self.files: list[dict[str, Any]] = []  # `files` entries, their local paths resolved
+        self.upload_code = True  # False when the code is a repo cloned on the host (`repos: [url]`)
 
 
 def prepare(args: argparse.Namespace) -> PreparedRun:
@@ -66,6 +68,16 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     _interpolate(configuration, config_file, args, name or "run-name", env)
     workdir_rel = os.path.relpath(workdir.resolve(), code_root)
     working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
+    code_path = "."
+    repos = configuration.get("repos") or []
+    if repos:
+        from dstack.cli.run_files import repo_folder
+
+        # A repo is the task's code: a local one is packed instead of the code root, a url is cloned.
+        local = repo_folder(configuration, config_file.parent)
+        if local is not None:
+            code_root, code_path = local
+        working_dir = configuration.get("working_dir")
     python = configuration.get("python")
     if python is None and configuration.get("image") is None:
         python = f"{sys.version_info.major}.{sys.version_info.minor}"  # the task gets the CLI's own Python
@@ -82,6 +94,7 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         "image": configuration.get("image"),
         "commands": [],
         "build": [],
+        "code_path": code_path,
     }
     prepared = PreparedRun(
         spec=spec,
@@ -91,6 +104,11 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         code_limit=_code_limit(),
         config_file=config_file,
     )
+    prepared.upload_code = not any(repo.get("url") for repo in repos)
+    if configuration.get("files"):
+        from dstack.cli.run_files import check_files
+
+        prepared.files = check_files(configuration, config_file.parent)
     prepared.summary = _summary(prepared, args)
     return prepared
 
@@ -113,8 +131,9 @@ def _interpolate(
 ) -> tuple[list[str], list[str]]:
     variables = run_variables(run_name=run_name, run_args=args.run_args, env=env)
     try:
+        # `setup` (deprecated) runs before the commands, as in 0.11.
         return (
-            interpolate_lines(configuration["commands"], variables),
+            interpolate_lines(configuration.get("setup", []) + configuration["commands"], variables),
             interpolate_lines(configuration["build"], variables),
         )
     except InterpolationError:
@@ -197,7 +216,8 @@ def _summary(prepared: PreparedRun, args: argparse.Namespace) -> dict[str, str]:
     profile = prepared.profile
     retry = profile.get("retry")
     max_duration = profile.get("max_duration")
-    return {
+    configuration = prepared.configuration
+    summary = {
         "Configuration": prepared.spec["configuration_path"],
         "Environment": (
             f"image {prepared.spec['image']}"
@@ -209,12 +229,20 @@ def _summary(prepared: PreparedRun, args: argparse.Namespace) -> dict[str, str]:
         "Spot policy": str(profile.get("spot_policy") or "on-demand"),
         "Retry policy": f"wait up to {_duration(retry['duration'])} for capacity" if retry else "no",
     }
+    stop_duration = profile.get("stop_duration")
+    if stop_duration is not None:
+        summary["Stop duration"] = "off" if stop_duration == "off" else _duration(stop_duration)
+    if configuration.get("priority") is not None:
+        summary["Priority"] = str(configuration["priority"])
+    if configuration.get("entrypoint"):
+        summary["Entrypoint"] = configuration["entrypoint"]
+    return summary
 
 
 def _duration(seconds: int) -> str:
     from dstack.config.durations import format_duration
 
-    return format_duration(int(seconds))
+    return format_duration(int(seconds)) if seconds else "0s"
 
 
 def _display_path(config_file: Path, code_root: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
@@ -10,7 +11,15 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from dstack.config.errors import InvalidValue
 
-__all__ = ["LOCATED_ERROR", "AlsoAccepts", "ConfigModel", "InvalidValue", "describe_type", "located_error"]
+__all__ = [
+    "LOCATED_ERROR",
+    "AlsoAccepts",
+    "ConfigModel",
+    "InvalidValue",
+    "check_command_list",
+    "describe_type",
+    "located_error",
+]
 
 # Error type of the errors raised with `located_error`; the translator reads their context.
 LOCATED_ERROR = "dstack_config"
@@ -65,8 +74,10 @@ class ConfigModel(BaseModel):
             allowed = cls.allowed_keys()
             for key in data:
                 if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.75)
+                    hint = f" (did you mean {close[0]}?)" if close else ""
                     raise located_error(
-                        f"Unknown key '{key}' in {cls.block_name}; allowed keys: {', '.join(allowed)}",
+                        f"Unknown key '{key}' in {cls.block_name}{hint}; allowed keys: {', '.join(allowed)}",
                         key,
                         on_key=True,
                     )
@@ -86,3 +97,31 @@ class AlsoAccepts:
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         return {"anyOf": [*self._schemas, handler(schema)]}
+
+
+def check_command_list(value: Any, field: str) -> Any:
+    """A list of non-empty strings, with a precise message for the usual YAML slips."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        raise ValueError(
+            f"Expected a list of strings for '{field}', got a string; "
+            "use a YAML list with one '- command' per line"
+        )
+    if not isinstance(value, list):
+        return value
+    for index, command in enumerate(value):
+        if isinstance(command, dict):
+            raise located_error(
+                f"Command {index + 1} in '{field}' was read as a mapping because it contains ': '; "
+                'quote the whole command, e.g. - "echo a: b"',
+                index,
+            )
+        if not isinstance(command, str):
+            raise located_error(
+                f"Command {index + 1} in '{field}' is {describe_type(command)}, not a string; quote it",
+                index,
+            )
+        if not command.strip():
+            raise located_error(f"Command {index + 1} in '{field}' is empty; remove it", index)
+    return value

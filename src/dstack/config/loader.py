@@ -7,13 +7,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dstack.config.base import describe_type
+from dstack.config import kinds
+from dstack.config.base import ConfigModel, describe_type
 from dstack.config.env import env_key_of
 from dstack.config.error_messages import translate
 from dstack.config.errors import ConfigError
 from dstack.config.profiles import Profile, ProfilesFile
 from dstack.config.task import TaskConfiguration
 from dstack.config.yaml_source import YamlDocument, read_yaml
+
+# Blocks that a file must not leave empty (`resources:` with nothing under it), as in today's dstack.
+_NOT_EMPTY = {"resources": "cpu, memory, disk, shm_size or gpu"}
 
 CONFIGURATION_SUFFIXES = (".dstack.yml", ".dstack.yaml")
 
@@ -31,18 +35,44 @@ def load_configuration(path: Path, *, display_name: str | None = None) -> TaskCo
 
 def parse_configuration(text: str, *, filename: str) -> TaskConfiguration:
     """Parse the text of a task configuration; `filename` is used in messages only."""
+    configuration = parse_document(text, filename=filename)
+    if not isinstance(configuration, TaskConfiguration):
+        kind = getattr(configuration, "type", "?")
+        raise ConfigError(
+            f"{filename} is a {kind} configuration, not a task; apply it with "
+            f"{kinds.PRODUCT_TYPES.get(str(kind), 'dstack apply')}",
+            file=filename,
+        )
+    return configuration
+
+
+def parse_document(text: str, *, filename: str) -> ConfigModel:
+    """Parse a configuration of any registered type (see `kinds`); `filename` is used in messages only."""
     document = read_yaml(text, filename=filename)
     if document.data is None:
         raise ConfigError(
             "The configuration is empty; it needs at least 'type: task' and commands", file=filename
         )
     _require_mapping(document, "a configuration", "type, commands")
+    data = document.data
+    kind = data.get("type")
+    if kind is None:
+        raise ConfigError.at(
+            "Missing 'type'; add 'type: task' at the top of the file", document.source.locate(())
+        )
+    if not isinstance(kind, str) or kind not in kinds.registered():
+        raise ConfigError.at(
+            kinds.unsupported_message(kind, describe_type(kind)), document.source.locate(("type",))
+        )
+    _reject_empty_blocks(document)
     _locate_env_keys(document)
+    model = kinds.model_for(kind)
     try:
-        configuration = TaskConfiguration.model_validate(document.data)
+        configuration = model.model_validate(data)
     except ValidationError as error:
-        raise translate(error, document.source, what="task") from None
-    configuration.attach_source(document.source)
+        raise translate(error, document.source, what=kind) from None
+    if hasattr(configuration, "attach_source"):
+        configuration.attach_source(document.source)
     return configuration
 
 
@@ -76,6 +106,10 @@ def _profiles_in(path: Path) -> list[Profile]:
     if document.data is None:
         return []
     _require_mapping(document, "a profiles file", "profiles")
+    profiles = document.data.get("profiles")
+    for index, profile in enumerate(profiles if isinstance(profiles, list) else []):
+        if isinstance(profile, dict):
+            _reject_empty_blocks(document, profile, ("profiles", index))
     try:
         return ProfilesFile.model_validate(document.data).profiles
     except ValidationError as error:
@@ -104,6 +138,19 @@ def _require_mapping(document: YamlDocument, what: str, example_keys: str) -> No
             f"got {describe_type(document.data)}",
             document.source.locate(()),
         )
+
+
+def _reject_empty_blocks(
+    document: YamlDocument, data: dict[str, Any] | None = None, at: tuple[str | int, ...] = ()
+) -> None:
+    """`resources:` with nothing under it is an error (a parsed model writes an unset block as null)."""
+    block = document.data if data is None else data
+    for key, expected in _NOT_EMPTY.items():
+        if key in block and block[key] is None:
+            raise ConfigError.at(
+                f"The key {key} is empty; give {expected} under it, or remove it",
+                document.source.locate((*at, key), prefer_key=True),
+            )
 
 
 def _locate_env_keys(document: YamlDocument) -> None:

@@ -17,6 +17,18 @@ from pydantic import (
 
 from dstack.config.base import AlsoAccepts, ConfigModel, InvalidValue, located_error
 from dstack.config.durations import duration_seconds
+from dstack.config.policies import (
+    BackendOptions,
+    CreationPolicy,
+    IdleDuration,
+    InstanceSelector,
+    Schedule,
+    StartupOrder,
+    StopCriteria,
+    StopDuration,
+    Tags,
+    UtilizationPolicy,
+)
 from dstack.config.resources import ResourcesSpec
 
 
@@ -32,7 +44,33 @@ class RetryEvent(str, Enum):
     ERROR = "error"
 
 
-BackendName = Literal["local", "ssh", "slurm"]
+# This product's backends first, then today's dstack's: a file written for dstack that names a cloud backend
+# is accepted, and the plan says that no offer here is from that backend.
+BackendName = Literal[
+    "local",
+    "ssh",
+    "slurm",
+    "amddevcloud",
+    "aws",
+    "azure",
+    "cloudrift",
+    "cudo",
+    "datacrunch",
+    "digitalocean",
+    "dstack",
+    "gcp",
+    "hotaisle",
+    "kubernetes",
+    "lambda",
+    "nebius",
+    "oci",
+    "remote",
+    "runpod",
+    "tensordock",
+    "vastai",
+    "verda",
+    "vultr",
+]
 DEFAULT_RETRY_DURATION = 3600
 _DURATION_SCHEMA = {
     "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "examples": ["30m", "72h"]}]
@@ -132,6 +170,22 @@ class ProfileParams(ConfigModel):
     # The effective setting: a `retry_policy` given by the user is folded into it and then set to None.
     retry: RetrySetting = None
     retry_policy: RetryPolicy | None = None
+    # Today's dstack's profile fields (reference §10.2): see `policies.py` and the plan's notes.
+    stop_duration: StopDuration = None
+    utilization_policy: UtilizationPolicy | None = None
+    schedule: Schedule | None = None
+    fleets: list[str] | None = Field(default=None, min_length=1)
+    instances: list[InstanceSelector] | None = Field(default=None, min_length=1)
+    startup_order: StartupOrder | None = None
+    stop_criteria: StopCriteria | None = None
+    # Provisioning options of cloud backends: accepted, without effect here (the plan says so).
+    availability_zones: list[str] | None = Field(default=None, min_length=1)
+    instance_types: list[str] | None = Field(default=None, min_length=1)
+    reservation: str | None = None
+    idle_duration: IdleDuration = None
+    creation_policy: CreationPolicy | None = None
+    tags: Tags | None = None
+    backend_options: BackendOptions | None = None
 
     @model_validator(mode="before")
     @classmethod

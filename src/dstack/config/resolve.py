@@ -9,6 +9,18 @@ from pydantic import BaseModel, Field, ValidationError
 
 from dstack.config.error_messages import flag_error
 from dstack.config.errors import ConfigError, InvalidValue
+from dstack.config.policies import (
+    BackendOptions,
+    CreationPolicy,
+    IdleDuration,
+    InstanceSelector,
+    Schedule,
+    StartupOrder,
+    StopCriteria,
+    StopDuration,
+    Tags,
+    UtilizationPolicy,
+)
 from dstack.config.profiles import (
     BackendName,
     MaxDuration,
@@ -55,6 +67,40 @@ class EffectiveProfile(BaseModel):
     max_duration: int | None = None  # seconds; None = no limit
     retry: Retry | None = None  # None = no retry
     profile_name: str | None = None
+    # Today's dstack's profile fields, from the first layer that sets them (None: no layer does).
+    stop_duration: StopDuration = None
+    utilization_policy: UtilizationPolicy | None = None
+    schedule: Schedule | None = None
+    fleets: list[str] | None = None
+    instances: list[InstanceSelector] | None = None
+    startup_order: StartupOrder | None = None
+    stop_criteria: StopCriteria | None = None
+    availability_zones: list[str] | None = None
+    instance_types: list[str] | None = None
+    reservation: str | None = None
+    idle_duration: IdleDuration = None
+    creation_policy: CreationPolicy | None = None
+    tags: Tags | None = None
+    backend_options: BackendOptions | None = None
+
+
+# Profile fields that the effective profile takes as they are, from the first layer that sets them.
+PASSED_THROUGH = (
+    "stop_duration",
+    "utilization_policy",
+    "schedule",
+    "fleets",
+    "instances",
+    "startup_order",
+    "stop_criteria",
+    "availability_zones",
+    "instance_types",
+    "reservation",
+    "idle_duration",
+    "creation_policy",
+    "tags",
+    "backend_options",
+)
 
 
 def parse_overrides(
@@ -104,7 +150,14 @@ def resolve_profile(
         layers.append(profile)
 
     def first(field: str) -> Any:
-        return next((getattr(layer, field) for layer in layers if getattr(layer, field) is not None), None)
+        return next(
+            (
+                getattr(layer, field)
+                for layer in layers
+                if getattr(layer, field, None) is not None  # CLI flags set only some fields
+            ),
+            None,
+        )
 
     defaults = default_resources()
     chosen: dict[str, Any] = {}
@@ -135,6 +188,7 @@ def resolve_profile(
         max_duration=None if max_duration == "off" else max_duration,
         retry=retry or None,
         profile_name=profile.name if profile is not None else None,
+        **{field: first(field) for field in PASSED_THROUGH},
     )
 
 

@@ -51,6 +51,9 @@ class TerminationReason(str, Enum):
     BUILD_NOT_FOUND = "build_not_found"
     FAILED_TO_START = "failed_to_start"
     SERVER_ERROR = "server_error"
+    UTILIZATION_POLICY = "utilization_policy"
+    CANCELLED_OUTSIDE = "cancelled_outside_dstack"  # e.g. `scancel` of a Slurm job by its user
+    PREEMPTED = "preempted"  # the backend gave the job's capacity to another (Slurm preemption)
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -70,4 +73,7 @@ _DESCRIPTIONS = {
     TerminationReason.BUILD_NOT_FOUND: "build not found",
     TerminationReason.FAILED_TO_START: "failed to start",
     TerminationReason.SERVER_ERROR: "server error",
+    TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
+    TerminationReason.CANCELLED_OUTSIDE: "cancelled outside dstack",
+    TerminationReason.PREEMPTED: "preempted",
 }

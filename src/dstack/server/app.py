@@ -16,16 +16,17 @@ from dstack.server.backends.base import Backend
 from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
 from dstack.server.background.manager import BackgroundWorkers
-from dstack.server.config_file import load_server_config
+from dstack.server.config_file import LocalBackendConfig, ServerConfig, load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import code, files, history, hosts, misc, runs
+from dstack.server.routers import code, files, history, hosts, misc, runs, secrets
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
 from dstack.server.services.users import Authenticator, init_admin
 from dstack.server.settings import ServerSettings
+from dstack.server.ssh import SSHPool
 from dstack.server.ui import links as ui_links
 from dstack.server.ui.session import SessionStore
 
@@ -42,10 +43,8 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         db = Database(settings.resolved_database_url())
         await migrate(db.writer)
         _, issued = await init_admin(db, settings.admin_token)
-        backends: list[Backend] = [
-            LocalBackend(settings.agents_dir, price=b.price, declared=b.resources) for b in config.backends
-        ]
-        registry = BackendRegistry(db, backends)
+        pool = SSHPool(settings.server_dir / "ssh")
+        registry = BackendRegistry(db, _backends(config, settings, pool))
         ctx = ServerContext(settings=settings, db=db, backends=registry)
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
@@ -61,6 +60,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         finally:
             await workers.stop()
             await registry.close()
+            await pool.close()
             await db.close()
 
     app = FastAPI(
@@ -75,6 +75,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(runs.router)
     app.include_router(code.router)
     app.include_router(files.router)
+    app.include_router(secrets.router)
     app.include_router(ports_router.router)
     app.include_router(history.router)
     app.include_router(hosts.router)
@@ -95,3 +96,15 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     return app
+
+
+def _backends(config: ServerConfig, settings: ServerSettings, pool: SSHPool) -> list[Backend]:
+    backends: list[Backend] = []
+    for entry in config.backends:
+        if isinstance(entry, LocalBackendConfig):
+            backends.append(LocalBackend(settings.agents_dir, price=entry.price, declared=entry.resources))
+        else:
+            from dstack.server.backends.slurm import SlurmBackend
+
+            backends.append(SlurmBackend(entry, pool, settings.server_dir / "slurm"))
+    return backends

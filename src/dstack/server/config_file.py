@@ -12,16 +12,41 @@ declared values replace detected ones and are real to the scheduler:
           memory: 64GB
           disk: 500GB         # free disk
           gpus: H100:80GB:2   # NAME:MEMORY:COUNT, or a list of {name, memory, vendor}
+
+A Slurm cluster is reached through its login node over SSH (see backends/slurm/):
+
+    backends:
+      - type: slurm
+        clusters:
+          - name: hpc                 # shown as the REGION
+            hostname: 10.251.0.1      # the login node
+            port: 22
+            user: alice
+            identity_file: ~/.ssh/id_ed25519
+            cpu_partitions: [cpu]     # optional; default: every partition not listed under gpu_partitions
+            gpu_partitions:           # optional: what the GPUs of these partitions' GRES are
+              - gpu: A100:80GB
+                partitions: [gpu]
+            container_runtime: docker # optional: image tasks run there (with the agent's Docker driver)
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dstack.config.ranges import Memory
 
@@ -152,10 +177,108 @@ class LocalBackendConfig(BaseModel):
         return DeclaredResources.model_validate(value).fingerprint()
 
 
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_NAME_HINT = "letters, digits, '-', '_' and '.'"
+
+
+class SlurmGpuPartitions(BaseModel):
+    """The GPUs of some partitions' nodes, as Slurm's GRES does not name them (count from GRES)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu: str
+    partitions: list[str] = Field(min_length=1)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, value: str) -> str:
+        parts = [p for p in "".join(value.split()).split(":") if p]
+        if len(parts) != 2 or not parts[0][:1].isalpha():
+            raise ValueError(
+                f"{value!r} is not NAME:MEMORY such as A100:80GB (the count comes from the nodes' GRES)"
+            )
+        _memory_gb(parts[1])
+        return ":".join(parts)
+
+    @property
+    def gpu_name(self) -> str:
+        return self.gpu.split(":")[0]
+
+    @property
+    def gpu_memory_gb(self) -> float:
+        return _memory_gb(self.gpu.split(":")[1])
+
+
+class SlurmClusterConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME, max_length=32)
+    hostname: str = Field(min_length=1, max_length=255)
+    port: int = Field(default=22, ge=1, le=65535)
+    user: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    identity_file: str = Field(min_length=1)
+    cpu_partitions: list[str] | None = None
+    gpu_partitions: list[SlurmGpuPartitions] = Field(default_factory=list)
+    container_runtime: Literal["docker"] | None = None
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and not re.fullmatch(_NAME, value):
+            raise ValueError(f"{value!r} is not a cluster name; use {_NAME_HINT}")
+        return value
+
+    @model_validator(mode="after")
+    def _partitions_once(self) -> SlurmClusterConfig:
+        seen: set[str] = set()
+        for entry in self.gpu_partitions:
+            for partition in entry.partitions:
+                if partition in seen:
+                    raise ValueError(f"partition {partition} is listed under gpu_partitions twice")
+                seen.add(partition)
+        return self
+
+    def gpu_of(self, partition: str) -> SlurmGpuPartitions | None:
+        return next((g for g in self.gpu_partitions if partition in g.partitions), None)
+
+
+class SlurmBackendConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["slurm"] = "slurm"
+    clusters: list[SlurmClusterConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_once(self) -> SlurmBackendConfig:
+        names = [c.name for c in self.clusters]
+        for name in set(names):
+            if names.count(name) > 1:
+                raise ValueError(
+                    f"cluster {name} is listed {names.count(name)} times; give each a name of its own"
+                )
+        return self
+
+
+def _backend_type(value: Any) -> str:
+    kind = value.get("type", "local") if isinstance(value, dict) else getattr(value, "type", "local")
+    return kind if isinstance(kind, str) else ""
+
+
+BackendConfig = Annotated[
+    Annotated[LocalBackendConfig, Tag("local")] | Annotated[SlurmBackendConfig, Tag("slurm")],
+    Discriminator(_backend_type),
+]
+_BACKEND_TYPES = ("local", "slurm")
+
+
+def _default_backend() -> LocalBackendConfig | SlurmBackendConfig:
+    return LocalBackendConfig()
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backends: list[LocalBackendConfig] = Field(default_factory=lambda: [LocalBackendConfig()])
+    backends: list[BackendConfig] = Field(default_factory=lambda: [_default_backend()])
 
     @model_validator(mode="after")
     def _one_per_type(self) -> ServerConfig:
@@ -176,20 +299,42 @@ def load_server_config(path: Path) -> ServerConfig:
         raise ServerConfigError(f"{path} is not valid YAML: {e}") from e
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        loc = _without_tags(first["loc"])
+        where = ".".join(str(p) for p in loc)
         message = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = f"unknown key; allowed: {', '.join(_allowed_keys(first['loc']))}"
+        elif first["type"] == "union_tag_invalid":
+            kind = first["input"].get("type")
+            message = f"unknown backend type {kind!r}; use one of: {', '.join(_BACKEND_TYPES)}"
         raise ServerConfigError(f"{path}: {where}: {message}" if where else f"{path}: {message}") from e
+
+
+def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the backend's type in the path ("backends.0.slurm.clusters"); users wrote no such key.
+    return tuple(
+        p for i, p in enumerate(loc) if not (i == 2 and loc[0] == "backends" and p in _BACKEND_TYPES)
+    )
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     names = [p for p in loc if isinstance(p, str)][:-1]
     model: type[BaseModel] = ServerConfig
-    if names[-1:] == ["backends"]:
+    if names[-1:] in (["backends"], ["local"]):
         model = LocalBackendConfig
+    elif names[-1:] == ["slurm"]:
+        model = SlurmBackendConfig
+    elif names[-1:] == ["clusters"]:
+        model = SlurmClusterConfig
+    elif names[-1:] == ["gpu_partitions"]:
+        model = SlurmGpuPartitions
     elif names[-1:] == ["resources"]:
         model = DeclaredResources
     elif names[-1:] == ["gpus"]:
         model = DeclaredGpu
-    return list(model.model_fields)
+    fields = (
+        [name for name in model.model_fields if name not in ("name", "memory")]
+        if model is SlurmGpuPartitions
+        else list(model.model_fields)
+    )
+    return fields

@@ -18,6 +18,16 @@ class PortSpec(_Strict):
     container_port: int = Field(ge=1, le=65535)
 
 
+class FileUpload(_Strict):
+    """One `files` mapping, packed and uploaded like the code: where its archive's content goes."""
+
+    code_hash: str = Field(pattern=CODE_HASH_PATTERN)
+    target: str = Field(min_length=1)  # relative to the working directory, absolute, or ~/...
+    kind: Literal["file", "dir"]
+    name: str | None = None  # a file's name inside its archive
+    source: str = ""  # the local path as written, for messages
+
+
 class RunSpec(_Strict):
     """What the CLI (or any API user) submits: the configuration, resolved as far as the client can."""
 
@@ -34,10 +44,17 @@ class RunSpec(_Strict):
     ports: list[PortSpec] = Field(default_factory=list)
     python: str | None = None  # the Python version the task gets when no image is set
     image: str | None = None
+    files: list[FileUpload] = Field(default_factory=list)
+    # Where the code archive is placed in the job's code folder: "." or a `repos` local_path's path.
+    code_path: str = "."
 
 
 class RunRequest(_Strict):
     spec: RunSpec
+
+
+class SecretValue(_Strict):
+    value: str
 
 
 class StopRequest(_Strict):

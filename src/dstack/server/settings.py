@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,27 @@ class ServerSettings:
             return None
         wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}
         return _http_url(wildcard.get(self.ui_host, self.ui_host), self.ui_port)
+
+    @property
+    def public_url(self) -> str:
+        """The URL tasks reach the server at (`dstack: true`): DSTACK_SERVER_URL, else the one it serves."""
+        return os.environ.get("DSTACK_SERVER_URL") or self.url
+
+    def run_token_key(self) -> bytes:
+        """The server's key for run tokens (made once, owner-only): a job's token is the same on a retry."""
+        path = self.server_dir / "run-token.key"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            key = secrets.token_bytes(32)
+            f.write(key)
+        return key
 
     def resolved_database_url(self) -> str:
         url = self.database_url or os.environ.get("DSTACK_DATABASE_URL")

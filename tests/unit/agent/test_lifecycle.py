@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -111,6 +112,39 @@ def test_idle_exit(start_agent: StartAgent) -> None:
     # It waited for the job to finish before counting idle time.
     state = json.loads((agent.work_dir / "jobs" / job["id"] / "state.json").read_text())
     assert state["status"] == "done"
+
+
+def test_one_job_exits_with_the_jobs_code_once_it_is_collected(start_agent: StartAgent) -> None:
+    agent = start_agent(extra_args=["--one-job"])
+    client = agent.client()
+    job = client.submit(["echo out", "exit 7"])
+    assert client.wait_final(job["id"])["exit_code"] == 7
+    # Finished but not collected: it keeps serving, so the server can still read the end.
+    assert client.read_logs(job["id"]) == b"out\n"
+    assert agent.process.poll() is None
+    assert client.request("DELETE", f"/api/jobs/{job['id']}").status in (200, 204)
+    client.close()
+    assert agent.process.wait(timeout=30) == 7
+
+
+def test_one_job_stops_the_job_on_a_signal_and_waits_to_be_collected(start_agent: StartAgent) -> None:
+    agent = start_agent(extra_args=["--one-job", "--linger", "2"])
+    client = agent.client()
+    job = client.submit(["echo started", "sleep 1000"])
+    client.wait_status(job["id"], ["running"])
+    agent.process.send_signal(signal.SIGTERM)  # what Slurm sends at a time limit or scancel
+    state = client.wait_final(job["id"])
+    assert (state["status"], state["reason"]) == ("terminated", "Agent stopped")
+    assert job_processes(job["id"]) == []
+    assert client.read_logs(job["id"]) == b"started\n"
+    client.close()
+    # Nobody collects it: it exits after the linger time, with the job's failure as its code.
+    assert agent.process.wait(timeout=30) != 0
+
+
+def test_one_job_exits_when_no_job_comes(start_agent: StartAgent) -> None:
+    agent = start_agent(extra_args=["--one-job", "--idle-exit", "1"])
+    assert agent.process.wait(timeout=30) == 1  # the allocation's record says nothing ran
 
 
 @pytest.mark.skipif(not PYTHON39.exists(), reason="Python 3.9 is not installed here")

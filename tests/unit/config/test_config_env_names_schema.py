@@ -11,6 +11,7 @@ from config_testkit import FILENAME, parse, task
 import dstack.config
 from dstack.config import (
     ConfigError,
+    TaskConfiguration,
     configuration_json_schema,
     random_run_name,
     resolve_env,
@@ -100,10 +101,11 @@ def test_json_schema_describes_the_input_forms() -> None:
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["type"]
     assert properties["type"]["const"] == "task"
-    assert set(properties) == {
-        "type", "name", "python", "image", "env", "build", "commands", "ports", "working_dir", "resources",
-        "backends", "regions", "spot_policy", "max_price", "max_duration", "retry", "retry_policy",
-    }  # fmt: skip
+    # Every key a task file may have, and nothing else: the schema is made from the same models.
+    assert set(properties) == set(TaskConfiguration.allowed_keys())
+    assert {"type", "commands", "volumes", "files", "repos", "schedule", "priority", "groups"} <= set(
+        properties
+    )
     assert {"type": "number"} in properties["python"]["anyOf"]
     assert {option["type"] for option in properties["env"]["anyOf"]} == {"array", "object"}
     port_forms = schema["$defs"]["PortMapping"]["anyOf"]

@@ -234,7 +234,9 @@ def test_errors_use_the_display_name(tmp_path: Path) -> None:
         load_configuration(path, display_name="train.dstack.yml")
     error = caught.value
     assert (error.file, error.line, error.column) == ("train.dstack.yml", 2, 1)
-    assert error.message.startswith("Unknown key 'comands' in task; allowed keys: backends, build, commands,")
+    assert error.message.startswith(
+        "Unknown key 'comands' in task (did you mean commands?); allowed keys: availability_zones,"
+    )
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from dstack.config import (
     resolve_profile,
     select_profile,
 )
+from dstack.config.resolve import PASSED_THROUGH
 
 
 def _write(path: Path, text: str) -> Path:
@@ -92,10 +93,13 @@ def test_empty_profiles_files(tmp_path: Path, text: str) -> None:
             "profiles:\n  - name: a\n    default: yes\n",
             "3:14: Expected true or false for 'profiles[0].default', got 'yes'",
         ),
-        ("profile:\n  - name: a\n", "1:1: Unknown key 'profile' in profiles file; allowed keys: profiles"),
+        (
+            "profile:\n  - name: a\n",
+            "1:1: Unknown key 'profile' in profiles file (did you mean profiles?); allowed keys: profiles",
+        ),
         (
             "profiles:\n  - name: a\n    retry-limit: 3h\n",
-            "3:5: Unknown key 'retry-limit' in profile; allowed keys: backends",
+            "3:5: Unknown key 'retry-limit' in profile; allowed keys: availability_zones, backend_options",
         ),
         (
             "profiles:\n  - name: a\n    max_price: 0\n",
@@ -152,6 +156,8 @@ def test_defaults_when_nothing_is_set() -> None:
         "max_duration": None,
         "retry": None,
         "profile_name": None,
+        # Today's dstack's profile fields: unset unless a layer sets them.
+        **dict.fromkeys(PASSED_THROUGH),
     }
     json.dumps(effective.model_dump(mode="json"))
 
@@ -262,7 +268,7 @@ def test_parse_overrides_reads_every_flag() -> None:
         ({"retry_limit": "0"}, "Invalid --retry-limit value '0': it must be longer than zero"),
         ({"retry": False, "retry_limit": "1h"}, "--no-retry and --retry-limit contradict each other"),
         ({"spot_policy": "cheap"}, "Invalid --spot-policy value 'cheap': use one of spot, on-demand, auto"),
-        ({"backends": ["aws"]}, "Invalid --backend value 'aws': use one of local, ssh, slurm"),
+        ({"backends": ["azur"]}, "Invalid --backend value 'azur': use one of local, ssh, slurm, amddevcloud"),
         ({"max_price": 0.0}, "Invalid --max-price value '0.0': use a price in USD per hour above 0"),
         ({"max_price": float("nan")}, "Invalid --max-price value 'nan'"),
     ],

@@ -8,8 +8,12 @@ from config_testkit import FILENAME, error_of, parse, task
 from dstack.config import PortMapping, Retry, RetryEvent, SpotPolicy, TaskConfiguration
 
 ALLOWED = (
-    "backends, build, commands, env, image, max_duration, max_price, name, ports, python, regions, "
-    "resources, retry, retry_policy, spot_policy, type, working_dir"
+    "availability_zones, backend_options, backends, build, commands, creation_policy, docker, dstack, "
+    "entrypoint, env, files, fleets, groups, home_dir, idle_duration, image, instance_types, instances, "
+    "max_duration, max_price, name, nodes, nvcc, ports, priority, privileged, python, regions, "
+    "registry_auth, repos, reservation, resources, retry, retry_policy, schedule, setup, shell, "
+    "single_branch, spot_policy, startup_order, stop_criteria, stop_duration, tags, type, user, "
+    "utilization_policy, volumes, working_dir"
 )
 
 
@@ -18,15 +22,16 @@ ALLOWED = (
     [
         (
             "type: task\nname: x1\ncomands:\n  - a\n",
-            f"3:1: Unknown key 'comands' in task; allowed keys: {ALLOWED}",
+            f"3:1: Unknown key 'comands' in task (did you mean commands?); allowed keys: {ALLOWED}",
         ),
         (
             task("resources:\n  gpus: 2\n"),
-            "3:3: Unknown key 'gpus' in resources; allowed keys: cpu, disk, gpu, memory, shm_size",
+            "3:3: Unknown key 'gpus' in resources (did you mean gpu?); allowed keys: cpu, disk, gpu, memory, "
+            "shm_size",
         ),
         (
             task("resources:\n  gpu:\n    nam: A100\n"),
-            "4:5: Unknown key 'nam' in gpu; allowed keys: count, memory, name, vendor",
+            "4:5: Unknown key 'nam' in gpu (did you mean name?); allowed keys: count, memory, name, vendor",
         ),
         (
             task("retry:\n  limit: 3h\n"),
@@ -35,9 +40,14 @@ ALLOWED = (
         ("commands: [a]\n", "1:1: Missing 'type'; add 'type: task' at the top of the file"),
         (
             "type: service\ncommands: [a]\n",
-            "1:7: Configuration type 'service' is not supported yet; use type: task",
+            "1:7: Configuration type 'service' is not supported (today's dstack runs it, this product does "
+            "not); this product runs type: task (dstack run or dstack apply) and type: fleet (dstack apply)",
         ),
-        ("type: [task]\ncommands: [a]\n", "1:1: Invalid configuration type (a list); use type: task"),
+        (
+            "type: [task]\ncommands: [a]\n",
+            "1:1: Invalid configuration type (a list); this product runs type: task (dstack run or dstack "
+            "apply) and type: fleet (dstack apply)",
+        ),
         ("type: task\n", "1:1: Missing 'commands'; add a list of commands to run (or set image)"),
         (
             "type: task\ncommands: []\n",
@@ -77,7 +87,9 @@ ALLOWED = (
         ),
         (
             task("working_dir: /src\n"),
-            "2:14: Invalid working_dir '/src': it must be relative to the code root",
+            "2:14: Invalid working_dir '/src': an absolute working_dir is the container's working directory "
+            "and needs image (a task without image runs as processes on the host, outside any container); "
+            "give a folder relative to the code root",
         ),
         (task("working_dir: a/../../etc\n"), "2:14: Invalid working_dir 'a/../../etc': it must stay inside"),
         (
@@ -85,8 +97,8 @@ ALLOWED = (
             "2:14: Invalid value 'cheap' for 'spot_policy'; allowed: spot, on-demand, auto",
         ),
         (
-            task("backends: [local, aws]\n"),
-            "2:19: Invalid value 'aws' for 'backends[1]'; allowed: local, ssh, slurm",
+            task("backends: [local, azur]\n"),
+            "2:19: Invalid value 'azur' for 'backends[1]'; allowed: local, ssh, slurm, amddevcloud, aws",
         ),
         (
             task("regions: us-east\n"),
@@ -141,6 +153,38 @@ def test_minimal_task_has_empty_defaults() -> None:
         "max_duration": None,
         "retry": None,
         "retry_policy": None,
+        # Today's dstack's fields: unset (None) or empty unless the file gives them.
+        "setup": [],
+        "entrypoint": None,
+        "user": None,
+        "shell": None,
+        "privileged": None,
+        "docker": None,
+        "nvcc": None,
+        "registry_auth": None,
+        "home_dir": None,
+        "single_branch": None,
+        "priority": None,
+        "dstack": None,
+        "volumes": [],
+        "files": [],
+        "repos": [],
+        "nodes": None,
+        "groups": None,
+        "stop_duration": None,
+        "utilization_policy": None,
+        "schedule": None,
+        "fleets": None,
+        "instances": None,
+        "startup_order": None,
+        "stop_criteria": None,
+        "availability_zones": None,
+        "instance_types": None,
+        "reservation": None,
+        "idle_duration": None,
+        "creation_policy": None,
+        "tags": None,
+        "backend_options": None,
     }
 
 

@@ -56,7 +56,7 @@ def req(
         ports=[{"container_port": p} for p in ports or []],
         image="img" if image else None,
     )
-    return requirements_of(spec, profile)
+    return requirements_of(spec, profile, parsed)
 
 
 def usage(h: Host, *allocations: Allocation) -> HostUsage:

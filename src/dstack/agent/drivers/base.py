@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Protocol
+from typing import Dict, List, Optional, Protocol, Tuple
 
 from dstack.agent.jobs.spec import JobResources
 
@@ -16,8 +16,14 @@ class ContainerSpec:
     image: str
     code_dir: Path  # mounted read-write at `code_mount`
     code_mount: str
-    workdir: str  # the working directory inside the container
+    workdir: str  # the working directory inside the container (absolute, or ~/... for its user's home)
     use_image_command: bool = False  # no commands: run the image's own entrypoint/command
+    argv: Optional[List[str]] = None  # `entrypoint` + commands, run instead of the script
+    shell: Optional[str] = None  # sh, bash or an absolute path (default: bash where the image has it)
+    user: Optional[str] = None
+    privileged: bool = False
+    mounts: List[Tuple[str, str, bool]] = field(default_factory=list)  # (host, container, read-only)
+    copies: List[Tuple[str, str, str]] = field(default_factory=list)  # (kind, source, target) at start
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,16 @@ class LaunchSpec:
     env: Dict[str, str]
     resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
     container: Optional[ContainerSpec] = None  # set for the container driver
+    argv: Optional[List[str]] = None  # processes: what to run (default: bash with the script)
+
+
+def process_shell(shell: Optional[str]) -> List[str]:
+    """The argv prefix that runs a job's script as processes: bash unless `shell` says sh or a path."""
+    if shell is None or shell == "bash":
+        return ["bash", "--noprofile", "--norc"]
+    if shell == "sh":
+        return ["/bin/sh"]
+    return [shell]
 
 
 @dataclass(frozen=True)

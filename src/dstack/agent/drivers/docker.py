@@ -5,10 +5,15 @@ forward expects them), has the job's code folder mounted as its working director
 is labelled with the job's marker so that a restarted agent can find and remove it.
 
 Its first process is Docker's init (it reaps zombies and passes signals on) running a small POSIX sh
-wrapper, which runs the commands with bash where the image has it, else with /bin/sh. On a stop the
-wrapper sends SIGTERM to every process of the container (as the process driver does to the job's process
-tree); Docker kills whatever is left once the grace is over. With no commands the image's own entrypoint
-and command run instead.
+wrapper, which enters the working directory and runs the commands with the task's `shell` (by
+default bash where the image has it, else /bin/sh), or the `entrypoint` with the commands as its
+arguments. On a stop the wrapper sends SIGTERM to every process of the container (as the process driver
+does to the job's process tree); Docker kills whatever is left once the grace is over. With neither
+commands nor entrypoint the image's own entrypoint and command run instead.
+
+Everything the user wrote reaches the wrapper as data: positional arguments and a sourced file of `export`
+lines quoted with shlex; nothing is evaluated. `files` with targets outside the working directory are
+copied into the container before it starts (container_files.py).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from dstack.agent.drivers.base import JobHandle, LaunchSpec
+from dstack.agent.drivers.container_files import ContainerFilesError, place_files
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError
 
 log = logging.getLogger(__name__)
@@ -39,11 +45,21 @@ ENV_MOUNT = "/.dstack/env.sh"
 # by the trap is waited again, so the exit code is the commands' own (127: already collected). The job's
 # env comes from a sourced file rather than the container's config, so that a build container committed
 # as an image keeps none of it (secrets included).
+# Arguments: $1 the working directory ("" keeps the container's), $2 how to run: `exec` (the rest is the
+# argv), `shell` ($3 is the shell), or `auto`.
 WRAPPER = (
     "stopping=\n"
     "trap 'stopping=1; kill -TERM -1 2>/dev/null' TERM INT HUP\n"
     ". " + ENV_MOUNT + "\n"
-    "if command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + " &\n"
+    'home() { case "$1" in \'~\') printf %s "$HOME";; \'~/\'*) printf %s "$HOME/${1#??}";;'
+    ' *) printf %s "$1";; esac; }\n'
+    'if [ -n "$1" ]; then wd=$(home "$1"); mkdir -p "$wd" && cd "$wd"'
+    ' || { echo "dstack: cannot enter the working directory $wd" >&2; exit 125; }; fi\n'
+    'export DSTACK_WORKING_DIR="$PWD"\n'
+    "mode=$2; shift 2\n"
+    'if [ "$mode" = exec ]; then "$@" &\n'
+    'elif [ "$mode" = shell ]; then "$1" ' + SCRIPT_MOUNT + " &\n"
+    "elif command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + " &\n"
     "else /bin/sh " + SCRIPT_MOUNT + " &\nfi\n"
     "pid=$!\n"
     'wait "$pid"; code=$?\n'
@@ -79,6 +95,13 @@ class DockerDriver:
 
     def _start(self, launch: LaunchSpec) -> JobHandle:
         container_id = self._client.create_container(self._config(launch))
+        spec = launch.container
+        if spec is not None and spec.copies:
+            try:
+                place_files(self._client, container_id, spec.copies, spec.user)
+            except (ContainerFilesError, DockerError) as e:
+                self._client.remove_container(container_id)
+                raise DockerError(str(e)) from e
         try:
             stream, first_bytes = self._client.attach(container_id)
         except DockerError:
@@ -119,15 +142,23 @@ class DockerDriver:
         mounts: List[Dict[str, Any]] = [
             {"Type": "bind", "Source": str(container.code_dir), "Target": container.code_mount}
         ]
+        for source, target, read_only in container.mounts:
+            mounts.append({"Type": "bind", "Source": source, "Target": target, "ReadOnly": read_only})
         env = dict(launch.env)
+        # A user of the image's own may run the task: it must be able to read what the wrapper reads (the
+        # job's folder stays the agent's own on the host).
+        readable = 0o644 if container.user else 0o600
         if not container.use_image_command:
             env_file = launch.script.with_name(launch.script.name + ".env")
-            env = write_env_file(env_file, env)
+            env = write_env_file(env_file, env, mode=readable)
+            os.chmod(launch.script, 0o644)
             mounts.append(
                 {"Type": "bind", "Source": str(launch.script), "Target": SCRIPT_MOUNT, "ReadOnly": True}
             )
             mounts.append({"Type": "bind", "Source": str(env_file), "Target": ENV_MOUNT, "ReadOnly": True})
         host_config: Dict[str, Any] = {"NetworkMode": "host", "Init": True, "Mounts": mounts}
+        if container.privileged:
+            host_config["Privileged"] = True
         if resources.cpus:
             host_config["NanoCpus"] = int(resources.cpus * 1e9)
         if resources.memory_bytes:
@@ -142,10 +173,12 @@ class DockerDriver:
                     "Capabilities": [["gpu"]],
                 }
             ]
+        workdir = container.workdir
         config: Dict[str, Any] = {
             "Image": container.image,
             "Env": [f"{name}={value}" for name, value in env.items()],
-            "WorkingDir": container.workdir,
+            # A ~/... directory is entered by the wrapper (only it knows the user's home).
+            "WorkingDir": workdir if workdir.startswith("/") else "/",
             "Labels": {LABEL_MARKER: launch.marker, LABEL_JOB: launch.job_id},
             "AttachStdin": False,
             "AttachStdout": True,
@@ -154,9 +187,18 @@ class DockerDriver:
             "OpenStdin": False,
             "HostConfig": host_config,
         }
+        if container.user:
+            config["User"] = container.user
         if not container.use_image_command:
             config["Entrypoint"] = ["/bin/sh", "-c", WRAPPER]
-            config["Cmd"] = ["dstack-job"]
+            entered = "" if workdir.startswith("/") else workdir
+            if container.argv:
+                config["Cmd"] = ["dstack-job", entered, "exec", *container.argv]
+            elif container.shell:
+                shell = {"sh": "/bin/sh", "bash": "bash"}.get(container.shell, container.shell)
+                config["Cmd"] = ["dstack-job", entered, "shell", shell]
+            else:
+                config["Cmd"] = ["dstack-job", entered, "auto"]
         return config
 
     def _wait_loop(self, handle: ContainerHandle) -> None:
@@ -219,8 +261,8 @@ class DockerDriver:
                 log.warning("Could not remove container %s: %s", container_id[:12], e)
 
 
-def write_env_file(path: Path, env: Dict[str, str]) -> Dict[str, str]:
-    """Write the exportable variables as sh `export` lines (private to the agent's user).
+def write_env_file(path: Path, env: Dict[str, str], mode: int = 0o600) -> Dict[str, str]:
+    """Write the exportable variables as sh `export` lines (private to the agent's user by default).
 
     Returns the rest: names sh cannot export (they can only go in the container's config).
     """
@@ -233,6 +275,7 @@ def write_env_file(path: Path, env: Dict[str, str]) -> Dict[str, str]:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("".join(lines))
+        os.fchmod(f.fileno(), mode)
     return rest
 
 

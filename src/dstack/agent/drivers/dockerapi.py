@@ -7,12 +7,15 @@ else /var/run/docker.sock. Paths carry no API version, so the daemon's own is us
 
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import json
 import os
 import socket
+import tarfile
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import quote, urlencode
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -42,6 +45,15 @@ def docker_socket() -> Optional[str]:
     if host.startswith("unix://"):
         return host[len("unix://") :] or DEFAULT_SOCKET
     return None
+
+
+class RawBody:
+    """A request body sent as it is (a tar stream), not as JSON."""
+
+    def __init__(self, stream: IO[bytes], length: int, content_type: str = "application/x-tar") -> None:
+        self.stream = stream
+        self.length = length
+        self.content_type = content_type
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -75,8 +87,15 @@ class DockerClient:
         timeout: Optional[float] = REQUEST_TIMEOUT_SECONDS,
     ) -> Tuple[_UnixConnection, http.client.HTTPResponse]:
         url = path + ("?" + urlencode(query) if query else "")
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
+        data: Any
+        if isinstance(body, RawBody):
+            data, headers = (
+                body.stream,
+                {"Content-Type": body.content_type, "Content-Length": str(body.length)},
+            )
+        else:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Content-Type": "application/json"} if data is not None else {}
         connection = _UnixConnection(self.socket_path, timeout)
         try:
             connection.request(method, url, body=data, headers=headers)
@@ -126,8 +145,16 @@ class DockerClient:
                 return None
             raise
 
-    def pull(self, name: str, on_progress: Callable[[str], None], cancelled: Callable[[], bool]) -> None:
+    def pull(
+        self,
+        name: str,
+        on_progress: Callable[[str], None],
+        cancelled: Callable[[], bool],
+        auth: Optional[Dict[str, str]] = None,
+    ) -> None:
         """Pull `name`, passing each progress status line on; raises DockerError if the pull fails.
+
+        `auth` ({username, password}) goes to the daemon as the registry credentials of this pull only.
 
         The pull runs in a helper thread, so that a stop of the job ends it at once (by closing its
         connection, which makes the daemon give it up) even while the registry does not answer.
@@ -137,7 +164,7 @@ class DockerClient:
 
         def pull() -> None:
             try:
-                self._pull(name, on_progress, connections)
+                self._pull(name, on_progress, connections, auth)
             except BaseException as e:
                 errors.append(e)
 
@@ -154,14 +181,22 @@ class DockerClient:
             raise errors[0]
 
     def _pull(
-        self, name: str, on_progress: Callable[[str], None], connections: List[_UnixConnection]
+        self,
+        name: str,
+        on_progress: Callable[[str], None],
+        connections: List[_UnixConnection],
+        auth: Optional[Dict[str, str]],
     ) -> None:
         image, tag = split_reference(name)
         query = {"fromImage": image, "tag": tag} if tag else {"fromImage": image}
         connection = _UnixConnection(self.socket_path, PULL_READ_TIMEOUT_SECONDS)
         connections.append(connection)
+        headers = {}
+        if auth is not None:
+            credentials = {**auth, "serveraddress": registry_of(name)}
+            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(json.dumps(credentials).encode()).decode()
         try:
-            connection.request("POST", "/images/create?" + urlencode(query))
+            connection.request("POST", "/images/create?" + urlencode(query), headers=headers)
             response = connection.getresponse()
             if response.status >= 400:
                 raise DockerError(_error_text(response.read(), response.status), response.status)
@@ -272,6 +307,42 @@ class DockerClient:
                 return None
             raise
 
+    def put_archive(self, container_id: str, path: str, archive: IO[bytes], length: int) -> None:
+        """Extract a tar into the (created, not yet started) container's file system at `path`, as root."""
+        connection, response = self._send(
+            "PUT",
+            f"/containers/{container_id}/archive",
+            {"path": path},
+            body=RawBody(archive, length),
+            timeout=None,
+        )
+        try:
+            response.read()
+        finally:
+            connection.close()
+
+    def read_file(self, container_id: str, path: str, limit: int = 1024 * 1024) -> Optional[bytes]:
+        """The content of one file of the container (None if it has none there)."""
+        try:
+            connection, response = self._send("GET", f"/containers/{container_id}/archive", {"path": path})
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            data = response.read(limit + 64 * 1024)
+        except (OSError, http.client.HTTPException) as e:
+            raise DockerError(f"The Docker daemon stopped answering: {e}") from e
+        finally:
+            connection.close()
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+                member = next((m for m in tar.getmembers() if m.isfile()), None)
+                source = tar.extractfile(member) if member is not None else None
+                return source.read(limit) if source is not None else None
+        except tarfile.TarError:
+            return None
+
     def list_containers(self, label: str) -> List[str]:
         filters = json.dumps({"label": [label]})
         result = self._call("GET", "/containers/json", {"all": "1", "filters": filters})
@@ -292,6 +363,14 @@ def _shutdown(connection: _UnixConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+def registry_of(name: str) -> str:
+    """The registry an image reference names (`host[:port]/...`), or Docker Hub's."""
+    first, sep, _ = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "https://index.docker.io/v1/"
 
 
 def split_reference(name: str) -> Tuple[str, Optional[str]]:

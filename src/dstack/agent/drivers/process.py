@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
-from dstack.agent.drivers.base import JobHandle, LaunchSpec
+from dstack.agent.drivers.base import JobHandle, LaunchSpec, process_shell
 from dstack.agent.limits import CGROUPS
 from dstack.agent.procutil import find_job_processes, terminate_processes
 from dstack.agent.reaper import ChildProcesses
@@ -27,7 +27,7 @@ class ProcessDriver:
         self._children = children
 
     def start(self, launch: LaunchSpec) -> JobHandle:
-        argv = ["bash", "--noprofile", "--norc", str(launch.script)]
+        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script)]
         # CPU and memory caps, where this host can enforce them (the plan said whether it can).
         cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
         if cgroup is not None:

@@ -36,9 +36,13 @@ class Images:
         self._client = client
 
     def ensure(
-        self, name: str, notify: Callable[[str], object], cancelled: Callable[[], bool]
+        self,
+        name: str,
+        notify: Callable[[str], object],
+        cancelled: Callable[[], bool],
+        auth: Optional[Dict[str, str]] = None,
     ) -> Dict[str, Any]:
-        """The image's inspect data, pulling it first if this host does not have it."""
+        """The image's inspect data, pulling it first (with `auth`, if given) if this host lacks it."""
         try:
             info = self._client.inspect_image(name)
             if info is not None:
@@ -52,12 +56,12 @@ class Images:
                     last_note[0] = time.monotonic()
                     notify(f"Pulling image {name}: {status}")
 
-            self._client.pull(name, progress, cancelled)
+            self._client.pull(name, progress, cancelled, auth)
             info = self._client.inspect_image(name)
         except DockerCancelled as e:
             raise PullCancelled() from e
         except DockerError as e:
-            raise ImageError(f"Could not pull image {name}: {e}") from e
+            raise ImageError(_pull_failure(name, str(e), auth is not None)) from e
         if info is None:
             raise ImageError(f"Image {name} is not on this host after pulling it")
         return info
@@ -90,3 +94,17 @@ class Images:
             except DockerError as e:
                 log.info("Kept the superseded build image %s: %s", str(previous["Id"])[:19], e)
         return build_reference(key)
+
+
+def _pull_failure(name: str, error: str, with_auth: bool) -> str:
+    """One sentence; a registry that wants credentials is told apart from other failures."""
+    lowered = error.lower()
+    if any(
+        word in lowered for word in ("unauthorized", "authentication required", "denied", "no basic auth")
+    ):
+        if with_auth:
+            why = "the registry refused the credentials in registry_auth"
+        else:
+            why = "the registry requires credentials; give them in registry_auth"
+        return f"Could not pull image {name}: {why} ({error})"
+    return f"Could not pull image {name}: {error}"

@@ -88,6 +88,7 @@ class TaskEnvironment:
 
 class EnvironmentManager:
     def __init__(self, root: Path, children: ChildProcesses, tool_env: Mapping[str, str]) -> None:
+        self.children = children
         self._factory = VenvFactory(children, tool_env)
         self._shared = SharedVenvs(root / "python", self._factory)
         self._builds = BuildStore(root / "builds")
@@ -190,7 +191,9 @@ class EnvironmentManager:
         cancelled: Callable[[], bool],
     ) -> TaskEnvironment:
         images = Images(self.docker().client)
-        info = images.ensure(image, notify, cancelled)
+        auth = spec.registry_auth
+        credentials = None if auth is None else {"username": auth.username or "", "password": auth.password}
+        info = images.ensure(image, notify, cancelled, credentials)
         if not spec.build:
             return TaskEnvironment(image=str(info.get("Id") or image))
         key = build_key(["image", str(info.get("Id"))], spec.working_dir or ".", spec.build, cwd, code_dir)

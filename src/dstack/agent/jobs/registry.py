@@ -32,6 +32,10 @@ class JobRegistry:
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
         self._creating: Dict[str, Job] = {}  # reserved, their files being written
+        # What a one-job agent exits on: whether its job came, and how the one collected last ended.
+        self.created = 0
+        self.last_deleted: Optional[JobState] = None
+        self.deleted = threading.Event()  # set once a job was deleted
 
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
@@ -83,6 +87,7 @@ class JobRegistry:
         with self._lock:
             del self._creating[spec.id]
             self._jobs[spec.id] = job
+            self.created += 1
         if self._on_change is not None:
             self._on_change(spec.id)
         return job, True
@@ -107,6 +112,8 @@ class JobRegistry:
             if not job.state.is_final:
                 raise JobConflictError(f"Job {job_id} is {job.state.status}; stop it before deleting it")
             del self._jobs[job_id]
+            self.last_deleted = job.state
+            self.deleted.set()
             # Renamed under the lock (a new job with this id may be created at once), removed outside it.
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             job.folder.rename(trash)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional
 
 from dstack.agent.codestore import is_code_hash
@@ -12,7 +12,7 @@ from dstack.agent.codestore import is_code_hash
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ENV_NAME_RE = re.compile(r"^[^=\0]+$")
 DEFAULT_STOP_GRACE_SECONDS = 10.0
-MAX_STOP_GRACE_SECONDS = 3600.0
+MAX_STOP_GRACE_SECONDS = 7 * 24 * 3600.0  # `stop_duration: off` asks for this much
 
 
 class SpecError(ValueError):
@@ -33,6 +33,50 @@ class JobResources:
 
 
 @dataclass(frozen=True)
+class VolumeMount:
+    """A folder of the host (`host_path`) that the task sees at `path`."""
+
+    host_path: str
+    path: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class FilePlacement:
+    """An uploaded archive (`code_hash`) with one file (`name`) or a folder's content, placed at `target`:
+    relative to the working directory, absolute, or `~/...` (the last two in containers only)."""
+
+    code_hash: str
+    target: str
+    kind: str  # file | dir
+    name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class RepoClone:
+    """A Git repository cloned on the host into `path` (relative to the code folder, or absolute)."""
+
+    url: str
+    path: str = "."
+    branch: Optional[str] = None
+    hash: Optional[str] = None
+    if_exists: str = "error"
+    single_branch: bool = True
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    password: str
+    username: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class UtilizationPolicy:
+    min_gpu_utilization: int
+    time_window: int  # seconds
+
+
+@dataclass(frozen=True)
 class JobSpec:
     id: str
     run_name: str
@@ -49,6 +93,19 @@ class JobSpec:
     build_policy: str = "use-build"
     resources: JobResources = field(default_factory=JobResources)
     ports: List[int] = field(default_factory=list)  # the ports the task listens on (host networking)
+    # Today's dstack's task fields (see dstack.server.services.job_request).
+    code_path: str = "."  # where the code archive goes in the code folder
+    entrypoint: Optional[List[str]] = None  # argv that runs instead of a shell; commands are its arguments
+    shell: Optional[str] = None  # sh, bash or an absolute path
+    user: Optional[str] = None  # the container's user, name[:group]
+    privileged: bool = False
+    container_workdir: Optional[str] = None  # an absolute (or ~/...) working directory in the container
+    volumes: List[VolumeMount] = field(default_factory=list)
+    files: List[FilePlacement] = field(default_factory=list)
+    repo: Optional[RepoClone] = None
+    registry_auth: Optional[RegistryAuth] = None
+    utilization_policy: Optional[UtilizationPolicy] = None
+    nvcc: bool = False
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -89,12 +146,201 @@ def parse_job_spec(data: Any) -> JobSpec:
         build_policy=_parse_build_policy(data.get("build_policy")),
         resources=_parse_resources(data.get("resources")),
         ports=_parse_ports(data.get("ports")),
+        code_path=_parse_target(data.get("code_path") or ".", "code_path", outside=False),
+        entrypoint=_parse_argv(data.get("entrypoint")),
+        shell=_parse_shell(data.get("shell")),
+        user=_parse_optional_text(data.get("user"), "user", _USER_RE),
+        privileged=_parse_bool(data.get("privileged"), "privileged"),
+        container_workdir=_parse_container_dir(data.get("container_workdir")),
+        volumes=_parse_volumes(data.get("volumes")),
+        files=_parse_files(data.get("files")),
+        repo=_parse_repo(data.get("repo")),
+        registry_auth=_parse_registry_auth(data.get("registry_auth")),
+        utilization_policy=_parse_utilization(data.get("utilization_policy")),
+        nvcc=_parse_bool(data.get("nvcc"), "nvcc"),
     )
 
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")
 # Docker references: [registry[:port]/]name[:tag][@digest]; no whitespace, no shell metacharacters.
 _IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+
+
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_URL_RE = re.compile(r"^(?:(?:https?|ssh|git|file)://|[A-Za-z0-9_.+-]+@[A-Za-z0-9_.-]+:)[^\s]*$")
+_REF_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./+-]*$")
+_HASH_RE = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value or _CONTROL_RE.search(value):
+        raise SpecError(f"Field {name} must be a non-empty string without control characters")
+    return value
+
+
+def _parse_bool(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise SpecError(f"Field {name} must be true or false")
+    return value
+
+
+def _parse_target(value: Any, name: str, outside: bool) -> str:
+    """A path relative to the working directory (normalised, never leaving it), or, where `outside`,
+    absolute or ~/... (a container's own)."""
+    text = _text(value, name)
+    if text.startswith("/") or text == "~" or text.startswith("~/"):
+        if not outside:
+            raise SpecError(f"Field {name} must be a relative path")
+        return posixpath.normpath(text) if text.startswith("/") else text
+    normalized = posixpath.normpath(text)
+    if normalized == ".." or normalized.startswith("../"):
+        raise SpecError(f"Field {name} {text!r} leads outside the working directory")
+    return normalized
+
+
+def _parse_container_dir(value: Any) -> Optional[str]:
+    return None if value is None else _parse_target(value, "container_workdir", outside=True)
+
+
+def _parse_argv(value: Any) -> Optional[List[str]]:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and "\0" not in v for v in value)
+    ):
+        raise SpecError("Field entrypoint must be a non-empty list of strings")
+    return list(value)
+
+
+def _parse_shell(value: Any) -> Optional[str]:
+    if value is None or value in ("sh", "bash"):
+        return value
+    text = _text(value, "shell")
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise SpecError("Field shell must be sh, bash or an absolute path")
+    return text
+
+
+def _fields(value: Any, name: str, cls: Any) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(f"Field {name} must be an object")
+    unknown = sorted(set(value) - {f.name for f in fields(cls)})
+    if unknown:
+        raise SpecError(f"Unknown {name} field(s) {', '.join(unknown)}")
+    return value
+
+
+def _parse_volumes(value: Any) -> List[VolumeMount]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError("Field volumes must be a list")
+    volumes = []
+    for item in value:
+        data = _fields(item, "volumes", VolumeMount)
+        host, path = (
+            _text(data.get("host_path"), "volumes.host_path"),
+            _text(data.get("path"), "volumes.path"),
+        )
+        if not host.startswith("/") or not path.startswith("/"):
+            raise SpecError("Fields volumes.host_path and volumes.path must be absolute paths")
+        volumes.append(
+            VolumeMount(
+                host_path=posixpath.normpath(host),
+                path=posixpath.normpath(path),
+                optional=_parse_bool(data.get("optional"), "volumes.optional"),
+            )
+        )
+    return volumes
+
+
+def _parse_files(value: Any) -> List[FilePlacement]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError("Field files must be a list")
+    files = []
+    for item in value:
+        data = _fields(item, "files", FilePlacement)
+        kind = data.get("kind")
+        if kind not in ("file", "dir"):
+            raise SpecError("Field files.kind must be file or dir")
+        name = data.get("name")
+        if kind == "file":
+            name = _text(name, "files.name")
+            if "/" in name or name in (".", ".."):
+                raise SpecError("Field files.name must be a file name")
+        files.append(
+            FilePlacement(
+                code_hash=_parse_code_hash(data.get("code_hash")) or "",
+                target=_parse_target(data.get("target"), "files.target", outside=True),
+                kind=kind,
+                name=name if kind == "file" else None,
+            )
+        )
+    if any(not f.code_hash for f in files):
+        raise SpecError("Field files.code_hash is required")
+    return files
+
+
+def _parse_repo(value: Any) -> Optional[RepoClone]:
+    if value is None:
+        return None
+    data = _fields(value, "repo", RepoClone)
+    url = _text(data.get("url"), "repo.url")
+    if not _URL_RE.match(url) or url.startswith("-"):
+        raise SpecError("Field repo.url must be an http(s), ssh, git or file URL, or user@host:path")
+    branch, commit = data.get("branch"), data.get("hash")
+    if branch is not None and (not isinstance(branch, str) or not _REF_RE.match(branch) or ".." in branch):
+        raise SpecError("Field repo.branch must be a branch name")
+    if commit is not None and (not isinstance(commit, str) or not _HASH_RE.match(commit)):
+        raise SpecError("Field repo.hash must be a commit hash (lowercase hex)")
+    if_exists = data.get("if_exists") or "error"
+    if if_exists not in ("error", "skip"):
+        raise SpecError("Field repo.if_exists must be error or skip")
+    single = data.get("single_branch")
+    return RepoClone(
+        url=url,
+        path=_parse_target(data.get("path") or ".", "repo.path", outside=True),
+        branch=branch,
+        hash=commit,
+        if_exists=if_exists,
+        single_branch=True if single is None else _parse_bool(single, "repo.single_branch"),
+    )
+
+
+def _parse_registry_auth(value: Any) -> Optional[RegistryAuth]:
+    if value is None:
+        return None
+    data = _fields(value, "registry_auth", RegistryAuth)
+    password, username = data.get("password"), data.get("username")
+    if not isinstance(password, str) or (username is not None and not isinstance(username, str)):
+        raise SpecError("Fields registry_auth.username and registry_auth.password must be strings")
+    return RegistryAuth(password=password, username=username)
+
+
+def _parse_utilization(value: Any) -> Optional[UtilizationPolicy]:
+    if value is None:
+        return None
+    data = _fields(value, "utilization_policy", UtilizationPolicy)
+    threshold, window = data.get("min_gpu_utilization"), data.get("time_window")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, int)
+        or not 0 <= threshold <= 100
+        or isinstance(window, bool)
+        or not isinstance(window, int)
+        or window <= 0
+    ):
+        raise SpecError(
+            "Field utilization_policy needs min_gpu_utilization (0-100) and time_window (seconds)"
+        )
+    return UtilizationPolicy(min_gpu_utilization=threshold, time_window=window)
 
 
 def _parse_optional_text(value: Any, name: str, pattern: "re.Pattern[str]") -> Optional[str]:

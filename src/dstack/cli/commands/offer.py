@@ -34,12 +34,13 @@ def execute(args: argparse.Namespace) -> int:
         }
     )
     note(f"Requirements: {plan['requirements']}", dim=True)
-    if not plan["offers"]:
-        sys.stderr.write((plan.get("no_offer_message") or "No offer fits") + "\n")
+    if plan["offers"]:
+        rows = [
+            offer_row(i, o, o["availability"] + (f": {o['note']}" if o.get("note") else ""))
+            for i, o in enumerate(plan["offers"], 1)
+        ]
+        table([*OFFER_HEADERS, "AVAILABILITY"], rows)
+    if plan.get("no_offer_message"):  # nothing fits (partitions that never can are listed with why)
+        sys.stderr.write(plan["no_offer_message"] + "\n")
         return 1
-    rows = [
-        offer_row(i, o, o["availability"] + (f": {o['note']}" if o.get("note") else ""))
-        for i, o in enumerate(plan["offers"], 1)
-    ]
-    table([*OFFER_HEADERS, "AVAILABILITY"], rows)
     return 0

@@ -10,7 +10,12 @@ from typing import Any
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="show finished runs too")
     parser.add_argument("-w", "--watch", action="store_true", help="refresh every 2 seconds (Ctrl+C exits)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show why runs ended")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show where runs run (e.g. the Slurm job) and why they ended",
+    )
     parser.add_argument("-n", "--limit", type=int, default=None, help="show at most this many runs")
     parser.add_argument("--project", help="the project (default: the configured default)")
 
@@ -43,7 +48,7 @@ def execute(args: argparse.Namespace) -> int:
 def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[list[str]]]:
     headers = ["RUN", "CONFIGURATION", "BACKEND", "RESOURCES", "PRICE", "STATUS", "SUBMITTED"]
     if verbose:
-        headers.append("ERROR")
+        headers += ["INSTANCE", "ERROR"]
     rows = []
     for run in runs:
         row = [
@@ -56,13 +61,17 @@ def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[l
             ago(run["submitted_at"]),
         ]
         if verbose:
-            row.append(_error(run))
+            row += [run.get("instance") or "-", _error(run)]
         rows.append(row)
     return headers, rows
 
 
 def _status(run: dict[str, Any]) -> str:
     status = str(run["status"])
+    if run.get("next_start_at") and status in ("pending", "submitted"):
+        from dstack.config.cron import format_utc
+
+        return f"scheduled (next start {format_utc(run['next_start_at'])})"
     if status == "failed" and run.get("exit_code"):
         return f"failed ({run['exit_code']})"
     return status

@@ -3,17 +3,30 @@
 A backend owns a set of hosts, each with an agent; the server learns their resources from the agents'
 fingerprints and reaches them only through `AgentClient`. Optional abilities are declared in
 `capabilities` so a plan can say why a backend does not fit a task, instead of failing later.
+
+Most backends have a standing agent per host that takes a job as soon as it is placed. A backend with a
+queue of its own (Slurm) has a launch step first: `needs_launch` is set, and the supervisor calls
+`launch` before it talks to an agent — the backend submits the job to its queue, reports while it waits,
+and returns once the job's own agent answers (`job_agent`). `job_ended` says how the backend ended a job
+itself (a time limit, a cancellation outside dstack), `release` frees what the backend holds for a job
+once it is over. Every one of these has a default that keeps a standing-agent backend as it is.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient
 
 CAP_CONTAINERS = "containers"
+CAP_NVCC = "nvcc"  # the agent found the CUDA compiler (`nvcc: true` tasks need it)
+# The backend's own queue decides when and where a placed job starts (Slurm): the scheduler hands every
+# job that fits a host's shape over at once and holds nothing for it there.
+CAP_QUEUE = "queue"
 
 
 @dataclass
@@ -28,6 +41,59 @@ class HostInfo:
     available: bool = True
     unavailable_reason: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    fleet: str | None = None  # the fleet the host belongs to (fleet backends), and its place there
+    fleet_index: int | None = None
+    note: str | None = None  # what the backend says about its availability (e.g. Slurm's node counts)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What a backend with a launch step needs to start one job of a run."""
+
+    job_id: str
+    run_name: str
+    cpus: float
+    memory_gb: float
+    gpus: int
+    max_duration: int | None  # seconds; None: no limit
+    python: str | None = None  # the Python version the task gets (it needs uv on its node), if any
+    instance_id: str | None = None  # what an earlier launch of this job recorded (a resubmission finds it)
+    nodes: int = 1
+
+
+@dataclass(frozen=True)
+class Launched:
+    """The job's agent answers. `job_overrides` change the job request the supervisor sends it (e.g. the
+    GPUs the backend's allocation gave, limits the backend enforces itself)."""
+
+    job_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job ended, as a backend knows it (its allocation ended before or under the agent)."""
+
+    status: RunStatus
+    reason: TerminationReason | None  # None for done
+    message: str | None = None
+    exit_code: int | None = None
+
+
+class LaunchFailed(Exception):
+    def __init__(self, end: JobEnd) -> None:
+        super().__init__(end.message or (end.reason.value if end.reason else end.status.value))
+        self.end = end
+
+
+@dataclass
+class LaunchProgress:
+    """Callbacks of a launch into the supervisor: `submitted(instance_id, label)` records what the backend
+    created (a resubmission must find it; `label` is what `ps -v` shows), `waiting(message)` shows the run
+    pending with the backend's reason, `started(message)` shows it provisioning once the job has nodes."""
+
+    submitted: Callable[[str, str], Awaitable[None]]
+    waiting: Callable[[str], Awaitable[None]]
+    started: Callable[[str], Awaitable[None]]
 
 
 class Backend(ABC):
@@ -52,3 +118,26 @@ class Backend(ABC):
     @abstractmethod
     async def recover(self, host_name: str) -> bool:
         """The host's agent stopped answering: try to bring it back. True if it answers again."""
+
+    # -- optional: a launch step before the job's agent exists (see the module's docstring) --------------
+
+    needs_launch: ClassVar[bool] = False
+
+    async def launch(self, host_name: str, request: LaunchRequest, progress: LaunchProgress) -> Launched:
+        """Start the job's allocation and its agent; return once the agent answers. Raises LaunchFailed
+        when the job ended before (rejected, cancelled, never startable)."""
+        return Launched()
+
+    def job_agent(self, host_name: str, job_id: str) -> AgentClient:
+        """The agent that runs `job_id`: the host's own, unless the backend starts one per job."""
+        return self.agent(host_name)
+
+    async def job_ended(self, host_name: str, job_id: str) -> JobEnd | None:
+        """If the backend itself ended the job (its queue's time limit, a cancellation, a node failure),
+        how; None if it knows of no such end."""
+        return None
+
+    async def release(self, host_name: str, job_id: str) -> None:
+        """The job is over: make sure nothing of it is left with the backend (called before the run is
+        recorded as ended)."""
+        return None

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dstack.server.backends.agent_client import AgentClient, AgentError
-from dstack.server.backends.base import CAP_CONTAINERS, Backend, HostInfo
+from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ class LocalBackend(Backend):
         resources = dict(fingerprint)
         resources.update(self.declared)
         # The agent reports the Docker daemon it can reach; without one, image tasks get no offer here.
-        capabilities = frozenset({CAP_CONTAINERS}) if resources.get("docker") else frozenset()
+        capabilities = frozenset({CAP_CONTAINERS} if resources.get("docker") else set()) | frozenset(
+            {CAP_NVCC} if resources.get("nvcc") else set()
+        )
         return [
             HostInfo(
                 backend=self.type,

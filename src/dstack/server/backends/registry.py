@@ -10,7 +10,14 @@ import uuid
 from sqlalchemy import select
 
 from dstack.server.backends.agent_client import AgentClient
-from dstack.server.backends.base import Backend, HostInfo
+from dstack.server.backends.base import (
+    Backend,
+    HostInfo,
+    JobEnd,
+    Launched,
+    LaunchProgress,
+    LaunchRequest,
+)
 from dstack.server.db.engine import Database
 from dstack.server.db.models import HostRow
 from dstack.server.scheduler.model import Host
@@ -83,6 +90,9 @@ class BackendRegistry:
                 capabilities=info.capabilities,
                 available=info.available,
                 unavailable_reason=info.unavailable_reason,
+                fleet=info.fleet,
+                fleet_index=info.fleet_index,
+                note=info.note,
             )
             for host_id, (_, info) in self._hosts.items()
         ]
@@ -90,6 +100,25 @@ class BackendRegistry:
     def agent(self, host_id: str) -> AgentClient:
         backend, info = self._entry(host_id)
         return backend.agent(info.name)
+
+    def job_agent(self, host_id: str, job_id: str) -> AgentClient:
+        backend, info = self._entry(host_id)
+        return backend.job_agent(info.name, job_id)
+
+    def needs_launch(self, host_id: str) -> bool:
+        return self._entry(host_id)[0].needs_launch
+
+    async def launch(self, host_id: str, request: LaunchRequest, progress: LaunchProgress) -> Launched:
+        backend, info = self._entry(host_id)
+        return await backend.launch(info.name, request, progress)
+
+    async def job_ended(self, host_id: str, job_id: str) -> JobEnd | None:
+        backend, info = self._entry(host_id)
+        return await backend.job_ended(info.name, job_id)
+
+    async def release(self, host_id: str, job_id: str) -> None:
+        backend, info = self._entry(host_id)
+        await backend.release(info.name, job_id)
 
     async def recover(self, host_id: str) -> bool:
         backend, info = self._entry(host_id)

@@ -1,4 +1,4 @@
-"""The scheduling loop: places waiting runs on hosts, first come first served.
+"""The scheduling loop: places waiting runs on hosts, highest `priority` first, then first come first served.
 
 It is woken by events (a submission, a job ending, a stop) rather than a timer; the poll interval is only
 a safety net and how another replica's changes are noticed, and a retry deadline wakes it on time. One
@@ -13,6 +13,11 @@ What a run that does not fit now becomes (SPEC §8, the tasks guide's "Configure
 - it fits a host that is busy now: with retry it waits in `pending` and starts as soon as capacity frees,
   in submission order; without retry it fails with `no capacity` at once, as dstack does when no offer is
   available - a run never waits unless its user asked it to (the CLI says so before submitting).
+
+Order: waiting runs are considered by `priority` (0-100, highest first), then by submission; a run queued
+for a busy host keeps later runs of lower or equal priority off it (so a big task is not starved).
+A run with a `schedule` waits in `pending` until its next start (it promises no host meanwhile); when
+its job ends it waits for the next start again (`transitions.end_job`), until its user stops it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
 from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
+from dstack.server.backends.base import CAP_QUEUE
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, LockRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
@@ -36,7 +42,7 @@ from dstack.server.scheduler.placement import HostUsage
 from dstack.server.schemas import RunSpec
 from dstack.server.services import specs
 from dstack.server.services.errors import ServiceError
-from dstack.server.services.transitions import apply_status
+from dstack.server.services.transitions import apply_status, end_job, scheduled_message
 from dstack.server.services.usage import load_usages
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,7 @@ class SchedulingLoop:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self._checked: dict[str, specs.CheckedSpec] = {}  # run id -> parsed spec; specs never change
+        self._following: list[JobRow] = []  # next jobs of scheduled runs that ended in this pass
 
     async def run_forever(self) -> None:
         signal = self.ctx.notifier.signal(SCHEDULE)
@@ -96,7 +103,7 @@ class SchedulingLoop:
                     select(RunRow, JobRow)
                     .join(JobRow, JobRow.run_id == RunRow.id)
                     .where(JobRow.status.in_(_WAITING))
-                    .order_by(RunRow.submitted_at, RunRow.id)
+                    .order_by(RunRow.priority.desc(), RunRow.submitted_at, RunRow.id)
                     .limit(BATCH)
                     # Specs are big and parsed once per process (see _checked): load only the ones needed.
                     .options(defer(RunRow.spec))
@@ -107,12 +114,20 @@ class SchedulingLoop:
             blocked: dict[str, str] = {}
             for run, job in rows:
                 before = (run.status, run.status_message)
-                if self._place(run, job, usages, blocked, now):
+                if run.next_start_at is not None and run.next_start_at > now:
+                    self._wait_for_start(run, job)
+                    earliest = min(earliest or run.next_start_at, run.next_start_at)
+                elif self._place(run, job, usages, blocked, now):
                     placed = True
                 elif not RunStatus(run.status).is_finished and run.retry_deadline is not None:
                     earliest = min(earliest or run.retry_deadline, run.retry_deadline)
                 if (run.status, run.status_message) != before:
                     changed.append(run.id)
+            session.add_all(self._following)
+            for following in self._following:
+                if following.run_id not in changed:
+                    changed.append(following.run_id)
+            self._following = []
         for run_id in changed:
             self.ctx.notifier.notify(run_channel(run_id))
         if placed:
@@ -176,9 +191,10 @@ class SchedulingLoop:
                     f"retry limit exceeded while waiting for capacity: {decision.wait_reason}",
                 )
                 return False
-            # It queues for the hosts it fits; later runs may not jump ahead of it there.
+            # It queues for the hosts it fits; later runs may not jump ahead of it there (a queue host has
+            # a queue of its own and is never held for anyone).
             for usage in usages:
-                if not placement.misses(req, usage.host):
+                if CAP_QUEUE not in usage.host.capabilities and not placement.misses(req, usage.host):
                     blocked.setdefault(usage.host.id, run.name)
             apply_status(
                 run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {decision.wait_reason}"
@@ -193,6 +209,15 @@ class SchedulingLoop:
             apply_status(run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {reason}")
         return False
 
+    def _wait_for_start(self, run: RunRow, job: JobRow) -> None:
+        assert run.next_start_at is not None
+        message = run.status_message
+        if run.status != RunStatus.PENDING.value or not (message or "").startswith("Scheduled:"):
+            apply_status(run, job, RunStatus.PENDING, status_message=scheduled_message(run.next_start_at))
+
     def _fail(self, run: RunRow, job: JobRow, reason: TerminationReason, message: str) -> None:
-        apply_status(run, job, RunStatus.FAILED, reason=reason, message=message)
-        self._checked.pop(run.id, None)
+        following = end_job(run, job, RunStatus.FAILED, reason=reason, message=message)
+        if following is not None:
+            self._following.append(following)
+        else:
+            self._checked.pop(run.id, None)

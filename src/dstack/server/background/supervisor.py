@@ -1,6 +1,10 @@
 """One supervisor per placed job: hand it to its agent, mirror its output, follow its status, stop it on
 request, and record how it ended. It holds the job's row lease the whole time and renews it.
 
+A backend with a launch step (Slurm) is asked first to start the job's allocation and agent (`_launch`):
+the run shows `pending` with the backend's reason meanwhile, a stop ends the launch at once, and every end
+asks the backend to release the job before it is recorded (its allocation is gone by then).
+
 Order matters for readers: every byte of output is appended before the final status is recorded, so a
 stream that sees a finished run has already seen (or can still read) all of its output.
 """
@@ -22,15 +26,17 @@ from sqlalchemy.orm import defer
 
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
+from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
+from dstack.server.services import job_request
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import write_job_status
+from dstack.server.services.transitions import end_job, write_job_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,7 +50,7 @@ RUNNING_GRACE = 0.25
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
 HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
-STOP_GRACE = 10.0
+RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
 _STAGES = [RunStatus.PROVISIONING, RunStatus.PULLING, RunStatus.RUNNING, RunStatus.TERMINATING]
@@ -73,9 +79,14 @@ class Supervisor:
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
         self._known_run_id: str | None = None
+        self._scheduled = False  # the run has a schedule: its end makes its next job (transitions.end_job)
+        self._host_id = ""
+        self._launches = False  # the backend has a launch step (see the module's docstring)
+        self._launched = Launched()
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -84,11 +95,17 @@ class Supervisor:
             run, job = self._loaded or await self._load()
             self._loaded = None
             self._known_run_id = run.id
+            self._scheduled = bool(run.schedule)
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
-            host_id = job.host_id
+            host_id = self._host_id = job.host_id
+            self._launches = self.ctx.backends.needs_launch(host_id)
+            self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
+                if self._launches:
+                    await self._launch(host_id, run, job)
+                    run, job = await self._load()
                 shown = RunStatus(job.status)
                 if run.stop_requested:
                     # Stopped before it was handed over? Then it ends here; else the watcher stops it.
@@ -126,8 +143,14 @@ class Supervisor:
         since = time.monotonic()
         while True:
             try:
-                return await call(self.ctx.backends.agent(host_id))
+                return await call(self.ctx.backends.job_agent(host_id, self.job_id))
             except AgentUnreachable:
+                if self._launches:
+                    # Gone because the backend ended the job (a time limit, scancel)? Then that is the end.
+                    ended = await self.ctx.backends.job_ended(host_id, self.job_id)
+                    if ended is not None:
+                        await self._finish_end(ended)
+                        raise JobFinished() from None
                 if time.monotonic() - since > HOST_LOST_AFTER:
                     await self._finish(
                         RunStatus.FAILED,
@@ -138,6 +161,69 @@ class Supervisor:
                     raise JobFinished() from None
                 await self.ctx.backends.recover(host_id)
                 await asyncio.sleep(1.0)
+
+    # -- launching (backends with a queue of their own) ---------------------------------------------------
+
+    async def _launch(self, host_id: str, run: RunRow, job: JobRow) -> None:
+        """Until the job's agent answers; a stop requested meanwhile ends the launch (the backend cancels
+        what it started). Raises JobFinished if the job ended here."""
+        spec = RunSpec.model_validate_json(run.spec)
+        allocation = json.loads(job.allocation) if job.allocation else {}
+        request = LaunchRequest(
+            job_id=self.job_id,
+            run_name=run.name,
+            cpus=float(allocation.get("cpus") or 0),
+            memory_gb=float(allocation.get("memory_gb") or 0),
+            gpus=len(allocation.get("gpus") or []),
+            max_duration=_seconds(spec.profile.get("max_duration")),
+            python=spec.python if spec.image is None else None,
+            instance_id=job.instance_id,
+        )
+        progress = LaunchProgress(
+            submitted=self._record_instance, waiting=self._pending, started=self._started
+        )
+        launch = asyncio.create_task(self.ctx.backends.launch(host_id, request, progress))
+        stop = asyncio.create_task(self._stop_requested(run.id))
+        try:
+            done, _ = await asyncio.wait({launch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (launch, stop):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        if launch in done:
+            try:
+                self._launched = launch.result()
+                return
+            except LaunchFailed as e:
+                await self._finish_end(e.end)
+                raise JobFinished() from e
+        await self._finish_unstarted(stop.result())
+        raise JobFinished()
+
+    async def _stop_requested(self, run_id: str) -> str:
+        signal = self.ctx.notifier.signal(stop_channel(run_id))
+        recheck = SQLITE_STOP_RECHECK if self.ctx.db.is_sqlite else self.ctx.settings.poll_seconds
+        while True:
+            version = signal.version
+            run, _ = await self._load()
+            if run.stop_requested:
+                return run.stop_requested
+            await signal.wait(version, recheck)
+
+    async def _record_instance(self, instance_id: str, label: str) -> None:
+        async with self.ctx.db.write() as session:
+            run, job = await self._owned(session)
+            job.instance_id = instance_id
+            run.instance = label[:128]
+
+    async def _pending(self, message: str) -> None:
+        # The run waits in the backend's queue; the job stays placed (the scheduler must not place it again).
+        await self._set_status(RunStatus.PENDING, message, job_status=RunStatus.PROVISIONING)
+
+    async def _started(self, message: str) -> None:
+        await self._set_status(RunStatus.PROVISIONING, message)
 
     # -- provisioning ------------------------------------------------------------------------------------
 
@@ -155,9 +241,18 @@ class Supervisor:
     async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
         spec = RunSpec.model_validate_json(run.spec)
         try:
-            if spec.code_hash is not None:
-                await code_service.send_to_agent(self.ctx, run.project_id, spec.code_hash, agent)
-            await agent.submit_job(self._job_request(spec, allocation))
+            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation)
+        except (job_request.JobRequestError, ServiceError) as e:
+            await self._finish(
+                RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
+            )
+            raise JobFinished() from e
+        try:
+            # The code and each `files` entry: of each, only the contents the agent lacks travel.
+            for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
+                if code_hash is not None:
+                    await code_service.send_to_agent(self.ctx, run.project_id, code_hash, agent)
+            await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
         except (AgentError, ServiceError) as e:
@@ -165,32 +260,6 @@ class Supervisor:
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
             raise JobFinished() from e
-
-    def _job_request(self, spec: RunSpec, allocation: dict[str, Any]) -> dict[str, Any]:
-        profile = spec.profile
-        # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
-        cpus = allocation.get("cpu_limit") or None
-        memory_gb = allocation.get("memory_limit_gb") or None
-        return {
-            "id": self.job_id,
-            "run_name": spec.run_name,
-            "commands": spec.commands,
-            "env": spec.env,
-            "working_dir": spec.working_dir,
-            "code_hash": spec.code_hash,
-            "stop_grace_seconds": STOP_GRACE,
-            "max_duration": profile.get("max_duration"),
-            "python": spec.python if spec.image is None else None,
-            "image": spec.image,
-            "build": spec.build,
-            "build_policy": spec.build_policy,
-            "resources": {
-                "cpus": cpus,
-                "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,
-                "gpus": allocation.get("gpus", []),
-            },
-            "ports": [p.container_port for p in spec.ports],
-        }
 
     # -- following ---------------------------------------------------------------------------------------
 
@@ -259,7 +328,13 @@ class Supervisor:
         run, job = await self._load()
         status, exit_code, reason_text = state["status"], state.get("exit_code"), state.get("reason")
         reason_code = state.get("reason_code")
-        if status == "done":
+        ended = None
+        if status != "done" and not run.stop_requested and self._launches:
+            # Slurm's own signal (a time limit, scancel) may have ended the task before its agent knew why.
+            ended = await self.ctx.backends.job_ended(self._host_id, self.job_id)
+        if ended is not None:
+            await self._finish_end(ended)
+        elif status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
         elif run.stop_requested == "abort":
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
@@ -270,6 +345,9 @@ class Supervisor:
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
         elif status == "failed" and reason_code == "build_not_found":
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_NOT_FOUND, _build_advice(run), None)
+        elif status == "terminated" and reason_text and "utilization policy" in reason_text.lower():
+            message = reason_text[:1].lower() + reason_text[1:]
+            await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
         elif status == "failed" and exit_code is not None:
@@ -309,8 +387,8 @@ class Supervisor:
                     and wanted != self._stop_sent
                     and (wanted == "abort" or not self._stop_sent)
                 ):
-                    agent = self.ctx.backends.agent(host_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=STOP_GRACE)
+                    agent = self.ctx.backends.job_agent(host_id, self.job_id)
+                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:
@@ -343,20 +421,43 @@ class Supervisor:
             raise LeaseLost()
         return found[0], found[1]
 
-    async def _set_status(self, status: RunStatus, status_message: str | None = None) -> None:
+    async def _set_status(
+        self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
+    ) -> None:
         # Not while a stop is under way (or recorded as ended): keep showing that.
         run_id = await self._run_id()
-        if not await self._write(status, unless_stopping=True, status_message=status_message):
+        written = await self._write(
+            status, unless_stopping=True, status_message=status_message, job_status=job_status
+        )
+        if not written:
             await self._load_owned()  # raises LeaseLost if the job is not ours any more
             return
         self.ctx.notifier.notify(run_channel(run_id))
 
+    async def _finish_end(self, end: JobEnd) -> None:
+        await self._finish(end.status, end.reason, end.message, end.exit_code)
+
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
-        run_id = await self._run_id()
-        if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
-            raise LeaseLost()
+        if self._launches:
+            # Ended means ended: the backend's allocation is gone before the run says so.
+            try:
+                await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
+            except Exception:
+                log.exception("job %s: its backend did not release it", self.job_id)
+        if self._scheduled:
+            # A scheduled run's end also makes its next job: the ORM path of transitions.end_job.
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+                if following is not None:  # a scheduled run waits for its next start
+                    session.add(following)
+                run_id = run.id
+        else:
+            run_id = await self._run_id()
+            if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
+                raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
 
@@ -368,6 +469,9 @@ class Supervisor:
             write_job_status, run_id=run_id, job_id=self.job_id, token=self.token, status=status, **details
         )
         return bool(await self.ctx.db.write_batched(change))
+
+    async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
+        return await self._select(session, owned=True)
 
     async def _load_owned(self) -> tuple[RunRow, JobRow]:
         async with self.ctx.db.read() as session:
@@ -408,3 +512,7 @@ def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:
     return (
         f"commands failed with exit code 137: killed, most likely for going over its {Memory(cap)} memory cap"
     )
+
+
+def _seconds(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None

@@ -91,6 +91,14 @@ class RunRow(Base):
     # Retry window end (unix seconds) for runs waiting for capacity; None = no retry.
     retry_deadline: Mapped[float | None] = mapped_column(Float, nullable=True)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # stop | abort
+    # 0-100 (`priority:`): waiting runs are placed highest first, then in submission order.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # For runs with a `schedule` (JSON list of cron expressions, UTC): when it starts next (unix seconds);
+    # it waits until then, and after each end it waits for the next start (a new job), until stopped.
+    schedule: Mapped[str | None] = mapped_column(Text, nullable=True)
+    next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Where it runs as its backend names it, for `ps -v` (e.g. "slurm job 123 on node1").
+    instance: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("project_id", "name"),
@@ -116,6 +124,8 @@ class JobRow(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     termination_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What the backend created for this job (a Slurm job id): a resubmission after a crash finds it.
+    instance_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Row lease: a worker owns the row while lock_expires_at is in the future and lock_token is its own.
     lock_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lock_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -165,6 +175,37 @@ class UISessionRow(Base):
     project: Mapped[str | None] = mapped_column(String(64), nullable=True)  # codes: the page to open
     created_at: Mapped[float] = mapped_column(Float)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class SecretRow(Base):
+    """A project's secret (`dstack secret set`), resolved into runs' env and registry_auth on the server.
+
+    The value never leaves the server except to the agent of a job that references it; the database lives
+    in the server's folder, which only its owner can read.
+    """
+
+    __tablename__ = "secrets"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class RunTokenRow(Base):
+    """A token given to a run with `dstack: true`: it acts in the run's project only, while the run is
+    unfinished, and cannot manage secrets. Only its hash is stored."""
+
+    __tablename__ = "run_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_run_tokens_run", "run_id"),)
 
 
 class LockRow(Base):

@@ -102,7 +102,7 @@ async def run_logs(
     project: Project = Depends(get_project),
 ) -> Response:
     """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
-    _, job = await runs_service.get(ctx, project, name)
+    _, job = await runs_service.output_job(ctx, project, name)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)

@@ -8,10 +8,25 @@ from dstack.server.scheduler.model import HOST_MEMORY_SLACK, Allocation, Host, R
 
 
 def host_label(host: Host) -> str:
-    return "this machine" if host.backend == "local" else f"host {host.name}"
+    if host.backend == "local":
+        return "this machine"
+    if host.backend == "slurm":
+        # Slurm offers are named CLUSTER[/PARTITION[/SHAPE]] (see backends/slurm/inventory.py).
+        parts = host.name.split("/")
+        if len(parts) >= 2:
+            return f"partition {parts[1]} of cluster {parts[0]}"
+        return f"cluster {parts[0]}"
+    return f"host {host.name}"
+
+
+def shape_unknown(host: Host) -> bool:
+    """An unavailable host whose backend could not say what it has (an unreachable cluster)."""
+    return not host.available and host.cpus == 0 and host.memory_gb == 0
 
 
 def describe_resources(host: Host) -> str:
+    if shape_unknown(host):
+        return "unknown"
     parts = [_cpus(host.cpus), f"{host.memory_gb:.0f}GB memory"]
     if host.gpus:
         names: dict[str, int] = {}
@@ -51,6 +66,12 @@ def describe_allocation(host: Host, allocation: Allocation) -> str:
 _POLICY_SENTENCES: dict[str, Callable[[Requirements], str]] = {
     "backend": lambda r: f"No offer is from backend {', '.join(r.backends or ())}",
     "region": lambda r: f"No offer is in region {', '.join(r.regions or ())}",
+    "fleet": lambda r: (
+        f"No offer is in fleet {', '.join(r.fleets or ())} (a fleet's hosts are offers once it is applied "
+        "with dstack apply)"
+    ),
+    "instance": lambda r: f"No offer is instance {', '.join(_instance_names(r))}",
+    "nvcc": lambda r: "No offer has the CUDA compiler (nvcc: true needs nvcc on the host)",
     "containers": lambda r: "No offer can run containers (an image task needs Docker on its host)",
     "python": lambda r: f"No offer has Python {r.python} (not installed, and uv may not download it there)",
     "spot": lambda r: "No offer is a spot instance",
@@ -58,6 +79,10 @@ _POLICY_SENTENCES: dict[str, Callable[[Requirements], str]] = {
     "price": lambda r: f"No offer costs at most ${r.max_price:g}/h",
     "arch": lambda r: f"No offer has {_article(r.arch or '')} {r.arch} CPU",
 }
+
+
+def _instance_names(req: Requirements) -> list[str]:
+    return [f"{fleet}[{which}]" if fleet else str(which) for fleet, which in req.instances or ()]
 
 
 def _gpu_phrase(req: Requirements) -> str:
@@ -88,6 +113,12 @@ def no_offer_sentence(req: Requirements, misses: list[str], closest: list[Host])
     """ "No offer has an A100 GPU: this machine has 2 CPUs, 24GB memory, 2xH100 (80GB)." """
     first = misses[0]
     policy = _POLICY_SENTENCES.get(first)
+    if first == "containers" and closest and all(h.backend == "slurm" for h in closest):
+        clusters = ", ".join(sorted({h.region for h in closest}))
+        return (
+            f"No offer can run containers: Slurm cluster {clusters} declares no container runtime "
+            "(container_runtime in the server's config.yml)."
+        )
     if policy is not None:
         head = policy(req)
     else:
@@ -95,6 +126,29 @@ def no_offer_sentence(req: Requirements, misses: list[str], closest: list[Host])
         head = "No offer has " + " and ".join(phrases)
     have = "; ".join(describe_host(h) for h in closest)
     return f"{head}: {have}."
+
+
+_MISFIT_POLICY: dict[str, Callable[[Requirements, Host], str]] = {
+    "containers": lambda r, h: (
+        "runs no containers (its cluster declares no container runtime)"
+        if h.backend == "slurm"
+        else "runs no containers"
+    ),
+    "python": lambda r, h: f"has no Python {r.python}",
+    "spot": lambda r, h: "is not spot",
+    "on-demand": lambda r, h: "is not on-demand",
+    "price": lambda r, h: f"costs more than ${r.max_price:g}/h",
+    "arch": lambda r, h: f"has no {r.arch} CPU",
+}
+
+
+def misfit_note(req: Requirements, misses: list[str], host: Host) -> str:
+    """Why one host can never run the task, for its row in a plan: "needs 8 CPUs; it has 4 CPUs, ..."."""
+    policy = _MISFIT_POLICY.get(misses[0])
+    if policy is not None:
+        return policy(req, host)
+    phrases = [_RESOURCE_PHRASES[m](req) for m in misses if m in _RESOURCE_PHRASES]
+    return f"the task needs {' and '.join(phrases)}; it has {describe_resources(host)}"
 
 
 def _cpus(count: float) -> str:
@@ -112,6 +166,8 @@ def _article(word: str) -> str:
 def placement_note(req: Requirements, host: Host) -> str:
     """One sentence for the plan: what the task reserves on `host`, what caps it, and how."""
     label = host_label(host)
+    if host.backend == "slurm":
+        return _queue_note(req, label)
     gpus = ""
     if req.gpu is not None and req.gpu.count.min > 0:
         count = int(req.gpu.count.min)
@@ -142,3 +198,14 @@ def placement_note(req: Requirements, host: Host) -> str:
             how = f"not enforced on {label}: its agent cannot use cgroups"
         text += f", capped at {' and '.join(caps)} ({how})"
     return text + gpus + "."
+
+
+def _queue_note(req: Requirements, label: str) -> str:
+    asked = [_cpus(req.cpu.min), f"{format_gb(req.memory_gb.min)} memory"]
+    if req.gpu is not None and req.gpu.count.min > 0:
+        count = int(req.gpu.count.min)
+        asked.append(f"{count} GPU{'s' if count > 1 else ''}")
+    return (
+        f"Submitted as one Slurm job to {label}, asking for {', '.join(asked)}: Slurm's queue decides when "
+        "and on which node it starts, and the task sees exactly what Slurm allocates."
+    )

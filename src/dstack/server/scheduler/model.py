@@ -79,6 +79,10 @@ class Requirements:
     spot_policy: str = "on-demand"
     backends: tuple[str, ...] | None = None
     regions: tuple[str, ...] | None = None
+    # `fleets:` and `instances:` (a fleet's host by name/hostname, or (fleet, index)); None = any host.
+    fleets: tuple[str, ...] | None = None
+    instances: tuple[tuple[str | None, str | int], ...] | None = None
+    needs_nvcc: bool = False  # `nvcc: true`: the host must have the CUDA compiler
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,12 @@ class Host:
     python_downloads: bool = False  # whether uv may install the versions it lacks
     # How the host's agent enforces CPU and memory limits ("cgroup v2", "cgroup v1"); None: it cannot.
     limits: str | None = None
+    # The fleet a host belongs to and its place in it (set by fleet backends; None for `local`).
+    fleet: str | None = None
+    fleet_index: int | None = None
+    hostname: str | None = None
+    gpu_metrics: bool | None = None  # whether GPU utilisation can be measured there; None: not reported
+    note: str | None = None  # the backend's word on its availability, shown with the offer
 
     @classmethod
     def from_resources(
@@ -127,6 +137,9 @@ class Host:
         capabilities: frozenset[str] = frozenset(),
         available: bool = True,
         unavailable_reason: str | None = None,
+        fleet: str | None = None,
+        fleet_index: int | None = None,
+        note: str | None = None,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
         pythons = resources.get("pythons")
@@ -156,6 +169,11 @@ class Host:
             pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
             python_downloads=bool(resources.get("python_downloads", False)),
             limits=str(resources["limits"]) if resources.get("limits") else None,
+            fleet=fleet,
+            fleet_index=fleet_index,
+            hostname=str(resources["hostname"]) if resources.get("hostname") else None,
+            gpu_metrics=bool(resources["gpu_metrics"]) if "gpu_metrics" in resources else None,
+            note=note,
         )
 
 

@@ -11,6 +11,9 @@ Sharing policy (the plan states it for each task, see `messages.placement_note`)
 - GPUs are never shared: a task holds the fewest GPUs its count allows and sees only those.
 - A task's ports are held on its host (tasks listen on the host's network), so two tasks that listen on
   the same port never land on one host.
+- A queue host (`CAP_QUEUE`: a Slurm partition's node shape) is never busy here: the backend's own queue
+  decides when and on which node a job starts, so every job whose request fits the shape is handed over
+  at once, and its allocation records only what was asked (the GPU indices are the backend's to choose).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dstack.server.backends.base import CAP_CONTAINERS
+from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, CAP_QUEUE
 
 # Re-exported: callers know these from here.
 from dstack.server.scheduler.messages import (  # noqa: F401
@@ -26,8 +29,10 @@ from dstack.server.scheduler.messages import (  # noqa: F401
     describe_host,
     describe_resources,
     host_label,
+    misfit_note,
     no_offer_sentence,
     placement_note,
+    shape_unknown,
 )
 from dstack.server.scheduler.model import (
     HOST_MEMORY_SLACK,
@@ -115,6 +120,12 @@ def misses(req: Requirements, host: Host) -> list[str]:
         found.append("backend")
     if req.regions is not None and host.region not in req.regions:
         found.append("region")
+    if req.fleets is not None and host.fleet not in req.fleets:
+        found.append("fleet")
+    if req.instances is not None and not any(_is_instance(host, ref) for ref in req.instances):
+        found.append("instance")
+    if req.needs_nvcc and CAP_NVCC not in host.capabilities:
+        found.append("nvcc")
     if req.needs_containers and CAP_CONTAINERS not in host.capabilities:
         found.append("containers")
     if _lacks_python(req, host):
@@ -125,6 +136,8 @@ def misses(req: Requirements, host: Host) -> list[str]:
         found.append("on-demand")
     if req.max_price is not None and host.price > req.max_price:
         found.append("price")
+    if shape_unknown(host):
+        return found  # nothing to judge yet: its backend could not be asked (it is unavailable)
     if req.arch and not _arch_matches(req.arch, host.arch):
         found.append("arch")
     if host.cpus < req.cpu.min:
@@ -146,6 +159,13 @@ def mismatch(req: Requirements, host: Host) -> str | None:
     return found[0] if found else None
 
 
+def _is_instance(host: Host, ref: tuple[str | None, str | int]) -> bool:
+    fleet, which = ref
+    if isinstance(which, int):
+        return host.fleet == fleet and host.fleet_index == which
+    return which in (host.name, host.hostname)
+
+
 def _lacks_python(req: Requirements, host: Host) -> bool:
     # A host that did not report its Pythons, or whose uv may download one, is given the benefit.
     missing = req.python is not None and host.pythons is not None and req.python not in host.pythons
@@ -161,6 +181,8 @@ def _arch_matches(asked: str, arch: str) -> bool:
 def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | str:
     """Reserve what the task needs on a host whose totals fit; a string says why it is busy now."""
     host = usage.host
+    if CAP_QUEUE in host.capabilities:
+        return _queue_allocation(req, job_id)
     label = host_label(host)
     if usage.held_exclusively:
         return f"{label} is held alone by {usage.holders()}"
@@ -211,6 +233,14 @@ def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | s
     )
 
 
+def _queue_allocation(req: Requirements, job_id: str) -> Allocation:
+    # What the backend's queue is asked for: the minimum of each range (a queue allocates exact amounts).
+    gpus = int(req.gpu.count.min) if req.gpu is not None else 0
+    return Allocation(
+        job_id=job_id, cpus=float(req.cpu.min), memory_gb=float(req.memory_gb.min), gpus=tuple(range(gpus))
+    )
+
+
 def _cap(asked_max: float | None, host_total: float | None) -> float | None:
     if asked_max is None:
         return None
@@ -230,9 +260,24 @@ def offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:
         if isinstance(outcome, str):
             result.append(Offer(usage.host, "busy", outcome))
         else:
-            result.append(Offer(usage.host, "available"))
+            result.append(Offer(usage.host, "available", usage.host.note))
     order = {"available": 0, "busy": 1, "unavailable": 2}
     return sorted(result, key=lambda o: (order[o.availability], o.host.price))
+
+
+def misfit_offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:
+    """Queue hosts (Slurm partitions) the task can never fit, each with why: a plan lists them after the
+    offers, so a user sees which partition is too small and by how much. Hosts left out by the task's own
+    backend or region filter are not listed."""
+    result = []
+    for usage in usages:
+        host = usage.host
+        if CAP_QUEUE not in host.capabilities:
+            continue
+        found = misses(req, host)
+        if found and not {"backend", "region"} & set(found):
+            result.append(Offer(host, "no fit", misfit_note(req, found, host)))
+    return sorted(result, key=lambda o: o.host.price)
 
 
 def decide(
@@ -270,8 +315,9 @@ def no_offer_message(req: Requirements, hosts: list[Host]) -> str:
     if not hosts:
         return "No offer fits: no backend has any host."
     found = [(misses(req, h), h) for h in hosts]
-    if all(not m for m, _ in found):  # every host fits on paper but none is available
-        notes = "; ".join(f"{host_label(h)}: {h.unavailable_reason or 'unavailable'}" for h in hosts)
+    on_paper = [h for m, h in found if not m]
+    if on_paper:  # hosts fit on paper but none is available: why they are not is what helps
+        notes = "; ".join(f"{host_label(h)}: {h.unavailable_reason or 'unavailable'}" for h in on_paper)
         return f"No host is available now ({notes})."
     # Closest first: the fewest misses, then the cheapest.
     ranked = sorted((pair for pair in found if pair[0]), key=lambda p: (len(p[0]), p[1].price))

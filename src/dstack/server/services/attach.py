@@ -51,8 +51,18 @@ async def stream(
             # replicas' changes); new output alone never costs a database read.
             if status_version != status_seen or time.monotonic() - refreshed >= STATUS_REFRESH:
                 status_seen = status_version
+                followed = job
                 run, job = await runs_service.get(ctx, project, name)
                 refreshed = time.monotonic()
+                if followed is not None and job is not None and job.id != followed.id:
+                    # A scheduled run's job ended and the next one waits for its start: this stream ends.
+                    ended = await runs_service.job_by_id(ctx, followed.id)
+                    if ended is not None and offset < logs.size(ctx.settings, ended.id):
+                        job = ended
+                        status_seen = -1  # after the drain, look at the run again
+                        continue
+                    yield frames.json_frame(frames.END, end_payload(ended or followed))
+                    return
                 status = (run.status, run.status_message)
                 if status != last_status:
                     last_status = status

@@ -66,9 +66,11 @@ async def _target(ctx: ServerContext, project: Project, name: str) -> tuple[Agen
     if status not in _SYNCABLE or job is None or job.host_id is None:
         raise Conflict(f"Run {name} is {status.value}; changes reach it once it is running")
     try:
-        return ctx.backends.agent(job.host_id), job.id
+        return ctx.backends.job_agent(job.host_id, job.id), job.id
     except UnknownHost as e:
         raise Unavailable(f"The host of run {name} is not offered by any backend now") from e
+    except AgentUnreachable as e:
+        raise Unavailable(f"Cannot reach the host of run {name}: {e}") from e
 
 
 def _relayed(name: str, error: AgentError) -> ServiceError:

@@ -36,13 +36,27 @@ class ProjectResolver:
             ).scalar_one_or_none()
             if row is None:
                 raise NotFound(f"Project {name} not found")
-            if not user.is_admin:
+            if user.project_id is not None:
+                if user.project_id != row.id:
+                    raise Forbidden(f"This run's token is valid for its own project only, not {name}")
+            elif not user.is_admin:
                 member = await session.get(MemberRow, (row.id, user.id))
                 if member is None:
                     raise Forbidden(f"You are not a member of project {name}")
         project = Project(id=row.id, name=row.name)
         self._cache[key] = project
         return project
+
+    async def require_admin(self, project: Project, user: User, what: str) -> None:
+        """Only a project's admins (and the server's) may do `what`; a run's token never may."""
+        if user.is_run:
+            raise Forbidden(f"A run's token cannot {what}")
+        if user.is_admin:
+            return
+        async with self._db.read() as session:
+            member = await session.get(MemberRow, (project.id, user.id))
+        if member is None or member.role != "admin":
+            raise Forbidden(f"Only the admins of project {project.name} can {what}")
 
 
 async def projects_of(db: Database, user: User) -> list[Project]:

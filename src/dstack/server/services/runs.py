@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete, insert, or_, select
 
+from dstack.config.cron import next_start
 from dstack.core.statuses import (
     FINISHED_STATUSES,
     WAITING_STATUSES,
@@ -20,8 +21,9 @@ from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
+from dstack.server.scheduler.model import Host
 from dstack.server.schemas import RunSpec
-from dstack.server.services import logs, specs
+from dstack.server.services import logs, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
 from dstack.server.services.transitions import apply_status, submitted_entry
@@ -32,14 +34,17 @@ PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
 Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
 _FINISHED = [s.value for s in FINISHED_STATUSES]
+_WAITING = [s.value for s in WAITING_STATUSES]
 
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
     hosts = await ctx.backends.hosts()
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
     offers = placement.offers(checked.requirements, usages)
+    misfits = placement.misfit_offers(checked.requirements, usages)
     run_name = spec.run_name
     if run_name is None:
         async with ctx.db.read() as session:
@@ -52,14 +57,48 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         "sharing": placement.placement_note(checked.requirements, offers[0].host)
         if offers
         else placement.SHARING_POLICY,
-        "offers": [_offer_json(o) for o in offers[:50]],
+        # The offers that fit, then queue hosts (Slurm partitions) that never can, each with why.
+        "offers": [_offer_json(o) for o in [*offers[:50], *misfits[:10]]],
         "total_offers": len(offers),
         "no_offer_message": None if offers else placement.no_offer_message(checked.requirements, hosts),
         # Set when offers fit but none is free now: without retry the run would fail at once.
         "busy_message": f"No offer is free now: {offers[0].note}"
         if offers and all(o.availability != "available" for o in offers)
         else None,
+        "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
+        # Set when the task cannot run here at all: the CLI shows the plan, then stops with this.
+        "refusal": refusal,
+        "priority": checked.priority,
+        "schedule": _schedule_json(checked, time.time()),
     }
+
+
+def placement_notes(checked: specs.CheckedSpec, host: Host | None) -> list[str]:
+    """What the plan says about the best offer's host for this task (e.g. what it cannot measure)."""
+    if host is None or checked.profile.utilization_policy is None or checked.profile.resources.gpu is None:
+        return []
+    if host.gpu_metrics is not False:
+        return []
+    return [
+        f"utilization_policy cannot be measured on {placement.host_label(host)}: nvidia-smi does not answer "
+        "there, so the policy has no effect on it."
+    ]
+
+
+def _schedule_json(checked: specs.CheckedSpec, now: float) -> dict[str, Any] | None:
+    cron = checked.schedule
+    if cron is None:
+        return None
+    return {"cron": cron, "next_start": next_start(cron, now)}
+
+
+async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
+    names = checked.secret_names
+    if not names:
+        return None
+    found = await secrets.values_of(ctx, project.id, names)
+    missing = names - set(found)
+    return secrets.missing_message(missing, project.name) if missing else None
 
 
 def _offer_json(offer: placement.Offer) -> dict[str, Any]:
@@ -78,7 +117,14 @@ def _offer_json(offer: placement.Offer) -> dict[str, Any]:
 
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
+    if refusal is not None:
+        raise ServiceError(refusal)
     now = time.time()
+    schedule = checked.schedule
+    first_start = next_start(schedule, now) if schedule else None
+    # The retry window opens when the run may start: at submission, or at each scheduled start.
+    opens = first_start if first_start is not None else now
 
     async def record(session: Any) -> tuple[RunRow, JobRow]:
         if spec.code_hash is not None:
@@ -92,13 +138,16 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
         run = RunRow(
             id=str(uuid.uuid4()),
             project_id=project.id,
-            user_id=user.id,
+            user_id=user.record_id,
             name=name,
             submitted_at=now,
             status=RunStatus.SUBMITTED.value,
             spec=stored.model_dump_json(),
             configuration_path=spec.configuration_path[:256] or None,
-            retry_deadline=now + checked.retry_seconds if checked.retry_seconds is not None else None,
+            retry_deadline=opens + checked.retry_seconds if checked.retry_seconds is not None else None,
+            priority=checked.priority,
+            schedule=json.dumps(schedule) if schedule else None,
+            next_start_at=first_start,
         )
         job = JobRow(
             id=str(uuid.uuid4()),
@@ -251,6 +300,9 @@ def _listed_json(row: Any, project: str) -> dict[str, Any]:
         "resources": row["resources"],
         "price": row["price"],
         "configuration_path": row["configuration_path"],
+        "priority": row["priority"],
+        "next_start_at": row["next_start_at"] if row["schedule"] else None,
+        "instance": row["instance"],
     }
 
 
@@ -285,7 +337,7 @@ async def stop(
             status = RunStatus(run.status)
             if status.is_finished:
                 pass
-            elif status in WAITING_STATUSES:
+            elif status in WAITING_STATUSES and (job is None or job.host_id is None):
                 apply_status(
                     run,
                     job,
@@ -305,6 +357,41 @@ async def stop(
     ctx.notifier.notify(SUPERVISE)
     ctx.notifier.notify(SCHEDULE)
     return result
+
+
+def _shown_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The stored spec as users see it: a password written into registry_auth is not shown back.
+
+    (`${{ secrets.X }}` references are shown as written: their values are only ever resolved for the agent.)
+    """
+    auth = (spec.get("configuration") or {}).get("registry_auth")
+    if isinstance(auth, dict) and auth.get("password") and "${{" not in str(auth["password"]):
+        spec = json.loads(json.dumps(spec))
+        spec["configuration"]["registry_auth"]["password"] = "***"  # noqa: S105 (a mask, not a password)
+    return spec
+
+
+async def job_by_id(ctx: ServerContext, job_id: str) -> JobRow | None:
+    async with ctx.db.read() as session:
+        return await session.get(JobRow, job_id)
+
+
+async def output_job(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+    """The run and the job whose output to show: the latest that was placed (a scheduled run's newest job
+    waits for its start with no output yet)."""
+    async with ctx.db.read() as session:
+        run, job = await find(session, project, name)
+        if job is None or job.status not in _WAITING or job.submission_num == 0:
+            return run, job
+        placed = (
+            await session.execute(
+                select(JobRow)
+                .where(JobRow.run_id == run.id, JobRow.status.not_in(_WAITING))
+                .order_by(JobRow.submission_num.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        return run, placed or job
 
 
 def run_json(
@@ -327,9 +414,12 @@ def run_json(
         "resources": run.resources,
         "price": run.price,
         "configuration_path": run.configuration_path or spec.get("configuration_path"),
+        "priority": run.priority,
+        "next_start_at": run.next_start_at if run.schedule else None,
+        "instance": run.instance,
     }
     if with_spec:
-        data["spec"] = spec
+        data["spec"] = _shown_spec(spec)
     if job is not None:
         data["job"] = {
             "id": job.id,

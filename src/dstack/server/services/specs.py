@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from dstack.config import ConfigError, EffectiveProfile, TaskConfiguration
+from dstack.config.policies import InstanceRef
 from dstack.config.profiles import RetryEvent
 from dstack.server.scheduler.model import GpuRequest, Requirements, Span
 from dstack.server.schemas import RunSpec
+from dstack.server.services import secrets as secrets_service
 from dstack.server.services.errors import ServiceError
+from dstack.server.services.spec_notes import notes_for, refusal_for
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,26 @@ class CheckedSpec:
     configuration: TaskConfiguration
     profile: EffectiveProfile
     requirements: Requirements
+    notes: tuple[str, ...] = ()  # the plan's lines about fields honoured differently here, or not at all
+    refusal: str | None = None  # why it cannot run on any backend here
+
+    @property
+    def priority(self) -> int:
+        return self.configuration.priority or 0
+
+    @property
+    def schedule(self) -> list[str] | None:
+        schedule = self.profile.schedule
+        return list(schedule.cron) if schedule is not None else None
+
+    @property
+    def secret_names(self) -> set[str]:
+        """The project secrets the job's env and registry_auth refer to."""
+        texts = list(self.spec.env.values())
+        auth = self.configuration.registry_auth
+        if auth is not None:
+            texts += [auth.password, auth.username or ""]
+        return secrets_service.references(texts)
 
     @property
     def retry_seconds(self) -> int | None:
@@ -51,7 +74,12 @@ def check(spec: RunSpec) -> CheckedSpec:
     if spec.image is not None and spec.python is not None:
         raise ServiceError("The run spec sets both image and python; they are mutually exclusive")
     return CheckedSpec(
-        spec=spec, configuration=configuration, profile=profile, requirements=requirements_of(spec, profile)
+        spec=spec,
+        configuration=configuration,
+        profile=profile,
+        requirements=requirements_of(spec, profile, configuration),
+        notes=tuple(notes_for(configuration, profile)),
+        refusal=refusal_for(configuration),
     )
 
 
@@ -79,7 +107,9 @@ def _first_error(e: Exception) -> str:
     return str(e)
 
 
-def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
+def requirements_of(
+    spec: RunSpec, profile: EffectiveProfile, configuration: TaskConfiguration | None = None
+) -> Requirements:
     resources = profile.resources
     explicit = profile.resources_explicit
     cpu = resources.cpu
@@ -110,6 +140,19 @@ def requirements_of(spec: RunSpec, profile: EffectiveProfile) -> Requirements:
         ),
         backends=tuple(profile.backends) if profile.backends else None,
         regions=tuple(profile.regions) if profile.regions else None,
+        fleets=tuple(profile.fleets) if profile.fleets else None,
+        instances=_instances(profile),
+        needs_nvcc=bool(configuration is not None and configuration.nvcc),
+    )
+
+
+def _instances(profile: EffectiveProfile) -> tuple[tuple[str | None, str | int], ...] | None:
+    """`instances:` as (fleet, name or index) pairs: a name or hostname matches in any fleet."""
+    if not profile.instances:
+        return None
+    return tuple(
+        (item.fleet, item.index) if isinstance(item, InstanceRef) else (None, item)
+        for item in profile.instances
     )
 
 

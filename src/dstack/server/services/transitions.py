@@ -10,14 +10,20 @@ path, taken a few times by every job, where loading and flushing ORM objects was
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from typing import Any, cast
 
 from sqlalchemy import Table, func, insert, update
 from sqlalchemy.orm import object_session
 
+from dstack.config.cron import format_utc, next_start
 from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
 from dstack.server.db.models import JobRow, RunRow, TransitionRow
+
+# Ends that stop a scheduled run for good; any other end waits for its next start.
+_FINAL_FOR_SCHEDULED = (TerminationReason.STOPPED_BY_USER, TerminationReason.ABORTED_BY_USER)
 
 _STARTED_AT = "started_at"  # set once: the first time a job is seen running
 _STOPPING = [RunStatus.TERMINATING.value, *(s.value for s in FINISHED_STATUSES)]
@@ -31,12 +37,16 @@ def status_values(
     message: str | None = None,
     exit_code: int | None = None,
     status_message: str | None = None,
+    job_status: RunStatus | None = None,
     now: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The columns the change writes: (run's, job's). The job's `started_at` is only set if unset."""
+    """The columns the change writes: (run's, job's). The job's `started_at` is only set if unset.
+
+    `job_status`: the job's own status where it differs from its run's — a job handed to a backend's queue
+    (Slurm) stays placed while its run shows `pending` with the queue's reason."""
     now = time.time() if now is None else now
     run: dict[str, Any] = {"status": status.value, "status_message": status_message}
-    job: dict[str, Any] = {"status": status.value}
+    job: dict[str, Any] = {"status": (job_status or status).value}
     if status is RunStatus.RUNNING:
         job[_STARTED_AT] = now
     if status.is_finished:
@@ -69,12 +79,19 @@ def apply_status(
     message: str | None = None,
     exit_code: int | None = None,
     status_message: str | None = None,
+    job_status: RunStatus | None = None,
 ) -> None:
     """Call inside a write transaction (on rows of its session); notify the run's channel after the commit."""
     now = time.time()
     before = (run.status, run.status_message)
     run_values, job_values = status_values(
-        status, reason=reason, message=message, exit_code=exit_code, status_message=status_message, now=now
+        status,
+        reason=reason,
+        message=message,
+        exit_code=exit_code,
+        status_message=status_message,
+        job_status=job_status,
+        now=now,
     )
     for name, value in run_values.items():
         setattr(run, name, value)
@@ -149,3 +166,44 @@ def _record(run: RunRow, at: float, session: Any = None) -> None:
             exit_code=run.exit_code if finished else None,
         )
     )
+
+
+def end_job(
+    run: RunRow,
+    job: JobRow | None,
+    status: RunStatus,
+    *,
+    reason: TerminationReason | None = None,
+    message: str | None = None,
+    exit_code: int | None = None,
+) -> JobRow | None:
+    """Record a job's end. A run with a `schedule` then waits for its next start with a new job, which
+    is returned for the caller to add to its session; a stop by its user ends it for good."""
+    apply_status(run, job, status, reason=reason, message=message, exit_code=exit_code)
+    if not run.schedule or reason in _FINAL_FOR_SCHEDULED:
+        return None
+    now = time.time()
+    upcoming = next_start(json.loads(run.schedule), now)
+    if upcoming is None:
+        return None
+    window = (
+        run.retry_deadline - run.next_start_at
+        if run.retry_deadline is not None and run.next_start_at is not None
+        else None
+    )
+    following = JobRow(
+        id=str(uuid.uuid4()),
+        run_id=run.id,
+        submission_num=(job.submission_num + 1) if job is not None else 1,
+        status=RunStatus.PENDING.value,
+        submitted_at=now,
+    )
+    run.next_start_at = upcoming
+    run.retry_deadline = upcoming + window if window is not None else None
+    apply_status(run, following, RunStatus.PENDING, status_message=scheduled_message(upcoming, status))
+    return following
+
+
+def scheduled_message(upcoming: float, last: RunStatus | None = None) -> str:
+    text = f"Scheduled: next start {format_utc(upcoming)}"
+    return f"{text} (last run: {last.value})" if last is not None else text

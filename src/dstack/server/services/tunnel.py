@@ -74,7 +74,7 @@ async def open_port(ctx: ServerContext, project: Project, name: str, port: int) 
     if run.status != RunStatus.RUNNING.value or job is None or job.host_id is None:
         raise Conflict(f"Run {name} is {run.status}; its ports can be reached while it is running")
     try:
-        return await ctx.backends.agent(job.host_id).open_tunnel(job.id, port)
+        return await ctx.backends.job_agent(job.host_id, job.id).open_tunnel(job.id, port)
     except (AgentUnreachable, UnknownHost) as e:
         raise Unavailable(f"The host of run {name} does not answer: {e}") from e
     except AgentError as e:
@@ -250,7 +250,7 @@ async def _run_with_port(
 async def _agent_port_status(ctx: ServerContext, job: JobRow, port: int, wait: float) -> dict[str, Any]:
     assert job.host_id is not None
     try:
-        return await ctx.backends.agent(job.host_id).port_status(job.id, port, wait=wait)
+        return await ctx.backends.job_agent(job.host_id, job.id).port_status(job.id, port, wait=wait)
     except (AgentUnreachable, UnknownHost) as e:
         raise Unavailable(f"The task's host does not answer: {e}") from e
     except AgentError as e:

@@ -258,6 +258,19 @@ class SSHConnection:
         self._forwards[(host, port)] = path
         return path
 
+    async def unforward(self, host: str, port: int) -> None:
+        """Drop a forward that is no longer needed (a Slurm job's agent that ended): it is not set up again
+        after a reconnect, and its socket goes away."""
+        async with self._lock:
+            path = self._forwards.pop((host, port), None)
+            if path is None:
+                return
+            remote = f"[{host}]" if ":" in host else host
+            if self.control.exists():
+                await self._ssh("-O", "cancel", "-L", f"{path}:{remote}:{port}", timeout=15)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
     async def check_forwarding(self, host: str, port: int) -> None:
         """Raise SSHError(FORWARDING) if sshd refuses to open a TCP channel to host:port (AllowTcpForwarding
         no); the forward's socket itself cannot tell a refusal from a closed port."""
