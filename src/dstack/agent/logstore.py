@@ -6,6 +6,7 @@ unix time it was read, so every line of output has a timestamp without touching 
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -16,6 +17,8 @@ from typing import Callable, List, Optional, Tuple
 LOG_FILE = "output.log"
 INDEX_FILE = "output.idx"
 _RECORD = struct.Struct("<Qd")
+_splice = getattr(os, "splice", None)  # Linux, Python 3.10+
+_splice_works = [True]
 
 
 class LogStore:
@@ -42,9 +45,10 @@ class LogStore:
             self._log_fd = self._index_fd = -1
 
     def _open_for_append(self) -> None:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+        # Written at explicit offsets (the size so far), not O_APPEND: splice(2) refuses appending files.
         self._log_fd = os.open(self.log_path, flags, 0o644)
-        self._index_fd = os.open(self.index_path, flags, 0o644)
+        self._index_fd = os.open(self.index_path, flags | os.O_APPEND, 0o644)
         os.ftruncate(self._index_fd, self._records * _RECORD.size)
 
     def size(self) -> int:
@@ -59,7 +63,7 @@ class LogStore:
                 self._open_for_append()
             offset = self._size
             try:
-                _write_all(self._log_fd, data)
+                _write_all(self._log_fd, data, offset)
                 _write_all(self._index_fd, _RECORD.pack(offset, read_at))
             except OSError:
                 # E.g. a full disk: cut both files back so that offsets and index stay consistent.
@@ -72,6 +76,38 @@ class LogStore:
             self._changed.notify_all()
         if self._on_change is not None:
             self._on_change()
+
+    def splice_from(self, pipe_fd: int, limit: int, read_at: float) -> Optional[int]:
+        """Move what is in the pipe (up to `limit` bytes) to the end of the output in the kernel, never
+        through Python: the bytes of a flood are not copied into the agent and out again. Returns how many
+        moved (0 at the pipe's end), or None where splice(2) is unavailable (then read and append)."""
+        if _splice is None or not _splice_works[0]:
+            return None
+        with self._changed:
+            if self._log_fd < 0:
+                self._open_for_append()
+            offset = self._size
+            try:
+                moved = _splice(pipe_fd, self._log_fd, limit, offset_dst=offset)
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS):
+                    _splice_works[0] = False
+                    return None
+                raise
+            if moved == 0:
+                return 0
+            try:
+                _write_all(self._index_fd, _RECORD.pack(offset, read_at))
+            except OSError:
+                os.ftruncate(self._log_fd, offset)
+                os.ftruncate(self._index_fd, self._records * _RECORD.size)
+                raise
+            self._size = offset + moved
+            self._records += 1
+            self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
+        return moved
 
     def notify(self) -> None:
         """Wake the waiters: e.g. the job changed status, which long-polling readers must see."""
@@ -123,8 +159,10 @@ def _file_size(path: Path) -> int:
         return 0
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, offset: Optional[int] = None) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
         view = view[written:]
+        if offset is not None:
+            offset += written

@@ -46,20 +46,36 @@ class OutputReader:
             if not poller.poll(_POLL_MILLISECONDS):
                 continue
             try:
-                data = os.read(self._fd, _CHUNK)
+                count = self._move()
             except OSError as e:
                 log.warning("Reading the output of %s failed: %s", self._thread.name, e)
                 return
-            if not data:
+            if not count:
                 return
-            self._store(data)
-            if len(data) >= _FLOOD_BYTES:
+            if count >= _FLOOD_BYTES:
                 # A flood: let the pipe fill a moment, so that it is stored (and sent on) in big pieces,
                 # not in one append per write the task made. A trickle is never delayed.
                 time.sleep(_GATHER_SECONDS)
         log.warning(
             "Gave up waiting for the end of %s: a process outside the job holds its pipe", self._thread.name
         )
+
+    def _move(self) -> int:
+        """Move what the pipe holds into the log store (in the kernel where it can); 0 at its end."""
+        if not self._store_failed:
+            try:
+                moved = self._logs.splice_from(self._fd, _CHUNK, time.time())
+            except OSError as e:
+                # The store failed (a full disk): say so once, and go on draining through Python.
+                log.error("Could not store the output of %s, dropping it: %s", self._thread.name, e)
+                self._store_failed = True
+                moved = None
+            if moved is not None:
+                return moved
+        data = os.read(self._fd, _CHUNK)
+        if data:
+            self._store(data)
+        return len(data)
 
     def _store(self, data: bytes) -> None:
         try:
