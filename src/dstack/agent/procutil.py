@@ -180,3 +180,63 @@ def terminate_processes(find: Callable[[], Set[int]], grace_seconds: float, abor
             log.warning("Processes %s survived SIGKILL", sorted(alive))
             return False
         time.sleep(_POLL_SECONDS)
+
+
+def is_job_process(pid: int, marker: str) -> bool:
+    """True if `pid` is alive (not a zombie) and was started with the job's marker (so not a reused pid)."""
+    info = read_process(pid)
+    return info is not None and not info.is_zombie and job_marker_of(pid) == marker
+
+
+def started_at(pid: int) -> Optional[float]:
+    """When the process started (unix time), from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        ticks = int(raw[raw.rfind(b")") + 2 :].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class ProcessExit:
+    """Waits for a process that is not our child to end (a job taken over from an earlier agent).
+
+    A pidfd (Linux 5.3+) becomes readable when the process exits, so the wait costs nothing; elsewhere
+    /proc is polled.
+    """
+
+    def __init__(self, pid: int, marker: str) -> None:
+        self.pid = pid
+        self.marker = marker
+        self._fd: Optional[int] = None
+        try:
+            self._fd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+        except (AttributeError, OSError):
+            self._fd = None
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """True once the process has ended; False if `timeout` passed first."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while is_job_process(self.pid, self.marker):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            step = 1.0 if remaining is None else min(1.0, remaining)
+            if self._fd is not None:
+                poller = select.poll()
+                poller.register(self._fd, select.POLLIN)
+                poller.poll(step * 1000)
+            else:
+                time.sleep(min(step, 0.1))
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

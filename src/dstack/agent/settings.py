@@ -29,7 +29,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dstack.agent",
         description="Run the jobs a dstack server hands to this host. The API token is read from the "
-        f"{TOKEN_ENV} environment variable.",
+        f"{TOKEN_ENV} environment variable (or stdin). SIGTERM stops the jobs and exits; SIGUSR1 exits "
+        "and leaves them running for the next agent to take over.",
     )
     parser.add_argument("--work-dir", required=True, type=Path, help="folder for code, jobs and their output")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -40,6 +41,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         type=_non_negative,
         metavar="SECONDS",
         help="exit after this long with no job running and no request (default: 0, never)",
+    )
+    parser.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help=f"read the API token from the first line of stdin instead of {TOKEN_ENV}",
     )
     parser.add_argument(
         "--one-job",

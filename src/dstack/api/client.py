@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dstack.code.snapshot import CodeSnapshot
 
 DEFAULT_TIMEOUT = 60.0
+APPLY_TIMEOUT = 900.0  # applying a fleet connects to every new host
 UPLOAD_CHUNK = 1024 * 1024
 
 
@@ -204,25 +205,15 @@ class Client:
         from dstack.code.blobs import BlobBody
 
         if missing:
-            body = BlobBody(snapshot, missing)
             # A connection of its own: a body cut short by a file changing mid-way leaves it unusable.
-            conn = self.connect(timeout=max(self.timeout, 300))
-            try:
-                response = self.exchange(
-                    conn,
-                    "POST",
-                    self._project_path("/code/blobs"),
-                    {"Content-Type": "application/octet-stream"},
-                    body,
-                    progress=progress,
-                )
-                data = response.read()
-            except OSError as e:
-                raise ServerUnreachable(_unreachable_message(self.url, e)) from e
-            finally:
-                conn.close()
-            if response.status not in (200, 201):
-                raise error_for(response.status, data)
+            self._on_own_connection(
+                "POST",
+                self._project_path("/code/blobs"),
+                "application/octet-stream",
+                BlobBody(snapshot, missing),
+                max(self.timeout, 300),
+                progress=progress,
+            )
         self.request("PUT", self._project_path(f"/code/{snapshot.code_hash}"), raw=snapshot.manifest)
 
     def upload_code(self, snapshot: CodeSnapshot, progress: Callable[[int], None] | None = None) -> str:
@@ -233,6 +224,69 @@ class Client:
         if missing is not None:
             self.send_code(snapshot, missing, progress)
         return snapshot.code_hash
+
+    # -- fleets ------------------------------------------------------------------------------------------
+
+    def plan_fleet(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """What applying this `type: fleet` configuration would do: hosts to add, keep, retry, remove."""
+        return self.json("POST", self._project_path("/fleets/plan"), body={"configuration": configuration})
+
+    def apply_fleet(
+        self,
+        configuration: dict[str, Any],
+        identity_files: dict[str, bytes] | None = None,
+        *,
+        force: bool = False,
+        timeout: float = APPLY_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Apply a fleet: connect to its new hosts, install the agent, remove the hosts that left it.
+
+        `identity_files` maps each identity_file path as the configuration writes it to the key's bytes
+        (the server connects with them). `force` stops the runs on hosts that leave the fleet."""
+        import base64
+
+        body = {
+            "configuration": configuration,
+            "identity_files": {
+                name: base64.b64encode(data).decode() for name, data in (identity_files or {}).items()
+            },
+            "force": force,
+        }
+        return self._json_waiting("POST", self._project_path("/fleets/apply"), body, timeout)
+
+    def list_fleets(self) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path("/fleets"))
+
+    def get_fleet(self, name: str) -> dict[str, Any]:
+        return self.json("GET", self._project_path(f"/fleets/{quote(name, safe='')}"))
+
+    def delete_fleets(
+        self, names: list[str], *, force: bool = False, timeout: float = APPLY_TIMEOUT
+    ) -> list[str]:
+        """Delete fleets (their agents stopped); `force` stops the runs on their hosts first."""
+        body = {"names": names, "force": force}
+        return self._json_waiting("POST", self._project_path("/fleets/delete"), body, timeout)["deleted"]
+
+    def _json_waiting(self, method: str, path: str, body: Any, timeout: float) -> Any:
+        """A request that may take long (connecting to hosts), on a connection of its own."""
+        payload = json.dumps(body).encode()
+        return json.loads(self._on_own_connection(method, path, "application/json", payload, timeout))
+
+    def _on_own_connection(
+        self, method: str, path: str, content_type: str, body: Any, timeout: float, **kwargs: Any
+    ) -> bytes:
+        """One request on a connection of its own (long, or big); the answer's body."""
+        conn = self.connect(timeout=timeout)
+        try:
+            response = self.exchange(conn, method, path, {"Content-Type": content_type}, body, **kwargs)
+            data = response.read()
+        except OSError as e:
+            raise ServerUnreachable(_unreachable_message(self.url, e)) from e
+        finally:
+            conn.close()
+        if response.status not in (200, 201):
+            raise error_for(response.status, data)
+        return data
 
     def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
         """The run's output so far, in chunks."""

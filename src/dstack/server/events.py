@@ -63,6 +63,7 @@ SCHEDULE = "schedule"
 SUPERVISE = "supervise"
 RUNS = "runs"
 _RUN_PREFIX = "run:"
+RECONCILE = "reconcile"  # a host answers again: stop what it runs that has ended here
 
 
 def run_channel(run_id: str) -> str:

@@ -124,6 +124,12 @@ class AgentClient:
             body["grace_seconds"] = grace_seconds
         return self.request("POST", f"/api/jobs/{job_id}/stop", body=body)
 
+    def read_logs_now(self, job_id: str) -> bytes:
+        """The output the agent holds now."""
+        response = self.request("GET", f"/api/jobs/{job_id}/logs?offset=0")
+        assert response.status == 200, (response.status, response.body)
+        return response.body
+
     def read_logs(
         self,
         job_id: str,

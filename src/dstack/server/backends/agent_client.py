@@ -115,8 +115,13 @@ class AgentClient:
             raise AgentError(_error_message(response), response.status_code)
         return response
 
-    async def health(self) -> dict[str, Any]:
-        return (await self._request("GET", "/api/health")).json()
+    async def health(self, timeout: float | None = None) -> dict[str, Any]:
+        return (await self._request("GET", "/api/health", timeout=timeout)).json()
+
+    async def ping(self, timeout: float | None = None) -> None:
+        """The cheapest request that needs the token: raises AgentError (401: another's agent) or
+        AgentUnreachable; returns if this is our agent and it answers."""
+        await self._request("HEAD", f"/api/code/{'0' * 64}", timeout=timeout)
 
     async def host(self) -> dict[str, Any]:
         return (await self._request("GET", "/api/host")).json()

@@ -16,6 +16,7 @@ import uuid
 
 from dstack.server.background import leases
 from dstack.server.background.leases import LeaseKeeper
+from dstack.server.background.reconcile import Reconciler
 from dstack.server.background.scheduling import SchedulingLoop
 from dstack.server.background.supervisor import Supervisor
 from dstack.server.context import ServerContext
@@ -29,6 +30,7 @@ class BackgroundWorkers:
         self.ctx = ctx
         self.scheduling = SchedulingLoop(ctx)
         self.leases = LeaseKeeper(ctx)
+        self.reconciler = Reconciler(ctx)
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
 
@@ -40,6 +42,7 @@ class BackgroundWorkers:
             asyncio.create_task(self.scheduling.run_forever(), name="scheduling"),
             asyncio.create_task(self._claim_forever(), name="claims"),
             asyncio.create_task(self.leases.run_forever(), name="leases"),
+            asyncio.create_task(self.reconciler.run_forever(), name="reconcile"),
         ]
 
     async def stop(self) -> None:

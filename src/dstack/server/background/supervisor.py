@@ -7,6 +7,12 @@ asks the backend to release the job before it is recorded (its allocation is gon
 
 Order matters for readers: every byte of output is appended before the final status is recorded, so a
 stream that sees a finished run has already seen (or can still read) all of its output.
+
+A host (or its agent) that stops answering does not end the job at once: the run says so (`ps -v`), the
+backend tries to bring the agent back (reconnect, restart it: a new agent takes the job over), and the
+supervisor carries on from the offset it had, so the output resumes exactly. Only after the grace
+(`host_lost_seconds`, or the backend's own) does the job end `host lost`; its capacity is then free, and
+whatever it left on the host is stopped by the reconciler as soon as the host answers again.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from sqlalchemy.orm import defer
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
 from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
+from dstack.server.backends.registry import UnknownHost
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
@@ -36,7 +43,7 @@ from dstack.server.services import code as code_service
 from dstack.server.services import job_request
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import end_job, write_job_status
+from dstack.server.services.transitions import end_job, note, write_job_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,7 +56,7 @@ RUNNING_GRACE = 0.25
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
-HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
+AGENT_LOST = "agent_lost"  # the agent's reason_code: no agent could see how the job ended
 RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
@@ -139,28 +146,63 @@ class Supervisor:
             self._leases.release(self.job_id)
 
     async def _reach(self, host_id: str, call: Callable[[AgentClient], Awaitable[T]]) -> T:
-        """Call the host's agent; while it does not answer, try to recover it, up to HOST_LOST_AFTER."""
-        since = time.monotonic()
+        """Call the host's agent; while it does not answer, say so and try to recover it, for the grace."""
+        since: float | None = None
         while True:
             try:
-                return await call(self.ctx.backends.job_agent(host_id, self.job_id))
-            except AgentUnreachable:
+                result = await call(self.ctx.backends.job_agent(host_id, self.job_id))
+            except (AgentUnreachable, UnknownHost) as e:
                 if self._launches:
                     # Gone because the backend ended the job (a time limit, scancel)? Then that is the end.
-                    ended = await self.ctx.backends.job_ended(host_id, self.job_id)
-                    if ended is not None:
-                        await self._finish_end(ended)
-                        raise JobFinished() from None
-                if time.monotonic() - since > HOST_LOST_AFTER:
+                    with contextlib.suppress(UnknownHost):
+                        ended = await self.ctx.backends.job_ended(host_id, self.job_id)
+                        if ended is not None:
+                            await self._finish_end(ended)
+                            raise JobFinished() from None
+                now = time.monotonic()
+                grace = self._lost_after(host_id)
+                if since is None:
+                    since = now
+                    await self._note(f"{self._silent(host_id, e)}; waiting up to {grace:.0f} s for it")
+                elif now - since > grace:
                     await self._finish(
                         RunStatus.FAILED,
                         TerminationReason.HOST_LOST,
-                        "host lost: its agent stopped answering",
+                        f"host lost: {self._silent(host_id, e)} for {grace:.0f} s",
                         None,
                     )
                     raise JobFinished() from None
-                await self.ctx.backends.recover(host_id)
-                await asyncio.sleep(1.0)
+                recovered = False
+                with contextlib.suppress(UnknownHost):
+                    recovered = await self.ctx.backends.recover(host_id)
+                await asyncio.sleep(0.1 if recovered else 1.0)
+                continue
+            if since is not None:
+                await self._note(None)  # it answers again
+            return result
+
+    def _lost_after(self, host_id: str) -> float:
+        try:
+            own = self.ctx.backends.lost_after(host_id)
+        except UnknownHost:
+            own = None
+        return own if own is not None else self.ctx.settings.host_lost_seconds
+
+    def _silent(self, host_id: str, error: Exception) -> str:
+        try:
+            info = self.ctx.backends.describe(host_id)
+        except UnknownHost:
+            return "its host is in no fleet now"
+        name = "the local agent" if info.backend == "local" else f"host {info.name}"
+        why = info.unavailable_reason or str(error)
+        return f"{name} does not answer ({why[:1].lower()}{why[1:].rstrip('.')})"
+
+    async def _note(self, message: str | None) -> None:
+        async with self.ctx.db.write() as session:
+            run, _ = await self._owned(session)
+            note(run, message)
+            run_id = run.id
+        self.ctx.notifier.notify(run_channel(run_id))
 
     # -- launching (backends with a queue of their own) ---------------------------------------------------
 
@@ -350,6 +392,14 @@ class Supervisor:
             await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
+        elif status == "failed" and reason_code == AGENT_LOST:
+            # It ran, but no agent saw how it ended (the agent was killed while it ran, say).
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.HOST_LOST,
+                f"host lost: {_sentence_case(reason_text or 'the agent was lost while the job ran')}",
+                None,
+            )
         elif status == "failed" and exit_code is not None:
             await self._finish(
                 RunStatus.FAILED,
@@ -440,12 +490,12 @@ class Supervisor:
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
-        if self._launches:
-            # Ended means ended: the backend's allocation is gone before the run says so.
-            try:
-                await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
-            except Exception:
-                log.exception("job %s: its backend did not release it", self.job_id)
+        # Ended means ended: what the backend holds for the job (an allocation, a port's forward) is gone
+        # before the run says so.
+        try:
+            await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
+        except Exception:
+            log.exception("job %s: its backend did not release it", self.job_id)
         if self._scheduled:
             # A scheduled run's end also makes its next job: the ORM path of transitions.end_job.
             async with self.ctx.db.write() as session:
@@ -488,6 +538,10 @@ class Supervisor:
         self._lease_lost = True
         if self._task is not None:
             self._task.cancel()
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _build_advice(run: RunRow) -> str:

@@ -40,7 +40,7 @@ _WAITING = [s.value for s in WAITING_STATUSES]
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
     refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
-    hosts = await ctx.backends.hosts()
+    hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
     offers = placement.offers(checked.requirements, usages)

@@ -70,6 +70,12 @@ def status_values(
     return run, job
 
 
+def note(run: RunRow, status_message: str | None) -> None:
+    """Say what an active run is going through (its host does not answer...) without changing its status."""
+    if not RunStatus(run.status).is_finished:
+        run.status_message = status_message
+
+
 def apply_status(
     run: RunRow,
     job: JobRow | None,

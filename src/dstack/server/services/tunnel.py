@@ -47,9 +47,12 @@ CLOSE_CLIENT_BROKEN = 4000  # sent by the CLI when its local connection broke
 
 
 async def port_status(
-    ctx: ServerContext, project: Project, name: str, port: int, *, wait: float
+    ctx: ServerContext, project: Project, name: str, port: int, *, wait: float, local_client: bool = False
 ) -> dict[str, Any]:
-    """Whether the run's port answers; with `wait`, returns as soon as it does (or the run ends)."""
+    """Whether the run's port answers; with `wait`, returns as soon as it does (or the run ends).
+
+    To a client on this machine, an open port's answer may name a unix socket that reaches it directly
+    (see Backend.port_socket): only this machine's user who runs the server can connect to it."""
     wait = min(max(wait, 0.0), MAX_WAIT)
     deadline = time.monotonic() + wait
     run, job = await _run_with_port(ctx, project, name, port)
@@ -61,7 +64,11 @@ async def port_status(
         remaining = max(0.0, deadline - time.monotonic())
         if status is RunStatus.RUNNING and job is not None and job.host_id is not None:
             answer = await _agent_port_status(ctx, job, port, remaining)
-            return _status_json(run, port, bool(answer["open"]))
+            found = _status_json(run, port, bool(answer["open"]))
+            if found["open"] and local_client:
+                with contextlib.suppress(UnknownHost):
+                    found["socket"] = await ctx.backends.port_socket(job.host_id, job.id, port)
+            return found
         if status.is_finished or status is RunStatus.TERMINATING or remaining <= 0:
             return _status_json(run, port, False)
         # Not running yet (waiting for capacity, preparing its environment): wake on its next change.
