@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from pathlib import Path
 
 from dstack.code.manifest import code_hash, encode_manifest, parse_manifest
 from dstack.server.backends.agent_client import AgentClient
+from dstack.server.remote import hostagent
 from dstack.server.remote.artifact import agent_zipapp
 from dstack.server.ssh import SSHPool, SSHTarget
 from tests.infra.sshhosts import ClientKey, SSHHost
@@ -69,22 +69,11 @@ def test_code_and_jobs_reach_a_fleet_host_through_its_forward(
         target = SSHTarget(host.address, port=host.port, user="root", identity_file=str(client_key.path))
         connection = pool.connection(target)
         await connection.open(pin=True)
-        await connection.upload(artifact.path, f".dstack/agent/{artifact.name}")
-        start = (
-            "read -r DSTACK_AGENT_TOKEN; export DSTACK_AGENT_TOKEN; "
-            f'setsid python3 .dstack/agent/{artifact.name} --work-dir "$HOME/.dstack/agent/work" '
-            "</dev/null >.dstack/agent/agent.log 2>&1 &"
-        )
-        assert (await connection.run(["sh", "-c", start], input=f"{TOKEN}\n".encode())).returncode == 0
-        info = None
-        for _ in range(100):
-            cat = await connection.run(["cat", ".dstack/agent/work/agent.json"])
-            if cat.returncode == 0:
-                info = json.loads(cat.stdout)
-                break
-            await asyncio.sleep(0.05)
-        assert info is not None
-        socket_path = await connection.forward("127.0.0.1", int(info["port"]))
+        # The ssh backend's own steps: look at the host, ship the agent, start it (its port on loopback).
+        found = await hostagent.probe(connection)
+        await hostagent.ship(connection, found, [artifact])
+        port = await hostagent.start(connection, TOKEN, artifact, None)
+        socket_path = await connection.forward("127.0.0.1", port)
         client = AgentClient("http://agent", TOKEN, socket_path=str(socket_path))
         try:
             sent = await _send(client, first, first_blobs)
