@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from dstack.code.manifest import code_hash, encode_manifest, parse_manifest
 from dstack.server.backends.agent_client import AgentClient
@@ -83,7 +84,7 @@ def test_code_and_jobs_reach_a_fleet_host_through_its_forward(
             assert sent == [hashlib.sha256(b"print('train v2')\n").hexdigest()]  # the shared content stays
 
             command = "cat train.py; sha256sum data/weights.bin | cut -c1-16"
-            jobs = [
+            jobs: list[dict[str, Any]] = [
                 {"id": f"ssh-job-{i}", "run_name": "r", "commands": [command], "code_hash": code_hash(tree)}
                 for i, tree in enumerate((first, second))
             ]
