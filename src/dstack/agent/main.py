@@ -18,6 +18,7 @@ from dstack.agent.api import AgentApi
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.process import ProcessDriver
 from dstack.agent.environments.manager import EnvironmentManager
+from dstack.agent.events import JobEvents
 from dstack.agent.fsutil import read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
@@ -79,11 +80,17 @@ class Agent:
         self.settings = settings
         self._children = ChildProcesses()
         self._code_store = CodeStore(settings.work_dir / "code")
-        self._registry = JobRegistry(settings.work_dir / "jobs")
+        self._events = JobEvents()
+        self._registry = JobRegistry(settings.work_dir / "jobs", self._events.changed)
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
         self._runner = Runner(ProcessDriver(self._children), self._code_store, os.environ, environments)
         self._api = AgentApi(
-            settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes
+            settings.work_dir,
+            self._registry,
+            self._runner,
+            self._code_store,
+            settings.max_code_bytes,
+            self._events,
         )
         self._last_activity = time.monotonic()
         self._signals_received = 0
@@ -130,6 +137,7 @@ class Agent:
                 self._runner.close()
             else:
                 self._stop_jobs()
+            self._events.close()
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")

@@ -96,7 +96,7 @@ class Runner:
             for name, value in base_env.items()
             if name != TOKEN_ENV and not name.startswith("DSTACK_AGENT_")
         }
-        self._workspaces = WorkspaceBuilder(environments.children, code_store.path, self._base_env)
+        self._workspaces = WorkspaceBuilder(environments.children, code_store, self._base_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 
@@ -287,7 +287,7 @@ class Runner:
         handle = self._start(job, driver, launch, main=True)
         if handle is None:
             return
-        log.info("Job %s started (pid %d)", job.id, handle.pid)
+        log.debug("Job %s started (pid %d)", job.id, handle.pid)
         watch = start_utilization_watch(job, self.stop)
         try:
             exit_code = self._follow(job, driver, handle, spec.max_duration)

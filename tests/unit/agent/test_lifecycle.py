@@ -19,7 +19,6 @@ from agent_testkit import (
     agent_env,
     file_member,
     job_processes,
-    make_tar,
     new_job_id,
     wait_for,
 )
@@ -266,9 +265,7 @@ def test_runs_on_python_3_9(start_agent: StartAgent) -> None:
     agent = start_agent(python=str(PYTHON39))
     client = agent.client()
     assert client.get_json("/api/health")["pid"] == agent.process.pid
-    code_hash = client.upload(
-        make_tar([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
-    )
+    code_hash = client.upload([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
     job = client.submit(["python3 hello.py", "exit 4"], code_hash=code_hash)
     state = client.wait_final(job["id"])
     assert (state["status"], state["exit_code"]) == ("failed", 4)

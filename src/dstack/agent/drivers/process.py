@@ -80,11 +80,13 @@ class ProcessDriver:
         return 128 - code if code < 0 else code
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
-        terminate_processes(lambda: find_job_processes(handle.marker, handle.pgid), grace_seconds, abort)
+        terminate_processes(
+            lambda: find_job_processes(handle.marker, handle.pgid, self._children.owned), grace_seconds, abort
+        )
         CGROUPS.remove(handle.marker)  # it is empty now (the runner stops every job when it ends)
 
     def inspect(self, handle: JobHandle) -> List[int]:
-        return sorted(find_job_processes(handle.marker, handle.pgid))
+        return sorted(find_job_processes(handle.marker, handle.pgid, self._children.owned))
 
     def release(self, handle: JobHandle) -> None:
         waiter = _process(handle).waiter

@@ -74,8 +74,9 @@ class BackgroundWorkers:
         claimed = await leases.claim_jobs(
             self.ctx.db, candidates, token, now, self.ctx.settings.lease_seconds
         )
+        loaded = await leases.load_claimed(self.ctx.db, claimed)
         for job_id in claimed:
-            supervisor = Supervisor(self.ctx, job_id, token, self.leases)
+            supervisor = Supervisor(self.ctx, job_id, token, self.leases, loaded.get(job_id))
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task
             task.add_done_callback(functools.partial(self._forget, job_id))

@@ -37,13 +37,13 @@ from dstack.server.backends.registry import UnknownHost
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import SCHEDULE, run_channel, stop_channel
+from dstack.server.events import SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services import job_request
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status, end_job, note
+from dstack.server.services.transitions import end_job, note, write_job_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,8 +72,16 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        job_id: str,
+        token: str,
+        leases: LeaseKeeper,
+        loaded: tuple[RunRow, JobRow] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self._loaded = loaded  # the rows as claimed (the claim loop reads all of its claims at once)
         self.job_id = job_id
         self.token = token
         self._leases = leases
@@ -81,6 +89,8 @@ class Supervisor:
         self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._known_run_id: str | None = None
+        self._scheduled = False  # the run has a schedule: its end makes its next job (transitions.end_job)
         self._host_id = ""
         self._launches = False  # the backend has a launch step (see the module's docstring)
         self._launched = Launched()
@@ -89,7 +99,10 @@ class Supervisor:
         self._task = asyncio.current_task()
         self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
-            run, job = await self._load()
+            run, job = self._loaded or await self._load()
+            self._loaded = None
+            self._known_run_id = run.id
+            self._scheduled = bool(run.schedule)
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
@@ -277,14 +290,14 @@ class Supervisor:
             )
             raise JobFinished() from e
         try:
-            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            # The code and each `files` entry: of each, only the contents the agent lacks travel.
             for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
-                if code_hash is not None and not await agent.has_code(code_hash):
-                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+                if code_hash is not None:
+                    await code_service.send_to_agent(self.ctx, run.project_id, code_hash, agent)
             await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
-        except AgentError as e:
+        except (AgentError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
@@ -301,7 +314,8 @@ class Supervisor:
             while True:
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
+                        host_id,
+                        functools.partial(self._poll_logs, offset=appender.size, wait=wait, sink=appender),
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -315,7 +329,8 @@ class Supervisor:
                     raise
                 if chunk.data:
                     appender.append(chunk.data)
-                    self.ctx.notifier.notify(run_channel(run_id))
+                if chunk.data or chunk.stored:
+                    self.ctx.notifier.notify(output_channel(run_id))
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
@@ -340,8 +355,10 @@ class Supervisor:
         finally:
             appender.close()
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=wait)
+    async def _poll_logs(
+        self, agent: AgentClient, *, offset: int, wait: float, sink: LogAppender | None = None
+    ) -> LogChunk:
+        return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
         if chunk.status == "done":  # the common end needs nothing more from the agent
@@ -457,12 +474,14 @@ class Supervisor:
     async def _set_status(
         self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
     ) -> None:
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
-                return  # a stop is under way; keep showing it
-            apply_status(run, job, status, status_message=status_message, job_status=job_status)
-            run_id = run.id
+        # Not while a stop is under way (or recorded as ended): keep showing that.
+        run_id = await self._run_id()
+        written = await self._write(
+            status, unless_stopping=True, status_message=status_message, job_status=job_status
+        )
+        if not written:
+            await self._load_owned()  # raises LeaseLost if the job is not ours any more
+            return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish_end(self, end: JobEnd) -> None:
@@ -477,17 +496,42 @@ class Supervisor:
             await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
         except Exception:
             log.exception("job %s: its backend did not release it", self.job_id)
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
-            if following is not None:  # a scheduled run waits for its next start
-                session.add(following)
-            run_id = run.id
+        if self._scheduled:
+            # A scheduled run's end also makes its next job: the ORM path of transitions.end_job.
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+                if following is not None:  # a scheduled run waits for its next start
+                    session.add(following)
+                run_id = run.id
+        else:
+            run_id = await self._run_id()
+            if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
+                raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
 
+    async def _write(self, status: RunStatus, **details: Any) -> bool:
+        """The status change, written while this supervisor holds the job's lease. The status writes of
+        many jobs share one transaction (Database.write_batched)."""
+        run_id = await self._run_id()
+        change = functools.partial(
+            write_job_status, run_id=run_id, job_id=self.job_id, token=self.token, status=status, **details
+        )
+        return bool(await self.ctx.db.write_batched(change))
+
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
         return await self._select(session, owned=True)
+
+    async def _load_owned(self) -> tuple[RunRow, JobRow]:
+        async with self.ctx.db.read() as session:
+            return await self._select(session, owned=True)
+
+    async def _run_id(self) -> str:
+        if self._known_run_id is None:
+            run, _ = await self._load()
+            self._known_run_id = run.id
+        return self._known_run_id
 
     def _on_lease_lost(self) -> None:
         # Stop at once: two writers appending to one log file would corrupt it.
