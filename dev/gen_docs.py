@@ -29,7 +29,8 @@ END = "<!-- END GENERATED: {name} -->"
 
 # Descriptions of fields whose models carry none: "Block.field" (Block: the model's class name).
 FIELD_NOTES = {
-    "TaskConfiguration.type": "Always `task` (other types are refused with a clear error for now).",
+    "TaskConfiguration.type": "Always `task` (a `fleet` file is read by `dstack apply`; other types are "
+    "refused with a clear error).",
     "TaskConfiguration.name": "The run's name: 2 to 41 lowercase letters, digits and `-`, starting with a "
     "letter. Default: a random readable name (`-n` overrides).",
     "TaskConfiguration.python": 'The Python version of the task\'s own virtual environment, e.g. `"3.11"` '
@@ -172,6 +173,22 @@ FIELD_NOTES = {
     "SlurmClusterConfig.gpu_partitions": "What the GPUs of some partitions are (Slurm's GRES counts them "
     "but does not name them).",
     "SlurmClusterConfig.container_runtime": "`docker`: image tasks run on the nodes with Docker.",
+    "SSHBackendConfig.type": "`ssh`: fleets of your own hosts (always on; see backends.md).",
+    "FleetConfiguration.type": "Always `fleet`.",
+    "FleetConfiguration.name": "The fleet's name: 2 to 41 lowercase letters, digits and `-`, starting with a "
+    "letter. Default: the file's name.",
+    "FleetConfiguration.placement": "`cluster`: the hosts share a network for multi-node tasks; `any`: they "
+    "need not.",
+    "FleetConfiguration.ssh_config": "How to reach the hosts: the defaults of every host, and the hosts.",
+    "_Endpoint.user": "The SSH user (default `root`).",
+    "_Endpoint.port": "The SSH port (default 22).",
+    "_Endpoint.identity_file": "The private key to log in with, e.g. `~/.ssh/id_ed25519` (relative paths are "
+    "relative to the file); the CLI sends it to the server.",
+    "SSHConfig.proxy_jump": "A host to jump through (`ssh -J`) to reach every host.",
+    "SSHConfig.hosts": "The hosts: an address, or a block with its own settings.",
+    "ProxyJump.hostname": "The host's name or IP address.",
+    "HostSpec.proxy_jump": "A host to jump through to reach this one (instead of ssh_config's).",
+    "HostSpec.internal_ip": "The address the fleet's other hosts reach this one at (multi-node tasks).",
     "SlurmGpuPartitions.gpu": "`NAME:MEMORY`, e.g. `A100:80GB`.",
     "SlurmGpuPartitions.partitions": "The partitions whose nodes have them.",
 }
@@ -229,6 +246,7 @@ _TITLES = {
     "RetentionConfig": "retention",
     "DeclaredResources": "declared resources",
     "DeclaredGpu": "declared GPU",
+    "SSHBackendConfig": "backend: ssh",
     "SlurmBackendConfig": "backend: slurm",
     "SlurmClusterConfig": "Slurm cluster",
     "SlurmGpuPartitions": "Slurm GPU partitions",
@@ -395,15 +413,20 @@ def cli_reference(missing: list[str]) -> str:
 
 
 def sections(missing: list[str]) -> dict[str, tuple[str, Callable[[], str]]]:
+    from dstack.config import kinds
     from dstack.config.profiles import ProfilesFile
-    from dstack.config.task import TaskConfiguration
     from dstack.server.config_file import DeclaredResources, ServerConfig
 
     def server() -> str:
         return model_reference(ServerConfig, missing) + "\n\n" + model_reference(DeclaredResources, missing)
 
+    def kind(name: str) -> Callable[[], str]:
+        return lambda: model_reference(kinds.model_for(name), missing)
+
+    # Every `type:` registered in config/kinds.py has a section of its own (a new type fails the check
+    # until configuration.md has its BEGIN/END lines).
     return {
-        "task": ("configuration.md", lambda: model_reference(TaskConfiguration, missing)),
+        **{name: ("configuration.md", kind(name)) for name in kinds.registered()},
         "profiles": ("configuration.md", lambda: model_reference(ProfilesFile, missing)),
         "cli": ("cli.md", lambda: cli_reference(missing)),
         "server-config": ("server.md", server),

@@ -60,14 +60,16 @@ class Dockerd:
     def env(self) -> dict[str, str]:
         return {"DOCKER_HOST": self.host}
 
-    def docker(self, *args: str, input: bytes | None = None, timeout: float = 120) -> str:
+    def docker(
+        self, *args: str, input: bytes | None = None, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> str:
         """Run the docker CLI against this daemon; raises with its output if it fails."""
         result = subprocess.run(
             ["docker", *args],
             input=input,
             capture_output=True,
             timeout=timeout,
-            env={**os.environ, "DOCKER_HOST": self.host},
+            env={**os.environ, **(env or {}), "DOCKER_HOST": self.host},
         )
         if result.returncode != 0:
             raise RuntimeError(f"docker {' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
@@ -91,17 +93,21 @@ class Dockerd:
         return (self.root / "dockerd.log").read_text(errors="replace")
 
 
-def start_dockerd() -> Dockerd:
+def start_dockerd(root: Path | None = None, wrap: list[str] | None = None) -> Dockerd:
+    """`wrap`: run dockerd through this (e.g. nsenter into a test host's namespaces); `root`: its folder."""
     if os.geteuid() != 0:
         raise DockerUnavailable("dockerd needs root")
     binary = shutil.which("dockerd") or ("/usr/sbin/dockerd" if Path("/usr/sbin/dockerd").exists() else None)
     if binary is None or shutil.which("docker") is None:
         raise DockerUnavailable("dockerd or the docker CLI is not installed (dev/setup installs docker.io)")
     # Short: containerd's sockets live under the exec root, and unix socket paths are limited to 108 bytes.
-    root = Path(tempfile.mkdtemp(prefix="dstk-dockerd-"))
+    if root is None:
+        root = Path(tempfile.mkdtemp(prefix="dstk-dockerd-"))
+    root.mkdir(parents=True, exist_ok=True)
     log = (root / "dockerd.log").open("wb")
     process = subprocess.Popen(
         [
+            *(wrap or []),
             binary,
             "--bridge=none",
             "--iptables=false",

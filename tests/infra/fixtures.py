@@ -1,8 +1,10 @@
 """Pytest fixtures for tests that need real SSH hosts (see sshhosts.py), shared by every test session.
 
-`ssh_hosts` is two hosts for the whole session (host 1: root; host 2: root and `ubuntu`), both accepting
-`client_key`; tests must leave them as they found them. A test that breaks a host (kills its sshd, changes
-its key, cuts its link) takes its own from `make_ssh_host`, removed at the end of the test.
+`ssh_hosts` is two hosts for the whole session (host 1: root, one CPU; host 2: root and `ubuntu`, every
+CPU), both accepting `client_key`; tests must leave them as they found them (`fleet_hosts` does it for
+tests that install agents: it kills what runs there and removes ~/.dstack after the test). A test that
+breaks a host (kills its sshd, changes its key, cuts its link) takes its own from `make_ssh_host`, removed
+at the end of the test.
 
 `slurm_cluster` is one real Slurm cluster for the session (see slurm.py): tests leave it idle.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,8 +53,11 @@ class HostFactory:
         self.key = key
         self.hosts: list[SSHHost] = []
 
-    def __call__(self, *, users: tuple[str, ...] = (), port: int = 22, authorize: bool = True) -> SSHHost:
-        host = start_host(self.network, len(self.network.namespaces) + 1, users=users, port=port)
+    def __call__(
+        self, *, users: tuple[str, ...] = (), port: int = 22, authorize: bool = True, **options: Any
+    ) -> SSHHost:
+        """`options`: start_host's (cpus, home_size, python, gpus)."""
+        host = start_host(self.network, len(self.network.namespaces) + 1, users=users, port=port, **options)
         self.hosts.append(host)
         if authorize:
             for user in ("root", *users):
@@ -74,7 +80,17 @@ def _session_hosts(test_network: TestNetwork, client_key: ClientKey) -> Iterator
 
 @pytest.fixture(scope="session")
 def ssh_hosts(_session_hosts: HostFactory) -> list[SSHHost]:
-    return [_session_hosts(), _session_hosts(users=("ubuntu",))]
+    return [_session_hosts(cpus="0"), _session_hosts(users=("ubuntu",))]
+
+
+@pytest.fixture
+def fleet_hosts(ssh_hosts: list[SSHHost]) -> Iterator[list[SSHHost]]:
+    """The session's two hosts, cleaned after the test: no agent or task left, no ~/.dstack."""
+    try:
+        yield ssh_hosts
+    finally:
+        for host in ssh_hosts:
+            host.kill_processes()
 
 
 @pytest.fixture

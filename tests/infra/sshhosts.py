@@ -9,6 +9,12 @@ Each host has a "keeper" process that holds its namespaces, so sshd can be kille
 host whose sshd died, then came back) while the agent and tasks on it keep running, and `cut()` takes its
 link down (a network failure). `close()` kills every process in the host's mount namespace.
 
+Hosts can be made to differ as real ones do: `cpus` pins sshd (and so everything started over SSH) to
+some CPUs, `home_size` makes /root and /home small tmpfs (a full disk), `python=False` hides the host's
+python3, `gpus` puts a fake `nvidia-smi` on its PATH, and `start_dockerd()` runs a private Docker daemon
+inside the host's namespaces (its containers use the host's network), which sshd's sessions see through
+DOCKER_HOST. A machine-wide Docker socket, if any, is hidden from every host.
+
 The sshd's own files (config, host key, authorized keys, log) live outside the host's private folders,
 under /var/tmp/dstack-tests/<suffix>/<host>, since sshd reads authorized_keys on every connection.
 """
@@ -22,8 +28,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.infra.netns import Namespace, TestNetwork, sh
 
@@ -59,6 +67,8 @@ class SSHHost:
     keeper: subprocess.Popen[str] | None = None
     sshd: subprocess.Popen[bytes] | None = None
     port: int = 22
+    cpus: str | None = None  # a CPU list for taskset, e.g. "0"
+    dockerd: Any = None  # tests.dockerd.Dockerd, once start_dockerd() ran
 
     @property
     def address(self) -> str:
@@ -117,9 +127,10 @@ class SSHHost:
         assert self.keeper is not None
         self.write_sshd_config()
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+        pin = ["taskset", "-c", self.cpus] if self.cpus else []
         with (self.dir / "sshd.log").open("ab") as log:
             self.sshd = subprocess.Popen(
-                [*self.enter_argv(), SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
+                [*self.enter_argv(), *pin, SSHD, "-D", "-e", "-f", str(self.dir / "sshd_config")],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -180,20 +191,59 @@ class SSHHost:
                     hits.append(pid)
         return hits
 
+    def kill_processes(self) -> None:
+        """Kill what runs on the host (agents, tasks; not sshd or dockerd), and remove ~/.dstack."""
+
+        def others() -> list[int]:
+            return [
+                pid
+                for pid in self.pids()
+                if not _command(pid).startswith(("sshd:", SSHD))
+                and not (self.dockerd is not None and pid == self.dockerd.process.pid)
+                and "containerd" not in _command(pid)
+            ]
+
+        _kill(others)
+        self.exec("sh", "-c", "rm -rf /root/.dstack /home/*/.dstack")
+
+    def agent_pids(self) -> list[int]:
+        return [pid for pid in self.pids() if "dstack-agent-" in _command(pid)]
+
+    def start_dockerd(self) -> Any:
+        """A private Docker daemon in this host's network and mount namespaces, with the busybox image."""
+        from tests.dockerd import import_busybox, start_dockerd
+
+        if self.dockerd is None:
+            self.dockerd = start_dockerd(root=self.dir / "d", wrap=self.enter_argv())
+            import_busybox(self.dockerd)
+            self.sshd_config["SetEnv"] = f"DOCKER_HOST={self.dockerd.host}"
+            self.stop_sshd()
+            self.start_sshd()
+        return self.dockerd
+
     def close(self) -> None:
-        for _ in range(3):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.1)
+        if self.dockerd is not None:
+            from tests.dockerd import stop_dockerd
+
+            with contextlib.suppress(Exception):
+                stop_dockerd(self.dockerd)
+        _kill(self.pids)
         for process in (self.sshd, self.keeper):
             if process is not None and process.poll() is None:
                 process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(10)
+
+
+def _kill(find: Callable[[], list[int]]) -> None:
+    for _ in range(3):
+        pids = find()
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _command(pid: int) -> str:
@@ -226,13 +276,32 @@ def _private_etc(host: SSHHost) -> Path:
     return etc
 
 
-def start_host(network: TestNetwork, index: int, *, users: tuple[str, ...] = (), port: int = 22) -> SSHHost:
+_FAKE_NVIDIA_SMI = """#!/bin/sh
+# A fake nvidia-smi for tests: answers the agent's query with the GPUs this host pretends to have.
+cat <<'CSV'
+{rows}
+CSV
+"""
+
+
+def start_host(
+    network: TestNetwork,
+    index: int,
+    *,
+    users: tuple[str, ...] = (),
+    port: int = 22,
+    cpus: str | None = None,
+    home_size: str | None = None,
+    python: bool = True,
+    gpus: tuple[tuple[str, int], ...] = (),
+) -> SSHHost:
+    """`gpus`: (name, memory MiB) of each fake GPU, e.g. (("NVIDIA A100-SXM4-80GB", 81920),)."""
     ns = network.add_namespace()
     hostname = f"host{index}-{network.suffix}"
     directory = STATE_ROOT / network.suffix / hostname
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    host = SSHHost(hostname=hostname, ns=ns, dir=directory, port=port)
+    host = SSHHost(hostname=hostname, ns=ns, dir=directory, port=port, cpus=cpus)
     host.users = {"root": 0, **{name: _FIRST_UID + i for i, name in enumerate(users)}}
     etc = _private_etc(host)
     homes = " && ".join(
@@ -240,14 +309,29 @@ def start_host(network: TestNetwork, index: int, *, users: tuple[str, ...] = (),
         for name, uid in host.users.items()
         if uid
     )
+    size = f",size={home_size}" if home_size else ""
+    sbin = directory / "sbin"  # on PATH first for root over SSH: the fake nvidia-smi goes there
+    sbin.mkdir()
+    if gpus:
+        rows = "\n".join(f"{i}, {name}, {mib}, GPU-{i:08d}-fake" for i, (name, mib) in enumerate(gpus))
+        tool = sbin / "nvidia-smi"
+        tool.write_text(_FAKE_NVIDIA_SMI.format(rows=rows))
+        tool.chmod(0o755)
+    hidden = (
+        [] if python else [f"mount --bind /dev/null {p}" for p in ("/usr/bin/python3", "/usr/bin/python3.11")]
+    )
     setup = " && ".join(
         part
         for part in (
             f"hostname {hostname}",
             "mount -t tmpfs -o mode=1777 tmpfs /tmp",
-            "mount -t tmpfs -o mode=700 tmpfs /root",
-            "mount -t tmpfs -o mode=755 tmpfs /home",
+            f"mount -t tmpfs -o mode=700{size} tmpfs /root",
+            f"mount -t tmpfs -o mode=755{size} tmpfs /home",
             *(f"mount --bind {etc / name} /etc/{name}" for name in ("passwd", "group", "shadow")),
+            f"mount --bind {sbin} /usr/local/sbin",
+            # A Docker daemon of the machine is not the host's: its containers would not share its network.
+            "{ [ ! -S /run/docker.sock ] || mount --bind /dev/null /run/docker.sock; }",
+            *hidden,
             homes,
             "echo ready",
             "exec sleep infinity",

@@ -24,15 +24,17 @@ def test_the_generated_docs_are_up_to_date_and_complete() -> None:
 
 def test_every_command_and_every_model_field_is_in_the_docs() -> None:
     from dstack.cli.main import COMMANDS
-    from dstack.config.task import TaskConfiguration
+    from dstack.config import kinds
     from dstack.server.config_file import ServerConfig
 
     cli = (ROOT / "docs" / "cli.md").read_text()
     for name in COMMANDS:
         assert f"### dstack {name}\n" in cli, name
     configuration = (ROOT / "docs" / "configuration.md").read_text()
-    for field in TaskConfiguration.model_fields:
-        assert f"| `{field}` |" in configuration, field
+    for kind in kinds.registered():  # every `type:`, with every field of its model
+        assert f"<!-- BEGIN GENERATED: {kind} " in configuration, kind
+        for field in kinds.model_for(kind).model_fields:
+            assert f"| `{field}` |" in configuration, (kind, field)
     server = (ROOT / "docs" / "server.md").read_text()
     for field in ServerConfig.model_fields:
         assert f"| `{field}` |" in server, field

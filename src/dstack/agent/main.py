@@ -18,6 +18,7 @@ from dstack.agent.api import AgentApi
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.process import ProcessDriver
 from dstack.agent.environments.manager import EnvironmentManager
+from dstack.agent.events import JobEvents
 from dstack.agent.fsutil import make_tree_private, read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
@@ -47,7 +48,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Popped, so that nothing the agent starts can inherit it; from stdin it is in no environment at all.
     token = os.environ.pop(TOKEN_ENV, "").strip()
     if args.token_stdin:
+        # From a remote start over SSH: on stdin, so that no argv or environment on the host shows it.
         token = sys.stdin.readline().strip()
+        _detach_stdin()
     if not token:
         return _fail(
             EXIT_NO_TOKEN,
@@ -86,7 +89,8 @@ class Agent:
         self.settings = settings
         self._children = ChildProcesses()
         self._code_store = CodeStore(settings.work_dir / "code")
-        self._registry = JobRegistry(settings.work_dir / "jobs")
+        self._events = JobEvents()
+        self._registry = JobRegistry(settings.work_dir / "jobs", self._events.changed)
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
         self._runner = Runner(
             ProcessDriver(self._children, settings.job_umask),
@@ -96,10 +100,16 @@ class Agent:
             settings.pass_env,
         )
         self._api = AgentApi(
-            settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes
+            settings.work_dir,
+            self._registry,
+            self._runner,
+            self._code_store,
+            settings.max_code_bytes,
+            self._events,
         )
         self._last_activity = time.monotonic()
         self._signals_received = 0
+        self._handover = False
         self._exit_code = EXIT_OK
 
     def run(self) -> int:
@@ -137,7 +147,12 @@ class Agent:
             if serving.is_alive():  # shutdown() would wait forever for a loop that never ran
                 server.shutdown()
             server.server_close()
-            self._stop_jobs()
+            if self._handover:
+                log.info("Handing the running jobs over to the next agent")
+                self._runner.close()
+            else:
+                self._stop_jobs()
+            self._events.close()
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")
@@ -151,8 +166,14 @@ class Agent:
             # Only a counter: a signal handler must not take locks the interrupted code may hold.
             self._signals_received += 1
 
+        def on_handover(signum: int, frame: Optional[FrameType]) -> None:
+            # Exit and leave the jobs running: the next agent (an upgrade) takes them over.
+            self._handover = True
+            self._signals_received += 1
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGUSR1, on_handover)
 
     def _wait_for_exit_request(self) -> None:
         idle_limit = self.settings.idle_exit_seconds
@@ -163,7 +184,7 @@ class Agent:
             elif idle_limit and time.monotonic() - self._last_activity >= idle_limit:
                 log.info("Exiting: no job and no request for %g seconds", idle_limit)
                 return
-        log.info("Exiting: asked to stop by a signal")
+        log.info("Exiting: asked to %s by a signal", "hand over" if self._handover else "stop")
 
     def _serve_one_job(self) -> None:
         """--one-job: exit once the server has collected the job (deleted it), or `linger` seconds after it
@@ -251,6 +272,16 @@ class Agent:
                 path.unlink()
         except (OSError, ValueError, AttributeError):
             pass
+
+
+def _detach_stdin() -> None:
+    # The SSH session that started the agent must not wait for it: let go of its stdin.
+    try:
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def _job_exit_code(status: str, exit_code: Optional[int]) -> int:

@@ -76,14 +76,18 @@ def job_marker_of(pid: int) -> Optional[str]:
 SUBREAPER = {"active": False}
 
 
-def _surely_gone(marker: str, pgid: int) -> bool:
+def _surely_gone(marker: str, pgid: int, owned: Set[int]) -> bool:
     """True when the job can have no process left, proven without scanning all of /proc.
 
     With the agent a subreaper, a live process of a job whose first process ended either is in the job's
     group or descends from an orphan the agent inherited (its ancestors up to the job's first process died,
-    and orphans re-parent to the agent). So: an empty group and no direct child of the agent carrying the
+    and orphans re-parent to the agent). So: an empty group and no orphan child of the agent carrying the
     job's marker mean nothing is left. This saves a read of every process's environment at the end of
     every job, the agent's largest cost for short jobs.
+
+    Orphans are re-parented to the agent's first live thread, its main one; so are the children of a job
+    thread that ended. Only the main thread's children need a look, and of those only the ones the agent
+    did not start itself (`owned`: other jobs' first processes, tools), whatever the number of jobs.
     """
     if not SUBREAPER["active"]:
         return False
@@ -94,29 +98,26 @@ def _surely_gone(marker: str, pgid: int) -> bool:
         pass
     except OSError:
         return False
-    # A child carrying the job's marker, or none at all (it cleared its environment), needs a proper look.
-    return all(job_marker_of(child) not in (marker, None) for child in _agent_children())
-
-
-def _agent_children() -> Set[int]:
-    children: Set[int] = set()
     try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                children.update(int(pid) for pid in f.read().split())
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            children = {int(pid) for pid in f.read().split()}
     except OSError:
-        pass
-    return children
+        return False
+    # A child carrying the job's marker, or none at all (it cleared its environment), needs a proper look.
+    return all(job_marker_of(child) not in (marker, None) for child in children - owned)
 
 
-def find_job_processes(marker: str, pgid: Optional[int] = None) -> Set[int]:
+def find_job_processes(
+    marker: str, pgid: Optional[int] = None, owned: Optional[Callable[[], Set[int]]] = None
+) -> Set[int]:
     """The live (non-zombie) processes of a job.
 
     A job's processes are its process group (while the agent knows the group is the job's), every process
     started with the job's unique marker in its environment (this catches daemons that called setsid and
     left the group), and every descendant of those (this catches processes that cleared their environment).
+    `owned` gives the pids the agent started itself and still owns (none of them is an orphan).
     """
-    if pgid is not None and _surely_gone(marker, pgid):
+    if pgid is not None and owned is not None and _surely_gone(marker, pgid, owned()):
         return set()
     processes = list_processes()
     # Never the agent nor init: walking their descendants would take in every other job too.
@@ -179,3 +180,63 @@ def terminate_processes(find: Callable[[], Set[int]], grace_seconds: float, abor
             log.warning("Processes %s survived SIGKILL", sorted(alive))
             return False
         time.sleep(_POLL_SECONDS)
+
+
+def is_job_process(pid: int, marker: str) -> bool:
+    """True if `pid` is alive (not a zombie) and was started with the job's marker (so not a reused pid)."""
+    info = read_process(pid)
+    return info is not None and not info.is_zombie and job_marker_of(pid) == marker
+
+
+def started_at(pid: int) -> Optional[float]:
+    """When the process started (unix time), from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+        ticks = int(raw[raw.rfind(b")") + 2 :].split()[19])
+        with open("/proc/stat", "rb") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class ProcessExit:
+    """Waits for a process that is not our child to end (a job taken over from an earlier agent).
+
+    A pidfd (Linux 5.3+) becomes readable when the process exits, so the wait costs nothing; elsewhere
+    /proc is polled.
+    """
+
+    def __init__(self, pid: int, marker: str) -> None:
+        self.pid = pid
+        self.marker = marker
+        self._fd: Optional[int] = None
+        try:
+            self._fd = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+        except (AttributeError, OSError):
+            self._fd = None
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        """True once the process has ended; False if `timeout` passed first."""
+        import select
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while is_job_process(self.pid, self.marker):
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            step = 1.0 if remaining is None else min(1.0, remaining)
+            if self._fd is not None:
+                poller = select.poll()
+                poller.register(self._fd, select.POLLIN)
+                poller.poll(step * 1000)
+            else:
+                time.sleep(min(step, 0.1))
+        self.close()
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,10 +1,15 @@
-"""Runs jobs: prepare (unpack, environment), build, start through the driver, collect output, stop,
-finish, recover.
+"""Runs jobs: prepare (unpack, environment), build, start through the driver, publish output, stop,
+finish, and take over the jobs an earlier agent left running.
 
 Driver-agnostic: everything specific to how processes are started lives behind the `Driver` protocol; a
 job with an image runs in a container (DockerDriver), any other as processes (ProcessDriver). The
 environment (a venv, an image, a cached build) comes from `EnvironmentManager`; a build runs as a phase of
 its own, with its output in the job's output, before the commands.
+
+Jobs outlive their agent (see drivers/base.py): after a restart or an upgrade, `recover` adopts every job
+whose main phase still runs and carries on as if it had started it (output, stop, max duration, the end),
+records how the others ended, and ends whatever they left. Only a job cut short while it was being
+prepared (code, environment, build) cannot be resumed: it fails, with its leftovers stopped.
 """
 
 from __future__ import annotations
@@ -15,10 +20,20 @@ import posixpath
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
-from dstack.agent.drivers.base import ContainerSpec, Driver, JobHandle, LaunchSpec, process_shell
+from dstack.agent.drivers.base import (
+    EXIT_UNKNOWN,
+    PHASE_BUILD,
+    PHASE_MAIN,
+    ContainerSpec,
+    Driver,
+    JobHandle,
+    LaunchSpec,
+    process_shell,
+)
+from dstack.agent.drivers.process import EXIT_FILE, MAIN_PID_FILE
 from dstack.agent.environments.manager import (
     BUILD_FAILED,
     EnvironmentManager,
@@ -27,11 +42,12 @@ from dstack.agent.environments.manager import (
     TaskEnvironment,
 )
 from dstack.agent.environments.venvs import Venv
+from dstack.agent.fsutil import read_json, write_json_atomic
 from dstack.agent.host import find_nvcc
 from dstack.agent.jobenv import host_environment
 from dstack.agent.jobs.job import ACTIVE_STATUSES, DONE, FAILED, RUNNING, TERMINATED, Job, StopRequest
-from dstack.agent.output import OutputReader
-from dstack.agent.procutil import JOB_MARKER_ENV
+from dstack.agent.output import OutputWatcher
+from dstack.agent.procutil import JOB_MARKER_ENV, started_at
 from dstack.agent.script import render_script
 from dstack.agent.utilization import start_utilization_watch
 from dstack.agent.workspace import Workspace, WorkspaceBuilder, WorkspaceError
@@ -42,10 +58,13 @@ REASON_STOPPED = "Stopped by request"
 REASON_ABORTED = "Aborted"
 REASON_MAX_DURATION = "Max duration exceeded"
 REASON_AGENT_STOPPED = "Agent stopped"
-REASON_AGENT_RESTARTED = "Agent restarted while the job was running"
-# After the job's processes are gone, its pipe reaches EOF at once; this only bounds the wait for a
-# process that escaped the job's tree and still holds the pipe open.
-_DRAIN_TIMEOUT_SECONDS = 5.0
+REASON_AGENT_RESTARTED = "The agent restarted while the job was being prepared"
+REASON_EXIT_UNKNOWN = (
+    "The agent restarted while the job ran, and the job ended without recording its exit status "
+    "(killed by SIGKILL?)"
+)
+AGENT_LOST = "agent_lost"  # reason_code: the job's end could not be seen by any agent
+STOP_FILE = "stop.json"  # a stop under way, for an agent that takes the job over
 CODE_MOUNT = "/workflow"  # where a container sees the job's code (dstack's own convention)
 BUILD_SCRIPT_FILE = "build.sh"
 
@@ -66,13 +85,16 @@ class Runner:
         base_env: Mapping[str, str],
         environments: EnvironmentManager,
         pass_env: Iterable[str] = (),
+        watcher: Optional[OutputWatcher] = None,
     ) -> None:
         self._process_driver = driver
+        self._watcher = watcher or OutputWatcher()
         self._code_store = code_store
         self._environments = environments
-        # Jobs see only the allowed host variables (never the agent's token, nor anything its starter had).
+        # Jobs see only the allowed host variables (never the agent's token, its DSTACK_AGENT_* settings,
+        # nor anything else its starter had).
         self._base_env = host_environment(base_env, pass_env)
-        self._workspaces = WorkspaceBuilder(environments.children, code_store.path, self._base_env)
+        self._workspaces = WorkspaceBuilder(environments.children, code_store, self._base_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
 
@@ -107,6 +129,10 @@ class Runner:
             grace = job.spec.stop_grace_seconds if grace_seconds is None else max(0.0, grace_seconds)
             job.stop_request = StopRequest(reason=reason, abort=abort, grace_seconds=grace)
             entry = self._handles.get(job.id)
+        try:  # rare, and what lets an agent that takes the job over finish the stop
+            write_json_atomic(job.folder / STOP_FILE, {"reason": reason, "abort": abort, "grace": grace})
+        except OSError as e:
+            log.warning("Could not record the stop of job %s: %s", job.id, e)
         log.info("Stopping job %s (%s)", job.id, reason)
         if entry is not None:
             # Not under the lock and not in the caller's thread: a graceful stop can take the whole grace.
@@ -117,35 +143,84 @@ class Runner:
         return True
 
     def recover(self, jobs: List[Job]) -> None:
-        """Fail the jobs an earlier agent left unfinished and end their surviving processes."""
+        """Take over the jobs an earlier agent left unfinished (see the module's docstring)."""
         orphans = [job for job in jobs if job.state.status in ACTIVE_STATUSES]
+        adopted: List[Tuple[Job, Driver, JobHandle]] = []
         threads = [
-            threading.Thread(target=self._recover_one, args=(job,), name=f"recover-{job.id}", daemon=True)
+            threading.Thread(
+                target=self._recover_one, args=(job, adopted), name=f"recover-{job.id}", daemon=True
+            )
             for job in orphans
         ]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        # No job runs now: builds that were cut short or superseded can go.
-        self._environments.collect_garbage()
+        for job, driver, handle in adopted:
+            threading.Thread(
+                target=self._run_safely,
+                args=(job, lambda j=job, d=driver, h=handle: self._carry_on(j, d, h)),
+                name=f"job-{job.id}",
+                daemon=True,
+            ).start()
+        if not adopted:
+            # No job runs now: builds that were cut short or superseded can go.
+            self._environments.collect_garbage()
 
-    def _recover_one(self, job: Job) -> None:
-        log.info("Job %s was %s when the agent stopped; ending what is left of it", job.id, job.state.status)
+    def _recover_one(self, job: Job, adopted: List[Tuple[Job, Driver, JobHandle]]) -> None:
+        job.stop_request = _read_stop(job)
         try:
-            # Its build ran as processes even for an image job only if Docker is gone; try both.
-            self._process_driver.recover(job.state.marker, job.spec.stop_grace_seconds)
-            if job.spec.image is not None:
-                try:
-                    self._environments.docker().recover(job.state.marker, job.spec.stop_grace_seconds)
-                except SetupError as e:
-                    log.warning("Could not look for the containers of job %s: %s", job.id, e)
+            driver: Driver = self._environments.docker() if job.spec.image else self._process_driver
+        except SetupError as e:
+            log.warning("Could not look for the containers of job %s: %s", job.id, e)
+            driver = self._process_driver
+        handle = driver.adopt(job.state.marker, job.folder, job.logs)
+        if handle is not None:
+            log.info("Job %s is still running (pid %d): taking it over", job.id, handle.pid)
+            with job.lock:
+                self._handles[job.id] = (driver, handle)
+            adopted.append((job, driver, handle))
+            return
+        exit_code = driver.ended(job.state.marker, job.folder, job.logs)
+        log.info("Job %s ended while no agent watched it; ending what is left of it", job.id)
+        self._end_leftovers(job)
+        job.logs.sync()
+        if exit_code is not None:
+            self._finish_started(job, exit_code)
+        elif (job.folder / MAIN_PID_FILE).exists() or (job.spec.image and job.script_path.exists()):
+            self._finish_started(job, EXIT_UNKNOWN)
+        else:
+            job.update(status=FAILED, reason=REASON_AGENT_RESTARTED, reason_code=AGENT_LOST)
+
+    def _end_leftovers(self, job: Job) -> None:
+        # A build runs as processes even for an image job if Docker went away; look for both.
+        self._process_driver.recover(job.state.marker, job.spec.stop_grace_seconds)
+        if job.spec.image is not None:
+            try:
+                self._environments.docker().recover(job.state.marker, job.spec.stop_grace_seconds)
+            except SetupError as e:
+                log.warning("Could not look for the containers of job %s: %s", job.id, e)
+
+    def _carry_on(self, job: Job, driver: Driver, handle: JobHandle) -> None:
+        """Follow an adopted job to its end, as `_run_in` does for one it started."""
+        began = started_at(handle.pid) or time.time()
+        job.update(status=RUNNING, started_at=began, pid=handle.pid, pgid=handle.pgid, message=None)
+        stop = job.stop_request
+        if stop is not None:  # the earlier agent was stopping it: finish the stop
+            threading.Thread(
+                target=driver.stop, args=(handle, stop.grace_seconds, stop.abort), daemon=True
+            ).start()
+        max_duration = job.spec.max_duration
+        remaining = None if max_duration is None else max(0.0, began + max_duration - time.time())
+        try:
+            exit_code = self._follow(job, driver, handle, None if remaining is None else int(remaining) or 1)
         finally:
-            job.update(status=FAILED, reason=REASON_AGENT_RESTARTED)
+            driver.release(handle)
+        self._finish_started(job, exit_code)
 
-    def _run_safely(self, job: Job) -> None:
+    def _run_safely(self, job: Job, body: Optional[Callable[[], None]] = None) -> None:
         try:
-            self._run(job)
+            (body or (lambda: self._run(job)))()
         except Exception:
             log.exception("Job %s failed in the agent", job.id)
             entry = self._handles.get(job.id)
@@ -196,7 +271,11 @@ class Runner:
         # A job with neither python nor image (only an agent's API user sends one) has no environment to
         # build into: its build commands simply run first, every time.
         commands = spec.commands if spec.python or spec.image else spec.build + spec.commands
-        job.script_path.write_text(render_script(commands), encoding="utf-8")
+        # A container's end is the daemon's to tell; a bash script records its own for a later agent.
+        records = not env.in_container and spec.shell in (None, "bash") and not spec.entrypoint
+        job.script_path.write_text(
+            render_script(commands, job.folder / EXIT_FILE if records else None), encoding="utf-8"
+        )
         argv = spec.entrypoint + spec.commands if spec.entrypoint else None
         if spec.image is not None and workspace.copies and not commands and argv is None:
             self._finish_unstarted(
@@ -212,7 +291,7 @@ class Runner:
         handle = self._start(job, driver, launch, main=True)
         if handle is None:
             return
-        log.info("Job %s started (pid %d)", job.id, handle.pid)
+        log.debug("Job %s started (pid %d)", job.id, handle.pid)
         watch = start_utilization_watch(job, self.stop)
         try:
             exit_code = self._follow(job, driver, handle, spec.max_duration)
@@ -228,7 +307,9 @@ class Runner:
         script.write_text(render_script(job.spec.build), encoding="utf-8")
         if env.build is not None:
             _announce(job, env.build.announcement)
-        handle = self._start(job, driver, self._launch(job, env, workspace, script), main=False)
+        handle = self._start(
+            job, driver, self._launch(job, env, workspace, script, phase=PHASE_BUILD), main=False
+        )
         if handle is None:
             self._environments.build_failed(env)
             return False
@@ -276,9 +357,8 @@ class Runner:
         return handle
 
     def _follow(self, job: Job, driver: Driver, handle: JobHandle, max_duration: Optional[int]) -> int:
-        """Collect the output until the main process ends, then end what it left; its exit code."""
-        reader = OutputReader(handle.output_fd, job.logs, name=f"output-{job.id}")
-        reader.start()
+        """Publish the output until the main process ends, then end what it left; its exit code."""
+        self._watcher.watch(job.logs)
         try:
             exit_code = self._wait(job, driver, handle, max_duration)
             # Whatever the commands left in the background must not outlive the job.
@@ -288,9 +368,8 @@ class Runner:
                 stop.grace_seconds if stop else job.spec.stop_grace_seconds,
                 abort=bool(stop and stop.abort),
             )
-            reader.finish(_DRAIN_TIMEOUT_SECONDS)
         finally:
-            os.close(handle.output_fd)
+            self._watcher.unwatch(job.logs)  # every byte is published before the job's end is
         return exit_code
 
     def _wait(self, job: Job, driver: Driver, handle: JobHandle, max_duration: Optional[int]) -> int:
@@ -315,12 +394,15 @@ class Runner:
         with job.lock:
             stop = job.stop_request
             if stop is not None:
-                job.update(status=TERMINATED, exit_code=exit_code, reason=stop.reason)
+                code = None if exit_code == EXIT_UNKNOWN else exit_code
+                job.update(status=TERMINATED, exit_code=code, reason=stop.reason)
             elif exit_code == 0:
                 job.update(status=DONE, exit_code=0)
+            elif exit_code == EXIT_UNKNOWN:
+                job.update(status=FAILED, reason=REASON_EXIT_UNKNOWN, reason_code=AGENT_LOST)
             else:
                 job.update(status=FAILED, exit_code=exit_code, reason=_exit_reason(exit_code))
-        log.info("Job %s is %s (exit code %d)", job.id, job.state.status, exit_code)
+        log.info("Job %s is %s (exit code %s)", job.id, job.state.status, job.state.exit_code)
 
     def _prepare(self, job: Job) -> Workspace:
         """Lay out the job's code, repo, files and volumes; returns them (with its working directory)."""
@@ -346,6 +428,7 @@ class Runner:
         script: Path,
         use_image_command: bool = False,
         argv: Optional[List[str]] = None,
+        phase: str = PHASE_MAIN,
     ) -> LaunchSpec:
         spec = job.spec
         cwd = workspace.cwd
@@ -375,10 +458,12 @@ class Runner:
             script=script,
             cwd=cwd,
             env=self._job_environment(job, env.venv, in_container=container is not None, cwd=cwd),
+            logs=job.logs,
             resources=spec.resources,
             container=container,
             argv=argv,
             args=list(spec.args),
+            phase=phase,
         )
 
     def _job_environment(
@@ -411,6 +496,19 @@ class Runner:
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker
         return env
+
+
+def _read_stop(job: Job) -> Optional[StopRequest]:
+    try:
+        data = read_json(job.folder / STOP_FILE)
+        return StopRequest(
+            reason=str(data["reason"]), abort=bool(data["abort"]), grace_seconds=float(data["grace"])
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("Ignoring the unreadable stop request of job %s: %s", job.id, e)
+        return None
 
 
 def _announce(job: Job, line: str) -> None:

@@ -31,12 +31,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m dstack.agent",
         description="Run the jobs a dstack server hands to this host. The API token is read from the "
-        f"{TOKEN_ENV} environment variable, or from the first line of standard input (--token-stdin).",
-    )
-    parser.add_argument(
-        "--token-stdin",
-        action="store_true",
-        help="read the API token from standard input (it then appears in no process's environment)",
+        f"{TOKEN_ENV} environment variable (or stdin). SIGTERM stops the jobs and exits; SIGUSR1 exits "
+        "and leaves them running for the next agent to take over.",
     )
     parser.add_argument(
         "--job-umask",
@@ -63,6 +59,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         type=_non_negative,
         metavar="SECONDS",
         help="exit after this long with no job running and no request (default: 0, never)",
+    )
+    parser.add_argument(
+        "--token-stdin",
+        action="store_true",
+        help=f"read the API token from the first line of stdin instead of {TOKEN_ENV}",
     )
     parser.add_argument(
         "--one-job",

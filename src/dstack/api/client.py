@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from dstack.api.config import load_config
@@ -24,7 +23,11 @@ from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
 from dstack.core.text import clip
 
+if TYPE_CHECKING:
+    from dstack.code.snapshot import CodeSnapshot
+
 DEFAULT_TIMEOUT = 60.0
+APPLY_TIMEOUT = 900.0  # applying a fleet connects to every new host
 UPLOAD_CHUNK = 1024 * 1024
 
 
@@ -92,14 +95,19 @@ class Client:
         path: str,
         *,
         body: Any = None,
+        raw: bytes | None = None,
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200, 201, 204),
     ) -> tuple[int, bytes]:
-        """Send one request on the kept-alive connection; JSON in, bytes out. Raises APIError subclasses."""
+        """Send one request on the kept-alive connection; JSON (or `raw` bytes) in, bytes out. Raises
+        APIError subclasses."""
         if params:
             path = f"{path}?{urlencode({k: _param(v) for k, v in params.items() if v is not None})}"
-        payload = json.dumps(body).encode() if body is not None else b""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if raw is not None:
+            payload, headers = raw, {"Content-Type": "application/octet-stream"}
+        else:
+            payload = json.dumps(body).encode() if body is not None else b""
+            headers = {"Content-Type": "application/json"} if body is not None else {}
         if self._conn is None:
             self._conn = self.connect()
         response = self.exchange(self._conn, method, path, headers, payload)
@@ -191,19 +199,97 @@ class Client:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200
 
-    def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        conn = self.connect(timeout=max(self.timeout, 300))
+    def missing_code(self, snapshot: CodeSnapshot) -> list[str] | None:
+        """None if the project has this code already; else the contents it lacks (their sha256)."""
+        if self.has_code(snapshot.code_hash):
+            return None
+        from dstack.code.blobs import header
+
+        wanted = b"".join(header(sha256, source.status.st_size) for sha256, source in snapshot.blobs.items())
+        _, data = self.request("POST", self._project_path("/code/missing"), raw=wanted)
+        return list(json.loads(data)["missing"])
+
+    def send_code(
+        self, snapshot: CodeSnapshot, missing: list[str], progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Upload the contents named in `missing` (one streamed request), then the manifest."""
+        from dstack.code.blobs import BlobBody
+
+        if missing:
+            # A connection of its own: a body cut short by a file changing mid-way leaves it unusable.
+            self._on_own_connection(
+                "POST",
+                self._project_path("/code/blobs"),
+                "application/octet-stream",
+                BlobBody(snapshot, missing),
+                max(self.timeout, 300),
+                progress=progress,
+            )
+        self.request("PUT", self._project_path(f"/code/{snapshot.code_hash}"), raw=snapshot.manifest)
+
+    def upload_code(self, snapshot: CodeSnapshot, progress: Callable[[int], None] | None = None) -> str:
+        """Make sure the server holds the snapshot, sending only what it lacks; returns the code hash for
+        a run spec's `code_hash`. Take the snapshot with dstack.code.snapshot_code (a code root) or
+        dstack.code.snapshot_paths (files and folders placed at paths of their own)."""
+        missing = self.missing_code(snapshot)
+        if missing is not None:
+            self.send_code(snapshot, missing, progress)
+        return snapshot.code_hash
+
+    # -- fleets ------------------------------------------------------------------------------------------
+
+    def plan_fleet(self, configuration: dict[str, Any]) -> dict[str, Any]:
+        """What applying this `type: fleet` configuration would do: hosts to add, keep, retry, remove."""
+        return self.json("POST", self._project_path("/fleets/plan"), body={"configuration": configuration})
+
+    def apply_fleet(
+        self,
+        configuration: dict[str, Any],
+        identity_files: dict[str, bytes] | None = None,
+        *,
+        force: bool = False,
+        timeout: float = APPLY_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Apply a fleet: connect to its new hosts, install the agent, remove the hosts that left it.
+
+        `identity_files` maps each identity_file path as the configuration writes it to the key's bytes
+        (the server connects with them). `force` stops the runs on hosts that leave the fleet."""
+        import base64
+
+        body = {
+            "configuration": configuration,
+            "identity_files": {
+                name: base64.b64encode(data).decode() for name, data in (identity_files or {}).items()
+            },
+            "force": force,
+        }
+        return self._json_waiting("POST", self._project_path("/fleets/apply"), body, timeout)
+
+    def list_fleets(self) -> list[dict[str, Any]]:
+        return self.json("GET", self._project_path("/fleets"))
+
+    def get_fleet(self, name: str) -> dict[str, Any]:
+        return self.json("GET", self._project_path(f"/fleets/{quote(name, safe='')}"))
+
+    def delete_fleets(
+        self, names: list[str], *, force: bool = False, timeout: float = APPLY_TIMEOUT
+    ) -> list[str]:
+        """Delete fleets (their agents stopped); `force` stops the runs on their hosts first."""
+        body = {"names": names, "force": force}
+        return self._json_waiting("POST", self._project_path("/fleets/delete"), body, timeout)["deleted"]
+
+    def _json_waiting(self, method: str, path: str, body: Any, timeout: float) -> Any:
+        """A request that may take long (connecting to hosts), on a connection of its own."""
+        payload = json.dumps(body).encode()
+        return json.loads(self._on_own_connection(method, path, "application/json", payload, timeout))
+
+    def _on_own_connection(
+        self, method: str, path: str, content_type: str, body: Any, timeout: float, **kwargs: Any
+    ) -> bytes:
+        """One request on a connection of its own (long, or big); the answer's body."""
+        conn = self.connect(timeout=timeout)
         try:
-            with path.open("rb") as f:
-                response = self.exchange(
-                    conn,
-                    "PUT",
-                    self._project_path(f"/code/{code_hash}"),
-                    {"Content-Type": "application/x-tar"},
-                    f,
-                    length=path.stat().st_size,
-                    progress=progress,
-                )
+            response = self.exchange(conn, method, path, {"Content-Type": content_type}, body, **kwargs)
             data = response.read()
         except OSError as e:
             raise ServerUnreachable(_unreachable_message(self.url, e)) from e
@@ -211,6 +297,7 @@ class Client:
             conn.close()
         if response.status not in (200, 201):
             raise error_for(response.status, data)
+        return data
 
     def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
         """The run's output so far, in chunks."""

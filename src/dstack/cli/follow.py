@@ -97,7 +97,8 @@ class Follower:
         stream = self.client.attach(self.name, offset=self.offset, tail=tail)
         out = sys.stdout.buffer
         try:
-            for frame in stream:
+            # Each piece of output is written out before the next is read: one buffer serves them all.
+            for frame in stream.frames(reuse=True):
                 if frame.kind == frames.LOG:
                     if frame.offset != self.offset and tail is None:
                         # Only a tail request may start elsewhere; anything else would repeat or skip output.

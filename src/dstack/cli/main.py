@@ -15,7 +15,8 @@ from dstack import __version__
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "Run a task (plan, upload the code, stream its output)"),
-    "apply": ("run", "Same as run, for users of today's dstack (dstack apply -f FILE)"),
+    "apply": ("apply", "Apply a fleet (dstack apply -f fleet.dstack.yml), or run a task as dstack run does"),
+    "fleet": ("fleet", "List your fleets and their hosts; dstack fleet delete NAME removes one"),
     "ps": ("ps", "List runs"),
     "logs": ("logs", "Show a run's output"),
     "attach": ("attach", "Attach to a running task: its output and ports"),

@@ -26,6 +26,7 @@ OVERRIDE_FLAGS = (
     "spot_policy",
     "retry",
     "retry_limit",
+    "fleets",
 )
 
 
@@ -43,6 +44,13 @@ def add_requirement_args(parser: argparse.ArgumentParser | argparse._ArgumentGro
         help="only this backend (repeatable)",
     )
     parser.add_argument("--max-price", type=price, metavar="USD", help="the most to pay per hour")
+    parser.add_argument(
+        "--fleet",
+        action="append",
+        dest="fleets",
+        metavar="NAME",
+        help="only the hosts of this fleet (repeatable; see dstack fleet)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> ProfileOverrides:

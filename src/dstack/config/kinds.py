@@ -15,7 +15,10 @@ PRODUCT_TYPES = {"task": "dstack run or dstack apply", "fleet": "dstack apply"}
 # Today's dstack's other types: a file of one of them is refused, not misread.
 DSTACK_ONLY_TYPES = ("service", "dev-environment", "volume", "gateway")
 
-_MODELS: dict[str, str] = {"task": "dstack.config.task:TaskConfiguration"}
+_MODELS: dict[str, str] = {
+    "task": "dstack.config.task:TaskConfiguration",
+    "fleet": "dstack.config.fleet:FleetConfiguration",
+}
 
 
 def register(kind: str, model: str) -> None:

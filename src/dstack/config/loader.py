@@ -26,12 +26,7 @@ CONFIGURATION_SUFFIXES = (".dstack.yml", ".dstack.yaml")
 def load_configuration(path: Path, *, display_name: str | None = None) -> TaskConfiguration:
     """Load a `*.dstack.yml` file; `display_name` is what messages call it (default: the path as given)."""
     name = display_name if display_name is not None else str(path)
-    if not path.name.endswith(CONFIGURATION_SUFFIXES):
-        raise ConfigError(
-            f"Configuration file {name} must be named *.dstack.yml or *.dstack.yaml "
-            "(e.g. train.dstack.yml); rename it"
-        )
-    return parse_configuration(_read_text(path, name, "Configuration file"), filename=name)
+    return parse_configuration(read_configuration_text(path, name), filename=name)
 
 
 def parse_configuration(text: str, *, filename: str) -> TaskConfiguration:
@@ -40,8 +35,8 @@ def parse_configuration(text: str, *, filename: str) -> TaskConfiguration:
     if not isinstance(configuration, TaskConfiguration):
         kind = getattr(configuration, "type", "?")
         raise ConfigError(
-            f"{filename} is a {kind} configuration, not a task; apply it with "
-            f"{kinds.PRODUCT_TYPES.get(str(kind), 'dstack apply')}",
+            f"This is a {kind} configuration, not a task; apply it with "
+            f"{kinds.PRODUCT_TYPES.get(str(kind), 'dstack apply')} -f {filename}",
             file=filename,
         )
     return configuration
@@ -162,3 +157,13 @@ def _locate_env_keys(document: YamlDocument) -> None:
         for index, item in enumerate(env):
             if isinstance(item, str):
                 document.source.alias(("env", env_key_of(item)), ("env", index))
+
+
+def read_configuration_text(path: Path, name: str, *, example: str = "train.dstack.yml") -> str:
+    """The text of a configuration file of any type, or a ConfigError saying why it cannot be read."""
+    if not path.name.endswith(CONFIGURATION_SUFFIXES):
+        raise ConfigError(
+            f"Configuration file {name} must be named *.dstack.yml or *.dstack.yaml "
+            f"(e.g. {example}); rename it"
+        )
+    return _read_text(path, name, "Configuration file")

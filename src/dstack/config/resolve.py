@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, get_args
 
 from pydantic import BaseModel, Field, ValidationError
@@ -41,6 +42,7 @@ _FLAG_EXAMPLES = {
     "--memory": "--memory 16GB..",
     "--disk": "--disk 100GB..",
 }
+_FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
 
 class ResourcesOverrides(ResourcesSpec):
@@ -59,6 +61,7 @@ class ProfileOverrides(BaseModel):
     max_price: float | None = Field(default=None, gt=0)
     max_duration: MaxDuration = None
     retry: RetrySetting = None
+    fleets: list[str] | None = None
 
 
 class EffectiveProfile(BaseModel):
@@ -122,6 +125,7 @@ def parse_overrides(
     spot_policy: str | None = None,
     retry: bool | None = None,
     retry_limit: str | None = None,
+    fleets: list[str] | None = None,
 ) -> ProfileOverrides:
     """Parse CLI flag values; a bad one raises ConfigError("Invalid --gpu value 'x': ...")."""
     flags = {"gpu": gpu, "cpu": cpu, "memory": memory, "disk": disk}
@@ -150,6 +154,7 @@ def parse_overrides(
         max_price=max_price,
         max_duration=_max_duration(max_duration),
         retry=_retry(retry, retry_limit),
+        fleets=_fleets(fleets),
     )
 
 
@@ -213,6 +218,17 @@ def _flag(flag: str, model: type[Any], value: str | None) -> Any:
         return model.model_validate(value)
     except ValidationError as error:
         raise flag_error(flag, value, error) from None
+
+
+def _fleets(names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    for name in names:
+        if not _FLEET_NAME.fullmatch(name):
+            raise ConfigError(
+                f"Invalid --fleet value {name[:60]!r}: give the name of a fleet (see dstack fleet)"
+            )
+    return list(names)
 
 
 def _spot_policy(value: str | None) -> SpotPolicy | None:

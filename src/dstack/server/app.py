@@ -15,12 +15,14 @@ from dstack import __version__
 from dstack.server.backends.base import Backend
 from dstack.server.backends.local import LocalBackend
 from dstack.server.backends.registry import BackendRegistry
+from dstack.server.backends.ssh import SSHBackend
 from dstack.server.background.manager import BackgroundWorkers
-from dstack.server.config_file import LocalBackendConfig, ServerConfig, load_server_config
+from dstack.server.config_file import LocalBackendConfig, ServerConfig, SSHBackendConfig, load_server_config
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
-from dstack.server.routers import api_docs, code, files, history, hosts, misc, runs, secrets
+from dstack.server.events import RECONCILE
+from dstack.server.routers import api_docs, code, files, fleets, history, hosts, misc, runs, secrets
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
@@ -44,8 +46,9 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         await migrate(db.writer)
         _, issued = await init_admin(db, settings.admin_token)
         pool = SSHPool(settings.server_dir / "ssh")
-        registry = BackendRegistry(db, _backends(config, settings, pool))
+        registry = BackendRegistry(db, _backends(config, settings, pool, db))
         ctx = ServerContext(settings=settings, db=db, backends=registry, retention=config.retention)
+        registry.on_host_back(lambda: ctx.notifier.notify(RECONCILE))
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
         app.state.projects = ProjectResolver(db)
@@ -76,6 +79,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(runs.router)
     app.include_router(code.router)
     app.include_router(files.router)
+    app.include_router(fleets.router)
     app.include_router(secrets.router)
     app.include_router(ports_router.router)
     app.include_router(api_docs.router)
@@ -100,11 +104,14 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     return app
 
 
-def _backends(config: ServerConfig, settings: ServerSettings, pool: SSHPool) -> list[Backend]:
-    backends: list[Backend] = []
+def _backends(config: ServerConfig, settings: ServerSettings, pool: SSHPool, db: Database) -> list[Backend]:
+    # Fleets are always on (their hosts come from `dstack apply`); the rest as config.yml says.
+    backends: list[Backend] = [SSHBackend(db, settings.server_dir, pool)]
     for entry in config.backends:
         if isinstance(entry, LocalBackendConfig):
-            backends.append(LocalBackend(settings.agents_dir, price=entry.price, declared=entry.resources))
+            backends.insert(0, LocalBackend(settings.agents_dir, price=entry.price, declared=entry.resources))
+        elif isinstance(entry, SSHBackendConfig):
+            pass
         else:
             from dstack.server.backends.slurm import SlurmBackend
 

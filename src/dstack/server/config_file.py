@@ -57,6 +57,7 @@ from dstack.config.ranges import Memory
 
 DEFAULT_CONFIG = """\
 # dstack server settings. Backends say where tasks run.
+# Your own hosts come as fleets (dstack apply -f fleet.dstack.yml); to run only there, remove `local`.
 backends:
   - type: local      # this machine
     price: 0         # USD per hour shown in plans
@@ -221,6 +222,14 @@ class RetentionConfig(BaseModel):
         return _size_or_off(value)
 
 
+class SSHBackendConfig(BaseModel):
+    """Fleets of the user's own hosts: always on (hosts come from `dstack apply`); listing it is allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["ssh"] = "ssh"
+
+
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 _NAME_HINT = "letters, digits, '-', '_' and '.'"
 
@@ -309,21 +318,28 @@ def _backend_type(value: Any) -> str:
 
 
 BackendConfig = Annotated[
-    Annotated[LocalBackendConfig, Tag("local")] | Annotated[SlurmBackendConfig, Tag("slurm")],
+    Annotated[LocalBackendConfig, Tag("local")]
+    | Annotated[SSHBackendConfig, Tag("ssh")]
+    | Annotated[SlurmBackendConfig, Tag("slurm")],
     Discriminator(_backend_type),
 ]
-_BACKEND_TYPES = ("local", "slurm")
+_BACKEND_TYPES = ("local", "ssh", "slurm")
 
 
-def _default_backend() -> LocalBackendConfig | SlurmBackendConfig:
+def _default_backend() -> LocalBackendConfig | SSHBackendConfig | SlurmBackendConfig:
     return LocalBackendConfig()
 
 
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Without `local` in the list, this machine runs no task (only fleets and clusters do).
     backends: list[BackendConfig] = Field(default_factory=lambda: [_default_backend()])
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
+
+    @property
+    def local(self) -> LocalBackendConfig | None:
+        return next((b for b in self.backends if isinstance(b, LocalBackendConfig)), None)
 
     @model_validator(mode="after")
     def _one_per_type(self) -> ServerConfig:
@@ -338,7 +354,8 @@ def load_server_config(path: Path) -> ServerConfig:
     if not path.exists():
         path.write_text(DEFAULT_CONFIG)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
+        data = {} if data is None else data
         return ServerConfig.model_validate(data)
     except yaml.YAMLError as e:
         raise ServerConfigError(f"{path} is not valid YAML: {e}") from e
@@ -365,7 +382,9 @@ def _without_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     names = [p for p in loc if isinstance(p, str)][:-1]
     model: type[BaseModel] = ServerConfig
-    if names[-1:] in (["backends"], ["local"]):
+    if names[-1:] == ["ssh"]:
+        model = SSHBackendConfig
+    elif names[-1:] in (["backends"], ["local"]):
         model = LocalBackendConfig
     elif names[-1:] == ["slurm"]:
         model = SlurmBackendConfig

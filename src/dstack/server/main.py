@@ -15,6 +15,7 @@ from dstack.api.config import ProjectEntry, load_config, save_config
 from dstack.core.text import clip
 from dstack.server.app import create_app
 from dstack.server.config_file import load_server_config
+from dstack.server.services.tunnel import expose_websocket_protocol
 from dstack.server.services.users import DEFAULT_PROJECT
 from dstack.server.settings import ServerSettings
 from dstack.server.ui.app import with_ui
@@ -95,7 +96,7 @@ def serve(
                 print(f"The web UI is at {settings.ui_url}: run dstack ui to open it signed in", flush=True)
 
     config = uvicorn.Config(
-        with_ui(create_app(settings, on_ready), settings),
+        expose_websocket_protocol(with_ui(create_app(settings, on_ready), settings)),
         host=settings.host,
         port=settings.port,
         log_level=log_level,

@@ -14,6 +14,14 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
 
+def _seconds_env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    try:
+        return max(1.0, float(value)) if value else default
+    except ValueError:
+        return default
+
+
 def dstack_home() -> Path:
     return Path.home() / ".dstack"
 
@@ -36,6 +44,11 @@ class ServerSettings:
     # Background loops are woken by events; this is only the safety-net poll (and how other replicas notice).
     poll_seconds: float = 2.0
     write_cli_config: bool = True
+    # How long a host may stay silent while a job runs there before the job ends `host lost` (a backend
+    # may say otherwise per host). The job's leftovers are stopped whenever the host answers again.
+    host_lost_seconds: float = field(
+        default_factory=lambda: _seconds_env("DSTACK_SERVER_HOST_LOST_SECONDS", 60.0)
+    )
     # The web UI's own port (None: no UI) and address; it listens on loopback unless configured.
     ui_port: int | None = None
     ui_host: str = "127.0.0.1"

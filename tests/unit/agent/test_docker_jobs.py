@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, make_tar, wait_for
+from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, wait_for
 from tests.dockerd import BUSYBOX_DEFAULT_OUTPUT, BUSYBOX_IMAGE, Dockerd, dockerd  # noqa: F401
 
 StartAgent = Callable[..., AgentProcess]
@@ -36,7 +36,7 @@ def test_host_reports_the_docker_daemon(agent: AgentProcess, start_agent: StartA
 
 def test_output_exit_code_env_and_working_dir(agent: AgentProcess, dockerd: Dockerd) -> None:  # noqa: F811
     client = agent.client()
-    code_hash = client.upload(make_tar([file_member("src/app/data.txt", b"in the code\n")]))
+    code_hash = client.upload([file_member("src/app/data.txt", b"in the code\n")])
     # A name sh cannot export goes in the container's config instead; it must not break the job.
     env = {"QUOTED": "a 'b' \"c\" $d\nline two", "odd-name": "x"}
     state, output = _run(
@@ -106,22 +106,54 @@ def test_an_image_job_without_commands_runs_the_images_command(agent: AgentProce
     assert state["status"] == "done" and output == BUSYBOX_DEFAULT_OUTPUT + "\n"
 
 
-def test_a_restarted_agent_removes_the_containers_of_the_jobs_it_lost(
+def test_a_restarted_agent_takes_over_running_containers(
     start_agent: StartAgent,
     tmp_path: Path,
     dockerd: Dockerd,  # noqa: F811
 ) -> None:
+    # A container running the image's own command (its output comes from the daemon, not a file).
+    dockerd.docker(
+        "build",
+        "-q",
+        "-t",
+        "dstack-test/waits:1",
+        "-",
+        input=(
+            f"FROM {BUSYBOX_IMAGE}\n"
+            'CMD ["/bin/sh", "-c", "echo a; while [ ! -e /workflow/go ]; do sleep 0.05; done; '
+            'echo b; exit 4"]\n'
+        ).encode(),
+        env={"DOCKER_BUILDKIT": "0"},
+    )
     work = tmp_path / "work"
     first = start_agent(work, env=agent_env(**dockerd.env))
     client = first.client()
-    job = client.submit(["sleep 300"], image=BUSYBOX_IMAGE)
-    client.wait_status(job["id"], ["running"], 60)
-    assert dockerd.containers(MARKER_LABEL)
+    commands = client.submit(
+        ["echo one", "while [ ! -e go ]; do sleep 0.05; done", "echo two", "exit 3"], image=BUSYBOX_IMAGE
+    )
+    own = client.submit([], image="dstack-test/waits:1")
+    stopped = client.submit(["echo three", "sleep 300"], image=BUSYBOX_IMAGE)
+    for job, first_line in ((commands, b"one\n"), (own, b"a\n"), (stopped, b"three\n")):
+        wait_for(lambda j=job, f=first_line: client.read_logs_now(j["id"]) == f, 60, "the job to print")
     first.kill()
+    client.close()
+    for job in (commands, own):
+        (work / "jobs" / job["id"] / "code" / "go").touch()  # they go on, with no agent
     second = start_agent(work, env=agent_env(**dockerd.env))
-    state = second.client().wait_final(job["id"], 60)
-    assert state["status"] == "failed"
-    assert dockerd.containers(MARKER_LABEL) == []
+    client = second.client()
+    state = client.wait_final(commands["id"], 60)
+    assert (state["status"], state["exit_code"]) == ("failed", 3)
+    assert client.read_logs(commands["id"]) == b"one\ntwo\n"
+    state = client.wait_final(own["id"], 60)
+    assert (state["status"], state["exit_code"]) == ("failed", 4)
+    assert client.read_logs(own["id"]) == b"a\nb\n", second.log()
+    assert client.job(stopped["id"])["status"] == "running"
+    assert client.stop(stopped["id"], grace_seconds=1).status == 202
+    assert client.wait_final(stopped["id"], 60)["status"] == "terminated"
+    # (busybox's sh reports its foreground command's death by SIGTERM: "Terminated")
+    assert client.read_logs(stopped["id"]).startswith(b"three\n")
+    wait_for(lambda: dockerd.containers(MARKER_LABEL) == [], 30, "the containers to be removed")
+    assert "Traceback" not in second.log()
 
 
 def test_build_output_streams_and_secrets_stay_out_of_the_built_image(

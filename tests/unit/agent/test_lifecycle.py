@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,11 +14,11 @@ import pytest
 from agent_testkit import (
     PYTHON39,
     TOKEN,
+    AgentClient,
     AgentProcess,
     agent_env,
     file_member,
     job_processes,
-    make_tar,
     new_job_id,
     wait_for,
 )
@@ -114,30 +115,141 @@ def test_sigterm_stops_running_jobs(start_agent: StartAgent) -> None:
     assert "Traceback" not in agent.log()
 
 
-def test_restart_recovers_jobs_left_running(start_agent: StartAgent, tmp_path: Path) -> None:
+def test_a_restarted_agent_takes_over_the_jobs_left_running(start_agent: StartAgent, tmp_path: Path) -> None:
     work_dir = tmp_path / "work"
     crashed = start_agent(work_dir)
     client = crashed.client()
     finished = client.submit(["echo kept"])
     client.wait_final(finished["id"])
-    orphan = client.submit(["echo partial", "setsid sleep 1000 & sleep 1000"])
-    wait_for(lambda: len(job_processes(orphan["id"])) >= 3, 10, "the orphan's processes to start")
-    crashed.kill()  # no chance to clean up: the job's processes survive it
+    # It prints while no agent watches it, leaves a daemon behind and ends with its own exit code.
+    wait_go = "while [ ! -e go ]; do sleep 0.05; done"
+    carried = client.submit(["echo before", "setsid sleep 1000 &", wait_go, "echo after", "exit 3"])
+    stopped = client.submit(["echo waiting", "sleep 1000"])
+    wait_for(lambda: b"before" in client.read_logs_now(carried["id"]), 10, "the job to print")
+    wait_for(lambda: len(job_processes(carried["id"])) >= 3, 10, "the job's processes to start")
+    client.wait_status(stopped["id"], ["running"])
+    crashed.kill()  # no chance to clean up: the jobs' processes outlive it
     client.close()
-    assert job_processes(orphan["id"])
+    (work_dir / "jobs" / carried["id"] / "code" / "go").touch()  # the job goes on, unwatched
+    wait_for(
+        lambda: (work_dir / "jobs" / carried["id"] / "output.log").read_bytes() == b"before\nafter\n",
+        10,
+        "the job to print while no agent runs",
+    )
 
     restarted = start_agent(work_dir)
     client = restarted.client()
-    # Recovery happens before the agent serves: nothing of the old job is left by now.
-    assert job_processes(orphan["id"]) == []
-    state = client.job(orphan["id"])
-    assert (state["status"], state["reason"]) == ("failed", "Agent restarted while the job was running")
-    assert client.read_logs(orphan["id"]) == b"partial\n"
+    state = client.wait_final(carried["id"])
+    # Its real end, all of its output (once), and nothing left of it.
+    assert (state["status"], state["exit_code"]) == ("failed", 3), state
+    assert client.read_logs(carried["id"]) == b"before\nafter\n"
+    wait_for(lambda: job_processes(carried["id"]) == [], 10, "the daemon to be stopped")
+    # The other one runs on under the new agent, which can stop it.
+    assert client.job(stopped["id"])["status"] == "running"
+    assert client.stop(stopped["id"]).status == 202
+    state = client.wait_final(stopped["id"])
+    # SIGTERM ended bash (status unknown to an agent that is not its parent), or its sleep first (bash then
+    # exits 143 itself, and says so).
+    assert state["status"] == "terminated" and state["exit_code"] in (None, 143), state
+    assert client.read_logs(stopped["id"]) == b"waiting\n"
+    assert job_processes(stopped["id"]) == []
     assert client.job(finished["id"])["status"] == "done"
     assert client.read_logs(finished["id"]) == b"kept\n"
-    # The restarted agent runs new jobs as usual.
     job = client.submit(["echo fresh"])
     assert client.wait_final(job["id"])["status"] == "done"
+    assert "Traceback" not in restarted.log()
+
+
+def test_a_job_that_ended_while_no_agent_ran_keeps_its_exit_code(
+    start_agent: StartAgent, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "work"
+    crashed = start_agent(work_dir)
+    client = crashed.client()
+    ended = client.submit(["echo one", "while [ ! -e go ]; do sleep 0.05; done", "exit 5"])
+    killed = client.submit(["echo two", "sleep 1000"])
+    client.wait_status(killed["id"], ["running"])
+    wait_for(lambda: len(job_processes(killed["id"])) >= 2, 10, "the job's processes to start")
+    crashed.kill()
+    client.close()
+    (work_dir / "jobs" / ended["id"] / "code" / "go").touch()
+    wait_for(lambda: job_processes(ended["id"]) == [], 10, "the job to end")
+    for pid in job_processes(killed["id"]):  # killed by someone else, with no chance to say how
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: job_processes(killed["id"]) == [], 10, "the job to die")
+
+    client = start_agent(work_dir).client()
+    state = client.wait_final(ended["id"])
+    assert (state["status"], state["exit_code"]) == ("failed", 5)
+    assert client.read_logs(ended["id"]) == b"one\n"
+    state = client.wait_final(killed["id"])
+    assert (state["status"], state["reason_code"]) == ("failed", "agent_lost")
+    assert "exit status" in state["reason"]
+
+
+def test_a_job_cut_short_while_being_prepared_fails_and_leaves_nothing(
+    start_agent: StartAgent, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "work"
+    first = start_agent(work_dir)
+    client = first.client()
+    job = client.submit(["echo never"])
+    client.wait_final(job["id"])
+    client.close()
+    first.terminate()
+    # As an agent killed while it unpacked the code would leave the folder: created, never started.
+    folder = work_dir / "jobs" / job["id"]
+    state = json.loads((folder / "state.json").read_text())
+    state.update(status="preparing", exit_code=None, finished_at=None)
+    (folder / "state.json").write_text(json.dumps(state))
+    for name in ("main.pid", "exit_code", "output.log"):
+        (folder / name).unlink(missing_ok=True)
+    state = start_agent(work_dir).client().wait_final(job["id"])
+    assert (state["status"], state["reason_code"]) == ("failed", "agent_lost")
+    assert state["reason"] == "The agent restarted while the job was being prepared"
+
+
+def test_sigusr1_hands_the_jobs_over_to_the_next_agent(start_agent: StartAgent, tmp_path: Path) -> None:
+    work_dir = tmp_path / "work"
+    old = start_agent(work_dir)
+    client = old.client()
+    job = client.submit(["echo one", "while [ ! -e go ]; do sleep 0.05; done", "echo two"])
+    wait_for(lambda: client.read_logs_now(job["id"]) == b"one\n", 10, "the job to print")
+    client.close()
+    old.process.send_signal(signal.SIGUSR1)
+    assert old.process.wait(30) == 0
+    assert job_processes(job["id"])  # still running, with no agent
+    # The next one reads its token from stdin: it is in no argv and no environment on the host.
+    env = agent_env()
+    del env["DSTACK_AGENT_TOKEN"]
+    new = subprocess.Popen(
+        [sys.executable, "-m", "dstack.agent", "--work-dir", str(work_dir), "--token-stdin"],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert new.stdin is not None
+        new.stdin.write(f"{TOKEN}\n".encode())
+        new.stdin.close()
+
+        def started() -> bool:
+            try:
+                return bool(json.loads((work_dir / "agent.json").read_text())["pid"] == new.pid)
+            except (OSError, ValueError):
+                return False
+
+        wait_for(started, 20, "the new agent to start")
+        assert TOKEN.encode() not in Path(f"/proc/{new.pid}/environ").read_bytes()
+        client = AgentClient(json.loads((work_dir / "agent.json").read_text())["port"])
+        assert client.job(job["id"])["status"] == "running"
+        (work_dir / "jobs" / job["id"] / "code" / "go").touch()
+        assert client.wait_final(job["id"])["status"] == "done"
+        assert client.read_logs(job["id"]) == b"one\ntwo\n"
+    finally:
+        new.terminate()
+        new.wait(30)
 
 
 def test_idle_exit(start_agent: StartAgent) -> None:
@@ -190,9 +302,7 @@ def test_runs_on_python_3_9(start_agent: StartAgent) -> None:
     agent = start_agent(python=str(PYTHON39))
     client = agent.client()
     assert client.get_json("/api/health")["pid"] == agent.process.pid
-    code_hash = client.upload(
-        make_tar([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
-    )
+    code_hash = client.upload([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
     job = client.submit(["python3 hello.py", "exit 4"], code_hash=code_hash)
     state = client.wait_final(job["id"])
     assert (state["status"], state["exit_code"]) == ("failed", 4)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, make_tar, wait_for
+from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, wait_for
 from tests.e2e.envkit import make_wheel
 
 StartAgent = Callable[..., AgentProcess]
@@ -19,8 +20,8 @@ def agent(start_agent: StartAgent, tmp_path: Path) -> AgentProcess:
     return start_agent(tmp_path / "work", env=agent_env(**OFFLINE))
 
 
-def _code(files: dict[str, bytes]) -> bytes:
-    return make_tar([file_member(name, data) for name, data in files.items()])
+def _code(files: dict[str, bytes]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    return [file_member(name, data) for name, data in files.items()]
 
 
 def _wheel_bytes(tmp_path: Path, name: str) -> bytes:

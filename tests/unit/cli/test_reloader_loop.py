@@ -4,15 +4,15 @@ edits wait for the run to be submitted, and a change whose event was lost still 
 
 from __future__ import annotations
 
-import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from dstack.cli.reload import reloader as reloader_module
+from dstack.cli.reload.batch import Batch
 from dstack.cli.reload.reloader import Reloader
 from dstack.cli.reload.transport import NotReady
 from dstack.code.ignore import IgnoreRules
@@ -28,13 +28,12 @@ class RecordingTransport:
         self.attempts = 0
         self.lock = threading.Lock()
 
-    def send_batch(self, body: IO[bytes], length: int) -> dict[str, Any]:
+    def send_batch(self, batch: Batch) -> dict[str, Any]:
         self.attempts += 1
         if not self.running.is_set():
             raise NotReady("not running yet")
-        body.seek(0)
-        with tarfile.open(fileobj=body, mode="r:") as tar, self.lock:
-            self.received += [member.name for member in tar.getmembers()]
+        with self.lock:
+            self.received += [entry[0] for entry in batch.entries]
         return {"job_id": "job-1", "errors": []}
 
     def compare(self, entries: list[list[Any]]) -> dict[str, Any]:

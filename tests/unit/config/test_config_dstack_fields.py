@@ -547,7 +547,7 @@ def test_groups_without_commands_run_the_tasks_image() -> None:
         ("type: volume\nname: v\n", "1:7: Configuration type 'volume' is not supported"),
         ("type: gateway\nname: g\n", "1:7: Configuration type 'gateway' is not supported"),
         ("type: service\nport: 80\ncommands: [a]\n", "1:7: Configuration type 'service' is not supported"),
-        ("type: fleet\nname: f\n", "1:7: Configuration type 'fleet' is not available in this version yet"),
+        ("type: fleet\nname: f\n", "1:1: Missing 'ssh_config'"),  # a fleet, validated as one
     ],
 )
 def test_invalid_forms(text: str, expected: str) -> None:

@@ -95,12 +95,16 @@ def test_random_run_names_are_valid_and_readable() -> None:
 
 
 def test_json_schema_describes_the_input_forms() -> None:
-    schema = configuration_json_schema()
-    json.dumps(schema)
+    whole = configuration_json_schema()
+    json.dumps(whole)
+    # One of the registered types, chosen by `type`.
+    by_type = {option["properties"]["type"]["const"]: option for option in whole["oneOf"]}
+    assert set(by_type) == {"task", "fleet"}
+    assert set(by_type["fleet"]["properties"]) == {"type", "name", "placement", "ssh_config"}
+    schema = by_type["task"]
     properties = schema["properties"]
     assert schema["additionalProperties"] is False
     assert schema["required"] == ["type"]
-    assert properties["type"]["const"] == "task"
     # Every key a task file may have, and nothing else: the schema is made from the same models.
     assert set(properties) == set(TaskConfiguration.allowed_keys())
     assert {"type", "commands", "volumes", "files", "repos", "schedule", "priority", "groups"} <= set(
@@ -108,7 +112,7 @@ def test_json_schema_describes_the_input_forms() -> None:
     )
     assert {"type": "number"} in properties["python"]["anyOf"]
     assert {option["type"] for option in properties["env"]["anyOf"]} == {"array", "object"}
-    port_forms = schema["$defs"]["PortMapping"]["anyOf"]
+    port_forms = whole["$defs"]["PortMapping"]["anyOf"]
     assert [form["type"] for form in port_forms] == ["integer", "string", "object"]
     assert re.fullmatch(port_forms[1]["pattern"], "3000:7860") and re.fullmatch(
         port_forms[1]["pattern"], "*:80"
@@ -116,7 +120,7 @@ def test_json_schema_describes_the_input_forms() -> None:
     assert {"type": "boolean", "description": "true: retry on every event for 1h"} in properties["retry"][
         "anyOf"
     ]
-    assert schema["$defs"]["SpotPolicy"]["enum"] == ["spot", "on-demand", "auto"]
+    assert whole["$defs"]["SpotPolicy"]["enum"] == ["spot", "on-demand", "auto"]
 
 
 def test_public_names_are_all_importable_and_listed() -> None:

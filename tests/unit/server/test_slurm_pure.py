@@ -299,7 +299,8 @@ def test_slurm_config_names_clusters_once_and_knows_its_backend_types(tmp_path: 
         load_server_config(path)
     path.write_text("backends:\n  - type: kubernetes\n")
     with pytest.raises(
-        ServerConfigError, match=r"backends\.0: unknown backend type 'kubernetes'; use one of: local, slurm"
+        ServerConfigError,
+        match=r"backends\.0: unknown backend type 'kubernetes'; use one of: local, ssh, slurm",
     ):
         load_server_config(path)
     path.write_text(f"backends:\n  - type: local\n  - type: slurm\n    clusters: [{one}]\n")

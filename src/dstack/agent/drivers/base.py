@@ -1,4 +1,9 @@
-"""The driver protocol: everything the runner needs from "a way to run a job", nothing more."""
+"""The driver protocol: everything the runner needs from "a way to run a job", nothing more.
+
+A job's processes write their output straight into the job's output file and outlive the agent that
+started them: a restarted (or upgraded) agent `adopt`s the main phase of a job an earlier agent started
+and carries on waiting for it and stopping it, as if it had started it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,13 @@ from pathlib import Path
 from typing import Dict, List, Optional, Protocol, Tuple
 
 from dstack.agent.jobs.spec import JobResources
+from dstack.agent.logstore import LogStore
+
+# What `wait` returns for a job that ended with no exit status anyone could see (an adopted job killed by
+# SIGKILL, or one whose container vanished).
+EXIT_UNKNOWN = -1
+PHASE_MAIN = "main"
+PHASE_BUILD = "build"
 
 
 @dataclass(frozen=True)
@@ -33,10 +45,12 @@ class LaunchSpec:
     script: Path  # a bash script holding the job's commands
     cwd: Path
     env: Dict[str, str]
+    logs: LogStore  # stdout and stderr go into its file (see logstore.py)
     resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
     container: Optional[ContainerSpec] = None  # set for the container driver
     args: List[str] = field(default_factory=list)  # the script's positional parameters (the run's arguments)
     argv: Optional[List[str]] = None  # processes: what to run (default: bash with the script)
+    phase: str = PHASE_MAIN  # only a main phase is taken over by a restarted agent
 
 
 def process_shell(shell: Optional[str]) -> List[str]:
@@ -50,12 +64,11 @@ def process_shell(shell: Optional[str]) -> List[str]:
 
 @dataclass(frozen=True)
 class JobHandle:
-    """A started job. Drivers may subclass it to keep their own details."""
+    """A started (or adopted) job. Drivers may subclass it to keep their own details."""
 
     pid: int  # the job's main process, as shown to the API
     pgid: Optional[int]  # the job's process group, if it has one of its own
     marker: str
-    output_fd: int  # read end of the job's merged stdout and stderr; the runner reads and closes it
 
 
 class Driver(Protocol):
@@ -63,7 +76,8 @@ class Driver(Protocol):
         """Start the job; raise OSError if it cannot be started."""
 
     def wait(self, handle: JobHandle, timeout: Optional[float]) -> Optional[int]:
-        """The main process's exit code (128+N if killed by signal N), or None if `timeout` passed."""
+        """The main process's exit code (128+N if killed by signal N; EXIT_UNKNOWN if nobody could see
+        it), or None if `timeout` passed."""
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
         """End every process of the job: SIGTERM then SIGKILL after the grace, or SIGKILL at once."""
@@ -72,7 +86,14 @@ class Driver(Protocol):
         """The pids of the job's processes still alive."""
 
     def release(self, handle: JobHandle) -> None:
-        """Free what the ended job still holds (a container); called once its output is drained."""
+        """Free what the ended job still holds (a container); called once its output is published."""
+
+    def adopt(self, marker: str, folder: Path, logs: LogStore) -> Optional[JobHandle]:
+        """The main phase of a job an earlier agent started in `folder`, if it still runs (else None)."""
+
+    def ended(self, marker: str, folder: Path, logs: LogStore) -> Optional[int]:
+        """The exit code of a job's main phase that ended while no agent watched it, if known; first
+        stores whatever of its output only the driver holds."""
 
     def recover(self, marker: str, grace_seconds: float) -> None:
-        """End the processes of a job started by an earlier agent (they cannot be re-attached)."""
+        """End whatever is left of a job started by an earlier agent (a build, background processes)."""

@@ -14,6 +14,12 @@ commands nor entrypoint the image's own entrypoint and command run instead.
 Everything the user wrote reaches the wrapper as data: positional arguments and a sourced file of `export`
 lines quoted with shlex; nothing is evaluated. `files` with targets outside the working directory are
 copied into the container before it starts (container_files.py).
+
+Output: the wrapper sends the container's stdout and stderr into the job's output file, mounted into the
+container, so the container needs nothing from the agent while it runs (as a process job). A container
+running the image's own command has no wrapper: its output comes from the daemon's attach stream, and a
+restarted agent reads the daemon's log of it from where the file ends. A restarted agent finds a job's
+containers by their marker label and adopts the one of its main phase.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import struct
 import threading
 import time
@@ -30,16 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from dstack.agent.drivers.base import JobHandle, LaunchSpec
+from dstack.agent.drivers.base import EXIT_UNKNOWN, PHASE_MAIN, JobHandle, LaunchSpec
 from dstack.agent.drivers.container_files import ContainerFilesError, place_files
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError
+from dstack.agent.logstore import LogStore
 
 log = logging.getLogger(__name__)
 
 LABEL_MARKER = "dstack.job.marker"
 LABEL_JOB = "dstack.job.id"
+LABEL_PHASE = "dstack.job.phase"
+LABEL_OUTPUT = "dstack.job.output"  # "file": the wrapper writes the output file; "stream": the daemon's
 SCRIPT_MOUNT = "/.dstack/job.sh"
 ENV_MOUNT = "/.dstack/env.sh"
+OUTPUT_MOUNT = "/.dstack/output.log"
 # `kill -TERM -1` (the one spelling that dash, busybox and bash all take) signals every process the
 # wrapper may signal but itself and init: the whole job, however deep its process tree. A `wait` cut short
 # by the trap is waited again, so the exit code is the commands' own (127: already collected). The job's
@@ -48,6 +57,7 @@ ENV_MOUNT = "/.dstack/env.sh"
 # Arguments: $1 the working directory ("" keeps the container's), $2 how to run: `exec` (the rest is the
 # argv), `shell` ($3 is the shell), or `auto`.
 WRAPPER = (
+    "exec >>" + OUTPUT_MOUNT + " 2>&1\n"
     "stopping=\n"
     "trap 'stopping=1; kill -TERM -1 2>/dev/null' TERM INT HUP\n"
     ". " + ENV_MOUNT + "\n"
@@ -71,6 +81,7 @@ WRAPPER = (
 _FRAME_HEADER = struct.Struct(">BxxxL")
 _SHELL_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _WAIT_RETRY_SECONDS = 1.0
+_PUMP_DRAIN_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ class ContainerHandle(JobHandle):
     container_id: str = ""
     exited: threading.Event = field(default_factory=threading.Event)
     result: List[int] = field(default_factory=list)  # the exit code, once known
-    stream: Any = None  # the attach socket
+    stream: Any = None  # the attach socket (or log stream) of a container running the image's command
+    pump: Any = None  # the thread moving that stream into the job's output
 
 
 class DockerDriver:
@@ -104,35 +116,34 @@ class DockerDriver:
             except (ContainerFilesError, DockerError) as e:
                 self._client.remove_container(container_id)
                 raise DockerError(str(e)) from e
+        stream: Any = None
+        pump = None
         try:
-            stream, first_bytes = self._client.attach(container_id)
-        except DockerError:
-            self._client.remove_container(container_id)
-            raise
-        read_fd, write_fd = os.pipe()
-        threading.Thread(
-            target=_pump,
-            args=(stream, first_bytes, write_fd),
-            name=f"docker-out-{launch.job_id}",
-            daemon=True,
-        ).start()
-        try:
+            if _streamed(launch):
+                stream, first_bytes = self._client.attach(container_id)
+                pump = _start_pump(stream.recv, first_bytes, 0, launch.logs, launch.job_id)
             self._client.start(container_id)
             state = (self._client.inspect_container(container_id) or {}).get("State", {})
         except DockerError:
-            self._client.remove_container(container_id)  # ends the stream, which closes the pipe
-            os.close(read_fd)
+            self._client.remove_container(container_id)  # ends the stream, which ends the pump
             raise
-        handle = ContainerHandle(
-            pid=int(state.get("Pid") or 0),
-            pgid=None,
-            marker=launch.marker,
-            output_fd=read_fd,
-            container_id=container_id,
-            stream=stream,
+        return self._watch(
+            ContainerHandle(
+                pid=int(state.get("Pid") or 0),
+                pgid=None,
+                marker=launch.marker,
+                container_id=container_id,
+                stream=stream,
+                pump=pump,
+            )
         )
+
+    def _watch(self, handle: ContainerHandle) -> ContainerHandle:
         threading.Thread(
-            target=self._wait_loop, args=(handle,), name=f"docker-wait-{launch.job_id}", daemon=True
+            target=self._wait_loop,
+            args=(handle,),
+            name=f"docker-wait-{handle.container_id[:12]}",
+            daemon=True,
         ).start()
         return handle
 
@@ -150,7 +161,11 @@ class DockerDriver:
         # A user of the image's own may run the task: it must be able to read what the wrapper reads (the
         # job's folder stays the agent's own on the host).
         readable = 0o644 if container.user else 0o600
-        if not container.use_image_command:
+        if not _streamed(launch):
+            os.close(launch.logs.writer_fd())  # a bind mount needs the file to exist
+            if container.user:  # that user writes the job's output, through the mount (the job's folder
+                os.chmod(launch.logs.log_path, 0o666)  # noqa: S103 - stays the agent's own on the host)
+            mounts.append({"Type": "bind", "Source": str(launch.logs.log_path), "Target": OUTPUT_MOUNT})
             env_file = launch.script.with_name(launch.script.name + ".env")
             env = write_env_file(env_file, env, mode=readable)
             os.chmod(launch.script, 0o644)
@@ -181,7 +196,12 @@ class DockerDriver:
             "Env": [f"{name}={value}" for name, value in env.items()],
             # A ~/... directory is entered by the wrapper (only it knows the user's home).
             "WorkingDir": workdir if workdir.startswith("/") else "/",
-            "Labels": {LABEL_MARKER: launch.marker, LABEL_JOB: launch.job_id},
+            "Labels": {
+                LABEL_MARKER: launch.marker,
+                LABEL_JOB: launch.job_id,
+                LABEL_PHASE: launch.phase,
+                LABEL_OUTPUT: "stream" if _streamed(launch) else "file",
+            },
             "AttachStdin": False,
             "AttachStdout": True,
             "AttachStderr": True,
@@ -224,6 +244,9 @@ class DockerDriver:
         container = _container(handle)
         if not container.exited.wait(timeout):
             return None
+        if container.pump is not None:
+            # The daemon ends the stream once the container has exited and its output was sent.
+            container.pump.join(_PUMP_DRAIN_SECONDS)
         return container.result[0]
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
@@ -249,6 +272,56 @@ class DockerDriver:
             log.warning("Could not remove container %s: %s", container.container_id[:12], e)
         _close_quietly(container.stream)
 
+    def adopt(self, marker: str, folder: Path, logs: LogStore) -> Optional[JobHandle]:
+        found = self._main_container(marker)
+        if found is None or not found.get("State", {}).get("Running"):
+            return None
+        container_id = str(found["Id"])
+        stream = pump = None
+        if found.get("Config", {}).get("Labels", {}).get(LABEL_OUTPUT) == "stream":
+            try:
+                stream = self._client.logs(container_id)
+            except DockerError as e:
+                log.warning("Cannot read the output of container %s: %s", container_id[:12], e)
+            else:
+                pump = _start_pump(stream.read1, b"", logs.size(), logs, container_id[:12])
+        return self._watch(
+            ContainerHandle(
+                pid=int(found["State"].get("Pid") or 0),
+                pgid=None,
+                marker=marker,
+                container_id=container_id,
+                stream=stream,
+                pump=pump,
+            )
+        )
+
+    def ended(self, marker: str, folder: Path, logs: LogStore) -> Optional[int]:
+        found = self._main_container(marker)
+        if found is None or found.get("State", {}).get("Running"):
+            return None
+        if found.get("Config", {}).get("Labels", {}).get(LABEL_OUTPUT) == "stream":
+            try:  # what it printed after the earlier agent's last read is only in the daemon's log
+                stream = self._client.logs(str(found["Id"]))
+                try:
+                    _pump(stream.read1, b"", logs.size(), logs)
+                finally:
+                    _close_quietly(stream)
+            except DockerError as e:
+                log.warning("Cannot read the output of container %s: %s", str(found["Id"])[:12], e)
+        return int(found.get("State", {}).get("ExitCode", EXIT_UNKNOWN))
+
+    def _main_container(self, marker: str) -> Optional[Dict[str, Any]]:
+        try:
+            for container_id in self._client.list_containers(f"{LABEL_MARKER}={marker}"):
+                info = self._client.inspect_container(container_id)
+                labels = (info or {}).get("Config", {}).get("Labels") or {}
+                if info is not None and labels.get(LABEL_PHASE, PHASE_MAIN) == PHASE_MAIN:
+                    return info
+        except DockerError as e:
+            log.warning("Could not look for the containers of an earlier job: %s", e)
+        return None
+
     def recover(self, marker: str, grace_seconds: float) -> None:
         try:
             containers = self._client.list_containers(f"{LABEL_MARKER}={marker}")
@@ -261,6 +334,11 @@ class DockerDriver:
                 self._client.remove_container(container_id)
             except DockerError as e:
                 log.warning("Could not remove container %s: %s", container_id[:12], e)
+
+
+def _streamed(launch: LaunchSpec) -> bool:
+    """True when the daemon carries the output (the image's own command runs, with no wrapper)."""
+    return launch.container is not None and launch.container.use_image_command
 
 
 def write_env_file(path: Path, env: Dict[str, str], mode: int = 0o600) -> Dict[str, str]:
@@ -302,8 +380,17 @@ def _close_quietly(stream: Any) -> None:
             pass
 
 
-def _pump(stream: socket.socket, pending: bytes, write_fd: int) -> None:
-    """Demultiplex the attach stream (8-byte frame headers, stdout and stderr) into the job's pipe."""
+def _start_pump(read: Any, pending: bytes, skip: int, logs: LogStore, name: str) -> threading.Thread:
+    thread = threading.Thread(
+        target=_pump, args=(read, pending, skip, logs), name=f"docker-out-{name}", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _pump(read: Any, pending: bytes, skip: int, logs: LogStore) -> None:
+    """Demultiplex a stream (8-byte frame headers, stdout and stderr) into the job's output, leaving out
+    its first `skip` bytes (what an earlier agent already stored)."""
     buffer = bytearray(pending)
     try:
         while True:
@@ -311,24 +398,18 @@ def _pump(stream: socket.socket, pending: bytes, write_fd: int) -> None:
                 _, size = _FRAME_HEADER.unpack_from(buffer)
                 if len(buffer) < _FRAME_HEADER.size + size:
                     break
-                _write_all(write_fd, bytes(buffer[_FRAME_HEADER.size : _FRAME_HEADER.size + size]))
+                payload = bytes(buffer[_FRAME_HEADER.size : _FRAME_HEADER.size + size])
                 del buffer[: _FRAME_HEADER.size + size]
+                if skip:
+                    cut = min(skip, len(payload))
+                    payload, skip = payload[cut:], skip - cut
+                logs.append(payload, time.time())
             try:
-                chunk = stream.recv(256 * 1024)
-            except OSError:
+                chunk = read(256 * 1024)
+            except (OSError, ValueError):
                 return
             if not chunk:
                 return
             buffer += chunk
-    except OSError as e:  # the runner closed the pipe's read end: nobody reads any more
-        log.debug("Container output pump stopped: %s", e)
-    finally:
-        os.close(write_fd)
-        _close_quietly(stream)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    except OSError as e:
+        log.warning("Container output could not be stored: %s", e)

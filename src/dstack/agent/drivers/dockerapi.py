@@ -268,6 +268,18 @@ class DockerClient:
         sock.settimeout(None)  # the stream stays silent as long as the task prints nothing
         return sock, rest
 
+    def logs(self, container_id: str) -> Any:
+        """A file-like object of the container's multiplexed stdout and stderr so far, then as it comes
+        (the daemon's log file: for a job taken over from an earlier agent, which read part of it)."""
+        connection, response = self._send(
+            "GET",
+            f"/containers/{container_id}/logs",
+            {"follow": "1", "stdout": "1", "stderr": "1"},
+            timeout=None,
+        )
+        response.connection_ref = connection  # type: ignore[attr-defined]  # closed with the response
+        return response
+
     def start(self, container_id: str) -> None:
         self._call("POST", f"/containers/{container_id}/start")
 

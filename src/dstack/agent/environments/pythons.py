@@ -116,8 +116,15 @@ def sort_versions(versions: List[str]) -> List[str]:
     return sorted(versions, key=lambda v: tuple(int(part) for part in v.split(".")))
 
 
+UV_ENV = "DSTACK_AGENT_UV"  # set by a server that shipped uv to this host with the agent
+
+
 def find_uv() -> Optional[str]:
-    """The uv binary: the one installed beside the agent's interpreter (dstack depends on uv), or on PATH."""
+    """The uv binary: the one a server shipped with the agent, the one installed beside the agent's
+    interpreter (dstack depends on uv), or one on PATH."""
+    shipped = os.environ.get(UV_ENV)
+    if shipped and _executable(Path(shipped)):
+        return shipped
     beside = Path(sys.executable).parent / "uv"
     if _executable(beside):
         return str(beside)

@@ -17,9 +17,10 @@ import os
 import pkgutil
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.environments import pythons
 from dstack.agent.environments.clones import clone, seal
@@ -28,6 +29,7 @@ from dstack.agent.fsutil import strip_other_modes
 from dstack.agent.reaper import ChildProcesses
 
 READY_FILE = ".dstack-ready"
+_FOUND_FOR_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,21 @@ class VenvFactory:
         self._env["UV_PYTHON_DOWNLOADS"] = "never"
         self._env.pop("VIRTUAL_ENV", None)
         self._install_lock = threading.Lock()
+        self._found: Dict[str, Tuple[str, float]] = {}
 
     def interpreter(self, version: str, notify: Callable[[str], object]) -> str:
+        # Looking the host's interpreters up reads several folders; a burst of jobs asks for the same
+        # version a thousand times a second. A path found a moment ago that is still there is the answer.
+        found = self._found.get(version)
+        if (
+            found is not None
+            and time.monotonic() - found[1] < _FOUND_FOR_SECONDS
+            and os.access(found[0], os.X_OK)
+        ):
+            return found[0]
         path = pythons.find_interpreters().get(version)
         if path is not None:
+            self._found[version] = (path, time.monotonic())
             return path
         with self._install_lock:  # two jobs asking for the same missing version install it once
             path = pythons.find_interpreters().get(version)

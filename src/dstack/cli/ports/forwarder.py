@@ -8,6 +8,7 @@ another one or the output.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -19,7 +20,7 @@ from dstack.api.client import Client
 from dstack.api.errors import APIError, ServerUnreachable
 from dstack.cli.output import note
 from dstack.cli.ports import wsclient
-from dstack.cli.ports.reserve import Forward
+from dstack.cli.ports.reserve import FORCE_SERVER_ENV, Forward
 from dstack.core.statuses import RunStatus
 
 WAIT_SECONDS = 25.0  # one long poll; the wait as a whole has no limit (installs can take minutes)
@@ -62,7 +63,7 @@ class Forwarder:
     # -- waiting for the app -----------------------------------------------------------------------------
 
     def _wait_then_serve(self, forward: Forward) -> None:
-        if not self._wait_until_open(forward.container_port):
+        if not self._wait_until_open(forward):
             return
         if forward.listener is not None:
             try:
@@ -73,7 +74,8 @@ class Forwarder:
         if forward.listener is not None:
             self._accept(forward)
 
-    def _wait_until_open(self, port: int) -> bool:
+    def _wait_until_open(self, forward: Forward) -> bool:
+        port = forward.container_port
         # Its own client: the main thread's connection is busy with the output stream and stop requests.
         api = Client(self.client.url, self.client.token, self.client.project, timeout=WAIT_SECONDS + 30)
         path = f"/api/project/{quote(self.client.project, safe='')}/runs/{quote(self.run_name, safe='')}"
@@ -93,6 +95,8 @@ class Forwarder:
                     self._announce(f"Port {port} is not forwarded: {e.message}")
                     return False
                 if answer["open"]:
+                    if not forward.direct and os.environ.get(FORCE_SERVER_ENV) != "1":
+                        forward.socket_path = answer.get("socket")
                     return not self._stopped.is_set()
                 if RunStatus(answer["status"]).is_finished:
                     return False
@@ -117,6 +121,8 @@ class Forwarder:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if forward.direct:
                 self._serve_direct(forward, conn)
+            elif forward.socket_path is not None and self._serve_socket(forward, conn):
+                pass
             else:
                 self._serve_tunnel(forward, conn)
         except Exception as e:  # a broken connection must never take the CLI down
@@ -134,13 +140,29 @@ class Forwarder:
             return
         relay(conn, target)
 
+    def _serve_socket(self, forward: Forward, conn: socket.socket) -> bool:
+        """Relay to the unix socket the server named; False (nothing sent yet) if it cannot be used here."""
+        from dstack.agent.tunnel import relay
+
+        target = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            target.settimeout(CONNECT_TIMEOUT)
+            target.connect(str(forward.socket_path))
+            target.settimeout(None)
+        except OSError:
+            target.close()
+            forward.socket_path = None  # not ours to use (another user, another machine): the server relays
+            return False
+        relay(conn, target)
+        return True
+
     def _serve_tunnel(self, forward: Forward, conn: socket.socket) -> None:
         path = (
             f"/api/project/{quote(self.client.project, safe='')}/runs/{quote(self.run_name, safe='')}"
             f"/ports/{forward.container_port}/connect"
         )
         try:
-            ws = wsclient.connect(self.client.url, path, self.client.token, timeout=CONNECT_TIMEOUT)
+            ws = wsclient.connect(self.client.url, path, self.client.token, timeout=CONNECT_TIMEOUT, raw=True)
         except (OSError, wsclient.WebSocketError) as e:
             if isinstance(e, wsclient.WebSocketError):
                 message = e.message
@@ -148,6 +170,20 @@ class Forwarder:
                 message = f"cannot reach the dstack server at {self.client.url} ({e.strerror or e})"
             self._report(forward, message)
             reset(conn)
+            return
+        if ws.raw:
+            # The server relays the bytes as they are: so does this end, in the kernel where it can.
+            from dstack.agent.tunnel import relay  # stdlib-only, shared with the agent
+
+            early = ws.leftover()
+            try:
+                if early:
+                    conn.sendall(early)
+            except OSError:
+                reset(conn)
+                reset(ws.sock)
+                return
+            relay(conn, ws.sock)
             return
         relay_websocket(conn, ws)
 

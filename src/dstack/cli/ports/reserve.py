@@ -35,6 +35,9 @@ class Forward:
     # The bound (not yet listening) socket, or None where the task itself listens on local_port.
     listener: socket.socket | None
     direct: bool = False  # relay straight to 127.0.0.1:container_port (same machine) instead of the server
+    # A unix socket the server named that reaches the port (a fleet host's SSH forward, the server being
+    # on this machine): tried first, the server's relay if it cannot be used.
+    socket_path: str | None = None
 
     @property
     def url(self) -> str:

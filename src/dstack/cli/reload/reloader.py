@@ -207,10 +207,7 @@ class Reloader:
             for rel in changes.forget:
                 self.index.remove(rel)
             for batch in build_batches(self.root, changes, self._warn_once):
-                try:
-                    result = self._transport.send_batch(batch.body, batch.length)
-                finally:
-                    batch.body.close()
+                result = self._transport.send_batch(batch)
                 self._applied(batch.deletes, batch.puts, result)
             self._dirty -= snapshot
             self._retry_at, self._retry_delay = None, RETRY_FIRST

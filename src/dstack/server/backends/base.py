@@ -4,6 +4,25 @@ A backend owns a set of hosts, each with an agent; the server learns their resou
 fingerprints and reaches them only through `AgentClient`. Optional abilities are declared in
 `capabilities` so a plan can say why a backend does not fit a task, instead of failing later.
 
+The protocol (what a new backend implements; the optional hooks have defaults):
+- `start()` / `close()`: bring the backend up at server start (never blocking on a host that does not
+  answer) / let go of connections (jobs keep running on their hosts);
+- `hosts()`: the hosts offered now, from what the backend knows (cheap: called for every plan and
+  scheduling pass, at most every few seconds); a host that does not answer is listed with
+  `available=False` and why, so plans can say so;
+- `agent(host)`: the client of the host's agent (raises AgentUnreachable when there is none now);
+- `recover(host)`: the agent stopped answering; bring it back (reconnect, restart it: a restarted agent
+  takes its jobs over). True if it answers again;
+- optional `port_socket(host, job_id, port)`: a unix socket on this machine that reaches the job's port
+  directly (a fleet host's: the SSH connection's own forward), which a CLI on this machine, running as
+  the server's user, may use instead of relaying through the server (the port then moves as fast as
+  `ssh -L`); None where there is none (the default);
+- optional `lost_after(host)`: how long a host may stay silent before its running jobs end `host lost`
+  (None: the server's setting);
+- optional launch step (below): `needs_launch`, `launch`, `job_agent`, `job_ended`, `release`.
+Hosts may come and go while the server runs (fleets applied, deleted): the registry asks `hosts()` again
+on every sync and after `refresh`.
+
 Most backends have a standing agent per host that takes a job as soon as it is placed. A backend with a
 queue of its own (Slurm) has a launch step first: `needs_launch` is set, and the supervisor calls
 `launch` before it talks to an agent — the backend submits the job to its queue, reports while it waits,
@@ -41,6 +60,8 @@ class HostInfo:
     available: bool = True
     unavailable_reason: str | None = None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    project_id: str | None = None  # None: offered to every project (local); a fleet's host: its project's
+    status: str | None = None  # what the hosts table says (ready, unreachable, failed...); None: derived
     fleet: str | None = None  # the fleet the host belongs to (fleet backends), and its place there
     fleet_index: int | None = None
     note: str | None = None  # what the backend says about its availability (e.g. Slurm's node counts)
@@ -98,6 +119,19 @@ class LaunchProgress:
 
 class Backend(ABC):
     type: ClassVar[str]
+    # Set by the server: call it when a host that did not answer answers again (the reconciler then stops
+    # what the host still runs of jobs that ended meanwhile).
+    on_host_back: Callable[[], None] | None = None
+    # Set by the registry: call it when what `hosts()` would say changed (a host became unreachable...).
+    on_hosts_changed: Callable[[], None] | None = None
+
+    def host_back(self) -> None:
+        if self.on_host_back is not None:
+            self.on_host_back()
+
+    def hosts_changed(self) -> None:
+        if self.on_hosts_changed is not None:
+            self.on_hosts_changed()
 
     @abstractmethod
     async def start(self) -> None:
@@ -118,6 +152,14 @@ class Backend(ABC):
     @abstractmethod
     async def recover(self, host_name: str) -> bool:
         """The host's agent stopped answering: try to bring it back. True if it answers again."""
+
+    async def port_socket(self, host_name: str, job_id: str, port: int) -> str | None:
+        """A unix socket here that reaches the job's port on its host; None: only through the agent."""
+        return None
+
+    def lost_after(self, host_name: str) -> float | None:
+        """Seconds a host may stay silent before its jobs end `host lost`; None: the server's setting."""
+        return None
 
     # -- optional: a launch step before the job's agent exists (see the module's docstring) --------------
 

@@ -2,15 +2,22 @@
 
 The agent is a separate process in its own session, so tasks survive a server restart; a restarted server
 finds it again through `agent.json` in the agent's folder and checks its token before trusting it.
+
+An agent that died is started again; one that is alive but does not answer (hung, or stopped with
+SIGSTOP) for HUNG_AFTER seconds is killed and replaced, since it holds the work folder's lock and no other
+agent could start. Tasks never depend on their agent (see dstack.agent.runner): the new agent takes the
+running ones over, so their runs carry on with output, stop and exit status intact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 HOST_NAME = "local"
 AGENT_START_TIMEOUT = 20.0
 AGENT_IDLE_EXIT = 3600
+HUNG_AFTER = 10.0  # seconds an agent that is alive may leave every request unanswered before it is replaced
+_KILL_WAIT = 10.0
 
 
 class LocalBackend(Backend):
@@ -41,6 +50,7 @@ class LocalBackend(Backend):
         self._client: AgentClient | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = asyncio.Lock()
+        self._silent_since: float | None = None
 
     async def start(self) -> None:
         await self._ensure_agent()
@@ -93,12 +103,43 @@ class LocalBackend(Backend):
             self.dir.mkdir(parents=True, exist_ok=True)
             self.dir.chmod(0o700)
             token = _read_or_create_token(self.dir / "token")
-            url = _running_agent_url(self.dir)
-            if url is not None and await _answers(url, token):
-                await self._use(url, token)
-                return
+            running = _running_agent(self.dir)
+            if running is not None:
+                url, pid = running
+                if await _answers(url, token):
+                    self._silent_since = None
+                    await self._use(url, token)
+                    return
+                if _is_agent_of(pid, self.dir):
+                    await self._replace_hung(pid)
             url = await self._spawn(token)
+            self._silent_since = None
             await self._use(url, token)
+            if running is not None:
+                self.host_back()  # jobs given up meanwhile may still run: the reconciler looks
+
+    async def _replace_hung(self, pid: int) -> None:
+        """The agent lives but answers nothing: after HUNG_AFTER, kill it (its jobs outlive it)."""
+        now = time.monotonic()
+        if self._silent_since is None:
+            self._silent_since = now
+        if now - self._silent_since < HUNG_AFTER:
+            raise AgentError(f"The local agent (pid {pid}) does not answer")
+        log.warning(
+            "the local agent (pid %d) has not answered for %.0f s: replacing it; its jobs carry on",
+            pid,
+            now - self._silent_since,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # SIGKILL also ends a stopped (SIGSTOP) process
+        deadline = time.monotonic() + _KILL_WAIT
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.pid == pid:
+                self._process.poll()  # our child: reap it
+            if not _alive(pid):
+                return
+            await asyncio.sleep(0.02)
+        raise AgentError(f"The local agent (pid {pid}) does not answer and did not die when killed")
 
     async def _use(self, url: str, token: str) -> None:
         if self._client is not None and self._client.url == url:
@@ -118,9 +159,9 @@ class LocalBackend(Backend):
                     f"The local agent exited at start with code {self._process.returncode}; "
                     f"see {self.dir / 'agent.log'}"
                 )
-            url = _running_agent_url(self.dir)
-            if url is not None and await _answers(url, token):
-                return url
+            running = _running_agent(self.dir)
+            if running is not None and await _answers(running[0], token):
+                return running[0]
             await asyncio.sleep(0.02)
         raise AgentError(
             f"The local agent did not start within {AGENT_START_TIMEOUT:.0f} s; see {self.dir / 'agent.log'}"
@@ -184,13 +225,34 @@ def _read_or_create_token(path: Path) -> str:
         return token
 
 
-def _running_agent_url(agent_dir: Path) -> str | None:
+def _running_agent(agent_dir: Path) -> tuple[str, int] | None:
+    """(url, pid) of the agent agent.json names, if that process is alive."""
     try:
         info = json.loads((agent_dir / "agent.json").read_text())
-        os.kill(int(info["pid"]), 0)
-        return f"http://{info['host']}:{int(info['port'])}"
+        pid = int(info["pid"])
+        if not _alive(pid):
+            return None
+        return f"http://{info['host']}:{int(info['port'])}", pid
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
+
+
+def _is_agent_of(pid: int, agent_dir: Path) -> bool:
+    """True if `pid` is an agent working in `agent_dir` (not a process that took over its pid)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"dstack.agent" in argv and os.fsencode(str(agent_dir)) in argv
 
 
 async def _answers(url: str, token: str) -> bool:

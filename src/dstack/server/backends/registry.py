@@ -1,4 +1,10 @@
-"""The configured backends and the hosts they offer, with stable host ids kept in the database."""
+"""The configured backends and the hosts they offer, with stable host ids kept in the database.
+
+The set of hosts is not fixed: fleets are applied and deleted while the server runs, so every sync asks
+each backend again (`refresh` right after a change). A backend that fails to list its hosts (the local
+agent hung, say) keeps the hosts it listed last, as they were, rather than vanishing from every plan:
+its own recovery (and the supervisors' grace) decides what becomes of them.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from sqlalchemy import select
 
@@ -38,11 +45,24 @@ class BackendRegistry:
         self._db = db
         self._backends = {b.type: b for b in backends}
         self._hosts: dict[str, tuple[Backend, HostInfo]] = {}
+        self._listed: dict[str, list[HostInfo]] = {}  # backend type -> what it listed last
         self._synced_at = 0.0
+        for backend in backends:
+            backend.on_hosts_changed = self._stale
 
     @property
     def types(self) -> list[str]:
         return list(self._backends)
+
+    def backend(self, backend_type: str) -> Backend | None:
+        return self._backends.get(backend_type)
+
+    def _stale(self) -> None:
+        self._synced_at = 0.0  # the next use lists the hosts again
+
+    def on_host_back(self, callback: Callable[[], None]) -> None:
+        for backend in self._backends.values():
+            backend.on_host_back = callback
 
     async def start(self) -> None:
         for backend in self._backends.values():
@@ -53,13 +73,20 @@ class BackendRegistry:
         for backend in self._backends.values():
             await backend.close()
 
+    async def refresh(self) -> None:
+        """Hosts were added or removed (a fleet applied or deleted): list them again now."""
+        await self.sync_hosts()
+
     async def sync_hosts(self) -> None:
         found: list[tuple[Backend, HostInfo]] = []
         for backend in self._backends.values():
             try:
-                found.extend((backend, info) for info in await backend.hosts())
-            except Exception as e:  # one broken backend must not hide the others
+                listed = await backend.hosts()
+                self._listed[backend.type] = listed
+            except Exception as e:  # one broken backend must not hide the others, nor its own hosts
                 log.warning("backend %s did not list its hosts: %s", backend.type, e)
+                listed = self._listed.get(backend.type, [])
+            found.extend((backend, info) for info in listed)
         async with self._db.write() as session:
             rows = {(r.backend, r.name): r for r in (await session.execute(select(HostRow))).scalars()}
             hosts: dict[str, tuple[Backend, HostInfo]] = {}
@@ -68,10 +95,13 @@ class BackendRegistry:
                 if row is None:
                     row = HostRow(id=str(uuid.uuid4()), backend=info.backend, name=info.name)
                     session.add(row)
-                row.resources = json.dumps(info.resources)
+                if info.resources:
+                    row.resources = json.dumps(info.resources)
                 row.price = info.price
-                row.status = "ready" if info.available else "unavailable"
-                row.last_seen_at = time.time()
+                row.status = info.status or ("ready" if info.available else "unavailable")
+                row.status_message = info.unavailable_reason
+                if info.available:
+                    row.last_seen_at = time.time()
                 hosts[row.id] = (backend, info)
         self._hosts = hosts
         self._synced_at = time.monotonic()
@@ -90,6 +120,7 @@ class BackendRegistry:
                 capabilities=info.capabilities,
                 available=info.available,
                 unavailable_reason=info.unavailable_reason,
+                project_id=info.project_id,
                 fleet=info.fleet,
                 fleet_index=info.fleet_index,
                 note=info.note,
@@ -124,8 +155,23 @@ class BackendRegistry:
         backend, info = self._entry(host_id)
         return await backend.recover(info.name)
 
+    async def port_socket(self, host_id: str, job_id: str, port: int) -> str | None:
+        backend, info = self._entry(host_id)
+        return await backend.port_socket(info.name, job_id, port)
+
+    def lost_after(self, host_id: str) -> float | None:
+        backend, info = self._entry(host_id)
+        return backend.lost_after(info.name)
+
     def describe(self, host_id: str) -> HostInfo:
         return self._entry(host_id)[1]
+
+    def known(self, host_id: str) -> bool:
+        return host_id in self._hosts
+
+    def entries(self) -> list[tuple[str, HostInfo]]:
+        """(host id, what its backend said of it) for every host offered now."""
+        return [(host_id, info) for host_id, (_, info) in self._hosts.items()]
 
     def _entry(self, host_id: str) -> tuple[Backend, HostInfo]:
         try:

@@ -160,6 +160,7 @@ class SchedulingLoop:
             self._fail(run, job, TerminationReason.SERVER_ERROR, "the run's spec could not be read")
             return False
         req = checked.requirements
+        usages = placement.for_project(usages, run.project_id)  # (the lists share their HostUsages)
         decision = placement.decide(req, usages, job.id, blocked)
         if decision.allocation is not None and decision.host is not None:
             host = decision.host

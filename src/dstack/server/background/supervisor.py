@@ -7,6 +7,12 @@ asks the backend to release the job before it is recorded (its allocation is gon
 
 Order matters for readers: every byte of output is appended before the final status is recorded, so a
 stream that sees a finished run has already seen (or can still read) all of its output.
+
+A host (or its agent) that stops answering does not end the job at once: the run says so (`ps -v`), the
+backend tries to bring the agent back (reconnect, restart it: a new agent takes the job over), and the
+supervisor carries on from the offset it had, so the output resumes exactly. Only after the grace
+(`host_lost_seconds`, or the backend's own) does the job end `host lost`; its capacity is then free, and
+whatever it left on the host is stopped by the reconciler as soon as the host answers again.
 """
 
 from __future__ import annotations
@@ -26,16 +32,17 @@ from sqlalchemy.orm import defer
 from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
 from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
+from dstack.server.backends.registry import UnknownHost
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import RETENTION, SCHEDULE, run_channel, stop_channel
+from dstack.server.events import RETENTION, SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services import job_request, specs
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import apply_status, end_job
+from dstack.server.services.transitions import end_job, note, write_job_status
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,10 +52,11 @@ LONG_POLL = 5.0  # seconds an idle log request waits at the agent
 # job that starts at once goes straight to `running` (one status write fewer per run).
 FIRST_POLL = 1.0
 RUNNING_GRACE = 0.25
+LOG_CHUNK = 16 * 1024 * 1024  # the most output one poll fetches
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
-HOST_LOST_AFTER = 60.0  # seconds without an answer from the agent before the job is given up
+AGENT_LOST = "agent_lost"  # the agent's reason_code: no agent could see how the job ended
 RELEASE_TIMEOUT = 60.0  # seconds a backend may take to release an ended job (e.g. a Slurm job to leave)
 
 
@@ -64,8 +72,16 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        job_id: str,
+        token: str,
+        leases: LeaseKeeper,
+        loaded: tuple[RunRow, JobRow] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self._loaded = loaded  # the rows as claimed (the claim loop reads all of its claims at once)
         self.job_id = job_id
         self.token = token
         self._leases = leases
@@ -74,6 +90,8 @@ class Supervisor:
         self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._known_run_id: str | None = None
+        self._scheduled = False  # the run has a schedule: its end makes its next job (transitions.end_job)
         self._host_id = ""
         self._launches = False  # the backend has a launch step (see the module's docstring)
         self._launched = Launched()
@@ -82,7 +100,10 @@ class Supervisor:
         self._task = asyncio.current_task()
         self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
-            run, job = await self._load()
+            run, job = self._loaded or await self._load()
+            self._loaded = None
+            self._known_run_id = run.id
+            self._scheduled = bool(run.schedule)
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
@@ -126,28 +147,63 @@ class Supervisor:
             self._leases.release(self.job_id)
 
     async def _reach(self, host_id: str, call: Callable[[AgentClient], Awaitable[T]]) -> T:
-        """Call the host's agent; while it does not answer, try to recover it, up to HOST_LOST_AFTER."""
-        since = time.monotonic()
+        """Call the host's agent; while it does not answer, say so and try to recover it, for the grace."""
+        since: float | None = None
         while True:
             try:
-                return await call(self.ctx.backends.job_agent(host_id, self.job_id))
-            except AgentUnreachable:
+                result = await call(self.ctx.backends.job_agent(host_id, self.job_id))
+            except (AgentUnreachable, UnknownHost) as e:
                 if self._launches:
                     # Gone because the backend ended the job (a time limit, scancel)? Then that is the end.
-                    ended = await self.ctx.backends.job_ended(host_id, self.job_id)
-                    if ended is not None:
-                        await self._finish_end(ended)
-                        raise JobFinished() from None
-                if time.monotonic() - since > HOST_LOST_AFTER:
+                    with contextlib.suppress(UnknownHost):
+                        ended = await self.ctx.backends.job_ended(host_id, self.job_id)
+                        if ended is not None:
+                            await self._finish_end(ended)
+                            raise JobFinished() from None
+                now = time.monotonic()
+                grace = self._lost_after(host_id)
+                if since is None:
+                    since = now
+                    await self._note(f"{self._silent(host_id, e)}; waiting up to {grace:.0f} s for it")
+                elif now - since > grace:
                     await self._finish(
                         RunStatus.FAILED,
                         TerminationReason.HOST_LOST,
-                        "host lost: its agent stopped answering",
+                        f"host lost: {self._silent(host_id, e)} for {grace:.0f} s",
                         None,
                     )
                     raise JobFinished() from None
-                await self.ctx.backends.recover(host_id)
-                await asyncio.sleep(1.0)
+                recovered = False
+                with contextlib.suppress(UnknownHost):
+                    recovered = await self.ctx.backends.recover(host_id)
+                await asyncio.sleep(0.1 if recovered else 1.0)
+                continue
+            if since is not None:
+                await self._note(None)  # it answers again
+            return result
+
+    def _lost_after(self, host_id: str) -> float:
+        try:
+            own = self.ctx.backends.lost_after(host_id)
+        except UnknownHost:
+            own = None
+        return own if own is not None else self.ctx.settings.host_lost_seconds
+
+    def _silent(self, host_id: str, error: Exception) -> str:
+        try:
+            info = self.ctx.backends.describe(host_id)
+        except UnknownHost:
+            return "its host is in no fleet now"
+        name = "the local agent" if info.backend == "local" else f"host {info.name}"
+        why = info.unavailable_reason or str(error)
+        return f"{name} does not answer ({why[:1].lower()}{why[1:].rstrip('.')})"
+
+    async def _note(self, message: str | None) -> None:
+        async with self.ctx.db.write() as session:
+            run, _ = await self._owned(session)
+            note(run, message)
+            run_id = run.id
+        self.ctx.notifier.notify(run_channel(run_id))
 
     # -- launching (backends with a queue of their own) ---------------------------------------------------
 
@@ -235,14 +291,14 @@ class Supervisor:
             )
             raise JobFinished() from e
         try:
-            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            # The code and each `files` entry: of each, only the contents the agent lacks travel.
             for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
-                if code_hash is not None and not await agent.has_code(code_hash):
-                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+                if code_hash is not None:
+                    await code_service.send_to_agent(self.ctx, run.project_id, code_hash, agent)
             await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
-        except AgentError as e:
+        except (AgentError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
@@ -259,9 +315,13 @@ class Supervisor:
         shown_message: str | None = None
         try:
             while True:
+                room = None if limit is None else limit - appender.size  # what it may print still
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=position, wait=wait)
+                        host_id,
+                        functools.partial(
+                            self._poll_logs, offset=position, wait=wait, room=room, sink=appender
+                        ),
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -274,14 +334,16 @@ class Supervisor:
                         return
                     raise
                 if chunk.data:
-                    position += len(chunk.data)
-                    room = len(chunk.data) if limit is None else max(0, limit - appender.size)
-                    if room:
-                        appender.append(chunk.data if room >= len(chunk.data) else chunk.data[:room])
-                        self.ctx.notifier.notify(run_channel(run_id))
-                    if limit is not None and position > limit and not self._over_quota:
+                    room_left = len(chunk.data) if room is None else max(0, room)
+                    kept = chunk.data if room_left >= len(chunk.data) else chunk.data[:room_left]
+                    if kept:
+                        appender.append(kept)
+                    if len(kept) < len(chunk.data) and not self._over_quota:
                         self._over_quota = True  # what it prints from now on is not kept
                         await self._reach(host_id, self._stop_for_quota)
+                position += len(chunk.data) + chunk.stored
+                if (chunk.data or chunk.stored) and not self._over_quota:
+                    self.ctx.notifier.notify(output_channel(run_id))
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
@@ -315,8 +377,18 @@ class Supervisor:
         with contextlib.suppress(AgentError):
             await agent.stop_job(self.job_id, abort=False, grace_seconds=self._stop_grace)
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=wait)
+    async def _poll_logs(
+        self, agent: AgentClient, *, offset: int, wait: float, room: int | None, sink: LogAppender
+    ) -> LogChunk:
+        """Output from `offset`: straight into the job's log while the run may print `room` more bytes
+        (None: no quota), at most that much; once over its quota, read and dropped."""
+        if self._over_quota:
+            return await agent.logs(self.job_id, offset=offset, wait=wait)
+        if room is None:
+            return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
+        if room <= 0:  # one byte more is over the quota: read without the sink, to tell
+            return await agent.logs(self.job_id, offset=offset, wait=wait, limit=1)
+        return await agent.logs(self.job_id, offset=offset, wait=wait, limit=min(room, LOG_CHUNK), sink=sink)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
         if self._over_quota:
@@ -357,6 +429,14 @@ class Supervisor:
             await self._finish(RunStatus.TERMINATED, TerminationReason.UTILIZATION_POLICY, message, exit_code)
         elif status == "terminated" and reason_text and "max duration" in reason_text.lower():
             await self._finish(RunStatus.TERMINATED, TerminationReason.MAX_DURATION_EXCEEDED, None, exit_code)
+        elif status == "failed" and reason_code == AGENT_LOST:
+            # It ran, but no agent saw how it ended (the agent was killed while it ran, say).
+            await self._finish(
+                RunStatus.FAILED,
+                TerminationReason.HOST_LOST,
+                f"host lost: {_sentence_case(reason_text or 'the agent was lost while the job ran')}",
+                None,
+            )
         elif status == "failed" and exit_code is not None:
             await self._finish(
                 RunStatus.FAILED,
@@ -431,12 +511,14 @@ class Supervisor:
     async def _set_status(
         self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
     ) -> None:
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
-                return  # a stop is under way; keep showing it
-            apply_status(run, job, status, status_message=status_message, job_status=job_status)
-            run_id = run.id
+        # Not while a stop is under way (or recorded as ended): keep showing that.
+        run_id = await self._run_id()
+        written = await self._write(
+            status, unless_stopping=True, status_message=status_message, job_status=job_status
+        )
+        if not written:
+            await self._load_owned()  # raises LeaseLost if the job is not ours any more
+            return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish_end(self, end: JobEnd) -> None:
@@ -445,30 +527,59 @@ class Supervisor:
     async def _finish(
         self, status: RunStatus, reason: TerminationReason | None, message: str | None, exit_code: int | None
     ) -> None:
-        if self._launches:
-            # Ended means ended: the backend's allocation is gone before the run says so.
-            try:
-                await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
-            except Exception:
-                log.exception("job %s: its backend did not release it", self.job_id)
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
-            if following is not None:  # a scheduled run waits for its next start
-                session.add(following)
-            run_id = run.id
+        # Ended means ended: what the backend holds for the job (an allocation, a port's forward) is gone
+        # before the run says so.
+        try:
+            await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
+        except Exception:
+            log.exception("job %s: its backend did not release it", self.job_id)
+        if self._scheduled:
+            # A scheduled run's end also makes its next job: the ORM path of transitions.end_job.
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
+                if following is not None:  # a scheduled run waits for its next start
+                    session.add(following)
+                run_id = run.id
+        else:
+            run_id = await self._run_id()
+            if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
+                raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
         self.ctx.notifier.notify(RETENTION)  # finished runs may be over the limits now
 
+    async def _write(self, status: RunStatus, **details: Any) -> bool:
+        """The status change, written while this supervisor holds the job's lease. The status writes of
+        many jobs share one transaction (Database.write_batched)."""
+        run_id = await self._run_id()
+        change = functools.partial(
+            write_job_status, run_id=run_id, job_id=self.job_id, token=self.token, status=status, **details
+        )
+        return bool(await self.ctx.db.write_batched(change))
+
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
         return await self._select(session, owned=True)
+
+    async def _load_owned(self) -> tuple[RunRow, JobRow]:
+        async with self.ctx.db.read() as session:
+            return await self._select(session, owned=True)
+
+    async def _run_id(self) -> str:
+        if self._known_run_id is None:
+            run, _ = await self._load()
+            self._known_run_id = run.id
+        return self._known_run_id
 
     def _on_lease_lost(self) -> None:
         # Stop at once: two writers appending to one log file would corrupt it.
         self._lease_lost = True
         if self._task is not None:
             self._task.cancel()
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _build_advice(run: RunRow) -> str:

@@ -52,6 +52,23 @@ class CodeRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class FleetRow(Base):
+    """A fleet of the user's own hosts (`type: fleet`), applied to a project; its hosts are HostRows."""
+
+    __tablename__ = "fleets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"))
+    name: Mapped[str] = mapped_column(String(64))
+    configuration: Mapped[str] = mapped_column(Text)  # JSON: the FleetConfiguration as applied
+    placement: Mapped[str] = mapped_column(String(16), default="any")  # any | cluster
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | deleting
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+
 class HostRow(Base):
     """A machine a backend can run jobs on, with the agent that runs them there."""
 
@@ -62,8 +79,16 @@ class HostRow(Base):
     name: Mapped[str] = mapped_column(String(128))
     resources: Mapped[str] = mapped_column(Text, default="{}")  # JSON: the agent's fingerprint + declared
     price: Mapped[float] = mapped_column(Float, default=0.0)
-    status: Mapped[str] = mapped_column(String(16), default="unknown")  # unknown | ready | unreachable
+    # unknown | ready | unavailable (local); ready | unreachable | failed | removed (fleet hosts)
+    status: Mapped[str] = mapped_column(String(16), default="unknown")
     last_seen_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Fleet hosts (backend ssh): their fleet, how the server reaches them, the agent's own token, why
+    # they are not ready, and the address the fleet's hosts reach each other on (multi-node).
+    fleet_id: Mapped[str | None] = mapped_column(ForeignKey("fleets.id"), nullable=True)
+    ssh: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: hostname, port, user, key, jump
+    agent_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    address: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
     __table_args__ = (UniqueConstraint("backend", "name"),)
 

@@ -1,8 +1,12 @@
-"""The agent as one content-addressed file: a zipapp of `dstack.agent` (standard library only).
+"""What travels to a remote host, each as one content-addressed file.
 
-The zip is deterministic (sorted entries, fixed times, no compiled files), so the same agent code always
-gives the same bytes and the same sha256: a host that already has `dstack-agent-<sha>.pyz` is never sent
-it again, and a new server version re-ships it only when the agent's code changed.
+- The agent: a zipapp of `dstack.agent` (standard library only). The zip is deterministic (sorted entries,
+  fixed times, no compiled files), so the same agent code always gives the same bytes and the same sha256:
+  a host that already has `dstack-agent-<sha>.pyz` is never sent it again, and a new server version
+  re-ships it only when the agent's code changed.
+- uv: the server's own binary (dstack depends on the `uv` package), as `uv-<sha>`, so that `python:` tasks
+  get their virtual environments (and, where the host may download, their Python versions) on a host that
+  has nothing but its distribution's python3. Only to hosts of the server's own OS and architecture.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ _EPOCH = (1980, 1, 1, 0, 0, 0)
 
 @dataclass(frozen=True)
 class Artifact:
-    path: Path
+    path: Path  # on this machine
     sha256: str
+    name: str  # the file's name on a host
 
     @property
-    def name(self) -> str:
-        return self.path.name
+    def size(self) -> int:
+        return self.path.stat().st_size
 
 
 def _zipapp_bytes() -> bytes:
@@ -61,4 +66,35 @@ def agent_zipapp(cache_dir: Path) -> Artifact:
         temp.write_bytes(data)
         temp.chmod(0o600)
         temp.replace(path)
-    return Artifact(path=path, sha256=digest)
+    return Artifact(path=path, sha256=digest, name=path.name)
+
+
+_UV_CACHE: dict[tuple[str, int, int], Artifact] = {}
+
+
+def uv_binary() -> Artifact | None:
+    """The server's own uv binary, content-addressed (None if the uv package has no binary here)."""
+    try:
+        from uv import find_uv_bin
+
+        path = Path(find_uv_bin())
+        info = path.stat()
+    except (ImportError, FileNotFoundError, OSError):
+        return None
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    found = _UV_CACHE.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        found = Artifact(path=path, sha256=digest.hexdigest(), name=f"uv-{digest.hexdigest()[:16]}")
+        _UV_CACHE[key] = found
+    return found
+
+
+def server_platform() -> tuple[str, str]:
+    """(OS, machine) of this server, as a host's probe reports its own: where uv_binary() runs."""
+    import platform
+
+    return platform.system().lower(), platform.machine().lower()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, WebSocket
+from fastapi import APIRouter, Depends, Path, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 from dstack.server.context import ServerContext
@@ -20,14 +20,16 @@ PortNumber = Path(ge=1, le=65535)
 
 @router.get("/{port}")
 async def port_status(
+    request: Request,
     name: str,
     port: int = PortNumber,
     wait: float = Query(default=0.0, ge=0.0),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> dict[str, Any]:
-    """{"port", "open", "status", "backend"}: answers as soon as the port answers, or after `wait` s."""
-    return await tunnel.port_status(ctx, project, name, port, wait=wait)
+    """{"port", "open", "status", "backend"[, "socket"]}: as soon as the port answers, or after `wait` s."""
+    local = request.client is not None and request.client.host in ("127.0.0.1", "::1")
+    return await tunnel.port_status(ctx, project, name, port, wait=wait, local_client=local)
 
 
 @router.websocket("/{port}/connect")
@@ -43,12 +45,16 @@ async def connect(websocket: WebSocket, project: str, name: str, port: int) -> N
         # Refused before the upgrade: the client reads an ordinary HTTP error with one sentence.
         await websocket.send_denial_response(JSONResponse({"error": e.message}, status_code=e.status_code))
         return
+    raw = tunnel.can_relay_raw(websocket)
     try:
-        await websocket.accept()
+        await websocket.accept(subprotocol=tunnel.RAW_PROTOCOL if raw else None)
     except BaseException:
         stream.abort()
         raise
-    await tunnel.relay(websocket, stream)
+    if raw:
+        await tunnel.raw_relay(websocket, stream)
+    else:
+        await tunnel.relay(websocket, stream)
 
 
 async def _project(websocket: WebSocket, name: str) -> Project:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -31,8 +32,9 @@ async def submit(
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
     user: User = Depends(get_user),
-) -> dict[str, Any]:
-    return await runs_service.submit(ctx, project, user, body.spec)
+) -> Response:
+    # JSON written here: FastAPI's own encoding of a returned dict walks every value of the spec again.
+    return _json(await runs_service.submit(ctx, project, user, body.spec))
 
 
 @router.get("")
@@ -43,9 +45,9 @@ async def list_runs(
     after: str | None = Query(default=None, max_length=128),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
-) -> list[dict[str, Any]]:
+) -> Response:
     """Runs, newest first; with `all`, pages: `before`/`after` = "SUBMITTED_AT:ID" of a listed run."""
-    return await runs_service.list_runs(
+    runs = await runs_service.list_runs(
         ctx,
         project,
         all_runs=all,
@@ -53,14 +55,19 @@ async def list_runs(
         before=runs_service.parse_cursor(before) if before else None,
         after=runs_service.parse_cursor(after) if after else None,
     )
+    return _json(runs)
 
 
 @router.get("/{name}")
 async def get_run(
     name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
-) -> dict[str, Any]:
+) -> Response:
     run, job = await runs_service.get(ctx, project, name)
-    return runs_service.run_json(run, job, project.name, None)
+    return _json(runs_service.run_json(run, job, project.name, None))
+
+
+def _json(data: Any) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/{name}/history")

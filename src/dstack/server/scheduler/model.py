@@ -117,6 +117,7 @@ class Host:
     python_downloads: bool = False  # whether uv may install the versions it lacks
     # How the host's agent enforces CPU and memory limits ("cgroup v2", "cgroup v1"); None: it cannot.
     limits: str | None = None
+    project_id: str | None = None  # None: offered to every project; a fleet host: its fleet's project
     # The fleet a host belongs to and its place in it (set by fleet backends; None for `local`).
     fleet: str | None = None
     fleet_index: int | None = None
@@ -137,6 +138,7 @@ class Host:
         capabilities: frozenset[str] = frozenset(),
         available: bool = True,
         unavailable_reason: str | None = None,
+        project_id: str | None = None,
         fleet: str | None = None,
         fleet_index: int | None = None,
         note: str | None = None,
@@ -169,6 +171,7 @@ class Host:
             pythons=tuple(str(v) for v in pythons) if isinstance(pythons, list) else None,
             python_downloads=bool(resources.get("python_downloads", False)),
             limits=str(resources["limits"]) if resources.get("limits") else None,
+            project_id=project_id,
             fleet=fleet,
             fleet_index=fleet_index,
             hostname=str(resources["hostname"]) if resources.get("hostname") else None,

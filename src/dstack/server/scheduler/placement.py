@@ -247,6 +247,11 @@ def _cap(asked_max: float | None, host_total: float | None) -> float | None:
     return float(min(asked_max, host_total)) if host_total is not None else float(asked_max)
 
 
+def for_project(usages: Iterable[HostUsage], project_id: str) -> list[HostUsage]:
+    """The hosts a run of the project may use: every project's (local), and its own fleets'."""
+    return [u for u in usages if u.host.project_id is None or u.host.project_id == project_id]
+
+
 def offers(req: Requirements, usages: Iterable[HostUsage]) -> list[Offer]:
     """Hosts whose totals fit, cheapest first; busy and unavailable ones after the available ones."""
     result = []

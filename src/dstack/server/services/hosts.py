@@ -1,8 +1,10 @@
 """The hosts the server knows (the `hosts` table and the backends' live view), with what runs on them.
 
-One endpoint for the web UI's fleets page and any API user: each host with its status, resources, GPUs
-(and which run holds each), and the runs on it. Runs of other projects are counted, never named.
-Hosts are grouped by `fleet`: the backend and region they come from (for SSH fleets, the fleet's name).
+One endpoint for the web UI's fleets page, `dstack fleet` and any API user: each host with its status
+(`ready`, or why it is not offered: `unreachable`, `failed`, `connecting` with the sentence for an SSH
+fleet's host), resources, GPUs (and which run holds each), and the runs on it. Runs of other projects are
+counted, never named; another project's fleets are not shown at all. Hosts are grouped by `fleet`: the
+backend and region they come from (for SSH fleets, the fleet's name).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy import select
 
 from dstack.core.statuses import ACTIVE_STATUSES
 from dstack.server.context import ServerContext
-from dstack.server.db.models import HostRow, JobRow, RunRow
+from dstack.server.db.models import FleetRow, HostRow, JobRow, RunRow
 from dstack.server.scheduler.messages import describe_resources
 from dstack.server.scheduler.model import Host
 from dstack.server.services.projects import Project
@@ -45,12 +47,25 @@ def _resources(row: HostRow) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-async def list_hosts(ctx: ServerContext, project: Project) -> list[dict[str, Any]]:
+async def list_hosts(
+    ctx: ServerContext, project: Project, *, fleet: str | None = None
+) -> list[dict[str, Any]]:
+    """Every host the project may see (this machine's, its fleets'), or only those of one of its fleets."""
     live = {h.id: h for h in await ctx.backends.hosts()}
     async with ctx.db.read() as session:
-        rows = (
-            (await session.execute(select(HostRow).order_by(HostRow.backend, HostRow.name))).scalars().all()
-        )
+        found = (
+            await session.execute(
+                select(HostRow, FleetRow.project_id, FleetRow.name)
+                .outerjoin(FleetRow, FleetRow.id == HostRow.fleet_id)
+                .where(HostRow.status != "removed")
+                .order_by(HostRow.backend, HostRow.name)
+            )
+        ).all()
+        rows = [
+            row
+            for row, owner, fleet_name in found
+            if (row.fleet_id is None or owner == project.id) and (fleet is None or fleet_name == fleet)
+        ]
         jobs = (
             await session.execute(
                 select(
@@ -89,9 +104,10 @@ def _host_json(row: HostRow, live: Host | None, jobs: list[Any], project: Projec
     if live is None:
         status = "gone"
     elif not live.available:
-        status = "unavailable"
+        # A fleet host says why (unreachable, failed, connecting); others are just not available.
+        status = row.status if row.status not in (None, "ready") else "unavailable"
     else:
-        status = row.status
+        status = "ready"
     return {
         "id": row.id,
         "backend": row.backend,

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -20,7 +20,7 @@ from dstack.core.statuses import (
 from dstack.server.backends.agent_client import AgentError
 from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
-from dstack.server.db.models import CodeRow, JobRow, RunRow
+from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
 from dstack.server.scheduler.model import Host
@@ -28,7 +28,7 @@ from dstack.server.schemas import RunSpec
 from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status, record_submitted
+from dstack.server.services.transitions import apply_status, submitted_entry
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
@@ -44,7 +44,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     checked = specs.check(spec)
     specs.check_size(spec)
     refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
-    hosts = await ctx.backends.hosts()
+    hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     async with ctx.db.read() as session:
         usages = await load_usages(session, hosts)
     offers = placement.offers(checked.requirements, usages)
@@ -151,7 +151,8 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
     first_start = next_start(schedule, now) if schedule else None
     # The retry window opens when the run may start: at submission, or at each scheduled start.
     opens = first_start if first_start is not None else now
-    async with ctx.db.write() as session:
+
+    async def record(session: Any) -> tuple[RunRow, JobRow]:
         if spec.code_hash is not None:
             code = await session.get(CodeRow, (project.id, spec.code_hash))
             if code is None:
@@ -181,14 +182,23 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             status=RunStatus.SUBMITTED.value,
             submitted_at=now,
         )
-        session.add(run)
-        await session.flush()
-        session.add(job)
-        record_submitted(session, run)
+        # INSERT statements, not the ORM's unit of work (flushing the run, then the job): a burst of
+        # submissions spends its time here. The rows stay unattached, for the answer only.
+        await session.execute(insert(RunRow).values(_columns(run, RunRow)))
+        await session.execute(insert(JobRow).values(_columns(job, JobRow)))
+        await session.execute(insert(TransitionRow).values(submitted_entry(run)))  # its history's start
+        return run, job
+
+    # Submissions arriving together share one transaction (see Database.write_batched).
+    run, job = await ctx.db.write_batched(record)
     specs.remember(run.id, checked)
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
+
+
+def _columns(row: Any, table: Any) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in table.__table__.columns}
 
 
 async def _free_name(session: Any, project: Project) -> str:

@@ -138,7 +138,7 @@ class SSHConnection:
         if key is not None and not key.is_file():
             raise SSHError(
                 SSHErrorKind.KEY_FILE,
-                f"The identity file {self.target.identity_file} for {self.target.label} does not exist",
+                f"The identity file {self.target.key_label} for {self.target.label} does not exist",
             )
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -259,8 +259,8 @@ class SSHConnection:
         return path
 
     async def unforward(self, host: str, port: int) -> None:
-        """Drop a forward that is no longer needed (a Slurm job's agent that ended): it is not set up again
-        after a reconnect, and its socket goes away."""
+        """Drop a forward that is no longer needed (a Slurm job's agent that ended, an agent that moved to
+        another port): it is not set up again after a reconnect, and its socket goes away."""
         async with self._lock:
             path = self._forwards.pop((host, port), None)
             if path is None:

@@ -89,7 +89,7 @@ def ssh_error(target: SSHTarget, stderr: str, known_hosts: Path) -> SSHError:
     """The one-sentence error for a failed connection to `target`, from what ssh printed."""
     kind = classify(stderr)
     host = target.label
-    key = target.identity_file or "(no identity file)"
+    key = target.key_label
     messages = {
         SSHErrorKind.HOST_KEY_CHANGED: (
             f"The host key of {target.hostname} has changed since it was pinned, so dstack will not "

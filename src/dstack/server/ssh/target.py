@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -13,6 +13,12 @@ class SSHTarget:
     user: str = "root"
     identity_file: str | None = None  # a private key file; None: the SSH client's defaults are not used
     proxy_jump: SSHTarget | None = None
+    # How messages name the key (the path the user wrote, where identity_file is the server's copy of it).
+    key_name: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key_label(self) -> str:
+        return self.key_name or self.identity_file or "(no identity file)"
 
     @property
     def label(self) -> str:
