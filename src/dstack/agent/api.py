@@ -20,6 +20,7 @@ from dstack.agent.codestore import (
     CodeUploadError,
     is_code_hash,
 )
+from dstack.agent.environments.buildkey import check_inputs
 from dstack.agent.events import EventRoutes, JobEvents
 from dstack.agent.filesync import FileSync
 from dstack.agent.host import host_facts
@@ -77,6 +78,7 @@ class AgentApi:
             Route("GET", _JOB + r"/logs", self.job_logs),
             Route("GET", _JOB + r"/timestamps", self.job_timestamps),
             Route("POST", _JOB + r"/stop", self.stop_job),
+            Route("POST", r"/api/builds/lookup", self.lookup_build),
             *self._files.routes(),  # --reload: live edits to a running job's code
             *PortRoutes(self._registry).routes(),
             *self._events.routes(),  # one stream of every job's changes, instead of a poll per job
@@ -156,6 +158,21 @@ class AgentApi:
         if created:
             self._runner.launch(job)
         return (HTTPStatus.CREATED if created else HTTPStatus.OK), {"job": job.to_json()}
+
+    def lookup_build(self, exchange: Exchange) -> None:
+        """{"python" | "image", "inputs"} -> {"cached", "key"}: whether a plan's build is cached here."""
+        data = exchange.read_json()
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("send an object with python or image, and inputs")
+            inputs = check_inputs(data.get("inputs"))
+            python, image = data.get("python"), data.get("image")
+            if not all(v is None or isinstance(v, str) for v in (python, image)):
+                raise ValueError("python and image are strings")
+        except ValueError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        key = self._runner.find_build(python, image, inputs)
+        exchange.send_json(HTTPStatus.OK, {"cached": key is not None, "key": key})
 
     def list_jobs(self, exchange: Exchange) -> None:
         exchange.send_json(HTTPStatus.OK, [job.to_json() for job in self._registry.list()])

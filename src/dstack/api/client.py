@@ -21,6 +21,7 @@ from dstack.api.config import load_config
 from dstack.api.errors import APIError, NotConfigured, NotFound, ServerUnreachable, Unauthorized
 from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
+from dstack.core.text import clip
 
 if TYPE_CHECKING:
     from dstack.code.snapshot import CodeSnapshot
@@ -34,9 +35,14 @@ class Client:
     def __init__(
         self, url: str, token: str, project: str = "main", *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise APIError(f"The server URL {url!r} is not an http(s) URL")
+        try:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL")
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+            parts.hostname.encode("idna")  # raises UnicodeError for a name no resolver takes
+        except (ValueError, UnicodeError) as e:
+            raise APIError(f"The server URL '{clip(url)}' is not valid: {clip(str(e))}") from None
         self.url = url.rstrip("/")
         self.token = token
         self.project = project
@@ -173,6 +179,11 @@ class Client:
 
     def stop(self, names: list[str], *, abort: bool = False) -> list[dict[str, Any]]:
         return self.json("POST", self._project_path("/runs/stop"), body={"names": names, "abort": abort})
+
+    def delete(self, names: list[str], *, finished: bool = False) -> list[str]:
+        """Delete finished runs and their output; returns the names deleted."""
+        body = {"names": names, "finished": finished}
+        return list(self.json("POST", self._project_path("/runs/delete"), body=body)["deleted"])
 
     def list_secrets(self) -> list[dict[str, Any]]:
         """The project's secrets: names, lengths and times, never values."""

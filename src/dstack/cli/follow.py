@@ -20,6 +20,7 @@ from dstack.core import frames
 from dstack.core.statuses import RunStatus
 
 RECONNECT_FOR = 60.0  # seconds to keep trying after the link is lost
+REVIVE_EVERY = 5.0  # seconds between tries to start the embedded server again
 
 
 class Follower:
@@ -41,6 +42,7 @@ class Follower:
         self.status: str | None = None
         self._shown: set[str] = set()
         self._last_message: str | None = None
+        self._revived_at = -REVIVE_EVERY
 
     def follow(self) -> int:
         """Stream until the run ends; returns the CLI's exit code for it."""
@@ -60,6 +62,8 @@ class Follower:
                 if lost_since is None:
                     lost_since = now
                     note(f"{e.message}; reconnecting...", dim=True)
+                if self._revive(e):
+                    continue  # it answers again: resume from the offset reached
                 if now - lost_since > RECONNECT_FOR:
                     raise CLIError(
                         f"Lost the link to the server and could not reconnect for {RECONNECT_FOR:.0f} s; "
@@ -71,6 +75,22 @@ class Follower:
                 return self._finish(end)
             # The stream ended without an end frame: the server closed it (e.g. restarting); reconnect.
             lost_since = lost_since or time.monotonic()
+
+    def _revive(self, error: APIError) -> bool:
+        """Start the embedded server again if it is gone (as `dstack ps` would), at most every few seconds."""
+        if isinstance(error, LinkLost):
+            return False  # the stream broke mid-way; the next try to connect tells whether anything answers
+        now = time.monotonic()
+        if now - self._revived_at < REVIVE_EVERY:
+            return False
+        self._revived_at = now
+        from dstack.cli.connection import revive
+
+        try:
+            return revive(self.client)
+        except CLIError as e:  # it would not start: say why, and keep trying to reconnect
+            note(e.message, dim=True)
+            return False
 
     def _stream_once(self) -> dict[str, Any] | None:
         tail, self.tail = self.tail, None

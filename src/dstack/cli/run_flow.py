@@ -33,17 +33,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
-    finalize(prepared, args, plan["run_name"])
+    finalize(prepared, plan["run_name"], args.run_args)
+    reloader = None
     if args.reload:  # watching starts before packing, so no edit falls between the two
         from dstack.cli.reload import start_reload
 
-        start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
+        reloader = start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
     if prepared.upload_code:
         prepared.spec["code_hash"] = upload_code(client, prepared)
     if prepared.files:
         prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]
+    if reloader is not None:
+        reloader.submitted()  # edits made meanwhile wait no more
     if scheduled and not args.detach:
         # It starts at its times, over and over: following it here would hold the terminal for days.
         from dstack.config.cron import format_utc

@@ -61,6 +61,7 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
+RETENTION = "retention"  # a run ended: finished runs may be over the retention limits
 RUNS = "runs"
 _RUN_PREFIX = "run:"
 RECONCILE = "reconcile"  # a host answers again: stop what it runs that has ended here

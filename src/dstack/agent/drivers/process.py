@@ -33,11 +33,12 @@ class ProcessHandle(JobHandle):
 
 
 class ProcessDriver:
-    def __init__(self, children: ChildProcesses) -> None:
+    def __init__(self, children: ChildProcesses, umask: int = 0o022) -> None:
         self._children = children
+        self._umask = umask  # the user's, for the files a job makes (the agent's own umask is 077)
 
     def start(self, launch: LaunchSpec) -> JobHandle:
-        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script)]
+        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script), *launch.args]
         # CPU and memory caps, where this host can enforce them (the plan said whether it can).
         cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
         if cgroup is not None:
@@ -53,6 +54,7 @@ class ProcessDriver:
                 stdout=output,
                 stderr=output,
                 start_new_session=True,
+                umask=self._umask,
             )
         except BaseException:
             CGROUPS.remove(launch.marker)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dstack.cli.argtypes import whole_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_name", metavar="RUN", help="the run's name")
@@ -16,7 +18,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="forward task port N to local port L (repeatable)",
     )
     parser.add_argument(
-        "--tail", type=int, metavar="N", help="start with the last N lines (default: all output)"
+        "--tail", type=whole_number, metavar="N", help="start with the last N lines (default: all output)"
     )
     parser.add_argument("--project", help="the project (default: the configured default)")
     parser.add_argument(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from dstack.cli.argtypes import whole_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_name", metavar="RUN", help="the run's name")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing output until the run ends")
-    parser.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+    parser.add_argument("--tail", type=whole_number, metavar="N", help="start with the last N lines")
     parser.add_argument("--project", help="the project (default: the configured default)")
 
 

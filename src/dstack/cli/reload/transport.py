@@ -39,12 +39,14 @@ class Refused(SyncError):
 
 
 class Transport:
-    def __init__(self, client: Client, run_name: str) -> None:
+    def __init__(self, client: Client, run_name: str, *, submitted: bool = True) -> None:
         self._client = client
         project = f"/api/project/{quote(client.project, safe='')}"
         self._path = f"{project}/runs/{quote(run_name, safe='')}/files"
         self._code = f"{project}/code"
         self._conn: Connection | None = None
+        # `dstack run` watches before it submits: until then, "no such run" means "not yet", not "gone".
+        self.submitted = submitted
 
     def send_batch(self, batch: Batch) -> dict[str, Any]:
         """The batch's contents the project lacks (through the code store), then its changes."""
@@ -83,6 +85,8 @@ class Transport:
                 return dict(json.loads(data))
             except (ValueError, TypeError) as e:
                 raise Refused("the server answered something that is not JSON") from e
+        if response.status == 404 and not self.submitted:
+            raise NotReady("the run is not submitted yet")
         raise _error(response.status, data)
 
 

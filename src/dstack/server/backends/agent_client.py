@@ -143,6 +143,11 @@ class AgentClient:
     async def put_manifest(self, code_hash: str, manifest: bytes) -> None:
         await self._request("PUT", f"/api/code/{code_hash}", raw=manifest, timeout=120.0)
 
+    async def has_build(self, *, python: str | None, image: str | None, inputs: dict[str, Any]) -> bool:
+        """Whether the host has a cached build for these inputs (dstack.agent.environments.buildkey)."""
+        body = {"python": python, "image": image, "inputs": inputs}
+        return bool((await self._request("POST", "/api/builds/lookup", json=body)).json().get("cached"))
+
     async def submit_job(self, job: dict[str, Any]) -> dict[str, Any]:
         if not self._batches:
             return (await self._request("POST", "/api/jobs", json=job)).json()

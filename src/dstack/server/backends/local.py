@@ -21,9 +21,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dstack.core.private import user_umask
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
 
@@ -166,10 +168,20 @@ class LocalBackend(Backend):
         )
 
 
+def agent_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the agent starts with: the server's, without dstack's own settings.
+
+    Those are the server's (its admin token, its database URL with a password, its folders): the agent
+    needs none of them, and what the agent has, its jobs' processes could read in /proc. The agent's
+    token travels on its standard input instead.
+    """
+    return {name: value for name, value in environ.items() if not name.startswith("DSTACK_")}
+
+
 def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, DSTACK_AGENT_TOKEN=token)
+    env = agent_environment(os.environ)
     with (agent_dir / "agent.log").open("ab") as log_file:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             # An agent left alone (no job, no server asking) for an hour exits; the server starts it again.
             [
                 sys.executable,
@@ -181,14 +193,25 @@ def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]
                 "127.0.0.1",
                 "--idle-exit",
                 str(AGENT_IDLE_EXIT),
+                "--token-stdin",
+                # The user's own umask for their tasks' files; the agent keeps its own files private.
+                "--job-umask",
+                f"{user_umask():03o}",
             ],
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,  # tasks must outlive the server, so the agent must too
             close_fds=True,
         )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()  # the agent's stdin is at EOF from now on, as /dev/null was
+    except OSError:
+        pass  # it died at once; the caller sees it exit and says so
+    return process
 
 
 def _read_or_create_token(path: Path) -> str:

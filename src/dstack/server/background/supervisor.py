@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import logging
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -37,10 +36,10 @@ from dstack.server.backends.registry import UnknownHost
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import SCHEDULE, output_channel, run_channel, stop_channel
+from dstack.server.events import RETENTION, SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
-from dstack.server.services import job_request
+from dstack.server.services import job_request, specs
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
 from dstack.server.services.transitions import end_job, note, write_job_status
@@ -53,6 +52,7 @@ LONG_POLL = 5.0  # seconds an idle log request waits at the agent
 # job that starts at once goes straight to `running` (one status write fewer per run).
 FIRST_POLL = 1.0
 RUNNING_GRACE = 0.25
+LOG_CHUNK = 16 * 1024 * 1024  # the most output one poll fetches
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
@@ -86,6 +86,7 @@ class Supervisor:
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._over_quota = False  # it printed more than retention.run_output_limit: stopped for it
         self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
@@ -307,15 +308,20 @@ class Supervisor:
 
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
+        limit = self.ctx.retention.run_output_limit
+        position = appender.size  # how far the agent's output has been read (kept up to `limit`)
         wait = FIRST_POLL
         running_due: float | None = None
         shown_message: str | None = None
         try:
             while True:
+                room = None if limit is None else limit - appender.size  # what it may print still
                 try:
                     chunk = await self._reach(
                         host_id,
-                        functools.partial(self._poll_logs, offset=appender.size, wait=wait, sink=appender),
+                        functools.partial(
+                            self._poll_logs, offset=position, wait=wait, room=room, sink=appender
+                        ),
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -328,8 +334,15 @@ class Supervisor:
                         return
                     raise
                 if chunk.data:
-                    appender.append(chunk.data)
-                if chunk.data or chunk.stored:
+                    room_left = len(chunk.data) if room is None else max(0, room)
+                    kept = chunk.data if room_left >= len(chunk.data) else chunk.data[:room_left]
+                    if kept:
+                        appender.append(kept)
+                    if len(kept) < len(chunk.data) and not self._over_quota:
+                        self._over_quota = True  # what it prints from now on is not kept
+                        await self._reach(host_id, self._stop_for_quota)
+                position += len(chunk.data) + chunk.stored
+                if (chunk.data or chunk.stored) and not self._over_quota:
                     self.ctx.notifier.notify(output_channel(run_id))
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
@@ -355,12 +368,36 @@ class Supervisor:
         finally:
             appender.close()
 
+    async def _stop_for_quota(self, agent: AgentClient) -> None:
+        log.info(
+            "job %s: output over the limit of %s bytes; stopping it",
+            self.job_id,
+            self.ctx.retention.run_output_limit,
+        )
+        with contextlib.suppress(AgentError):
+            await agent.stop_job(self.job_id, abort=False, grace_seconds=self._stop_grace)
+
     async def _poll_logs(
-        self, agent: AgentClient, *, offset: int, wait: float, sink: LogAppender | None = None
+        self, agent: AgentClient, *, offset: int, wait: float, room: int | None, sink: LogAppender
     ) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
+        """Output from `offset`: straight into the job's log while the run may print `room` more bytes
+        (None: no quota), at most that much; once over its quota, read and dropped."""
+        if self._over_quota:
+            return await agent.logs(self.job_id, offset=offset, wait=wait)
+        if room is None:
+            return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
+        if room <= 0:  # one byte more is over the quota: read without the sink, to tell
+            return await agent.logs(self.job_id, offset=offset, wait=wait, limit=1)
+        return await agent.logs(self.job_id, offset=offset, wait=wait, limit=min(room, LOG_CHUNK), sink=sink)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
+        if self._over_quota:
+            limit = self.ctx.retention.run_output_limit or 0
+            quota = f"log quota exceeded: the run printed more than {_size(limit)} of output"
+            await self._finish(RunStatus.FAILED, TerminationReason.LOG_QUOTA_EXCEEDED, quota, None)
+            with contextlib.suppress(AgentError):
+                await agent.delete_job(self.job_id)
+            return
         if chunk.status == "done":  # the common end needs nothing more from the agent
             await self._finish(RunStatus.DONE, None, None, 0)
             with contextlib.suppress(AgentError):
@@ -510,6 +547,7 @@ class Supervisor:
                 raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+        self.ctx.notifier.notify(RETENTION)  # finished runs may be over the limits now
 
     async def _write(self, status: RunStatus, **details: Any) -> bool:
         """The status change, written while this supervisor holds the job's lease. The status writes of
@@ -545,13 +583,15 @@ def _sentence_case(text: str) -> str:
 
 
 def _build_advice(run: RunRow) -> str:
-    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
     spec = RunSpec.model_validate_json(run.spec)
-    config = f" -f {shlex.quote(spec.configuration_path)}" if spec.configuration_path else ""
-    return (
-        "build not found: this configuration's build is not cached on its host yet; "
-        f"run it with --build to build it (dstack run .{config} --build)"
-    )
+    advice = specs.build_advice(spec.configuration_path)
+    return f"build not found: this configuration's build is not cached on its host yet; {advice}"
+
+
+def _size(size: int) -> str:
+    from dstack.config.ranges import Memory
+
+    return str(Memory(size / 1024**3))
 
 
 def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
-from dstack.server.schemas import RunRequest, StopRequest
+from dstack.server.schemas import DeleteRequest, RunRequest, StopRequest
 from dstack.server.services import attach, history, logs, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
@@ -93,6 +93,14 @@ async def stop(
     return await runs_service.stop(ctx, project, body.names, abort=body.abort)
 
 
+@router.post("/delete")
+async def delete(
+    body: DeleteRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    """Delete finished runs and their output (the named ones, or all finished ones)."""
+    return {"deleted": await runs_service.delete(ctx, project, body.names, finished=body.finished)}
+
+
 @router.get("/{name}/logs")
 async def run_logs(
     name: str,
@@ -102,7 +110,7 @@ async def run_logs(
     project: Project = Depends(get_project),
 ) -> Response:
     """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
-    _, job = await runs_service.output_job(ctx, project, name)
+    run, job = await runs_service.output_job(ctx, project, name)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)
@@ -111,13 +119,14 @@ async def run_logs(
     end = logs.size(ctx.settings, job.id)
 
     def body() -> Any:
-        position = offset
-        while position < end:
-            data = logs.read(path, position, min(logs.READ_CHUNK, end - position))
-            if not data:
-                return
-            position += len(data)
-            yield data
+        with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
+            position = offset
+            while position < end:
+                data = logs.read(path, position, min(logs.READ_CHUNK, end - position))
+                if not data:
+                    return
+                position += len(data)
+                yield data
 
     return StreamingResponse(body(), media_type="application/octet-stream", headers={"X-Log-End": str(end)})
 

@@ -26,6 +26,14 @@ async def stream(
     ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool
 ) -> AsyncIterator[bytes]:
     run, job = await runs_service.get(ctx, project, name)
+    with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
+        async for part in _frames(ctx, project, name, run, job, offset=offset, follow=follow):
+            yield part
+
+
+async def _frames(
+    ctx: ServerContext, project: Project, name: str, run: Any, job: Any, *, offset: int, follow: bool
+) -> AsyncIterator[bytes]:
     status_signal = ctx.notifier.signal(run_channel(run.id))
     output_signal = ctx.notifier.signal(output_channel(run.id))
     last_status: tuple[str, str | None] | None = None

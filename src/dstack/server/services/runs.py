@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, or_, select
+from sqlalchemy import insert, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -17,19 +17,22 @@ from dstack.core.statuses import (
     RunStatus,
     TerminationReason,
 )
+from dstack.server.backends.agent_client import AgentError
+from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.scheduler import placement
 from dstack.server.scheduler.model import Host
 from dstack.server.schemas import RunSpec
-from dstack.server.services import logs, secrets, specs
+from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
 from dstack.server.services.transitions import apply_status, submitted_entry
 from dstack.server.services.usage import load_usages
 from dstack.server.services.users import User
 
+PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
 Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
@@ -39,6 +42,7 @@ _WAITING = [s.value for s in WAITING_STATUSES]
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
     hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     async with ctx.db.read() as session:
@@ -49,6 +53,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     if run_name is None:
         async with ctx.db.read() as session:
             run_name = await _free_name(session, project)
+    refusal = refusal or await _missing_build(ctx, spec, offers)
     return {
         "project": project.name,
         "run_name": run_name,
@@ -66,11 +71,31 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         if offers and all(o.availability != "available" for o in offers)
         else None,
         "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
-        # Set when the task cannot run here at all: the CLI shows the plan, then stops with this.
+        # Set when the task cannot run here at all (or, without --build, its build is not cached on any
+        # host that fits): the CLI shows the plan, then stops with this.
         "refusal": refusal,
         "priority": checked.priority,
         "schedule": _schedule_json(checked, time.time()),
     }
+
+
+async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placement.Offer]) -> str | None:
+    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so
+    when every offer's host says it has no such build."""
+    if not spec.build or spec.build_policy != "use-build" or spec.build_inputs is None or not offers:
+        return None
+    python = spec.python if spec.image is None else None
+    for offer in offers[:PLAN_BUILD_LOOKUPS]:
+        try:
+            agent = ctx.backends.agent(offer.host.id)
+            if await agent.has_build(python=python, image=spec.image, inputs=spec.build_inputs):
+                return None
+        except (AgentError, UnknownHost):
+            # No agent to ask (a queue backend such as Slurm starts one per job), or it does not answer:
+            # the plan cannot tell, so the run goes on and the host says at start (`build not found`).
+            return None
+    advice = specs.build_advice(spec.configuration_path)
+    return f"This configuration's build is not cached on any host that fits; {advice}"
 
 
 def placement_notes(checked: specs.CheckedSpec, host: Host | None) -> list[str]:
@@ -117,6 +142,7 @@ def _offer_json(offer: placement.Offer) -> dict[str, Any]:
 
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
     if refusal is not None:
         raise ServiceError(refusal)
@@ -204,15 +230,41 @@ async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted
                 f"Run {wanted} is {existing.status}; "
                 f"stop it first (dstack stop {wanted}) or choose another name"
             )
+        if existing.id in ctx.readers:
+            raise Conflict(f"Run {wanted} is being read by a client; choose another name, or try again")
         # A finished run's name is reused by the new run: the old one (and its logs) is replaced.
-        job_ids = (
-            (await session.execute(select(JobRow.id).where(JobRow.run_id == existing.id))).scalars().all()
-        )
-        await session.execute(delete(JobRow).where(JobRow.run_id == existing.id))
-        await session.execute(delete(RunRow).where(RunRow.id == existing.id))
-        for job_id in job_ids:
-            logs.remove(ctx.settings, job_id)
+        await retention.delete_runs(ctx, session, [existing.id])
     return wanted
+
+
+async def delete(
+    ctx: ServerContext, project: Project, names: list[str], *, finished: bool = False
+) -> list[str]:
+    """Delete finished runs with their output: the named ones, or with `finished` all of the project's.
+
+    A named run that is not finished, or that a client is reading, is refused (and nothing is deleted);
+    `finished` passes over such runs."""
+    async with ctx.db.write() as session:
+        if finished:
+            rows = (
+                await session.execute(
+                    select(RunRow.id, RunRow.name).where(
+                        RunRow.project_id == project.id, RunRow.status.in_(_FINISHED)
+                    )
+                )
+            ).all()
+            chosen = [(run_id, name) for run_id, name in rows if run_id not in ctx.readers]
+        else:
+            chosen = []
+            for name in dict.fromkeys(names):
+                run, _ = await find(session, project, name)
+                if not RunStatus(run.status).is_finished:
+                    raise Conflict(f"Run {name} is {run.status}; stop it first (dstack stop {name})")
+                if run.id in ctx.readers:
+                    raise Conflict(f"Run {name} is being read by a client; try again once it is not")
+                chosen.append((run.id, name))
+        await retention.delete_runs(ctx, session, [run_id for run_id, _ in chosen])
+    return [name for _, name in chosen]
 
 
 _UNFINISHED = [s.value for s in RunStatus if not s.is_finished]

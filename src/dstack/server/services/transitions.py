@@ -20,10 +20,14 @@ from sqlalchemy.orm import object_session
 
 from dstack.config.cron import format_utc, next_start
 from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
+from dstack.core.text import one_line
 from dstack.server.db.models import JobRow, RunRow, TransitionRow
 
 # Ends that stop a scheduled run for good; any other end waits for its next start.
 _FINAL_FOR_SCHEDULED = (TerminationReason.STOPPED_BY_USER, TerminationReason.ABORTED_BY_USER)
+
+# Messages come from agents, hosts and tools (a build's error, Docker's); `ps` shows them in a table cell.
+MESSAGE_LIMIT = 500
 
 _STARTED_AT = "started_at"  # set once: the first time a job is seen running
 _STOPPING = [RunStatus.TERMINATING.value, *(s.value for s in FINISHED_STATUSES)]
@@ -45,6 +49,7 @@ def status_values(
     `job_status`: the job's own status where it differs from its run's — a job handed to a backend's queue
     (Slurm) stays placed while its run shows `pending` with the queue's reason."""
     now = time.time() if now is None else now
+    status_message = one_line(status_message, MESSAGE_LIMIT) if status_message else None
     run: dict[str, Any] = {"status": status.value, "status_message": status_message}
     job: dict[str, Any] = {"status": (job_status or status).value}
     if status is RunStatus.RUNNING:
@@ -52,6 +57,7 @@ def status_values(
     if status.is_finished:
         termination_reason = reason.value if reason else None
         termination_message = message or (reason.describe(exit_code) if reason else None)
+        termination_message = one_line(termination_message, MESSAGE_LIMIT) if termination_message else None
         run.update(
             finished_at=now,
             termination_reason=termination_reason,
@@ -73,7 +79,7 @@ def status_values(
 def note(run: RunRow, status_message: str | None) -> None:
     """Say what an active run is going through (its host does not answer...) without changing its status."""
     if not RunStatus(run.status).is_finished:
-        run.status_message = status_message
+        run.status_message = one_line(status_message, MESSAGE_LIMIT) if status_message else None
 
 
 def apply_status(
