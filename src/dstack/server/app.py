@@ -35,8 +35,13 @@ from dstack.server.ui.session import SessionStore
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] | None = None) -> FastAPI:
-    """`on_ready(issued_token)` is called once the server can take requests (the token, if it made one)."""
+def create_app(
+    settings: ServerSettings,
+    on_ready: Callable[[str | None], None] | None = None,
+    on_stopped: Callable[[], None] | None = None,
+) -> FastAPI:
+    """`on_ready(issued_token)` is called once the server can take requests (the token, if it made one);
+    `on_stopped()` once it has let go of everything at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +70,8 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
             await registry.close()
             await pool.close()
             await db.close()
+            if on_stopped is not None:
+                on_stopped()
 
     app = FastAPI(
         title="dstack",

@@ -95,8 +95,13 @@ def serve(
             if settings.ui_url is not None:
                 print(f"The web UI is at {settings.ui_url}: run dstack ui to open it signed in", flush=True)
 
+    def on_stopped() -> None:
+        # Here, not only after server.run(): on SIGTERM uvicorn raises the signal again once it has shut
+        # down, and the process ends before run() returns.
+        (settings.server_dir / "server.json").unlink(missing_ok=True)
+
     config = uvicorn.Config(
-        expose_websocket_protocol(with_ui(create_app(settings, on_ready), settings)),
+        expose_websocket_protocol(with_ui(create_app(settings, on_ready, on_stopped), settings)),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
@@ -110,7 +115,7 @@ def serve(
     try:
         server.run(sockets=sockets)  # on uvloop: uvicorn picks the loop from the config
     finally:
-        (settings.server_dir / "server.json").unlink(missing_ok=True)
+        on_stopped()
     if not server.started:
         sys.exit(1)
 

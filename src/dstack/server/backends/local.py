@@ -7,6 +7,10 @@ An agent that died is started again; one that is alive but does not answer (hung
 SIGSTOP) for HUNG_AFTER seconds is killed and replaced, since it holds the work folder's lock and no other
 agent could start. Tasks never depend on their agent (see dstack.agent.runner): the new agent takes the
 running ones over, so their runs carry on with output, stop and exit status intact.
+
+An agent started from other code (dstack was upgraded or downgraded since) is handed over the same way
+(SIGUSR1: it leaves its jobs running and exits; the new one adopts them): an older agent would answer the
+new server's requests with 404s. Which code an agent runs is kept in `agent.code` beside `agent.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 from dstack.core.private import user_umask
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
+from dstack.server.remote.artifact import agent_code_id
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,7 @@ AGENT_START_TIMEOUT = 20.0
 AGENT_IDLE_EXIT = 3600
 HUNG_AFTER = 10.0  # seconds an agent that is alive may leave every request unanswered before it is replaced
 _KILL_WAIT = 10.0
+_HANDOVER_WAIT = 10.0  # seconds an agent told to hand its jobs over may take to exit
 
 
 class LocalBackend(Backend):
@@ -108,9 +114,12 @@ class LocalBackend(Backend):
                 url, pid = running
                 if await _answers(url, token):
                     self._silent_since = None
-                    await self._use(url, token)
-                    return
-                if _is_agent_of(pid, self.dir):
+                    if _code_of(self.dir, pid) == agent_code_id():
+                        await self._use(url, token)
+                        return
+                    log.info("the local agent (pid %d) runs other code: handing its jobs to a new one", pid)
+                    await self._end(pid, signal.SIGUSR1, _HANDOVER_WAIT)
+                elif _is_agent_of(pid, self.dir):
                     await self._replace_hung(pid)
             url = await self._spawn(token)
             self._silent_since = None
@@ -130,16 +139,29 @@ class LocalBackend(Backend):
             pid,
             now - self._silent_since,
         )
+        await self._end(pid, signal.SIGKILL, 0.0)  # SIGKILL also ends a stopped (SIGSTOP) process
+
+    async def _end(self, pid: int, signum: int, grace: float) -> None:
+        """Send `signum` to the agent `pid` and wait for it to exit; after `grace` seconds, kill it."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # SIGKILL also ends a stopped (SIGSTOP) process
-        deadline = time.monotonic() + _KILL_WAIT
-        while time.monotonic() < deadline:
+            os.kill(pid, signum)
+        if await self._exited(pid, grace):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not await self._exited(pid, _KILL_WAIT):
+            raise AgentError(f"The local agent (pid {pid}) did not exit, not even when killed")
+
+    async def _exited(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
             if self._process is not None and self._process.pid == pid:
                 self._process.poll()  # our child: reap it
             if not _alive(pid):
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.02)
-        raise AgentError(f"The local agent (pid {pid}) does not answer and did not die when killed")
 
     async def _use(self, url: str, token: str) -> None:
         if self._client is not None and self._client.url == url:
@@ -161,6 +183,7 @@ class LocalBackend(Backend):
                 )
             running = _running_agent(self.dir)
             if running is not None and await _answers(running[0], token):
+                _write_code(self.dir, running[1])
                 return running[0]
             await asyncio.sleep(0.02)
         raise AgentError(
@@ -235,6 +258,22 @@ def _running_agent(agent_dir: Path) -> tuple[str, int] | None:
         return f"http://{info['host']}:{int(info['port'])}", pid
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _code_of(agent_dir: Path, pid: int) -> str | None:
+    """The code id of the agent `pid`, as recorded when this backend started it (None: unknown)."""
+    try:
+        info = json.loads((agent_dir / "agent.code").read_text())
+        return str(info["code_id"]) if int(info["pid"]) == pid else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_code(agent_dir: Path, pid: int) -> None:
+    path = agent_dir / "agent.code"
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"pid": pid, "code_id": agent_code_id()}))
+    temp.replace(path)
 
 
 def _alive(pid: int) -> bool:
