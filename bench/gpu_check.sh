@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU: the real GPU detected by the agent, offered in the plan,
-# assigned to a `--gpu 1` task that prints `nvidia-smi -L` and torch.cuda.get_device_name(0).
+# assigned to a `--gpu 1` task that prints `nvidia-smi -L` and torch.cuda.get_device_name(0), checks
+# torch.cuda.is_available() and runs a matmul on the device; two tasks never share a GPU; and, with
+# GPU_IMAGE naming a local image with nvidia-smi, a container task given its GPU.
 #
 #   bench/gpu_check.sh            (from the repository root, with .venv built by dev/setup)
 #
@@ -80,6 +82,11 @@ commands:
     "$TORCH_PYTHON" -c "
     import torch
     print('torch sees', torch.cuda.device_count(), 'GPU(s):', torch.cuda.get_device_name(0))
+    print('torch.cuda.is_available():', torch.cuda.is_available())
+    a = torch.randn(1024, 1024, device='cuda')
+    b = a @ a
+    torch.cuda.synchronize()
+    print('a 1024x1024 matmul ran on', b.device, '- finite:', bool(torch.isfinite(b).all()))
     " || echo "torch is not available to $TORCH_PYTHON (set TORCH_PYTHON to a Python with torch)"
 EOF
 
@@ -101,5 +108,15 @@ done
 "$DSTACK" run . -y --gpu 1 -n gpu-check-2 -e TORCH_PYTHON="$TORCH_PYTHON" || true
 "$DSTACK" logs gpu-hold | head -1
 "$DSTACK" stop gpu-hold -y -x >/dev/null || true
+
+section "a container given its GPU (GPU_IMAGE: a local image with nvidia-smi; skipped without one)"
+if [ -n "${GPU_IMAGE:-}" ] && command -v docker >/dev/null 2>&1 && docker image inspect "$GPU_IMAGE" >/dev/null 2>&1; then
+    mkdir -p "$HOME/container"
+    printf 'type: task\nimage: %s\ncommands:\n  - echo "in the container: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES"\n  - nvidia-smi -L\n' \
+        "$GPU_IMAGE" > "$HOME/container/.dstack.yml"
+    (cd "$HOME/container" && "$DSTACK" run . -y --gpu 1 -n gpu-container) || echo "gpu_check: the container run failed"
+else
+    echo "skipped: set GPU_IMAGE to a local image with nvidia-smi (and Docker with the NVIDIA runtime)"
+fi
 echo
 echo "gpu_check: done"

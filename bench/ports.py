@@ -5,7 +5,10 @@ TCP stream (the app sends from memory as fast as it can: the hardest case for a 
 file download (the app is a Python web server, as most task apps are). Three paths:
   loopback   the client connects straight to the task's port (the baseline)
   shortcut   same machine, mapping L:N with L != N: the CLI relays 127.0.0.1:L straight to 127.0.0.1:N
-  server     the general path, forced with DSTACK_PORTS_VIA_SERVER=1: CLI -> server WebSocket -> agent -> N
+  server     the general path, forced with DSTACK_PORTS_VIA_SERVER=1: CLI -> server -> agent -> N (a
+             WebSocket handshake, then the raw stream relayed in the kernel at each hop)
+  ssh -L     the peer: `ssh -L` through an sshd on this machine's loopback (bench/peers.py)
+Goals (issue 15): server >= 70 % of loopback for the file, >= 50 % for raw TCP, <= +0.25 ms p50.
 (On one machine a plain `- N` mapping needs no relay at all: it is the loopback row.)
 
     .venv/bin/python bench/ports.py [--size-mb 512] [--repeat 5] [--requests 2000]
@@ -17,12 +20,14 @@ processes, which compete for the same cores here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import re
 import shutil
 import socket
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.e2e.harness import DstackEnv  # noqa: E402
 from tests.e2e.portkit import Attached, free_port  # noqa: E402
@@ -102,6 +108,7 @@ class Bench:
         self.project = self.env.home / "project"
         self.project.mkdir()
         shutil.copy(APP, self.project / "ports_app.py")
+        self.ssh: list[str] | None = None  # the command that reaches the peer's sshd
 
     def close(self) -> None:
         self.env.cleanup()
@@ -140,9 +147,13 @@ class Bench:
         size = self.args.size_mb * 1024 * 1024
         rows: dict[str, dict[str, float]] = {}
         loopback: dict[str, list[float]] = {"tcp": [], "file": [], "p50": [], "p99": []}
-        for path, via_server in (("shortcut", False), ("server", True)):
+        paths = [("shortcut", False), ("server", True)] + ([("ssh -L", False)] if self.args.ssh else [])
+        for path, via_server in paths:
             run, task, local = self.start(via_server)
+            forward: subprocess.Popen[bytes] | None = None
             try:
+                if path == "ssh -L":
+                    forward, local = self.ssh_forward(task)
                 tcp = [
                     (throughput(task["source"], size), throughput(local["source"], size)) for _ in self._reps
                 ]
@@ -152,7 +163,10 @@ class Bench:
                     base_lat += latencies(task["http"], self.args.requests)
                     fwd_lat += latencies(local["http"], self.args.requests)
             finally:
-                self.finish(run, local["http"])
+                if forward is not None:
+                    forward.terminate()
+                    forward.wait(10)
+                self.finish(run, task["http"] if forward is not None else local["http"])
             loopback["tcp"].append(statistics.median(b for b, _ in tcp))
             loopback["file"].append(statistics.median(b for b, _ in file))
             loopback["p50"].append(percentile(base_lat, 0.5))
@@ -178,6 +192,26 @@ class Bench:
             "added_p99": 0.0,
         }
         return rows
+
+    def ssh_forward(self, task: dict[str, int]) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+        """The peer: `ssh -L` to the task's ports through an sshd on this machine's loopback."""
+        assert self.ssh is not None
+        local = {name: free_port() for name in task}
+        forwards = [arg for name in task for arg in ("-L", f"127.0.0.1:{local[name]}:127.0.0.1:{task[name]}")]
+        process = subprocess.Popen(
+            [*self.ssh, "-N", "-o", "ExitOnForwardFailure=yes", *forwards],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", local["http"]), timeout=1).close()
+                return process, local
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        raise RuntimeError("the ssh -L forward did not come up")
 
     @property
     def _reps(self) -> range:
@@ -210,11 +244,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="bulk transfers per path")
     parser.add_argument("--requests", type=int, default=2000, help="requests per latency round (3 rounds)")
     parser.add_argument("--url-repeat", type=int, default=5, help="runs per path for the time to the URL")
+    parser.add_argument("--no-ssh", dest="ssh", action="store_false", help="skip the ssh -L peer")
     args = parser.parse_args()
     bench = Bench(args)
     try:
-        rows = bench.measure_paths()
-        urls = {"shortcut": bench.time_to_url(False), "server": bench.time_to_url(True)}
+        with contextlib.ExitStack() as stack:
+            if args.ssh:
+                from peers import sshd_on_loopback
+
+                bench.ssh = stack.enter_context(sshd_on_loopback())
+            rows = bench.measure_paths()
+            urls = {"shortcut": bench.time_to_url(False), "server": bench.time_to_url(True)}
     finally:
         bench.close()
     print(
@@ -228,7 +268,9 @@ def main() -> None:
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths, strict=True))
         )
     )
-    for path in ("loopback", "shortcut", "server"):
+    for path in ("loopback", "shortcut", "server", "ssh -L"):
+        if path not in rows:
+            continue
         r = rows[path]
         cells = [
             f"{r['tcp']:.0f}",

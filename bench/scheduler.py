@@ -6,8 +6,10 @@ Everything runs in a throw-away HOME: its own server (started with `dstack serve
 its own SQLite database; every process it started is killed at the end.
 
 - tasks: N `echo` tasks submitted at once through the Python API client (16 threads, one client each),
-  from the first submit to the last `done` (the runs' own `finished_at`). Goals: >= 100 tasks/s, server
-  peak RSS (VmHWM) <= 200 MB.
+  from the first submit to the last `done` (the runs' own `finished_at`). Goals (issue 15): >= 150 tasks/s,
+  server CPU <= 8 ms per task, server peak RSS (VmHWM) <= 200 MB. Peer, measured in the same run: Slurm
+  on this machine (a one-node cluster started for the run, bench/peers.py), N `echo` jobs with `sbatch`
+  one by one (16 submitters, as above) and as one job array, from the first submit to the last end.
 - handoff: 20 tasks that each ask for every CPU, queued with a retry window: the gap from one task's last
   line to the next one's first (SPEC: a waiting run starts within a second of capacity freeing).
 - ps: 100,000 finished runs (plus a few active ones) written straight into the database, then the
@@ -35,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 
 from tests.e2e.harness import wait_for  # noqa: E402
 
@@ -231,6 +233,37 @@ def bench_tasks(count: int) -> dict[str, float]:
             server.stop()
 
 
+# -- the peer: Slurm on this machine --------------------------------------------------------------------
+
+
+def bench_slurm(count: int) -> dict[str, float]:
+    from peers import slurm_cluster
+
+    with slurm_cluster() as slurm:
+        done_file = slurm.root / "log" / "jobcomp.txt"
+
+        def ended() -> int:
+            try:
+                return sum(1 for _ in done_file.open())
+            except OSError:
+                return 0
+
+        def submit(_: int) -> None:
+            slurm.run("sbatch", "--wrap", "echo hi", "-o", "/dev/null", "-c", "1")
+
+        started = time.time()
+        with ThreadPoolExecutor(SUBMIT_THREADS) as pool:
+            list(pool.map(submit, range(count)))
+        wait_for(lambda: ended() >= count, timeout=900, what=f"{count} Slurm jobs to end", interval=0.2)
+        one_by_one = count / (time.time() - started)
+        before = ended()
+        started = time.time()
+        slurm.run("sbatch", f"--array=1-{count}", "--wrap", "echo hi", "-o", "/dev/null", "-c", "1")
+        wait_for(lambda: ended() >= before + count, timeout=900, what="the job array to end", interval=0.2)
+        array = count / (time.time() - started)
+    return {"slurm_sbatch_per_s": one_by_one, "slurm_array_per_s": array}
+
+
 # -- hand-over: tasks that each need the whole machine, queued ----------------------------------------
 
 
@@ -370,6 +403,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--handoff", type=int, default=20, help="queued whole-machine tasks")
     parser.add_argument("--only", choices=["tasks", "handoff", "ps"])
+    parser.add_argument("--no-slurm", dest="slurm", action="store_false", help="skip the Slurm peer")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.only in (None, "tasks"):
@@ -391,6 +425,12 @@ def main() -> None:
             values = [r[key] for r in results]
             shown = "  ".join(f"{v:.1f}" for v in values)
             print(f"{key:<18}{statistics.median(values):>10.1f}   {shown}")
+        if args.slurm:
+            peer = bench_slurm(args.tasks)
+            print(f"peer: Slurm, {args.tasks} `echo hi` jobs on a one-node cluster of this machine")
+            print(f"{'sbatch one by one':<18}{peer['slurm_sbatch_per_s']:>10.1f}   jobs/s (16 submitters)")
+            print(f"{'sbatch --array':<18}{peer['slurm_array_per_s']:>10.1f}   jobs/s")
+        print(f"machine: {os.cpu_count()} CPUs, shared with other work when this ran (see the note)")
     if args.only in (None, "handoff"):
         results = [bench_handoff(args.handoff) for _ in range(args.repeat)]
         print(f"\n{args.handoff} queued tasks that each ask for every CPU: one's end to the next's start")

@@ -71,3 +71,26 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] in ("Z", "X")
     except OSError:
         return True
+
+
+def test_an_agent_of_other_code_hands_its_task_to_a_new_one_after_an_upgrade(
+    dstack_env: DstackEnv, project_dir: Path
+) -> None:
+    _submit(dstack_env, project_dir, "upgraded", [numbered(60, 0.1), "exit 4"])
+    wait_logs(dstack_env, "upgraded", "line 3")
+    old_agent = _agent_pid(dstack_env)
+    server = dstack_env.server_pid()
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    # As after `pip install -U dstack`: the agent still running was started from other code.
+    code_file = dstack_env.home / ".dstack/server/agents/local/agent.code"
+    recorded = json.loads(code_file.read_text())
+    assert recorded["pid"] == old_agent
+    code_file.write_text(json.dumps({"pid": old_agent, "code_id": "an older dstack"}))
+    # The next command starts the server again, which hands the job over to an agent of its own code.
+    ended = wait_status(dstack_env, "upgraded", ("failed", "done"), timeout=180)
+    assert "exit code 4" in ended["line"] and "start" not in ended["line"], ended
+    assert_numbered(logs(dstack_env, "upgraded"), 60)
+    assert _agent_pid(dstack_env) != old_agent
+    assert not os.path.exists(f"/proc/{old_agent}/cmdline") or _zombie(old_agent)
+    assert json.loads(code_file.read_text())["code_id"] == recorded["code_id"]

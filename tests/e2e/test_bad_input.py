@@ -120,3 +120,78 @@ def test_busy_server_port(dstack_env: DstackEnv) -> None:
         result = dstack_env.run("server", "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().endswith("pass --port to use another one")
+
+
+# -- the sweep through the real binary (issue 13, items 10-15) ----------------------------------------------
+
+# A representative subset of tests/unit/cli/sweepkit.py's cases, run by the real `dstack` command.
+_BINARY_CASES = (
+    "num/max_price/huge",
+    "num/resources:cpu/long-digits",
+    "num/ports/unicode-0",
+    "field/port-fullwidth",
+    "field/cpu-unicode-two",
+    "field/duration-unicode",
+    "field/cpu-zero",
+    "field/memory-zero",
+    "text/name/long",
+    "text/working_dir/long",
+    "structure/not-utf8",
+    "structure/yaml-deep",
+    "flag/cpu/0",
+    "flag/gpu/0",
+    "flag/n/0",
+    "flag/p/1",
+    "command/no-command-unknown-flag",
+    "command/version-extra",
+    "command/server-host-foreign",
+    "command/ps-limit-unicode",
+    "path-long-file-name",
+    "path-long-workdir",
+    "size/spec-over-limit",
+)
+
+
+def test_a_subset_of_the_sweep_through_the_real_binary(dstack_env: DstackEnv, tmp_path: Path) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit" / "cli"))
+    from sweepkit import MAX_MESSAGE, UNREACHABLE, all_cases, write_case
+
+    cases = {case.id: case for case in all_cases()}
+    _configure(dstack_env, f"http://127.0.0.1:{_free_port()}", "whatever")  # nothing answers there
+    log = dstack_env.home / ".dstack" / "logs" / "cli.log"
+    for case_id in _BINARY_CASES:
+        case = cases[case_id]
+        folder = write_case(case, tmp_path)
+        argv = [a.replace("{dir}", str(folder)) for a in case.argv]
+        result = dstack_env.run(*argv, cwd=folder)
+        assert result.returncode != 0, case_id
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, (case_id, result.stderr)
+        assert len(result.stderr) <= MAX_MESSAGE, (case_id, result.stderr)
+        assert "Unexpected error" not in result.stderr and "Traceback" not in result.stderr, case_id
+        assert UNREACHABLE not in result.stderr, (case_id, result.stderr)
+        if case.expect is not None:
+            assert case.expect in result.stderr, (case_id, result.stderr)
+        assert not log.exists(), (case_id, log.read_text())
+
+
+def test_a_run_spec_over_the_agents_limit_is_refused_at_submission(
+    dstack_env: DstackEnv, project_dir: Path
+) -> None:
+    from dstack.api.client import Client
+    from dstack.api.errors import APIError
+
+    task(project_dir, ["true"])
+    dstack_env.run("run", ".", "-y", "-n", "small", cwd=project_dir, check=True)  # starts the server
+    entry = json.loads((dstack_env.home / ".dstack" / "config.yml").read_text())["projects"][0]
+    client = Client(entry["url"], entry["token"])
+    spec = client.get_run("small")["spec"]
+    # An API user skips the CLI's own check.
+    spec.update(run_name="big", code_hash=None, commands=["echo " + "x" * 1000] * 1100)
+    for call in (client.plan, client.submit):
+        with pytest.raises(APIError) as refused:
+            call(spec)
+        assert refused.value.status == 400 and "too big for a host" in refused.value.message
+    assert "big" not in dstack_env.run("ps", "-a").stdout

@@ -118,3 +118,20 @@ def test_background_server_stops_and_comes_back(dstack_env: DstackEnv, project_d
     assert dstack_env.run("server", "--stop").returncode == 1  # nothing left to stop: one sentence
     again = dstack_env.run("ps", "-a")
     assert again.returncode == 0 and "Restarted a dstack server" in again.stderr
+
+
+def test_a_server_stopped_with_sigterm_removes_its_server_file(tmp_path: Path) -> None:
+    home = DstackEnv(tmp_path / "home")
+    server, _ = _start_server(home, _free_port())
+    info = home.home / ".dstack" / "server" / "server.json"
+    try:
+        assert json.loads(info.read_text())["pid"] == server.pid
+        server.terminate()
+        server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        home.cleanup()  # the local agent it started
+    # A file left behind would name a pid that the next process may take (the CLI would wait on it).
+    assert not info.exists()

@@ -80,4 +80,7 @@ def test_dstack_schema_describes_the_corpus(corpus_env: tuple[DstackEnv, Path]) 
     env, _ = corpus_env
     schema = json.loads(env.run("schema", check=True).stdout)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["properties"]) == set(TaskConfiguration.allowed_keys())
+    # One schema for every file `dstack run`/`apply` reads: a task or a fleet, told apart by `type`.
+    kinds = {branch["properties"]["type"]["const"]: branch for branch in schema["oneOf"]}
+    assert set(kinds) == {"task", "fleet"}
+    assert set(kinds["task"]["properties"]) == set(TaskConfiguration.allowed_keys())

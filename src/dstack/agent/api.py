@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 from urllib.parse import quote
 
 from dstack.agent import __version__
-from dstack.agent.codestore import CodeStore, CodeUploadError, is_code_hash
+from dstack.agent.codestore import (
+    HEADER,
+    MAX_ENTRIES,
+    MAX_MANIFEST_BYTES,
+    CodeStore,
+    CodeTooLarge,
+    CodeUploadError,
+    is_code_hash,
+)
+from dstack.agent.environments.buildkey import check_inputs
+from dstack.agent.events import EventRoutes, JobEvents
 from dstack.agent.filesync import FileSync
 from dstack.agent.host import host_facts
 from dstack.agent.httpserver import ApiError, Exchange, Route
@@ -27,6 +38,8 @@ _BATCH_SECONDS = 0.003
 MAX_LOG_LIMIT = 16 * 1024 * 1024
 MAX_LOG_WAIT_SECONDS = 60.0
 MAX_TIMESTAMPS = 100_000
+MAX_BATCH_JOBS = 1000
+MAX_BATCH_JSON_BYTES = 32 * 1024 * 1024
 _JOB = r"/api/jobs/(?P<job_id>[^/]+)"
 
 
@@ -38,29 +51,37 @@ class AgentApi:
         runner: Runner,
         code_store: CodeStore,
         max_code_bytes: int,
+        events: Optional[JobEvents] = None,
     ) -> None:
         self._work_dir = work_dir
         self._registry = registry
         self._runner = runner
         self._code_store = code_store
         self._max_code_bytes = max_code_bytes
-        self._files = FileSync(registry, max_code_bytes)
+        self._files = FileSync(registry, code_store.blob_path)
+        self._events = EventRoutes(registry, events or JobEvents())
 
     def routes(self) -> List[Route]:
         return [
             Route("GET", r"/api/health", self.health, auth=False),
             Route("GET", r"/api/host", self.host),
+            Route("POST", r"/api/code/missing", self.missing_blobs),
+            Route("POST", r"/api/code/blobs", self.upload_blobs),
             Route("HEAD", r"/api/code/(?P<code_hash>[^/]+)", self.code_exists),
-            Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_code),
+            Route("PUT", r"/api/code/(?P<code_hash>[^/]+)", self.upload_manifest),
             Route("POST", r"/api/jobs", self.submit_job),
+            Route("POST", r"/api/jobs/batch", self.submit_jobs),
+            Route("POST", r"/api/jobs/delete", self.delete_jobs),
             Route("GET", r"/api/jobs", self.list_jobs),
             Route("GET", _JOB, self.get_job),
             Route("DELETE", _JOB, self.delete_job),
             Route("GET", _JOB + r"/logs", self.job_logs),
             Route("GET", _JOB + r"/timestamps", self.job_timestamps),
             Route("POST", _JOB + r"/stop", self.stop_job),
+            Route("POST", r"/api/builds/lookup", self.lookup_build),
             *self._files.routes(),  # --reload: live edits to a running job's code
             *PortRoutes(self._registry).routes(),
+            *self._events.routes(),  # one stream of every job's changes, instead of a poll per job
         ]
 
     def health(self, exchange: Exchange) -> None:
@@ -75,30 +96,83 @@ class AgentApi:
         found = self._code_store.has(_code_hash(exchange))
         exchange.send_empty(HTTPStatus.OK if found else HTTPStatus.NOT_FOUND)
 
-    def upload_code(self, exchange: Exchange) -> None:
+    def missing_blobs(self, exchange: Exchange) -> None:
+        """Which of the contents named in the body (40-byte sha256 + size entries) the store lacks."""
+        stream, length = exchange.body_stream(MAX_ENTRIES * HEADER.size)
+        wanted = stream.read(length)
+        if len(wanted) != length:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
+        with _refusals():
+            missing = self._code_store.missing(wanted)
+        exchange.send_json(HTTPStatus.OK, {"missing": missing})
+
+    def upload_blobs(self, exchange: Exchange) -> None:
+        limit = self._max_code_bytes + MAX_ENTRIES * HEADER.size
+        stream, length = exchange.body_stream(limit)
+        with _refusals():
+            count = self._code_store.receive(stream, length, self._max_code_bytes)
+        exchange.send_json(HTTPStatus.CREATED, {"stored": count})
+
+    def upload_manifest(self, exchange: Exchange) -> None:
         code_hash = _code_hash(exchange)
-        stream, length = exchange.body_stream(self._max_code_bytes)
-        try:
-            self._code_store.store(code_hash, stream, length)
-        except CodeUploadError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
-        exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash, "size": length})
+        stream, length = exchange.body_stream(MAX_MANIFEST_BYTES)
+        manifest = stream.read(length)
+        if len(manifest) != length:
+            raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
+        with _refusals():
+            self._code_store.store_manifest(code_hash, manifest, self._max_code_bytes)
+        exchange.send_json(HTTPStatus.CREATED, {"code_hash": code_hash})
 
     def submit_job(self, exchange: Exchange) -> None:
+        status, answer = self._submit(exchange.read_json())
+        if status >= 400:
+            raise ApiError(status, answer["error"])
+        exchange.send_json(status, answer["job"])
+
+    def submit_jobs(self, exchange: Exchange) -> None:
+        """Many jobs in one request: {"jobs": [spec, ...]} -> {"results": [{"status", "job" | "error"}]}."""
+        body = exchange.read_json(MAX_BATCH_JSON_BYTES)
+        specs = body.get("jobs") if isinstance(body, dict) else None
+        if not isinstance(specs, list) or len(specs) > MAX_BATCH_JOBS:
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"The body must hold a list of at most {MAX_BATCH_JOBS} jobs"
+            )
+        results = []
+        for spec in specs:
+            status, answer = self._submit(spec)
+            results.append({"status": int(status), **answer})
+        exchange.send_json(HTTPStatus.OK, {"results": results})
+
+    def _submit(self, body: Any) -> Tuple[int, Dict[str, Any]]:
         try:
-            spec = parse_job_spec(exchange.read_json())
+            spec = parse_job_spec(body)
         except SpecError as e:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+            return HTTPStatus.BAD_REQUEST, {"error": str(e)}
         for code_hash in [spec.code_hash, *(f.code_hash for f in spec.files)]:
             if code_hash is not None and not self._code_store.has(code_hash):
-                raise ApiError(HTTPStatus.BAD_REQUEST, f"Code {code_hash} has not been uploaded")
+                return HTTPStatus.BAD_REQUEST, {"error": f"Code {code_hash} has not been uploaded"}
         try:
             job, created = self._registry.create(spec)
         except JobConflictError as e:
-            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+            return HTTPStatus.CONFLICT, {"error": str(e)}
         if created:
             self._runner.launch(job)
-        exchange.send_json(HTTPStatus.CREATED if created else HTTPStatus.OK, job.to_json())
+        return (HTTPStatus.CREATED if created else HTTPStatus.OK), {"job": job.to_json()}
+
+    def lookup_build(self, exchange: Exchange) -> None:
+        """{"python" | "image", "inputs"} -> {"cached", "key"}: whether a plan's build is cached here."""
+        data = exchange.read_json()
+        try:
+            if not isinstance(data, dict):
+                raise ValueError("send an object with python or image, and inputs")
+            inputs = check_inputs(data.get("inputs"))
+            python, image = data.get("python"), data.get("image")
+            if not all(v is None or isinstance(v, str) for v in (python, image)):
+                raise ValueError("python and image are strings")
+        except ValueError as e:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
+        key = self._runner.find_build(python, image, inputs)
+        exchange.send_json(HTTPStatus.OK, {"cached": key is not None, "key": key})
 
     def list_jobs(self, exchange: Exchange) -> None:
         exchange.send_json(HTTPStatus.OK, [job.to_json() for job in self._registry.list()])
@@ -107,14 +181,35 @@ class AgentApi:
         exchange.send_json(HTTPStatus.OK, self._job(exchange).to_json())
 
     def delete_job(self, exchange: Exchange) -> None:
-        job_id = exchange.params["job_id"]
+        status, error = self._delete(exchange.params["job_id"])
+        if error is not None:
+            raise ApiError(status, error)
+        exchange.send_empty(HTTPStatus.NO_CONTENT)
+
+    def delete_jobs(self, exchange: Exchange) -> None:
+        """{"ids": [...]} -> {"results": [{"status"[, "error"]}]}, in order."""
+        body = exchange.read_json(MAX_BATCH_JSON_BYTES)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if not isinstance(ids, list) or len(ids) > MAX_BATCH_JOBS or not all(isinstance(i, str) for i in ids):
+            raise ApiError(
+                HTTPStatus.BAD_REQUEST, f"The body must hold a list of at most {MAX_BATCH_JOBS} ids"
+            )
+        results = []
+        for job_id in ids:
+            status, error = self._delete(job_id)
+            results.append(
+                {"status": int(status)} if error is None else {"status": int(status), "error": error}
+            )
+        exchange.send_json(HTTPStatus.OK, {"results": results})
+
+    def _delete(self, job_id: str) -> Tuple[int, Optional[str]]:
         try:
             deleted = self._registry.delete(job_id)
         except JobConflictError as e:
-            raise ApiError(HTTPStatus.CONFLICT, str(e)) from e
+            return HTTPStatus.CONFLICT, str(e)
         if not deleted:
-            raise _job_not_found(job_id)
-        exchange.send_empty(HTTPStatus.NO_CONTENT)
+            return HTTPStatus.NOT_FOUND, _job_not_found(job_id).message
+        return HTTPStatus.NO_CONTENT, None
 
     def job_logs(self, exchange: Exchange) -> None:
         job = self._job(exchange)
@@ -173,6 +268,17 @@ class AgentApi:
         if job is None:
             raise _job_not_found(exchange.params["job_id"])
         return job
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The code store's refusals as HTTP answers (one sentence each)."""
+    try:
+        yield
+    except CodeTooLarge as e:
+        raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(e)) from e
+    except CodeUploadError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from e
 
 
 def _code_hash(exchange: Exchange) -> str:

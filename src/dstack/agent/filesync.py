@@ -1,15 +1,17 @@
-"""Live edits for `dstack run --reload` (SPEC §7): applying the CLI's batches to a job's code folder.
+"""Live edits for `dstack run --reload` (SPEC §7): applying the CLI's changes to a job's code folder.
 
-A batch is a tar, checked by the same rules as the code upload (unpack.check_members): regular files,
-folders and symlinks to put in place, and deletions, which are members carrying the PAX keyword
-`DSTACK.delete`. Members are applied in the order given (the CLI sends deletions first, then parents
-before children). Every path is also checked on disk, since earlier batches and the task itself shape
-the folder: a path whose parent resolves outside the code folder is refused, the last component is never
-followed (a symlink is replaced, not written through), and symlinks must point inside.
+A batch is a JSON change list, `{"delete": [path, ...], "put": [[path, kind, mode, size, ref], ...]}`:
+deletions, then folders, files and symlinks to put in place, as entries of the code's manifest format
+(dstack.agent.codestore): a file is named by its content's sha256, and its bytes come from the agent's
+code store, where the server put them first (only those the store lacked travel: the same store as the
+code of jobs, so a file put back as it was sends nothing). The puts are checked by the same rules as the
+code (unpack.check_items), and every path is also checked on disk, since earlier batches and the task
+itself shape the folder: a path whose parent resolves outside the code folder is refused, the last
+component is never followed (a symlink is replaced, not written through), and symlinks must point inside.
 
-Files are written to a temporary name and renamed into place, so an app's own reloader never reads half
-a file. Their mtime is the time of writing, not the user's: reloaders (uvicorn, werkzeug) reload only
-when an mtime grows, and restoring an older file must reload too.
+Files are copied to a temporary name and renamed into place, so an app's own reloader never reads half a
+file. Their mtime is the time of writing, not the user's: reloaders (uvicorn, werkzeug) reload only when
+an mtime grows, and restoring an older file must reload too.
 
 A second route compares the CLI's files with the job's copy (for `dstack attach --reload`), so that only
 files that differ travel.
@@ -22,23 +24,32 @@ import logging
 import os
 import shutil
 import stat
-import tarfile
-import tempfile
 import threading
 from http import HTTPStatus
-from typing import IO, Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from dstack.agent.codestore import parse_entry
 from dstack.agent.httpserver import ApiError, Exchange, Route
 from dstack.agent.jobs.job import RUNNING, Job
 from dstack.agent.jobs.registry import JobRegistry
-from dstack.agent.unpack import UnpackError, check_members
+from dstack.agent.unpack import (
+    DIR,
+    SYMLINK,
+    Item,
+    UnpackError,
+    check_items,
+    copy_file,
+    normalise_path,
+    remove_path,
+)
 
 log = logging.getLogger(__name__)
 
-DELETE_KEYWORD = "DSTACK.delete"
 MAX_COMPARE_ENTRIES = 20_000
+MAX_BATCH_ENTRIES = 100_000
+MAX_BATCH_JSON_BYTES = 32 * 1024 * 1024
 _FILES = r"/api/jobs/(?P<job_id>[^/]+)/files"
-_SPOOL_IN_MEMORY = 8 * 1024 * 1024  # bigger batches go to a temp file in the job's folder
 _CHUNK = 1024 * 1024
 _TEMP_PREFIX = ".dstack-sync-"  # no .py suffix: a reloader that watches *.py ignores it
 _KINDS = ("file", "dir", "symlink")
@@ -49,9 +60,9 @@ class Refused(Exception):
 
 
 class FileSync:
-    def __init__(self, registry: JobRegistry, max_batch_bytes: int) -> None:
+    def __init__(self, registry: JobRegistry, content: Callable[[str], Path]) -> None:
         self._registry = registry
-        self._max_batch_bytes = max_batch_bytes
+        self._content = content  # where the code store keeps a content (by its sha256)
         self._locks: Dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -63,19 +74,9 @@ class FileSync:
 
     def apply(self, exchange: Exchange) -> None:
         job = self._running_job(exchange)
-        stream, length = exchange.body_stream(self._max_batch_bytes)
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY, dir=str(job.folder)) as spool:
-            _copy_exactly(stream, spool, length)
-            spool.seek(0)
-            with self._lock(job.id):
-                try:
-                    with tarfile.open(fileobj=spool, mode="r:") as tar:
-                        plan = check_members(tar.getmembers())
-                        result = apply_batch(tar, plan, str(job.code_dir))
-                except UnpackError as e:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, f"The batch of changes was refused: {e}") from e
-                except tarfile.TarError as e:
-                    raise ApiError(HTTPStatus.BAD_REQUEST, f"The batch is not a valid tar file ({e})") from e
+        deletes, puts = _parse_batch(exchange.read_json(MAX_BATCH_JSON_BYTES))
+        with self._lock(job.id):
+            result = apply_batch(deletes, puts, str(job.code_dir), self._content)
         log.info(
             "Job %s: reload batch applied: %d put, %d deleted, %d failed",
             job.id,
@@ -109,30 +110,54 @@ class FileSync:
             return self._locks.setdefault(job_id, threading.Lock())
 
 
+def _parse_batch(body: Any) -> Tuple[List[str], List[Item]]:
+    """The deletions and puts of a batch, checked (raises ApiError: the whole batch is refused)."""
+    if not isinstance(body, dict) or set(body) - {"delete", "put"}:
+        raise ApiError(HTTPStatus.BAD_REQUEST, 'The batch must be an object with "delete" and "put" lists')
+    deletes, entries = body.get("delete", []), body.get("put", [])
+    if not (isinstance(deletes, list) and isinstance(entries, list)):
+        raise ApiError(HTTPStatus.BAD_REQUEST, 'The batch must be an object with "delete" and "put" lists')
+    if len(deletes) + len(entries) > MAX_BATCH_ENTRIES:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"Send at most {MAX_BATCH_ENTRIES} changes at once")
+    try:
+        for path in deletes:
+            if not isinstance(path, str) or normalise_path(path) != path:
+                raise UnpackError(f"the deletion {str(path)[:200]!r} is not a normalised relative path")
+        puts = [parse_entry(entry) for entry in entries]
+        check_items(puts)
+    except UnpackError as e:
+        raise ApiError(HTTPStatus.BAD_REQUEST, f"The batch of changes was refused: {e}") from e
+    return deletes, puts
+
+
 def apply_batch(
-    tar: tarfile.TarFile, plan: List[Tuple[str, tarfile.TarInfo]], code_dir: str
+    deletes: List[str], puts: List[Item], code_dir: str, content: Callable[[str], Path]
 ) -> Dict[str, Any]:
-    """Apply the checked members in order; a change that fails is reported and the others go on."""
+    """Apply the checked changes in order; a change that fails is reported and the others go on."""
     applier = _Applier(os.path.realpath(code_dir))
     put = deleted = 0
     errors: List[Dict[str, str]] = []
-    for rel, member in plan:
+    for rel in deletes:
         try:
-            if DELETE_KEYWORD in member.pax_headers:
-                applier.delete(rel)
-                deleted += 1
-                continue
-            if member.isdir():
-                applier.put_dir(rel, member.mode)
-            elif member.issym():
-                applier.put_symlink(rel, member.linkname)
-            else:
-                applier.put_file(rel, tar, member)
-            put += 1
+            applier.delete(rel)
+            deleted += 1
         except Refused as e:
             errors.append({"path": rel, "error": str(e)})
         except OSError as e:
             errors.append({"path": rel, "error": e.strerror or str(e)})
+    for item in puts:
+        try:
+            if item.kind == DIR:
+                applier.put_dir(item.path, item.mode)
+            elif item.kind == SYMLINK:
+                applier.put_symlink(item.path, item.ref)
+            else:
+                applier.put_file(item, content(item.ref))
+            put += 1
+        except Refused as e:
+            errors.append({"path": item.path, "error": str(e)})
+        except (OSError, UnpackError) as e:
+            errors.append({"path": item.path, "error": getattr(e, "strerror", None) or str(e)})
     return {"put": put, "deleted": deleted, "errors": errors}
 
 
@@ -153,7 +178,7 @@ class _Applier:
 
     def delete(self, rel: str) -> None:
         self._folders.clear()
-        _remove(os.path.join(self._parent(rel, create=False), os.path.basename(rel)))
+        remove_path(os.path.join(self._parent(rel, create=False), os.path.basename(rel)))
 
     def put_dir(self, rel: str, mode: int) -> None:
         self._folders.clear()
@@ -184,18 +209,12 @@ class _Applier:
             os.unlink(temp)
             raise
 
-    def put_file(self, rel: str, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        source = tar.extractfile(member)
-        if source is None:
-            raise Refused("its content cannot be read from the batch")
-        parent = self._parent(rel, create=True)
-        path = os.path.join(parent, os.path.basename(rel))
+    def put_file(self, item: Item, source: Path) -> None:
+        parent = self._parent(item.path, create=True)
+        path = os.path.join(parent, os.path.basename(item.path))
         temp = self._temp_path(parent)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            with source, os.fdopen(fd, "wb") as target:
-                shutil.copyfileobj(source, target, _CHUNK)
-                os.fchmod(target.fileno(), _safe_mode(member.mode))
+            copy_file(source, temp, item)
             if _remove_folder(path):
                 self._folders.clear()
             os.replace(temp, path)  # replaces a file or symlink itself, never what a symlink points to
@@ -240,18 +259,6 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def _remove(path: str) -> None:
-    """Remove whatever is at path, without following a symlink; nothing there is fine."""
-    try:
-        status = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(status.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
-
-
 def _remove_folder(path: str) -> bool:
     """A file or symlink is about to take the place of a folder (rename cannot replace one)."""
     try:
@@ -265,16 +272,6 @@ def _remove_folder(path: str) -> bool:
 
 def _safe_mode(mode: int) -> int:
     return mode & 0o777
-
-
-def _copy_exactly(source: IO[bytes], target: IO[bytes], length: int) -> None:
-    remaining = length
-    while remaining > 0:
-        chunk = source.read(min(_CHUNK, remaining))
-        if not chunk:
-            raise ApiError(HTTPStatus.BAD_REQUEST, f"The batch ended after {length - remaining} bytes")
-        target.write(chunk)
-        remaining -= len(chunk)
 
 
 # -- compare ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,47 @@ def make_private_dir(path: Path) -> None:
     """Create `path` (and parents) readable by this user only: job specs may hold secrets in their env."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+PRIVATE_MARKER = ".private"
+
+
+def make_tree_private(root: Path) -> None:
+    """`root` 0700 and, the first time (no marker yet), every folder 0700 and file 0600 below it, as the
+    agent's umask makes new ones; a job's copy of the code keeps its files' modes (a container's non-root
+    user must read them), private through the folders above it. (dstack.core.private does the same for
+    the CLI and the server; the agent imports nothing outside dstack.agent.)"""
+    mode = stat.S_IMODE(os.lstat(root).st_mode)
+    if mode & 0o077 or mode & 0o700 != 0o700:
+        os.chmod(root, mode & 0o700 | 0o700)
+    marker = root / PRIVATE_MARKER
+    if marker.exists():
+        return
+    strip_other_modes(root)
+    marker.write_text("0700 folders, 0600 files\n", encoding="ascii")
+
+
+def strip_other_modes(root: Path) -> None:
+    """Take the group's and others' bits off everything below `root` (a job's code copies excepted).
+
+    For trees the umask did not make: an older agent's, or what tools write with modes of their own
+    (uv makes its lock file 0666 and scripts 0711)."""
+    for folder, folders, files in os.walk(root):
+        folders[:] = [name for name in folders if not _is_job_code(folder, name)]
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            try:
+                status = os.lstat(path)
+                mode = stat.S_IMODE(status.st_mode)
+                if stat.S_ISLNK(status.st_mode) or not mode & 0o077:
+                    continue
+                os.chmod(path, mode & 0o700 | (0o700 if stat.S_ISDIR(status.st_mode) else 0o600))
+            except OSError:
+                continue  # gone meanwhile: nothing to protect
+
+
+def _is_job_code(folder: str, name: str) -> bool:
+    return name == "code" and os.path.basename(os.path.dirname(folder)) == "jobs"
 
 
 def read_json(path: Path) -> Any:

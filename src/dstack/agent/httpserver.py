@@ -58,6 +58,7 @@ class Exchange:
         self.params = params
         self._query = parse_qs(query, keep_blank_values=True)
         self._body_read = False
+        self._body: Optional[_CountedBody] = None  # the body as handed to a route, if it was
         self.status: Optional[int] = None  # set once the response has started
 
     def header(self, name: str, default: str = "") -> str:
@@ -99,13 +100,14 @@ class Exchange:
                 f"The body is {length} bytes, over the limit of {max_bytes}",
             )
         self._body_read = True
-        return cast(IO[bytes], self._handler.rfile), length
+        self._body = _CountedBody(self._handler.rfile, length)
+        return cast(IO[bytes], self._body), length
 
-    def read_json(self) -> Any:
+    def read_json(self, max_bytes: int = MAX_JSON_BYTES) -> Any:
         """The JSON body; an empty or missing body reads as an empty object."""
         if not self.content_length():
             return {}
-        stream, length = self.body_stream(MAX_JSON_BYTES)
+        stream, length = self.body_stream(max_bytes)
         raw = stream.read(length)
         if len(raw) != length:
             raise ApiError(HTTPStatus.BAD_REQUEST, "The request body ended early")
@@ -130,6 +132,20 @@ class Exchange:
         if self.method != "HEAD":
             self._handler.wfile.write(body)
 
+    def start_stream(self, status: int, content_type: str) -> Callable[[bytes], None]:
+        """Start an answer of unknown length (it ends when the connection closes); returns a writer that
+        sends each piece at once."""
+        handler = self._handler
+        handler.close_connection = True
+        self._start(status, content_type, None, None)
+        handler.wfile.flush()
+        sock: socket.socket = handler.connection
+
+        def write(data: bytes) -> None:
+            sock.sendall(data)
+
+        return write
+
     def send_empty(self, status: int, headers: Optional[Dict[str, str]] = None) -> None:
         self._start(status, None, 0, headers)
 
@@ -148,15 +164,19 @@ class Exchange:
                     self._handler.close_connection = True
 
     def _start(
-        self, status: int, content_type: Optional[str], length: int, headers: Optional[Dict[str, str]]
+        self,
+        status: int,
+        content_type: Optional[str],
+        length: Optional[int],
+        headers: Optional[Dict[str, str]],
     ) -> None:
         handler = self._handler
         self.status = int(status)
         handler.send_response(status)
         if content_type is not None:
             handler.send_header("Content-Type", content_type)
-        # 204 must not have a body, nor a Content-Length.
-        if status != HTTPStatus.NO_CONTENT:
+        # 204 must not have a body, nor a Content-Length; nor has a stream (it ends with the connection).
+        if status != HTTPStatus.NO_CONTENT and length is not None:
             handler.send_header("Content-Length", str(length))
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
@@ -172,10 +192,13 @@ class Exchange:
     def _discard_body(self) -> bool:
         """Read and drop a small unread body so the connection stays usable; False if too big to bother."""
         raw = self._handler.headers.get("Content-Length", "").strip()
-        if self._handler.headers.get("Transfer-Encoding") or not raw.isdigit() or int(raw) > _DISCARD_LIMIT:
+        if self._handler.headers.get("Transfer-Encoding") or not raw.isdigit():
             return False
-        length = int(raw)
+        length = int(raw) if self._body is None else self._body.remaining
+        if length > _DISCARD_LIMIT:
+            return False
         self._body_read = True
+        self._body = None
         while length > 0:
             chunk = self._handler.rfile.read(min(length, 64 * 1024))
             if not chunk:
@@ -184,12 +207,35 @@ class Exchange:
         return True
 
     def _body_unread(self) -> bool:
+        if self._body is not None:
+            return self._body.remaining > 0  # a route refused it part-way
         if self._body_read:
             return False
         if self._handler.headers.get("Transfer-Encoding"):
             return True
         raw = self._handler.headers.get("Content-Length", "0").strip()
         return not raw.isdigit() or int(raw) > 0
+
+
+class _CountedBody:
+    """The request body as a route reads it: never past its end, and how much of it is left unread."""
+
+    def __init__(self, source: Any, length: int) -> None:
+        self._source = source
+        self.remaining = length
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > self.remaining:
+            size = self.remaining
+        data = self._source.read(size) if size else b""
+        self.remaining -= len(data)
+        return bytes(data)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: self.remaining]
+        count = self._source.readinto(view) if len(view) else 0
+        self.remaining -= count or 0
+        return count or 0
 
 
 class AgentHTTPServer(ThreadingHTTPServer):

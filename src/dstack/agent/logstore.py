@@ -29,8 +29,9 @@ _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
 class LogStore:
     """Owns append / sync / size / wait / read of a job's output. Safe to use from many threads."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, on_change: Optional[Callable[[], None]] = None) -> None:
         self.log_path = folder / LOG_FILE
+        self._on_change = on_change  # told of every publication and notify (the agent's job events)
         self.index_path = folder / INDEX_FILE
         self._changed = threading.Condition()
         # Opened on the first append or sync only: a finished job must not hold file descriptors.
@@ -66,7 +67,10 @@ class LogStore:
     def sync(self, seen_at: Optional[float] = None) -> bool:
         """Publish what the job's processes appended since the last look; True if there was something."""
         with self._changed:
-            return self._sync_locked(time.time() if seen_at is None else seen_at)
+            grew = self._sync_locked(time.time() if seen_at is None else seen_at)
+        if grew and self._on_change is not None:
+            self._on_change()
+        return grew
 
     def _sync_locked(self, seen_at: float) -> bool:
         if self._log_fd >= 0:
@@ -101,6 +105,8 @@ class LogStore:
             # Published only after the bytes are in the file, so a reader never serves unwritten bytes.
             self._size = offset + len(data)
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def _record(self, offset: int, seen_at: float) -> None:
         try:
@@ -114,6 +120,8 @@ class LogStore:
         """Wake the waiters: e.g. the job changed status, which long-polling readers must see."""
         with self._changed:
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     def wait_for_change(self, offset: int, timeout: float, unchanged: Callable[[], bool]) -> None:
         """Block while size == offset and `unchanged()` holds, for at most `timeout` seconds."""

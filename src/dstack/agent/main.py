@@ -18,7 +18,8 @@ from dstack.agent.api import AgentApi
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.process import ProcessDriver
 from dstack.agent.environments.manager import EnvironmentManager
-from dstack.agent.fsutil import read_json, write_json_atomic
+from dstack.agent.events import JobEvents
+from dstack.agent.fsutil import make_tree_private, read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.registry import JobRegistry
 from dstack.agent.procutil import SUBREAPER
@@ -40,19 +41,26 @@ _SHUTDOWN_MARGIN_SECONDS = 15.0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Whatever the agent writes (job specs with their env, output, code) is its user's only.
+    started_with_umask = os.umask(0o077)
     args = parse_args(argv)
     _configure_logging()
-    # Popped, so that nothing the agent starts can inherit it.
+    # Popped, so that nothing the agent starts can inherit it; from stdin it is in no environment at all.
     token = os.environ.pop(TOKEN_ENV, "").strip()
     if args.token_stdin:
         # From a remote start over SSH: on stdin, so that no argv or environment on the host shows it.
         token = sys.stdin.readline().strip()
         _detach_stdin()
     if not token:
-        return _fail(EXIT_NO_TOKEN, f"Set the agent's API token in the {TOKEN_ENV} environment variable")
+        return _fail(
+            EXIT_NO_TOKEN,
+            f"Set the agent's API token in the {TOKEN_ENV} environment variable (or pass it on "
+            "standard input with --token-stdin)",
+        )
     work_dir = Path(os.path.abspath(args.work_dir))
     try:
         work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_tree_private(work_dir)  # a work folder an older agent made 0755
         lock = _lock_work_dir(work_dir)
     except OSError as e:
         return _fail(EXIT_FAILED, f"Cannot use the work folder {work_dir}: {e.strerror or e}")
@@ -65,6 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         idle_exit_seconds=args.idle_exit,
         max_code_bytes=args.max_code_bytes,
         token=token,
+        pass_env=tuple(args.pass_env),
+        job_umask=started_with_umask if args.job_umask is None else args.job_umask,
         one_job=args.one_job,
         linger_seconds=args.linger,
     )
@@ -79,11 +89,23 @@ class Agent:
         self.settings = settings
         self._children = ChildProcesses()
         self._code_store = CodeStore(settings.work_dir / "code")
-        self._registry = JobRegistry(settings.work_dir / "jobs")
+        self._events = JobEvents()
+        self._registry = JobRegistry(settings.work_dir / "jobs", self._events.changed)
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
-        self._runner = Runner(ProcessDriver(self._children), self._code_store, os.environ, environments)
+        self._runner = Runner(
+            ProcessDriver(self._children, settings.job_umask),
+            self._code_store,
+            os.environ,
+            environments,
+            settings.pass_env,
+        )
         self._api = AgentApi(
-            settings.work_dir, self._registry, self._runner, self._code_store, settings.max_code_bytes
+            settings.work_dir,
+            self._registry,
+            self._runner,
+            self._code_store,
+            settings.max_code_bytes,
+            self._events,
         )
         self._last_activity = time.monotonic()
         self._signals_received = 0
@@ -130,6 +152,7 @@ class Agent:
                 self._runner.close()
             else:
                 self._stop_jobs()
+            self._events.close()
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")

@@ -76,14 +76,18 @@ def job_marker_of(pid: int) -> Optional[str]:
 SUBREAPER = {"active": False}
 
 
-def _surely_gone(marker: str, pgid: int) -> bool:
+def _surely_gone(marker: str, pgid: int, owned: Set[int]) -> bool:
     """True when the job can have no process left, proven without scanning all of /proc.
 
     With the agent a subreaper, a live process of a job whose first process ended either is in the job's
     group or descends from an orphan the agent inherited (its ancestors up to the job's first process died,
-    and orphans re-parent to the agent). So: an empty group and no direct child of the agent carrying the
+    and orphans re-parent to the agent). So: an empty group and no orphan child of the agent carrying the
     job's marker mean nothing is left. This saves a read of every process's environment at the end of
     every job, the agent's largest cost for short jobs.
+
+    Orphans are re-parented to the agent's first live thread, its main one; so are the children of a job
+    thread that ended. Only the main thread's children need a look, and of those only the ones the agent
+    did not start itself (`owned`: other jobs' first processes, tools), whatever the number of jobs.
     """
     if not SUBREAPER["active"]:
         return False
@@ -94,29 +98,26 @@ def _surely_gone(marker: str, pgid: int) -> bool:
         pass
     except OSError:
         return False
-    # A child carrying the job's marker, or none at all (it cleared its environment), needs a proper look.
-    return all(job_marker_of(child) not in (marker, None) for child in _agent_children())
-
-
-def _agent_children() -> Set[int]:
-    children: Set[int] = set()
     try:
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/children") as f:
-                children.update(int(pid) for pid in f.read().split())
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            children = {int(pid) for pid in f.read().split()}
     except OSError:
-        pass
-    return children
+        return False
+    # A child carrying the job's marker, or none at all (it cleared its environment), needs a proper look.
+    return all(job_marker_of(child) not in (marker, None) for child in children - owned)
 
 
-def find_job_processes(marker: str, pgid: Optional[int] = None) -> Set[int]:
+def find_job_processes(
+    marker: str, pgid: Optional[int] = None, owned: Optional[Callable[[], Set[int]]] = None
+) -> Set[int]:
     """The live (non-zombie) processes of a job.
 
     A job's processes are its process group (while the agent knows the group is the job's), every process
     started with the job's unique marker in its environment (this catches daemons that called setsid and
     left the group), and every descendant of those (this catches processes that cleared their environment).
+    `owned` gives the pids the agent started itself and still owns (none of them is an orphan).
     """
-    if pgid is not None and _surely_gone(marker, pgid):
+    if pgid is not None and owned is not None and _surely_gone(marker, pgid, owned()):
         return set()
     processes = list_processes()
     # Never the agent nor init: walking their descendants would take in every other job too.

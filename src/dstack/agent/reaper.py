@@ -60,6 +60,11 @@ class ChildProcesses:
             self._owned.add(process.pid)
         return process
 
+    def owned(self) -> Set[int]:
+        """The pids of the children the agent started and whose exit status is not collected yet."""
+        with self._lock:
+            return set(self._owned)
+
     def release(self, pid: int) -> None:
         """Call once the Popen owning `pid` has collected its exit status."""
         with self._lock:

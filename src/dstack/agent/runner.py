@@ -20,7 +20,7 @@ import posixpath
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.codestore import CodeStore
 from dstack.agent.drivers.base import (
@@ -44,11 +44,11 @@ from dstack.agent.environments.manager import (
 from dstack.agent.environments.venvs import Venv
 from dstack.agent.fsutil import read_json, write_json_atomic
 from dstack.agent.host import find_nvcc
+from dstack.agent.jobenv import host_environment
 from dstack.agent.jobs.job import ACTIVE_STATUSES, DONE, FAILED, RUNNING, TERMINATED, Job, StopRequest
 from dstack.agent.output import OutputWatcher
 from dstack.agent.procutil import JOB_MARKER_ENV, started_at
 from dstack.agent.script import render_script
-from dstack.agent.settings import TOKEN_ENV
 from dstack.agent.utilization import start_utilization_watch
 from dstack.agent.workspace import (
     HOSTFILE_MOUNT,
@@ -90,21 +90,25 @@ class Runner:
         code_store: CodeStore,
         base_env: Mapping[str, str],
         environments: EnvironmentManager,
+        pass_env: Iterable[str] = (),
         watcher: Optional[OutputWatcher] = None,
     ) -> None:
         self._process_driver = driver
         self._watcher = watcher or OutputWatcher()
         self._code_store = code_store
         self._environments = environments
-        # The agent's own settings (its token, the uv a server shipped) are not the job's.
-        self._base_env = {
-            name: value
-            for name, value in base_env.items()
-            if name != TOKEN_ENV and not name.startswith("DSTACK_AGENT_")
-        }
-        self._workspaces = WorkspaceBuilder(environments.children, code_store.path, self._base_env)
+        # Jobs see only the allowed host variables (never the agent's token, its DSTACK_AGENT_* settings,
+        # nor anything else its starter had).
+        self._base_env = host_environment(base_env, pass_env)
+        self._workspaces = WorkspaceBuilder(environments.children, code_store, self._base_env)
         self._handles: Dict[str, Tuple[Driver, JobHandle]] = {}
         self._closed = False
+
+    def find_build(
+        self, python: Optional[str], image: Optional[str], inputs: Dict[str, Any]
+    ) -> Optional[str]:
+        """The key of this host's cached build for a plan's build inputs, if it has one."""
+        return self._environments.find_build(python, image, inputs)
 
     def close(self) -> None:
         """Start no more jobs (the agent is shutting down); jobs submitted from now on end at once."""
@@ -293,7 +297,7 @@ class Runner:
         handle = self._start(job, driver, launch, main=True)
         if handle is None:
             return
-        log.info("Job %s started (pid %d)", job.id, handle.pid)
+        log.debug("Job %s started (pid %d)", job.id, handle.pid)
         watch = start_utilization_watch(job, self.stop)
         try:
             exit_code = self._follow(job, driver, handle, spec.max_duration)
@@ -452,7 +456,8 @@ class Runner:
                 copies=list(workspace.copies),
             )
         elif argv is None:
-            argv = [*process_shell(spec.shell), str(script)]
+            # The run's arguments are the script's positional parameters: `${{ run.args }}` is "$@".
+            argv = [*process_shell(spec.shell), str(script), *spec.args]
         return LaunchSpec(
             job_id=spec.id,
             marker=job.state.marker,
@@ -463,6 +468,7 @@ class Runner:
             resources=spec.resources,
             container=container,
             argv=argv,
+            args=list(spec.args),
             phase=phase,
         )
 
@@ -497,7 +503,6 @@ class Runner:
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker
-        env.pop(TOKEN_ENV, None)
         return env
 
 

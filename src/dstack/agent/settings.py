@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 TOKEN_ENV = "DSTACK_AGENT_TOKEN"  # noqa: S105 - the variable's name, not a secret
 DEFAULT_MAX_CODE_BYTES = 2 * 1024**3
@@ -19,6 +19,8 @@ class AgentSettings:
     idle_exit_seconds: float  # 0 = never
     max_code_bytes: int
     token: str
+    pass_env: Tuple[str, ...] = ()  # host variables jobs see beyond jobenv.HOST_VARIABLES
+    job_umask: int = 0o022  # the agent's own files are private (umask 077); jobs get the user's
     # Serve one job, then exit with its exit code (an agent started for one allocation, e.g. a Slurm job):
     # once the server has collected it, or `linger_seconds` after it ended if nobody does.
     one_job: bool = False
@@ -31,6 +33,22 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         description="Run the jobs a dstack server hands to this host. The API token is read from the "
         f"{TOKEN_ENV} environment variable (or stdin). SIGTERM stops the jobs and exits; SIGUSR1 exits "
         "and leaves them running for the next agent to take over.",
+    )
+    parser.add_argument(
+        "--job-umask",
+        type=_umask,
+        default=None,
+        metavar="OCTAL",
+        help="the umask of the jobs' processes (default: the umask the agent was started with; the agent "
+        "itself uses 077)",
+    )
+    parser.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host variable (or a pattern such as HF_*) that jobs see too; the default list is in "
+        "dstack/agent/jobenv.py (repeatable)",
     )
     parser.add_argument("--work-dir", required=True, type=Path, help="folder for code, jobs and their output")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -74,6 +92,16 @@ def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be between 0 and 65535")
+    return value
+
+
+def _umask(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be an octal umask such as 022") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError("must be an octal umask from 000 to 777")
     return value
 
 

@@ -1,98 +1,101 @@
-"""Safe extraction of an uploaded code archive into a job's private code folder.
+"""Building a job's private code folder from a manifest, refusing anything unsafe.
 
-Every member is checked before anything is written (so a refused archive writes nothing), and files,
-folders and symlinks are then created by hand: Python 3.9's tarfile may lack extraction filters, and even
-where it has them we want one set of rules we can read in one place.
+Every entry is checked before anything is written (so a refused manifest writes nothing): relative paths
+that stay inside, no entry through a symlink, symlinks with relative targets that resolve inside (following
+the code's own links, as the kernel would), only folders, files and symlinks. The same rules check the
+changes --reload puts in a running job's folder (dstack.agent.filesync).
+
+Files are copies of the store's contents, never hard links: a job that writes to its files (or chmods
+them) must not change what later jobs get. Where the file system can share blocks copy-on-write
+(FICLONE: btrfs, XFS), a copy costs no bytes; elsewhere the kernel copies (sendfile), never Python.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import shutil
 import stat
-import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Set
 
 _MAX_SYMLINK_HOPS = 40  # as the Linux kernel's limit on nested symlinks
-_COPY_CHUNK = 1024 * 1024
 _DROPPED_MODE_BITS = stat.S_ISUID | stat.S_ISGID
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+_COPY_CHUNK = 64 * 1024 * 1024
+_NO_CLONE = (
+    errno.EOPNOTSUPP,
+    errno.EXDEV,
+    errno.EINVAL,
+    errno.ENOTTY,
+    errno.EBADF,
+    errno.ENOSYS,
+    errno.EPERM,
+)
+_clone_works = [True]  # cleared the first time the file system says it cannot clone
+_PARALLEL_FROM = 256  # entries; below, one thread
+_THREADS = 4
+_CHUNK_ITEMS = 64
+
+DIR, FILE, SYMLINK = "d", "f", "l"
 
 
 class UnpackError(Exception):
-    """Why an archive was refused or could not be extracted (completes "Could not unpack the code: ...")."""
+    """Why code was refused or could not be put in place (completes "Could not unpack the code: ...")."""
 
 
-def unpack_code(archive: Path, destination: Path, cancelled: Optional[Callable[[], bool]] = None) -> None:
-    """Extract `archive` into the existing empty folder `destination`, refusing anything unsafe."""
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            plan = check_members(tar.getmembers())
-            _extract(tar, plan, destination, cancelled)
-    except tarfile.TarError as e:
-        raise UnpackError(f"the archive is not a valid tar file ({e})") from e
-    except OSError as e:
-        raise UnpackError(f"extracting failed: {e.strerror or e}") from e
+class Item(NamedTuple):
+    """One entry of a manifest, as the checks and the builder see it."""
+
+    path: str  # "/"-separated, relative, already normalised
+    kind: str  # DIR, FILE or SYMLINK
+    mode: int
+    size: int
+    ref: str  # a file's content hash, a symlink's target
 
 
-def check_members(members: List[tarfile.TarInfo]) -> List[Tuple[str, tarfile.TarInfo]]:
-    """Return (relative path, member) for every member to extract, or raise UnpackError."""
-    plan: List[Tuple[str, tarfile.TarInfo]] = []
+def check_items(items: List[Item]) -> None:
+    """Raise UnpackError unless every item is safe to create under an empty folder."""
     seen = set()
     symlinks: Dict[str, str] = {}
-    for member in members:
-        rel = _relative_path(member)
-        if rel is None:
-            continue
-        if rel in seen:
-            raise UnpackError(f"the archive holds {_quote(member.name)} twice")
-        seen.add(rel)
-        _check_type(member)
-        if member.issym():
-            symlinks[rel] = member.linkname
-        plan.append((rel, member))
-    for rel, member in plan:
-        parts = rel.split("/")
+    for item in items:
+        if item.path in seen:
+            raise UnpackError(f"the code holds {_quote(item.path)} twice")
+        seen.add(item.path)
+        if item.kind == SYMLINK:
+            if not item.ref or item.ref.startswith("/"):
+                raise UnpackError(f"the symlink {_quote(item.path)} must have a relative target")
+            symlinks[item.path] = item.ref
+        elif item.kind not in (DIR, FILE):
+            raise UnpackError(f"the entry {_quote(item.path)} is a device, fifo or other special file")
+    for item in items:
+        parts = item.path.split("/")
         for depth in range(1, len(parts)):
             if "/".join(parts[:depth]) in symlinks:
-                raise UnpackError(f"the archive member {_quote(member.name)} goes through a symlink")
-        if member.issym() and not _symlink_stays_inside(rel, symlinks):
-            raise UnpackError(f"the symlink {_quote(member.name)} points outside the code folder")
-    return plan
+                raise UnpackError(f"the entry {_quote(item.path)} goes through a symlink")
+        if item.kind == SYMLINK and not _symlink_stays_inside(item.path, symlinks):
+            raise UnpackError(f"the symlink {_quote(item.path)} points outside the code folder")
 
 
-def _relative_path(member: tarfile.TarInfo) -> Optional[str]:
-    """The member's normalised relative path; None for the archive's root folder entry."""
-    if member.name.startswith("/"):
-        raise UnpackError(f"the archive member {_quote(member.name)} has an absolute path")
-    parts = [part for part in member.name.split("/") if part not in ("", ".")]
+def normalise_path(name: str) -> Optional[str]:
+    """A relative path with its "" and "." parts dropped; None for the root itself. Refuses escapes."""
+    if name.startswith("/"):
+        raise UnpackError(f"the entry {_quote(name)} has an absolute path")
+    parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnpackError(f"the archive member {_quote(member.name)} leads outside the code folder")
-    if not parts:
-        if member.isdir():
-            return None
-        raise UnpackError(f"the archive member {_quote(member.name)} has no name")
-    return "/".join(parts)
-
-
-def _check_type(member: tarfile.TarInfo) -> None:
-    if member.isfile() or member.isdir():
-        return
-    if member.issym():
-        if not member.linkname or member.linkname.startswith("/"):
-            raise UnpackError(f"the symlink {_quote(member.name)} must have a relative target")
-        return
-    if member.islnk():
-        raise UnpackError(f"the archive member {_quote(member.name)} is a hard link, which is not allowed")
-    raise UnpackError(f"the archive member {_quote(member.name)} is a device, fifo or other special file")
+        raise UnpackError(f"the entry {_quote(name)} leads outside the code folder")
+    if "\0" in name:
+        raise UnpackError(f"the entry {_quote(name)} has a NUL byte in its name")
+    return "/".join(parts) or None
 
 
 def _symlink_stays_inside(link: str, symlinks: Dict[str, str]) -> bool:
-    """Resolve `link` the way the kernel would, following the archive's own symlinks, within the root.
+    """Resolve `link` the way the kernel would, following the code's own symlinks, within the root.
 
     Lexical normalisation is not enough: with `a -> d/..`, the target `a/..` looks harmless but leaves the
-    folder. Folders on the way are real (no member path goes through a symlink), so only links can bend
-    the walk.
+    folder. Folders on the way are real (no entry goes through a symlink), so only links can bend the walk.
     """
     resolved = link.split("/")[:-1]
     pending = list(reversed(symlinks[link].split("/")))
@@ -117,51 +120,134 @@ def _symlink_stays_inside(link: str, symlinks: Dict[str, str]) -> bool:
     return True
 
 
-def _extract(
-    tar: tarfile.TarFile,
-    plan: List[Tuple[str, tarfile.TarInfo]],
+def build_tree(
+    items: List[Item],
+    content: Callable[[str], Path],
     destination: Path,
+    cancelled: Optional[Callable[[], bool]] = None,
+) -> None:
+    """Create the checked items under the existing empty folder `destination`; `content(hash)` is where
+    a file's bytes are."""
+    root = os.path.realpath(destination)
+    made = {root}
+    try:
+        # Folders first, in order; then files and symlinks by several threads: creating a file costs the
+        # file system far more than our code, and a big tree has thousands.
+        for item in items:
+            if item.kind == DIR:
+                create_item(root, item, content, made)
+        others = [item for item in items if item.kind != DIR]
+        if len(others) < _PARALLEL_FROM:
+            for item in others:
+                if cancelled is not None and cancelled():
+                    raise UnpackError("the job was stopped")
+                create_item(root, item, content, made)
+        else:
+            _create_in_parallel(root, others, content, made, cancelled)
+        set_folder_modes(root, items)
+    except OSError as e:
+        raise UnpackError(f"building the folder failed: {e.strerror or e}") from e
+
+
+def _create_in_parallel(
+    root: str,
+    items: List[Item],
+    content: Callable[[str], Path],
+    made: Set[str],
     cancelled: Optional[Callable[[], bool]],
 ) -> None:
-    root = os.path.realpath(destination)
-    folders: List[Tuple[str, tarfile.TarInfo]] = []
-    for rel, member in plan:
-        if cancelled is not None and cancelled():
-            raise UnpackError("the job was stopped")
-        path = os.path.join(root, rel)
-        parent = os.path.dirname(path)
+    with ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="unpack") as pool:
+        chunks = [items[start : start + _CHUNK_ITEMS] for start in range(0, len(items), _CHUNK_ITEMS)]
+
+        def create(chunk: List[Item]) -> None:
+            for item in chunk:
+                if cancelled is not None and cancelled():
+                    raise UnpackError("the job was stopped")
+                create_item(root, item, content, set(made))
+
+        for future in [pool.submit(create, chunk) for chunk in chunks]:
+            future.result()
+
+
+def create_item(root: str, item: Item, content: Callable[[str], Path], made: Set[str]) -> None:
+    """Create one checked item under the real folder `root` (`made`: folders known to exist there)."""
+    path = os.path.join(root, item.path)
+    parent = os.path.dirname(path)
+    if parent not in made:
         os.makedirs(parent, mode=0o755, exist_ok=True)
-        # The checks above make this impossible; it is the last line of defence if they ever miss a case.
-        if os.path.realpath(parent) != root and not os.path.realpath(parent).startswith(root + os.sep):
-            raise UnpackError(f"the archive member {_quote(member.name)} leads outside the code folder")
-        if member.isdir():
-            os.makedirs(path, mode=0o755, exist_ok=True)
-            folders.append((path, member))
-        elif member.issym():
-            os.symlink(member.linkname, path)
-            os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
-        else:
-            _write_file(tar, member, path)
-    # Folder modes last and deepest first, so that a read-only folder does not block its own content.
-    for path, member in sorted(folders, key=lambda item: item[0], reverse=True):
-        os.chmod(path, _safe_mode(member))
-        os.utime(path, (member.mtime, member.mtime))
+        # The checks make this impossible; it is the last line of defence if they ever miss a case.
+        real = os.path.realpath(parent)
+        if real != root and not real.startswith(root + os.sep):
+            raise UnpackError(f"the entry {_quote(item.path)} leads outside the code folder")
+        made.add(parent)
+    if item.kind == DIR:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        made.add(path)
+    elif item.kind == SYMLINK:
+        os.symlink(item.ref, path)
+    else:
+        copy_file(content(item.ref), path, item)
 
 
-def _write_file(tar: tarfile.TarFile, member: tarfile.TarInfo, path: str) -> None:
-    source = tar.extractfile(member)
-    if source is None:
-        raise UnpackError(f"the archive member {_quote(member.name)} cannot be read")
+def set_folder_modes(root: str, items: List[Item]) -> None:
+    """Folder modes last and deepest first, so that a read-only folder does not block its own content."""
+    folders = [item for item in items if item.kind == DIR]
+    for item in sorted(folders, key=lambda folder: folder.path, reverse=True):
+        os.chmod(os.path.join(root, item.path), _safe_mode(item.mode))
+
+
+def copy_file(source: Path, path: str, item: Item) -> None:
+    """A new file at `path` (which must not exist) with the content stored at `source`, and its mode."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
-    with source, os.fdopen(fd, "wb") as target:
-        shutil.copyfileobj(source, target, _COPY_CHUNK)
-        os.fchmod(target.fileno(), _safe_mode(member))
-    os.utime(path, (member.mtime, member.mtime))
+    try:
+        src = open(source, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise UnpackError(f"the content of {_quote(item.path)} is missing from the agent's store") from None
+    with src:
+        if os.fstat(src.fileno()).st_size != item.size:
+            raise UnpackError(f"the stored content of {_quote(item.path)} is damaged; upload the code again")
+        fd = os.open(path, flags, 0o600)
+        try:
+            if item.size and not _clone(src.fileno(), fd):
+                offset = 0
+                while offset < item.size:
+                    sent = os.sendfile(fd, src.fileno(), offset, min(_COPY_CHUNK, item.size - offset))
+                    if sent == 0:
+                        raise UnpackError(f"the stored content of {_quote(item.path)} ended early")
+                    offset += sent
+            os.fchmod(fd, _safe_mode(item.mode))
+        finally:
+            os.close(fd)
 
 
-def _safe_mode(member: tarfile.TarInfo) -> int:
-    return member.mode & 0o7777 & ~_DROPPED_MODE_BITS
+def _clone(source_fd: int, target_fd: int) -> bool:
+    """Share the blocks copy-on-write where the file system can; False to copy instead."""
+    if not _clone_works[0]:
+        return False
+    try:
+        fcntl.ioctl(target_fd, _FICLONE, source_fd)
+        return True
+    except OSError as e:
+        if e.errno in _NO_CLONE:
+            _clone_works[0] = False
+            return False
+        raise
+
+
+def remove_path(path: str) -> None:
+    """Remove whatever is at path, without following a symlink; nothing there is fine."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(status.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _safe_mode(mode: int) -> int:
+    return mode & 0o7777 & ~_DROPPED_MODE_BITS
 
 
 def _quote(name: str) -> str:

@@ -1,11 +1,12 @@
 """A job's files on the host before its commands start: the code, a cloned repo, `files` and volumes.
 
-- The code archive is unpacked at `code_path` in the job's code folder (the container's /workflow).
+- The code is built from the code store at `code_path` in the job's code folder (the container's /workflow).
 - `repo` is cloned with git on the host: into the code folder for a relative path, or into a folder of its
   own that a container sees at an absolute path; `if_exists` decides about a path that is not empty.
-- Each `files` archive is unpacked safely (unpack.py) in the job's folder; a relative target is then
-  copied under the working directory, while an absolute or `~/...` one is copied into the container
-  before it starts (drivers/container_files.py: only the container knows its user's home).
+- Each `files` entry is built from the code store too (the same checks, unpack.py) in the job's folder;
+  a relative target is then copied under the working directory, while an absolute or `~/...` one is
+  copied into the container before it starts (drivers/container_files.py: only the container knows its
+  user's home).
 - A volume (`/host:/path`) is a bind mount for a container; a task without image sees the host folder at
   its own path and through a symlink `./path` in its working directory (the documented equivalent: a
   process cannot have `/path` without changing the host).
@@ -19,13 +20,16 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Tuple
 
 from dstack.agent.environments.tools import last_line, run_tool
 from dstack.agent.fsutil import is_inside
 from dstack.agent.jobs.spec import FilePlacement, JobSpec, RepoClone
 from dstack.agent.reaper import ChildProcesses
-from dstack.agent.unpack import UnpackError, unpack_code
+from dstack.agent.unpack import UnpackError
+
+if TYPE_CHECKING:
+    from dstack.agent.codestore import CodeStore
 
 FILES_DIR = "files"
 REPO_DIR = "repo"
@@ -59,14 +63,9 @@ def git_argv(*args: str) -> List[str]:
 
 
 class WorkspaceBuilder:
-    def __init__(
-        self,
-        children: ChildProcesses,
-        code_archive: Callable[[str], Path],
-        tool_env: Dict[str, str],
-    ) -> None:
+    def __init__(self, children: ChildProcesses, code_store: CodeStore, tool_env: Dict[str, str]) -> None:
         self._children = children
-        self._archive = code_archive
+        self._store = code_store
         self._tool_env = tool_env
 
     def build(
@@ -86,7 +85,7 @@ class WorkspaceBuilder:
         if spec.code_hash is not None:
             target = self._inside(code_dir, spec.code_path, "the code's path")
             target.mkdir(parents=True, exist_ok=True)
-            self._unpack(spec.code_hash, target, cancelled, "the code")
+            self._unpack(spec.code_hash, target, cancelled, "the code", spare=True)
         if spec.repo is not None:
             mounts += self._clone(spec.repo, folder, code_dir, in_container, announce, notify)
         cwd = code_dir / spec.working_dir if spec.working_dir else code_dir
@@ -112,12 +111,15 @@ class WorkspaceBuilder:
 
     # -- code and files ----------------------------------------------------------------------------------
 
-    def _unpack(self, code_hash: str, destination: Path, cancelled: Callable[[], bool], what: str) -> None:
-        archive = self._archive(code_hash)
-        if not archive.is_file():
+    def _unpack(
+        self, code_hash: str, destination: Path, cancelled: Callable[[], bool], what: str, spare: bool = False
+    ) -> None:
+        """Build the code `code_hash` at `destination` (an empty folder); with `spare`, from a spare copy
+        when one is ready (the job's main code: see dstack.agent.spares)."""
+        if not self._store.has(code_hash):
             raise WorkspaceError(f"Code {code_hash} has not been uploaded")
         try:
-            unpack_code(archive, destination, cancelled=cancelled)
+            self._store.assemble(code_hash, destination, cancelled=cancelled, spare=spare)
         except UnpackError as e:
             raise WorkspaceError(f"Could not unpack {what}: {e}") from e
 

@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from dstack.api.config import load_config
 from dstack.api.errors import APIError, NotConfigured, NotFound, ServerUnreachable, Unauthorized
 from dstack.api.http import Connection, Response, StaleConnection
 from dstack.api.stream import AttachStream
+from dstack.core.text import clip
+
+if TYPE_CHECKING:
+    from dstack.code.snapshot import CodeSnapshot
 
 DEFAULT_TIMEOUT = 60.0
 APPLY_TIMEOUT = 900.0  # applying a fleet connects to every new host
@@ -32,9 +35,14 @@ class Client:
     def __init__(
         self, url: str, token: str, project: str = "main", *, timeout: float = DEFAULT_TIMEOUT
     ) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise APIError(f"The server URL {url!r} is not an http(s) URL")
+        try:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("not an http(s) URL")
+            parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+            parts.hostname.encode("idna")  # raises UnicodeError for a name no resolver takes
+        except (ValueError, UnicodeError) as e:
+            raise APIError(f"The server URL '{clip(url)}' is not valid: {clip(str(e))}") from None
         self.url = url.rstrip("/")
         self.token = token
         self.project = project
@@ -87,14 +95,19 @@ class Client:
         path: str,
         *,
         body: Any = None,
+        raw: bytes | None = None,
         params: dict[str, Any] | None = None,
         ok: tuple[int, ...] = (200, 201, 204),
     ) -> tuple[int, bytes]:
-        """Send one request on the kept-alive connection; JSON in, bytes out. Raises APIError subclasses."""
+        """Send one request on the kept-alive connection; JSON (or `raw` bytes) in, bytes out. Raises
+        APIError subclasses."""
         if params:
             path = f"{path}?{urlencode({k: _param(v) for k, v in params.items() if v is not None})}"
-        payload = json.dumps(body).encode() if body is not None else b""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if raw is not None:
+            payload, headers = raw, {"Content-Type": "application/octet-stream"}
+        else:
+            payload = json.dumps(body).encode() if body is not None else b""
+            headers = {"Content-Type": "application/json"} if body is not None else {}
         if self._conn is None:
             self._conn = self.connect()
         response = self.exchange(self._conn, method, path, headers, payload)
@@ -167,6 +180,11 @@ class Client:
     def stop(self, names: list[str], *, abort: bool = False) -> list[dict[str, Any]]:
         return self.json("POST", self._project_path("/runs/stop"), body={"names": names, "abort": abort})
 
+    def delete(self, names: list[str], *, finished: bool = False) -> list[str]:
+        """Delete finished runs and their output; returns the names deleted."""
+        body = {"names": names, "finished": finished}
+        return list(self.json("POST", self._project_path("/runs/delete"), body=body)["deleted"])
+
     def list_secrets(self) -> list[dict[str, Any]]:
         """The project's secrets: names, lengths and times, never values."""
         return self.json("GET", self._project_path("/secrets"))
@@ -180,6 +198,43 @@ class Client:
     def has_code(self, code_hash: str) -> bool:
         status, _ = self.request("GET", self._project_path(f"/code/{code_hash}"), ok=(200, 404))
         return status == 200
+
+    def missing_code(self, snapshot: CodeSnapshot) -> list[str] | None:
+        """None if the project has this code already; else the contents it lacks (their sha256)."""
+        if self.has_code(snapshot.code_hash):
+            return None
+        from dstack.code.blobs import header
+
+        wanted = b"".join(header(sha256, source.status.st_size) for sha256, source in snapshot.blobs.items())
+        _, data = self.request("POST", self._project_path("/code/missing"), raw=wanted)
+        return list(json.loads(data)["missing"])
+
+    def send_code(
+        self, snapshot: CodeSnapshot, missing: list[str], progress: Callable[[int], None] | None = None
+    ) -> None:
+        """Upload the contents named in `missing` (one streamed request), then the manifest."""
+        from dstack.code.blobs import BlobBody
+
+        if missing:
+            # A connection of its own: a body cut short by a file changing mid-way leaves it unusable.
+            self._on_own_connection(
+                "POST",
+                self._project_path("/code/blobs"),
+                "application/octet-stream",
+                BlobBody(snapshot, missing),
+                max(self.timeout, 300),
+                progress=progress,
+            )
+        self.request("PUT", self._project_path(f"/code/{snapshot.code_hash}"), raw=snapshot.manifest)
+
+    def upload_code(self, snapshot: CodeSnapshot, progress: Callable[[int], None] | None = None) -> str:
+        """Make sure the server holds the snapshot, sending only what it lacks; returns the code hash for
+        a run spec's `code_hash`. Take the snapshot with dstack.code.snapshot_code (a code root) or
+        dstack.code.snapshot_paths (files and folders placed at paths of their own)."""
+        missing = self.missing_code(snapshot)
+        if missing is not None:
+            self.send_code(snapshot, missing, progress)
+        return snapshot.code_hash
 
     # -- fleets ------------------------------------------------------------------------------------------
 
@@ -243,18 +298,6 @@ class Client:
         if response.status not in (200, 201):
             raise error_for(response.status, data)
         return data
-
-    def upload_code(self, code_hash: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
-        with path.open("rb") as f:
-            self._on_own_connection(
-                "PUT",
-                self._project_path(f"/code/{code_hash}"),
-                "application/x-tar",
-                f,
-                max(self.timeout, 300),
-                length=path.stat().st_size,
-                progress=progress,
-            )
 
     def logs(
         self, name: str, *, offset: int = 0, tail: int | None = None, node: int | None = None

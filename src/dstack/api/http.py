@@ -10,12 +10,21 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Callable
-from typing import IO, cast
+from typing import IO, Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
 MAX_LINE = 65536
 MAX_HEADERS = 100
 SEND_CHUNK = 1024 * 1024
+
+
+@runtime_checkable
+class StreamedBody(Protocol):
+    """A body that writes itself to the socket (e.g. with sendfile); its `length` is sent first."""
+
+    length: int
+
+    def send_to(self, sock: socket.socket, progress: Callable[[int], None] | None) -> None: ...
 
 
 class HTTPError(OSError):
@@ -74,24 +83,55 @@ class Response:
         self._maybe_release()
         return data
 
-    def _read_chunked(self, size: int) -> bytes:
-        if self._chunk_left == 0:
-            if self._after_chunk:
-                self._fp.readline(MAX_LINE)
-                self._after_chunk = False
-            line = self._fp.readline(MAX_LINE)
-            if not line:
+    def readinto(self, buffer: memoryview) -> int:
+        """Up to len(buffer) bytes into buffer, as soon as some are there; 0 at the end of the body. No
+        copy of its own: the bytes go from the socket's buffer (or the socket) into `buffer`."""
+        if self._eof or not len(buffer):
+            return 0
+        if self._chunked:
+            if self._chunk_left == 0 and not self._next_chunk():
+                return 0
+            count = self._fp.readinto(buffer[: self._chunk_left])
+            if not count:
                 raise HTTPError("The server closed the connection in the middle of an answer")
-            try:
-                self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise HTTPError(f"Bad chunk size line {line[:40]!r}") from None
-            if self._chunk_left == 0:
-                while self._fp.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                self._eof = True
-                self._maybe_release()
-                return b""
+            self._chunk_left -= count
+            self._after_chunk = self._chunk_left == 0
+            return count
+        want = len(buffer) if self._left is None else min(len(buffer), self._left)
+        count = self._fp.readinto(buffer[:want])
+        if self._left is not None:
+            if not count:
+                raise HTTPError("The server closed the connection in the middle of an answer")
+            self._left -= count
+            self._eof = self._left == 0
+        elif not count:
+            self._eof = True
+        self._maybe_release()
+        return count
+
+    def _next_chunk(self) -> bool:
+        """Read the next chunk's size line; False at the last chunk (the body ended)."""
+        if self._after_chunk:
+            self._fp.readline(MAX_LINE)
+            self._after_chunk = False
+        line = self._fp.readline(MAX_LINE)
+        if not line:
+            raise HTTPError("The server closed the connection in the middle of an answer")
+        try:
+            self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HTTPError(f"Bad chunk size line {line[:40]!r}") from None
+        if self._chunk_left == 0:
+            while self._fp.readline(MAX_LINE) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            self._eof = True
+            self._maybe_release()
+            return False
+        return True
+
+    def _read_chunked(self, size: int) -> bytes:
+        if self._chunk_left == 0 and not self._next_chunk():
+            return b""
         data = self._fp.read1(min(size, self._chunk_left))
         if not data:
             raise HTTPError("The server closed the connection in the middle of an answer")
@@ -123,7 +163,7 @@ class Connection:
         method: str,
         target: str,
         headers: dict[str, str],
-        body: bytes | IO[bytes] | None = None,
+        body: bytes | IO[bytes] | StreamedBody | None = None,
         *,
         length: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -135,6 +175,8 @@ class Connection:
         head = [f"{method} {target} HTTP/1.1", f"Host: {self.host}:{self.port}"]
         if isinstance(body, bytes):
             length = len(body)
+        elif isinstance(body, StreamedBody):
+            length = body.length
         if length is not None:
             head.append(f"Content-Length: {length}")
         head += [f"{k}: {v}" for k, v in headers.items()]
@@ -143,6 +185,9 @@ class Connection:
         try:
             if isinstance(body, bytes):
                 self.sock.sendall(data + body)
+            elif isinstance(body, StreamedBody):
+                self.sock.sendall(data)
+                body.send_to(self.sock, progress)
             else:
                 self.sock.sendall(data)
                 while body is not None and (chunk := body.read(SEND_CHUNK)):

@@ -14,7 +14,7 @@ from dstack.core import frames
 class Frame(NamedTuple):
     kind: bytes
     offset: int = 0  # for log frames
-    data: bytes = b""  # for log frames
+    data: bytes | memoryview = b""  # for log frames (a memoryview when read with frames(reuse=True))
     info: dict[str, Any] | None = None  # for status and end frames
 
 
@@ -26,8 +26,14 @@ class AttachStream:
     def __init__(self, conn: Connection, response: Response) -> None:
         self._conn = conn
         self._response = response
+        self._buffer: bytearray | None = None
 
     def __iter__(self) -> Iterator[Frame]:
+        return self.frames()
+
+    def frames(self, *, reuse: bool = False) -> Iterator[Frame]:
+        """The frames, in order. With `reuse`, a log frame's data is a view into one buffer that the next
+        frame overwrites: for a reader that writes each out at once (no copy of a byte of output)."""
         while True:
             header = self._read(frames.HEADER.size, allow_eof=True)
             if not header:
@@ -36,7 +42,9 @@ class AttachStream:
             if kind == frames.LOG:
                 # Offset and data are read apart, so megabytes of output are never sliced (copied) again.
                 (offset,) = frames.OFFSET.unpack(self._read(frames.OFFSET.size))
-                yield Frame(kind, offset=offset, data=self._read(length - frames.OFFSET.size))
+                size = length - frames.OFFSET.size
+                data = self._read_into(size) if reuse else self._read(size)
+                yield Frame(kind, offset=offset, data=data)
                 continue
             payload = self._read(length) if length else b""
             if kind == frames.HEARTBEAT:
@@ -56,6 +64,23 @@ class AttachStream:
         if len(data) < size and not (allow_eof and not data):
             raise LinkLost("The server closed the stream before the run ended")
         return data
+
+    def _read_into(self, size: int) -> Any:
+        if self._buffer is None or len(self._buffer) < size:
+            self._buffer = bytearray(max(size, 1 << 20))
+        view = memoryview(self._buffer)[:size]
+        got = 0
+        while got < size:
+            try:
+                count = self._response.readinto(view[got:])
+            except TimeoutError as e:
+                raise LinkLost("The server sent nothing for 10 s; the link to it is lost") from e
+            except OSError as e:
+                raise LinkLost(f"The link to the server broke: {e or type(e).__name__}") from e
+            if not count:
+                raise LinkLost("The server closed the stream before the run ended")
+            got += count
+        return view
 
     def close(self) -> None:
         self._conn.close()

@@ -1,6 +1,7 @@
 """Which server the CLI talks to. With none configured, the CLI starts one in the background (the
 embedded default, see `embedded.py`), records it in ~/.dstack/config.yml and reuses it; if it later stops
-answering, the CLI starts it again on the same port with the same token.
+answering, the CLI starts it again on the same port with the same token: when a command starts
+(`get_client`), and when an attached command loses it on the way (`revive`).
 """
 
 from __future__ import annotations
@@ -44,13 +45,26 @@ def get_client(project: str | None = None, *, start_embedded: bool = True) -> Cl
     except ServerUnreachable:
         if not entry.embedded:
             raise
-        from dstack.cli.embedded import start_embedded_server
-
-        entry = start_embedded_server(restart=entry)
-        client = Client(entry.url, entry.token, entry.name)
+        revive(client)
     except Unauthorized as e:
         raise CLIError(
             f"The server at {entry.url} rejected the token in ~/.dstack/config.yml; "
             "run dstack config to set a new one"
         ) from e
     return client
+
+
+def revive(client: Client) -> bool:
+    """`client`'s server stopped answering: if it is the embedded one, start it again (the same port and
+    token; another CLI may have done so already) and point `client` at it. False if it is not ours to
+    start, or if its process still runs (a busy or frozen server is waited for, never doubled)."""
+    entry = load_config().default(client.project)
+    if entry is None or not entry.embedded or entry.url != client.url:
+        return False
+    from dstack.cli.embedded import start_embedded_server
+
+    revived = start_embedded_server(restart=entry)
+    if revived.url != client.url:  # its port was taken meanwhile: it listens elsewhere now
+        client.close()
+        client.url = revived.url
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import socket
@@ -23,8 +24,8 @@ from dstack.api.errors import APIError
 from dstack.cli.connection import server_dir
 from dstack.cli.errors import CLIError
 from dstack.cli.output import note
+from dstack.core.defaults import DEFAULT_SERVER_PORT
 
-DEFAULT_PORT = 3000
 START_TIMEOUT = 60.0
 
 
@@ -40,10 +41,18 @@ def _start_lock() -> Iterator[None]:
 def start_embedded_server(restart: ProjectEntry | None = None) -> ProjectEntry:
     with _start_lock():
         # Another CLI may have started (or restarted) it while we waited for the lock.
-        entry = load_config().default("main") if restart is None else restart
-        if entry is not None and _answers(entry):
-            return entry
-        listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_PORT)
+        for entry in (load_config().default("main"), restart):
+            if entry is not None and _answers(entry):
+                return entry
+        pid = _running_server_pid()
+        if restart is not None and pid is not None:
+            # Its process is there but does not answer (busy, or stopped with SIGSTOP): a second server
+            # on the same database would fight it, so wait for it instead.
+            raise CLIError(
+                f"The dstack server (pid {pid}) runs but does not answer at {restart.url}; "
+                f"it may be busy or stopped (kill -CONT {pid} resumes a stopped one)"
+            )
+        listener = _listen(_port_of(restart.url) if restart is not None else DEFAULT_SERVER_PORT)
         port = int(listener.getsockname()[1])
         ui_listener = _listen(port % 65535 + 1)  # the web UI's port, bound here for the same reason
         token = restart.token if restart is not None else secrets.token_urlsafe(32)
@@ -69,9 +78,11 @@ def _spawn(
     listener: socket.socket, ui_listener: socket.socket, token: str, log: Path
 ) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, DSTACK_SERVER_ADMIN_TOKEN=token)  # never on the command line, where ps shows it
+    # The token goes on the server's stdin: not on its command line (ps shows that) nor in its environment
+    # (its children, and anything reading /proc/PID/environ, would see that).
+    env = {name: value for name, value in os.environ.items() if name != "DSTACK_SERVER_ADMIN_TOKEN"}
     with log.open("ab") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -88,15 +99,23 @@ def _spawn(
                 "--ui-fd",
                 str(ui_listener.fileno()),
                 "--embedded",
+                "--token-stdin",
             ],
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=out,
             stderr=out,
             start_new_session=True,
             close_fds=True,
             pass_fds=(listener.fileno(), ui_listener.fileno()),
         )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()
+    except OSError:
+        pass  # it exited at once: _wait_healthy says so with its log
+    return process
 
 
 def _wait_healthy(entry: ProjectEntry, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -120,6 +139,28 @@ def _answers(entry: ProjectEntry) -> bool:
         return False
     finally:
         client.close()
+
+
+def _running_server_pid() -> int | None:
+    """The pid in server.json if that process is still a dstack server (a kill -9 leaves the file)."""
+    try:
+        pid = int(json.loads((server_dir() / "server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except FileNotFoundError:
+        if Path("/proc").is_dir():
+            return None  # gone
+        try:  # no /proc (macOS): the pid alone says it
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+    except OSError:
+        return None
+    return pid if b"dstack" in cmdline and b"server" in cmdline else None
 
 
 def _listen(preferred: int) -> socket.socket:

@@ -20,6 +20,7 @@ from dstack.core import frames
 from dstack.core.statuses import RunStatus
 
 RECONNECT_FOR = 60.0  # seconds to keep trying after the link is lost
+REVIVE_EVERY = 5.0  # seconds between tries to start the embedded server again
 
 
 class Follower:
@@ -43,6 +44,7 @@ class Follower:
         self.status: str | None = None
         self._shown: set[str] = set()
         self._last_message: str | None = None
+        self._revived_at = -REVIVE_EVERY
 
     def follow(self) -> int:
         """Stream until the run ends; returns the CLI's exit code for it."""
@@ -62,6 +64,8 @@ class Follower:
                 if lost_since is None:
                     lost_since = now
                     note(f"{e.message}; reconnecting...", dim=True)
+                if self._revive(e):
+                    continue  # it answers again: resume from the offset reached
                 if now - lost_since > RECONNECT_FOR:
                     raise CLIError(
                         f"Lost the link to the server and could not reconnect for {RECONNECT_FOR:.0f} s; "
@@ -74,12 +78,29 @@ class Follower:
             # The stream ended without an end frame: the server closed it (e.g. restarting); reconnect.
             lost_since = lost_since or time.monotonic()
 
+    def _revive(self, error: APIError) -> bool:
+        """Start the embedded server again if it is gone (as `dstack ps` would), at most every few seconds."""
+        if isinstance(error, LinkLost):
+            return False  # the stream broke mid-way; the next try to connect tells whether anything answers
+        now = time.monotonic()
+        if now - self._revived_at < REVIVE_EVERY:
+            return False
+        self._revived_at = now
+        from dstack.cli.connection import revive
+
+        try:
+            return revive(self.client)
+        except CLIError as e:  # it would not start: say why, and keep trying to reconnect
+            note(e.message, dim=True)
+            return False
+
     def _stream_once(self) -> dict[str, Any] | None:
         tail, self.tail = self.tail, None
         stream = self.client.attach(self.name, offset=self.offset, tail=tail, node=self.node)
         out = sys.stdout.buffer
         try:
-            for frame in stream:
+            # Each piece of output is written out before the next is read: one buffer serves them all.
+            for frame in stream.frames(reuse=True):
                 if frame.kind == frames.LOG:
                     if frame.offset != self.offset and tail is None:
                         # Only a tail request may start elsewhere; anything else would repeat or skip output.

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "logs": ("logs", "Show a run's output"),
     "attach": ("attach", "Attach to a running task: its output and ports"),
     "stop": ("stop", "Stop a run"),
+    "delete": ("delete", "Delete finished runs and their output"),
     "offer": ("offer", "List the offers that fit resource requirements"),
     "server": ("server", "Run the dstack server in the foreground"),
     "ui": ("ui", "Open the web UI in your browser, signed in"),
@@ -37,7 +38,9 @@ class Parser(argparse.ArgumentParser):
     """argparse that reports a mistake in one line, with where to find help."""
 
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"{self.prog}: {message} (see {self.prog} --help)\n")
+        from dstack.core.text import clip_quoted
+
+        sys.stderr.write(f"{self.prog}: {clip_quoted(message)} (see {self.prog} --help)\n")
         sys.exit(2)
 
 
@@ -47,7 +50,8 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
         description="Run AI tasks on your own machine, servers and clusters.",
         allow_abbrev=False,
     )
-    parser.add_argument("-v", "--version", action="version", version=f"dstack {__version__}")
+    # Not argparse's "version" action: that prints and exits 0 however many arguments follow.
+    parser.add_argument("-v", "--version", action="store_true", help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands = {}
     for name, (module, summary) in COMMANDS.items():
@@ -62,6 +66,7 @@ def _module(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _make_private()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after "--" belongs to the task, untouched by our parser.
     after: list[str] = []
@@ -71,12 +76,32 @@ def main(argv: list[str] | None = None) -> int:
     parser, commands = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
-        parser.print_help()
+        if unknown or after:
+            parser.error(f"unrecognized arguments: {' '.join(unknown + after)}")
+        if args.version:
+            print(f"dstack {__version__}")
+        else:
+            parser.print_help()
         return 0
+    if args.version:
+        parser.error(f"--version takes no command or arguments (got {args.command})")
     if args.command not in PASSTHROUGH and (unknown or after):
         commands[args.command].error(f"unrecognized arguments: {' '.join(unknown + after)}")
     args.run_args = unknown + after
     return run_command(args)
+
+
+def _make_private() -> None:
+    """Whatever this process writes under ~/.dstack is the user's only (see dstack.core.private)."""
+    from pathlib import Path
+
+    from dstack.core.private import make_process_private, make_tree_private
+
+    make_process_private()
+    try:
+        make_tree_private(Path.home() / ".dstack")
+    except OSError:
+        pass  # a folder we cannot change is reported by the command that needs it
 
 
 def run_command(args: argparse.Namespace) -> int:

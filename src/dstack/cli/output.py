@@ -18,6 +18,9 @@ def is_tty(stream: IO[Any]) -> bool:
 
 
 def error(message: str) -> None:
+    from dstack.core.text import clip_words
+
+    message = clip_words(message)  # whatever a layer below echoed, the line stays readable
     if is_tty(sys.stderr) and "NO_COLOR" not in os.environ:
         sys.stderr.write(f"\x1b[31m{message}\x1b[0m\n")
     else:

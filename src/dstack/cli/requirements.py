@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from dstack.cli.argtypes import price
+
 if TYPE_CHECKING:
     from dstack.config import ProfileOverrides
 
@@ -41,7 +43,7 @@ def add_requirement_args(parser: argparse.ArgumentParser | argparse._ArgumentGro
         metavar="BACKEND",
         help="only this backend (repeatable)",
     )
-    parser.add_argument("--max-price", type=float, metavar="USD", help="the most to pay per hour")
+    parser.add_argument("--max-price", type=price, metavar="USD", help="the most to pay per hour")
     parser.add_argument(
         "--fleet",
         action="append",

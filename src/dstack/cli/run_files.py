@@ -2,8 +2,8 @@
 
 Local paths are resolved as in dstack: `~` is the user's home, a relative path is relative to the folder of
 the configuration file. Each `files` entry is packed like the code (content-addressed, the ignore rules of a
-folder honoured, the size limit naming the biggest files) with `dstack.code.pack_code`, and uploaded only
-if the server lacks it.
+folder honoured, the size limit naming the biggest files) with `dstack.code.snapshot_code`, and only the
+contents the server lacks are uploaded.
 """
 
 from __future__ import annotations
@@ -42,24 +42,24 @@ def _target(mapping: dict[str, Any]) -> str:
 
 
 def pack_files(files: list[dict[str, Any]], limit_bytes: int) -> list[tuple[dict[str, Any], Any]]:
-    """Pack each entry; returns (the spec's FileUpload, the packed archive) pairs."""
-    from dstack.code import CodeTooLargeError, pack_code
+    """Snapshot each entry; returns (the spec's FileUpload, its snapshot) pairs."""
+    from dstack.code import CodeTooLargeError, snapshot_code
 
     packed = []
     for item in files:
         path: Path = item["path"]
         try:
             if path.is_dir():
-                archive = pack_code(path, limit_bytes=limit_bytes)
+                snapshot = snapshot_code(path, limit_bytes=limit_bytes)
                 upload = {"kind": "dir", "name": None}
             else:
                 rules = _OnlyFile(path.parent, path.name)
-                archive = pack_code(path.parent, limit_bytes=limit_bytes, rules=rules)
+                snapshot = snapshot_code(path.parent, limit_bytes=limit_bytes, rules=rules)
                 upload = {"kind": "file", "name": path.name}
         except CodeTooLargeError as e:
             raise CLIError(f"The files entry {item['source']!r} is too large: {e}") from None
-        upload.update(code_hash=archive.sha256, target=item["target"], source=item["source"])
-        packed.append((upload, archive))
+        upload.update(code_hash=snapshot.code_hash, target=item["target"], source=item["source"])
+        packed.append((upload, snapshot))
     return packed
 
 

@@ -33,17 +33,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.yes and not confirm("Continue?"):
         note("Exiting...")
         return 0
-    finalize(prepared, args, plan["run_name"])
+    finalize(prepared, plan["run_name"], args.run_args)
+    reloader = None
     if args.reload:  # watching starts before packing, so no edit falls between the two
         from dstack.cli.reload import start_reload
 
-        start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
+        reloader = start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
     if prepared.upload_code:
         prepared.spec["code_hash"] = upload_code(client, prepared)
     if prepared.files:
         prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
     name = submitted["name"]
+    if reloader is not None:
+        reloader.submitted()  # edits made meanwhile wait no more
     if scheduled and not args.detach:
         # It starts at its times, over and over: following it here would hold the terminal for days.
         from dstack.config.cron import format_utc
@@ -128,30 +131,35 @@ def _availability(offer: dict[str, Any]) -> str:
 
 
 def upload_code(client: Client, prepared: PreparedRun) -> str:
-    from dstack.code import pack_code
+    """SPEC §4 step 4: only the contents the server lacks travel (none for an unchanged tree)."""
+    from dstack.code import snapshot_code
 
-    packed = pack_code(prepared.code_root, limit_bytes=prepared.code_limit)
-    _upload(client, packed, "the code")
-    return packed.sha256
+    snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    _upload(client, snapshot, "the code")
+    return snapshot.code_hash
 
 
 def upload_files(client: Client, prepared: PreparedRun) -> list[dict[str, Any]]:
-    """Pack and upload each `files` entry (only what the server lacks); the spec's entries."""
+    """Snapshot and upload each `files` entry (only what the server lacks); the spec's entries."""
     from dstack.cli.run_files import pack_files
 
     uploads = []
-    for upload, packed in pack_files(prepared.files, prepared.code_limit):
-        _upload(client, packed, f"files {upload['source']}")
+    for upload, snapshot in pack_files(prepared.files, prepared.code_limit):
+        _upload(client, snapshot, f"files {upload['source']}")
         uploads.append(upload)
     return uploads
 
 
-def _upload(client: Client, packed: Any, what: str) -> None:
-    if client.has_code(packed.sha256):
+def _upload(client: Client, snapshot: Any, what: str) -> None:
+    """Only the contents the server lacks travel (none for an unchanged tree)."""
+    missing = client.missing_code(snapshot)
+    if missing is None:
         return
-    note(f"Uploading {what}: {packed.files} files, {human_size(packed.size)}", dim=True)
-    with _progress(packed.size) as advance:
-        client.upload_code(packed.sha256, packed.path, progress=advance)
+    size = sum(snapshot.blob_size(sha256) for sha256 in missing)
+    if missing:
+        note(f"Uploading {what}: {len(missing)} of {snapshot.files} files, {human_size(size)}", dim=True)
+    with _progress(size) as advance:
+        client.send_code(snapshot, missing, progress=advance)
 
 
 class _progress:

@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ from dstack.cli.errors import CLIError
 from dstack.cli.requirements import OVERRIDE_FLAGS
 from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
-from dstack.config.interpolation import interpolate_lines, run_variables
+from dstack.config.interpolation import command_table, interpolate_lines, run_references
 from dstack.config.names import validate_run_name
+from dstack.core.text import clip
 
 CONFIG_NAMES = (".dstack.yml", ".dstack.yaml")
 DEFAULT_CODE_LIMIT = 500 * 1024**2
@@ -56,16 +58,18 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     from dstack.code import find_code_root
 
     workdir = Path(args.workdir or ".").absolute()
-    if not workdir.is_dir():
-        raise CLIError(f"The working directory {args.workdir} does not exist or is not a directory")
+    if not _is_dir(workdir, "working directory", args.workdir):
+        raise CLIError(f"The working directory {clip(args.workdir)} does not exist or is not a directory")
     config_file = _config_file(args, workdir)
     code_root = find_code_root(workdir)
     validated = _validated(args, config_file, code_root)
     configuration, profile, ports = validated["configuration"], validated["profile"], validated["ports"]
     env = resolve_env_values(configuration["env"], os.environ, args.env)
     name = validate_run_name(args.name) if args.name else configuration.get("name")
-    # Check interpolation now, before any prompt; the real run name is filled in by `finalize`.
-    _interpolate(configuration, config_file, args, name or "run-name", env)
+    # Interpolated now, so that a mistake stops the run before any prompt (`finalize` redoes the commands
+    # of an entrypoint task, which hold the run's name itself).
+    commands, build = _interpolate(configuration, config_file, env, name or "run-name", args.run_args)
+    _check_size(commands, build, env, args.run_args)
     workdir_rel = os.path.relpath(workdir.resolve(), code_root)
     working_dir = configuration.get("working_dir") or (None if workdir_rel == "." else workdir_rel)
     code_path = "."
@@ -92,9 +96,15 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
         "ports": ports,
         "python": python,
         "image": configuration.get("image"),
-        "commands": [],
-        "build": [],
+        "commands": commands,
+        "build": build,
+        # ${{ run.args }}: the job script's positional parameters (see dstack.config.interpolation).
+        "args": list(args.run_args),
         "code_path": code_path,
+        # A repo placed inside the job's code folder has paths the CLI cannot tell: no lookup for it.
+        "build_inputs": _build_inputs(build, code_root, working_dir, env, name, args.run_args)
+        if code_path == "."
+        else None,
     }
     prepared = PreparedRun(
         spec=spec,
@@ -113,50 +123,103 @@ def prepare(args: argparse.Namespace) -> PreparedRun:
     return prepared
 
 
-def finalize(prepared: PreparedRun, args: argparse.Namespace, run_name: str) -> None:
-    """Fill in what depends on the run's name: the interpolated commands."""
+def finalize(prepared: PreparedRun, run_name: str, run_args: list[str]) -> None:
+    """Fill in the run's name, once the server has given it (a shell's ${{ run.name }} reads it then)."""
     spec = prepared.spec
     spec["run_name"] = run_name
-    spec["commands"], spec["build"] = _interpolate(
-        prepared.configuration, prepared.config_file, args, run_name, spec["env"]
-    )
+    if prepared.configuration.get("entrypoint"):
+        spec["commands"], _ = _interpolate(
+            prepared.configuration, prepared.config_file, spec["env"], run_name, run_args
+        )
 
 
 def _interpolate(
-    configuration: dict[str, Any],
-    config_file: Path,
-    args: argparse.Namespace,
-    run_name: str,
-    env: dict[str, str],
+    configuration: dict[str, Any], config_file: Path, env: dict[str, str], run_name: str, run_args: list[str]
 ) -> tuple[list[str], list[str]]:
-    variables = run_variables(run_name=run_name, run_args=args.run_args, env=env)
+    entrypoint = bool(configuration.get("entrypoint"))
+    table, plain = command_table(env=env, entrypoint=entrypoint, run_name=run_name, run_args=run_args)
     try:
-        # `setup` (deprecated) runs before the commands, as in 0.11.
+        # `setup` (deprecated) runs before the commands, as in 0.11; `build` always runs in a shell.
         return (
-            interpolate_lines(configuration.get("setup", []) + configuration["commands"], variables),
-            interpolate_lines(configuration["build"], variables),
+            interpolate_lines(configuration.get("setup", []) + configuration["commands"], table, plain=plain),
+            interpolate_lines(configuration["build"], run_references(env=env)),
         )
     except InterpolationError:
         # Re-run on the validated model: its error names the file, line and column.
         from dstack.config import interpolate_commands, load_configuration
 
         model = load_configuration(config_file, display_name=_rel_to_cwd(config_file))
-        return interpolate_commands(model, run_name=run_name, run_args=args.run_args, env=env)
+        return interpolate_commands(model, env=env, run_name=run_name, run_args=run_args)
+
+
+def _build_inputs(
+    build: list[str],
+    code_root: Path,
+    working_dir: str | None,
+    env: dict[str, str],
+    run_name: str | None,
+    run_args: list[str],
+) -> dict[str, Any] | None:
+    """What the build's cache key is made of, from the user's folder (the agent's own computation, on
+    what the upload will carry): the plan asks each host whether it has that build (SPEC §5)."""
+    if not build:
+        return None
+    from dstack.agent.environments.buildkey import build_inputs
+    from dstack.code.ignore import IgnoreRules
+
+    rules = IgnoreRules(code_root)
+
+    def uploaded(path: Path) -> bool:
+        return not rules.is_ignored(path.relative_to(code_root).as_posix(), False)
+
+    variables = {**env, "DSTACK_RUN_NAME": run_name} if run_name else env
+    cwd = code_root / working_dir if working_dir else code_root
+    try:
+        return build_inputs(working_dir or ".", build, cwd, code_root, variables, run_args, uploaded)
+    except OSError:
+        return None  # an unreadable file: the upload says so; the plan just cannot tell
+
+
+def _check_size(commands: list[str], build: list[str], env: dict[str, str], run_args: list[str]) -> None:
+    """The part of the job a host gets that the CLI knows already; the server checks the whole of it."""
+    from dstack.core.limits import JOB_SPEC_LIMIT_BYTES, spec_too_big
+
+    size = len(json.dumps([commands, build, env, run_args]).encode())
+    if size > JOB_SPEC_LIMIT_BYTES:
+        raise CLIError(spec_too_big(size))
 
 
 def _config_file(args: argparse.Namespace, workdir: Path) -> Path:
     if args.file:
         path = Path(args.file)  # relative to the current directory, as a shell user expects
-        if not path.exists():
-            raise CLIError(f"The configuration file {args.file} does not exist")
-        if not path.is_file():
-            raise CLIError(f"{args.file} is not a file")
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            raise CLIError(f"The configuration file {clip(args.file)} does not exist") from None
+        except (OSError, ValueError) as e:
+            raise CLIError(_path_error("configuration file", args.file, e)) from None
+        if not stat.S_ISREG(status.st_mode):
+            raise CLIError(f"{clip(args.file)} is not a file")
         return path.absolute()
     for name in CONFIG_NAMES:
         if (workdir / name).is_file():
             return workdir / name
     shown = args.workdir or "."
     raise CLIError(f"No configuration in {shown}: create {shown}/.dstack.yml or pass one with -f FILE")
+
+
+def _is_dir(path: Path, what: str, given: str) -> bool:
+    try:
+        return stat.S_ISDIR(path.stat().st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, ValueError) as e:  # e.g. File name too long, or a NUL in it
+        raise CLIError(_path_error(what, given, e)) from None
+
+
+def _path_error(what: str, given: str, error: OSError | ValueError) -> str:
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return f"Cannot use {clip(given)} as the {what}: {reason}"
 
 
 def _profile_files(code_root: Path) -> list[Path]:

@@ -6,7 +6,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from dstack.config.errors import ConfigError, Location
+from dstack.config.errors import ConfigError, Location, show_value
+from dstack.core.text import clip
 
 if TYPE_CHECKING:
     from dstack.config.task import TaskConfiguration
@@ -59,7 +60,8 @@ def _from_list(items: list[Any]) -> dict[str, str | None]:
 
 def _checked_key(key: object, at: str | int) -> str:
     if not isinstance(key, str) or not ENV_KEY.fullmatch(key):
-        raise located_error(f"Invalid env variable name '{key}'; {_KEY_HINT}", at, on_key=isinstance(at, str))
+        shown = show_value(key) if isinstance(key, str) else f"'{key}'"
+        raise located_error(f"Invalid env variable name {shown}; {_KEY_HINT}", at, on_key=isinstance(at, str))
     return key
 
 
@@ -101,7 +103,8 @@ def resolve_env_values(
             env[key] = environ[key]
         else:
             raise ConfigError.at(
-                f"Environment variable {key} is not set; export it or give a value in env ({key}=...)",
+                f"Environment variable {clip(key)} is not set; "
+                f"export it or give a value in env ({clip(key)}=...)",
                 location_of(key) if location_of is not None else None,
             )
     env.update(from_cli)
@@ -113,13 +116,16 @@ def _cli_env(environ: Mapping[str, str], cli_env: list[str]) -> dict[str, str]:
     for entry in cli_env:
         key, has_value, value = entry.partition("=")
         if not ENV_KEY.fullmatch(key):
-            raise ConfigError(f"Invalid -e value '{entry}'; use -e KEY=VALUE or -e KEY, where {_KEY_HINT}")
+            raise ConfigError(
+                f"Invalid -e value {show_value(entry)}; use -e KEY=VALUE or -e KEY, where {_KEY_HINT}"
+            )
         if has_value:
             env[key] = value
         elif key in environ:
             env[key] = environ[key]
         else:
             raise ConfigError(
-                f"Environment variable {key} given with -e is not set; export it or use -e {key}=VALUE"
+                f"Environment variable {clip(key)} given with -e is not set; "
+                f"export it or use -e {clip(key)}=VALUE"
             )
     return env

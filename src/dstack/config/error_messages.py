@@ -44,7 +44,7 @@ def flag_error(flag: str, value: object, error: ValidationError) -> ConfigError:
     else:
         message = plain_message(error)
         reason = message[:1].lower() + message[1:]
-    return ConfigError(f"Invalid {flag} value '{value}': {reason}")
+    return ConfigError(f"Invalid {flag} value {show_value(value)}: {reason}")
 
 
 class _Problem:

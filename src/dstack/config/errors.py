@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from dstack.core.numbers import number_text
+from dstack.core.text import clip
+
 
 class Location(NamedTuple):
     """Where something is in a user's file; line and column are 1-based."""
@@ -81,9 +84,9 @@ class InvalidValue(ValueError):
 def show_value(value: object) -> str:
     """A value as a YAML user would recognise it in a message: 'text', 8, true, null."""
     if isinstance(value, str):
-        return f"'{value if len(value) <= 60 else value[:57] + '...'}'"
+        return f"'{clip(value)}'"
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
         return "null"
-    return repr(value)
+    return clip(number_text(value))

@@ -15,6 +15,7 @@ from dstack.config.errors import ConfigError
 from dstack.config.profiles import Profile, ProfilesFile
 from dstack.config.task import TaskConfiguration
 from dstack.config.yaml_source import YamlDocument, read_yaml
+from dstack.core.text import clip
 
 # Blocks that a file must not leave empty (`resources:` with nothing under it), as in today's dstack.
 _NOT_EMPTY = {"resources": "cpu, memory, disk, shm_size or gpu"}
@@ -91,7 +92,7 @@ def select_profile(profiles: list[Profile], name: str | None) -> Profile | None:
         available = (
             ", ".join(profile.name for profile in profiles) or "none (define them in .dstack/profiles.yml)"
         )
-        raise ConfigError(f"No profile named '{name}'; available: {available}")
+        raise ConfigError(f"No profile named '{clip(name)}'; available: {available}")
     return next((profile for profile in profiles if profile.default), None)
 
 

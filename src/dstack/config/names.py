@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 
-from dstack.config.errors import ConfigError
+from dstack.config.errors import ConfigError, show_value
 
 _RUN_NAME = re.compile(r"[a-z][a-z0-9-]{1,40}")
 
@@ -30,7 +30,7 @@ def validate_run_name(name: str) -> str:
     """Return the name if it is a valid run name, else raise ConfigError saying what is allowed."""
     if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
         raise ConfigError(
-            f"Invalid run name {name!r}; use 2 to 41 lowercase letters, digits and '-', "
+            f"Invalid run name {show_value(name)}; use 2 to 41 lowercase letters, digits and '-', "
             "starting with a letter (e.g. train-llama)"
         )
     return name

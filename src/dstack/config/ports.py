@@ -15,7 +15,8 @@ from dstack.config.errors import ConfigError
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
-_MAPPING = re.compile(r"(?:(\d+|\*):)?(\d+)")
+# ASCII digits, at most 6 of them: `\d` would read "٨٠" as 80, and 5,000 digits are no port.
+_MAPPING = re.compile(r"(?:(\d{1,6}|\*):)?(\d{1,6})", re.ASCII)
 _HINT = "use N, L:N or *:N with ports from 1 to 65535, e.g. 8000, 3000:8000 or *:8000"
 
 

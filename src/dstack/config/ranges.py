@@ -11,8 +11,13 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from dstack.config.base import ConfigModel, InvalidValue, located_error
+from dstack.core.numbers import MAX_DIGITS, parse_whole
 
-_MEMORY = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(mb|gb|tb)?")
+# ASCII digits (`\d` alone would read fullwidth digits), spaces only around the number and its unit (a
+# space inside a number, "1 6GB", is a typo, not 16GB), and never more digits than a size needs.
+_MEMORY = re.compile(r"\s*(\d{1,15}(?:\.\d{0,9})?|\.\d{1,9})\s*(mb|gb|tb)?\s*", re.ASCII | re.IGNORECASE)
+MAX_MEMORY_GB = 1024.0**3  # an exabyte: anything bigger is a typo
+MAX_COUNT = 1_000_000  # CPUs or GPUs; more is a typo
 _UNIT_IN_GB = {"mb": 1 / 1024, "gb": 1.0, "tb": 1024.0, None: 1.0}
 _MEMORY_HINT = "use a number with MB, GB or TB (a bare number is GB), e.g. 512MB, 16GB or 1TB"
 _MEMORY_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*([mMgGtT][bB])?\s*$"
@@ -28,12 +33,17 @@ class Memory(float):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise InvalidValue("memory size", value, _MEMORY_HINT)
         if isinstance(value, str):
-            match = _MEMORY.fullmatch("".join(value.split()).lower())
+            match = _MEMORY.fullmatch(value)
             if match is None:
                 raise InvalidValue("memory size", value, _MEMORY_HINT)
-            return cls(float(match.group(1)) * _UNIT_IN_GB[match.group(2)])
-        if not math.isfinite(value) or value < 0:
+            unit = match.group(2).lower() if match.group(2) else None
+            value = float(match.group(1)) * _UNIT_IN_GB[unit]
+        elif not math.isfinite(value) or value < 0:
             raise InvalidValue("memory size", value, "it must be a non-negative number of GB")
+        if value > MAX_MEMORY_GB:
+            raise InvalidValue(
+                "memory size", value, "it is more than an exabyte; use e.g. 512MB, 16GB or 1TB"
+            )
         return cls(value)
 
     def __str__(self) -> str:
@@ -109,6 +119,8 @@ class Range(ConfigModel, Generic[T]):
 
     @classmethod
     def _split(cls, text: str) -> dict[str, Any]:
+        if re.search(r"\d\s+\d", text, re.ASCII):
+            raise InvalidValue(cls._what(), text, "a number has a space (or a line break) in it")
         compact = "".join(text.split())
         if "..." in compact or compact.count("..") > 1:
             raise InvalidValue(cls._what(), text, "use two dots between the ends, e.g. 2..8")
@@ -127,12 +139,18 @@ class Range(ConfigModel, Generic[T]):
                 return None
             try:
                 return Memory.parse(end)
-            except InvalidValue:
-                raise InvalidValue("memory size", whole, _MEMORY_HINT) from None
-        if end is None or (isinstance(end, int) and not isinstance(end, bool) and end >= 0):
+            except InvalidValue as error:
+                raise InvalidValue("memory size", whole, error.reason) from None
+        if isinstance(end, str) and end:
+            text, end = end, parse_whole(end)
+            if end is None and text.isascii() and text.isdigit():
+                raise InvalidValue(cls._what(), whole, f"a count has at most {MAX_DIGITS} digits")
+            if end is None:
+                raise InvalidValue(cls._what(), whole, "use whole numbers, e.g. 2, 2..8, 2.. or ..8")
+        if end is None or (isinstance(end, int) and not isinstance(end, bool) and 0 <= end <= MAX_COUNT):
             return end
-        if isinstance(end, str) and end.isdigit():
-            return int(end)
+        if isinstance(end, int) and not isinstance(end, bool) and end > MAX_COUNT:
+            raise InvalidValue(cls._what(), whole, f"a count is at most {MAX_COUNT:,}")
         raise InvalidValue(cls._what(), whole, "use whole numbers, e.g. 2, 2..8, 2.. or ..8")
 
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, Field, ValidationError
 
 from dstack.config.error_messages import flag_error
-from dstack.config.errors import ConfigError, InvalidValue
+from dstack.config.errors import ConfigError, InvalidValue, show_value
 from dstack.config.policies import (
     BackendOptions,
     CreationPolicy,
@@ -36,6 +36,12 @@ from dstack.config.ranges import Memory, Range
 from dstack.config.resources import RESOURCE_FIELDS, CPUSpec, GPUSpec, ResourcesSpec, default_resources
 from dstack.config.task import TaskConfiguration
 
+_FLAG_EXAMPLES = {
+    "--gpu": "--gpu A100:2",
+    "--cpu": "--cpu 4",
+    "--memory": "--memory 16GB..",
+    "--disk": "--disk 100GB..",
+}
 _FLEET_NAME = re.compile(r"[a-z][a-z0-9-]{0,63}")
 
 
@@ -122,17 +128,22 @@ def parse_overrides(
     fleets: list[str] | None = None,
 ) -> ProfileOverrides:
     """Parse CLI flag values; a bad one raises ConfigError("Invalid --gpu value 'x': ...")."""
-    resources = ResourcesOverrides(
-        gpu=_flag("--gpu", GPUSpec, gpu),
-        cpu=_flag("--cpu", CPUSpec, cpu),
-        memory=_flag("--memory", Range[Memory], memory),
-        disk=_flag("--disk", Range[Memory], disk),
-    )
+    flags = {"gpu": gpu, "cpu": cpu, "memory": memory, "disk": disk}
+    try:
+        resources = ResourcesOverrides(
+            gpu=_flag("--gpu", GPUSpec, gpu),
+            cpu=_flag("--cpu", CPUSpec, cpu),
+            memory=_flag("--memory", Range[Memory], memory),
+            disk=_flag("--disk", Range[Memory], disk),
+        )
+    except ValidationError as error:  # a check across the parsed value, e.g. `--cpu 0`
+        field = str(error.errors()[0]["loc"][0])
+        raise flag_error(f"--{field}", flags.get(field), error) from None
     allowed_backends: tuple[str, ...] = get_args(BackendName)
     for backend in backends or []:
         if backend not in allowed_backends:
             raise ConfigError(
-                f"Invalid --backend value '{backend}': use one of {', '.join(allowed_backends)}"
+                f"Invalid --backend value {show_value(backend)}: use one of {', '.join(allowed_backends)}"
             )
     if max_price is not None and not (math.isfinite(max_price) and max_price > 0):
         raise ConfigError(f"Invalid --max-price value '{max_price}': use a price in USD per hour above 0")
@@ -201,6 +212,8 @@ def resolve_profile(
 def _flag(flag: str, model: type[Any], value: str | None) -> Any:
     if value is None:
         return None
+    if not value.strip():
+        raise ConfigError(f"{flag} needs a value, e.g. {_FLAG_EXAMPLES[flag]}")
     try:
         return model.model_validate(value)
     except ValidationError as error:
@@ -225,7 +238,7 @@ def _spot_policy(value: str | None) -> SpotPolicy | None:
         return SpotPolicy(value)
     except ValueError:
         allowed = ", ".join(policy.value for policy in SpotPolicy)
-        raise ConfigError(f"Invalid --spot-policy value '{value}': use one of {allowed}") from None
+        raise ConfigError(f"Invalid --spot-policy value {show_value(value)}: use one of {allowed}") from None
 
 
 def _max_duration(value: str | None) -> int | str | None:
@@ -250,4 +263,4 @@ def _duration_flag(flag: str, value: str) -> int:
     try:
         return positive_duration(value)
     except InvalidValue as error:
-        raise ConfigError(f"Invalid {flag} value '{value}': {error.reason}") from None
+        raise ConfigError(f"Invalid {flag} value {show_value(value)}: {error.reason}") from None

@@ -14,15 +14,18 @@ from dstack.config.base import AlsoAccepts, ConfigModel, InvalidValue
 from dstack.config.error_messages import plain_message
 from dstack.config.errors import ConfigError
 from dstack.config.ranges import Memory, Range
+from dstack.core.text import clip
 
 CPUArch = Literal["x86", "arm"]
 GPUVendor = Literal["nvidia", "amd"]
 
 _CPU_ARCHES = ("x86", "arm")
 _GPU_VENDORS = ("nvidia", "amd")
-_COUNT_TOKEN = re.compile(r"[\d.]+")
+_COUNT_TOKEN = re.compile(r"[0-9.]+")  # not `\d`: a fullwidth digit is no count
 _Model = TypeVar("_Model", bound=BaseModel)
 _GPU_HINT = "e.g. A100:80GB:2, 24GB..:2, A10,A10G or nvidia:H100"
+# Catalog names (A100, RTX4090, MI300X, L40S, GH200-480GB): ASCII, and short.
+_GPU_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._+-]{0,63}")
 
 
 def _spec_with_schema(schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
@@ -31,6 +34,8 @@ def _spec_with_schema(schema: core_schema.CoreSchema, handler: GetJsonSchemaHand
 
 
 def _tokens(what: str, text: str) -> list[str]:
+    if re.search(r"\d\s+\d", text, re.ASCII):
+        raise InvalidValue(what, text, "a number has a space (or a line break) in it")
     compact = "".join(text.split())
     if not compact:
         raise InvalidValue(what, text, "it is empty")
@@ -42,7 +47,9 @@ def _tokens(what: str, text: str) -> list[str]:
 
 def _remember(found: dict[str, str], kind: str, token: str, what: str, text: str) -> None:
     if kind in found:
-        raise InvalidValue(what, text, f"the {kind} is given twice ('{found[kind]}' and '{token}')")
+        raise InvalidValue(
+            what, text, f"the {kind} is given twice ('{clip(found[kind])}' and '{clip(token)}')"
+        )
     found[kind] = token
 
 
@@ -81,7 +88,7 @@ class CPUSpec(ConfigModel):
                 raise InvalidValue(
                     "CPU spec",
                     text,
-                    f"unknown architecture '{token}'; use x86 or arm with a count, e.g. x86:4..",
+                    f"unknown architecture '{clip(token)}'; use x86 or arm with a count, e.g. x86:4..",
                 )
         return found
 
@@ -139,7 +146,9 @@ class GPUSpec(ConfigModel):
             elif _COUNT_TOKEN.fullmatch(token):
                 _remember(found, "count", token, "GPU spec", text)
             else:
-                raise InvalidValue("GPU spec", text, f"'{token}' is not a name, memory or count; {_GPU_HINT}")
+                raise InvalidValue(
+                    "GPU spec", text, f"'{clip(token)}' is not a name, memory or count; {_GPU_HINT}"
+                )
         return found
 
     @field_validator("vendor", mode="before")
@@ -160,9 +169,14 @@ class GPUSpec(ConfigModel):
             if not isinstance(name, str):
                 return value  # let the type check report it
             stripped = name.strip()
-            if not stripped or not stripped[0].isalpha():
+            if not _GPU_NAME.fullmatch(stripped):
                 shown = written if isinstance(written, str) else name
-                raise InvalidValue("GPU name", shown, "each name starts with a letter, e.g. A100 or A10,A10G")
+                raise InvalidValue(
+                    "GPU name",
+                    shown,
+                    "each name starts with a letter and has up to 64 letters, digits, '.', '_', '+' or '-', "
+                    "e.g. A100 or A10,A10G",
+                )
             names.append(stripped.upper())
         return names
 
@@ -197,6 +211,21 @@ class ResourcesSpec(ConfigModel):
     disk: Range[Memory] | None = None
     shm_size: Memory | None = None
     gpu: GPUSpec | None = None
+
+    @field_validator("cpu")
+    @classmethod
+    def _some_cpu(cls, value: CPUSpec | None) -> CPUSpec | None:
+        # A cap of 0 CPUs cannot be enforced (and the plan would promise it): refuse it.
+        if value is not None and value.count.max == 0:
+            raise InvalidValue("cpu", str(value), "a task needs at least one CPU, e.g. cpu: 1 or cpu: 2..")
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _some_memory(cls, value: Range[Memory] | None) -> Range[Memory] | None:
+        if value is not None and value.max == 0:
+            raise InvalidValue("memory", str(value), "a task needs some memory, e.g. memory: 512MB or 8GB..")
+        return value
 
     def __str__(self) -> str:
         parts = [f"{name}={value}" for name, value in self if value is not None]

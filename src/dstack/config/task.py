@@ -9,6 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 import shlex
+import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
@@ -43,9 +44,16 @@ from dstack.config.ports import PortMapping, duplicate_container_port
 from dstack.config.profiles import ProfileParams
 from dstack.config.yaml_source import SourceMap
 
+# Characters that reorder how text is shown: a folder name with them reads as something it is not.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 PYTHON_VERSIONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 PRIORITY_MIN, PRIORITY_MAX = 0, 100
 _WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")
+# What an agent accepts as an image: [registry[:port]/]name[:tag][@digest], no spaces or shell syntax.
+_IMAGE_REFERENCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+# Linux limits (NAME_MAX, PATH_MAX): beyond them the folder cannot exist on the host.
+_NAME_MAX_BYTES = 255
+_PATH_MAX_BYTES = 4095
 _USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]*)?")
 _ENV_SCHEMA = {
     "anyOf": [
@@ -276,9 +284,15 @@ class TaskConfiguration(ProfileParams):
 
     @field_validator("image")
     @classmethod
-    def _non_blank_image(cls, value: str | None) -> str | None:
+    def _image_reference(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
             raise ValueError("The image name is blank; name a Docker image such as ubuntu:22.04")
+        if value is not None and not _IMAGE_REFERENCE.fullmatch(value):
+            raise InvalidValue(
+                "image",
+                value,
+                "use a Docker image reference such as ubuntu:22.04 or nvcr.io/nvidia/pytorch:22.12-py3",
+            )
         return value
 
     @field_validator("env", mode="before")
@@ -358,6 +372,14 @@ class TaskConfiguration(ProfileParams):
         text = value.strip()
         if not text:
             raise InvalidValue("working_dir", value, "it is blank; give a folder relative to the code root")
+        if any(unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS for char in text):
+            raise InvalidValue("working_dir", value, "it has a line break or another control character")
+        if len(text.encode()) > _PATH_MAX_BYTES or any(
+            len(part.encode()) > _NAME_MAX_BYTES for part in re.split(r"[\\/]", text)
+        ):
+            raise InvalidValue(
+                "working_dir", value, "File name too long: a folder name is at most 255 bytes, a path 4095"
+            )
         if text.startswith("~") and text != "~" and not text.startswith("~/"):
             raise InvalidValue("working_dir", value, "~user is not supported; use ~/path or an absolute path")
         if text.startswith("/") or text.startswith("~"):

@@ -8,6 +8,7 @@ YAML-1.2-like rules: true/false/null, decimal integers and floats; everything el
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,6 +192,9 @@ class _Converter:
         if text in _FALSES:
             return False
         if _INT.fullmatch(text):
+            if _too_long_for_int(text):
+                # Python refuses to read it (4,300 digits by default); as text, validators say what is wrong.
+                return text
             number = int(text)
             return number if str(number) == text else YamlInt(text)
         if text in _SPECIAL_FLOATS:
@@ -202,6 +206,11 @@ class _Converter:
     def _error(self, message: str, node: yaml.Node) -> ConfigError:
         mark = node.start_mark
         return ConfigError(message, file=self._source.file, line=mark.line + 1, column=mark.column + 1)
+
+
+def _too_long_for_int(text: str) -> bool:
+    limit = sys.get_int_max_str_digits()
+    return limit > 0 and len(text.lstrip("+-")) > limit
 
 
 def _position(node: yaml.Node, *, is_scalar: bool) -> _Position:

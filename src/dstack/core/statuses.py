@@ -51,6 +51,7 @@ class TerminationReason(str, Enum):
     BUILD_NOT_FOUND = "build_not_found"
     FAILED_TO_START = "failed_to_start"
     SERVER_ERROR = "server_error"
+    LOG_QUOTA_EXCEEDED = "log_quota_exceeded"
     UTILIZATION_POLICY = "utilization_policy"
     CANCELLED_OUTSIDE = "cancelled_outside_dstack"  # e.g. `scancel` of a Slurm job by its user
     PREEMPTED = "preempted"  # the backend gave the job's capacity to another (Slurm preemption)
@@ -75,6 +76,7 @@ _DESCRIPTIONS = {
     TerminationReason.BUILD_NOT_FOUND: "build not found",
     TerminationReason.FAILED_TO_START: "failed to start",
     TerminationReason.SERVER_ERROR: "server error",
+    TerminationReason.LOG_QUOTA_EXCEEDED: "log quota exceeded",
     TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
     TerminationReason.CANCELLED_OUTSIDE: "cancelled outside dstack",
     TerminationReason.PREEMPTED: "preempted",

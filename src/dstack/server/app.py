@@ -22,7 +22,7 @@ from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
 from dstack.server.db.migrate import migrate
 from dstack.server.events import RECONCILE
-from dstack.server.routers import code, files, fleets, history, hosts, misc, runs, secrets
+from dstack.server.routers import api_docs, code, files, fleets, history, hosts, misc, runs, secrets
 from dstack.server.routers import ports as ports_router
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import ProjectResolver
@@ -35,8 +35,13 @@ from dstack.server.ui.session import SessionStore
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] | None = None) -> FastAPI:
-    """`on_ready(issued_token)` is called once the server can take requests (the token, if it made one)."""
+def create_app(
+    settings: ServerSettings,
+    on_ready: Callable[[str | None], None] | None = None,
+    on_stopped: Callable[[], None] | None = None,
+) -> FastAPI:
+    """`on_ready(issued_token)` is called once the server can take requests (the token, if it made one);
+    `on_stopped()` once it has let go of everything at shutdown."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,7 +52,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
         _, issued = await init_admin(db, settings.admin_token)
         pool = SSHPool(settings.server_dir / "ssh")
         registry = BackendRegistry(db, _backends(config, settings, pool, db))
-        ctx = ServerContext(settings=settings, db=db, backends=registry)
+        ctx = ServerContext(settings=settings, db=db, backends=registry, retention=config.retention)
         registry.on_host_back(lambda: ctx.notifier.notify(RECONCILE))
         app.state.ctx = ctx
         app.state.auth = Authenticator(db)
@@ -65,13 +70,16 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
             await registry.close()
             await pool.close()
             await db.close()
+            if on_stopped is not None:
+                on_stopped()
 
     app = FastAPI(
         title="dstack",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/docs",
-        openapi_url="/api/openapi.json",
+        # Served by routes of our own below, behind the token like everything but health.
+        docs_url=None,
+        openapi_url=None,
         redoc_url=None,
     )
     app.include_router(misc.router)
@@ -81,6 +89,7 @@ def create_app(settings: ServerSettings, on_ready: Callable[[str | None], None] 
     app.include_router(fleets.router)
     app.include_router(secrets.router)
     app.include_router(ports_router.router)
+    app.include_router(api_docs.router)
     app.include_router(history.router)
     app.include_router(hosts.router)
     app.include_router(ui_links.router)

@@ -1,4 +1,5 @@
-"""The server's own settings file, ~/.dstack/server/config.yml: which backends it offers.
+"""The server's own settings file, ~/.dstack/server/config.yml: which backends it offers, and how long it
+keeps runs' output.
 
 Created with the local backend on first start, so a new user never has to write it. A backend may declare
 resources its agent cannot detect (GPUs on a machine without drivers, or a smaller share of a big host);
@@ -12,6 +13,10 @@ declared values replace detected ones and are real to the scheduler:
           memory: 64GB
           disk: 500GB         # free disk
           gpus: H100:80GB:2   # NAME:MEMORY:COUNT, or a list of {name, memory, vendor}
+    retention:                # finished runs and their output (see RetentionConfig)
+      max_age: 30d
+      max_size: 20GB
+      run_output_limit: 4GB
 
 A Slurm cluster is reached through its login node over SSH (see backends/slurm/):
 
@@ -58,6 +63,10 @@ backends:
     price: 0         # USD per hour shown in plans
     # resources:     # declare what the agent cannot detect; declared values replace detected ones
     #   gpus: H100:80GB:2
+# retention:         # finished runs and their output (these are the defaults)
+#   max_age: 30d     # deleted once finished this long ago ("off": never)
+#   max_size: 20GB   # all finished runs' output together; the oldest go first ("off": no cap)
+#   run_output_limit: 4GB  # a run printing more ends with "log quota exceeded" ("off": no limit)
 """
 GIB = 1024**3
 _GPU_SHORTHAND_HINT = "use NAME:MEMORY:COUNT such as H100:80GB:2, or a list of {name, memory}"
@@ -145,9 +154,9 @@ def _parse_gpu_shorthand(text: str) -> list[dict[str, Any]]:
     for token in "".join(text.split()).split(":"):
         if not token:
             raise ValueError(f"{text!r} has an empty part; {_GPU_SHORTHAND_HINT}")
-        if token.isdigit():
+        if token.isascii() and token.isdigit() and len(token) <= 3:
             count = int(token)
-        elif re.fullmatch(r"\d+(\.\d+)?(MB|GB|TB)", token, re.IGNORECASE):
+        elif re.fullmatch(r"\d{1,12}(\.\d{1,6})?(MB|GB|TB)", token, re.IGNORECASE | re.ASCII):
             memory = token
         elif token[0].isalpha():
             name = token
@@ -176,6 +185,41 @@ class LocalBackendConfig(BaseModel):
         if value is None:
             return {}
         return DeclaredResources.model_validate(value).fingerprint()
+
+
+def _size_or_off(value: Any) -> Any:
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    return int(_memory_gb(value) * GIB)
+
+
+def _duration_or_off(value: Any) -> Any:
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    from dstack.config.durations import duration_seconds
+
+    return duration_seconds(value)
+
+
+class RetentionConfig(BaseModel):
+    """How long finished runs (and their output) are kept. Nothing is deleted while a run is active or a
+    client reads it; `dstack delete` removes finished runs at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_age: int | None = Field(default=30 * 86400, description="seconds; None = keep forever")
+    max_size: int | None = Field(default=20 * GIB, description="bytes of all finished runs' output")
+    run_output_limit: int | None = Field(default=4 * GIB, description="bytes one run may print")
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _age(cls, value: Any) -> Any:
+        return _duration_or_off(value)
+
+    @field_validator("max_size", "run_output_limit", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return _size_or_off(value)
 
 
 class SSHBackendConfig(BaseModel):
@@ -291,6 +335,7 @@ class ServerConfig(BaseModel):
 
     # Without `local` in the list, this machine runs no task (only fleets and clusters do).
     backends: list[BackendConfig] = Field(default_factory=lambda: [_default_backend()])
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
 
     @property
     def local(self) -> LocalBackendConfig | None:
@@ -351,6 +396,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
         model = DeclaredResources
     elif names[-1:] == ["gpus"]:
         model = DeclaredGpu
+    elif names[-1:] == ["retention"]:
+        model = RetentionConfig
     fields = (
         [name for name in model.model_fields if name not in ("name", "memory")]
         if model is SlurmGpuPartitions

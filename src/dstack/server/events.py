@@ -32,7 +32,7 @@ class Signal:
 
 
 class Notifier:
-    """Named signals: one per background loop ("schedule", "supervise"), and per run (output and status,
+    """Named signals: one per background loop ("schedule", "supervise"), and per run (status, output,
     stop requests)."""
 
     def __init__(self) -> None:
@@ -61,6 +61,7 @@ class Notifier:
 
 SCHEDULE = "schedule"
 SUPERVISE = "supervise"
+RETENTION = "retention"  # a run ended: finished runs may be over the retention limits
 RUNS = "runs"
 _RUN_PREFIX = "run:"
 RECONCILE = "reconcile"  # a host answers again: stop what it runs that has ended here
@@ -68,6 +69,11 @@ RECONCILE = "reconcile"  # a host answers again: stop what it runs that has ende
 
 def run_channel(run_id: str) -> str:
     return f"{_RUN_PREFIX}{run_id}"
+
+
+def output_channel(run_id: str) -> str:
+    """New output of the run (its status changes go to run_channel)."""
+    return f"output:{run_id}"
 
 
 def stop_channel(run_id: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -11,31 +12,53 @@ import sys
 import uvicorn
 
 from dstack.api.config import ProjectEntry, load_config, save_config
+from dstack.core.text import clip
 from dstack.server.app import create_app
 from dstack.server.config_file import load_server_config
+from dstack.server.services.tunnel import expose_websocket_protocol
 from dstack.server.services.users import DEFAULT_PROJECT
 from dstack.server.settings import ServerSettings
 from dstack.server.ui.app import with_ui
 
 
 class PortInUse(Exception):
-    pass
+    """The server cannot listen where it was asked to; the message says why in one sentence."""
 
 
 def listen(host: str, port: int, *, flag: str = "--port") -> socket.socket:
-    """A socket listening on host:port (port 0: any free one), or PortInUse with the flag that fixes it."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    """A socket listening on host:port (port 0: any free one), or PortInUse saying why in one sentence:
+    the port is taken (with the flag that fixes it), the address is not this machine's, or no address."""
+    shown = clip(host)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError, ValueError):
+        raise PortInUse(f"{shown} is not an address or host name this machine can listen on") from None
+    family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind(address)
         sock.listen(1024)
     except OSError as e:
         sock.close()
-        raise PortInUse(
-            f"Port {port} on {host} is in use (another dstack server?); pass {flag} to use another one"
-        ) from e
+        if e.errno == errno.EADDRINUSE:
+            raise PortInUse(
+                f"Port {port} on {shown} is in use (another dstack server?); pass {flag} to use another one"
+            ) from e
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise PortInUse(
+                f"{shown} is not an address of this machine; pass --host with one of its addresses "
+                "(the default, 127.0.0.1, keeps the server on this machine)"
+            ) from e
+        if e.errno == errno.EACCES:
+            raise PortInUse(f"Port {port} needs privileges to listen on; use a port above 1023") from e
+        raise PortInUse(f"Cannot listen on {shown} port {port}: {e.strerror or e}") from e
     return sock
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise PortInUse unless the server could listen on host:port (for a check before starting)."""
+    listen(host, port).close()
 
 
 def serve(
@@ -72,8 +95,13 @@ def serve(
             if settings.ui_url is not None:
                 print(f"The web UI is at {settings.ui_url}: run dstack ui to open it signed in", flush=True)
 
+    def on_stopped() -> None:
+        # Here, not only after server.run(): on SIGTERM uvicorn raises the signal again once it has shut
+        # down, and the process ends before run() returns.
+        (settings.server_dir / "server.json").unlink(missing_ok=True)
+
     config = uvicorn.Config(
-        with_ui(create_app(settings, on_ready), settings),
+        expose_websocket_protocol(with_ui(create_app(settings, on_ready, on_stopped), settings)),
         host=settings.host,
         port=settings.port,
         log_level=log_level,
@@ -87,7 +115,7 @@ def serve(
     try:
         server.run(sockets=sockets)  # on uvloop: uvicorn picks the loop from the config
     finally:
-        (settings.server_dir / "server.json").unlink(missing_ok=True)
+        on_stopped()
     if not server.started:
         sys.exit(1)
 

@@ -35,8 +35,9 @@ class RunSpec(_Strict):
     configuration_path: str = ""
     configuration: dict[str, Any]  # a TaskConfiguration, re-validated by the server
     profile: dict[str, Any] = Field(default_factory=dict)  # an EffectiveProfile
-    commands: list[str] = Field(default_factory=list)  # interpolated
+    commands: list[str] = Field(default_factory=list)  # interpolated (see dstack.config.interpolation)
     build: list[str] = Field(default_factory=list)  # interpolated
+    args: list[str] = Field(default_factory=list)  # the run's arguments: ${{ run.args }} in the commands
     env: dict[str, str] = Field(default_factory=dict)  # resolved
     working_dir: str | None = None  # relative to the code root
     code_hash: str | None = Field(default=None, pattern=CODE_HASH_PATTERN)
@@ -44,6 +45,9 @@ class RunSpec(_Strict):
     ports: list[PortSpec] = Field(default_factory=list)
     python: str | None = None  # the Python version the task gets when no image is set
     image: str | None = None
+    # What the build's cache key is made of (dstack.agent.environments.buildkey.build_inputs), as the
+    # CLI found it in the user's folder: the plan asks the hosts whether they have that build.
+    build_inputs: dict[str, Any] | None = None
     files: list[FileUpload] = Field(default_factory=list)
     # Where the code archive is placed in the job's code folder: "." or a `repos` local_path's path.
     code_path: str = "."
@@ -60,3 +64,8 @@ class SecretValue(_Strict):
 class StopRequest(_Strict):
     names: list[str]
     abort: bool = False
+
+
+class DeleteRequest(_Strict):
+    names: list[str] = Field(default_factory=list, max_length=1000)
+    finished: bool = False  # every finished run of the project

@@ -7,7 +7,9 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_PORT = 3000
+from dstack.core.defaults import DEFAULT_SERVER_PORT
+from dstack.core.private import make_tree_private
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_CODE_LIMIT_BYTES = 500 * 1024**2
 
@@ -33,7 +35,7 @@ def default_server_dir() -> Path:
 class ServerSettings:
     server_dir: Path = field(default_factory=default_server_dir)
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: int = DEFAULT_SERVER_PORT
     admin_token: str | None = None
     database_url: str | None = None  # None -> SQLite under server_dir
     code_limit_bytes: int = DEFAULT_CODE_LIMIT_BYTES
@@ -116,7 +118,7 @@ class ServerSettings:
     def ensure_dirs(self) -> None:
         for d in (self.server_dir, self.data_dir, self.logs_dir, self.code_dir, self.agents_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.server_dir.chmod(0o700)
+        make_tree_private(self.server_dir)  # also one that DSTACK_SERVER_DIR puts outside ~/.dstack
 
 
 def _http_url(host: str, port: int) -> str:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
@@ -74,11 +75,27 @@ class AgentClient:
         assert response.status == 200, (response.status, response.body)
         return response.json()
 
-    def upload(self, archive: bytes) -> str:
-        code_hash = hashlib.sha256(archive).hexdigest()
-        response = self.request("PUT", f"/api/code/{code_hash}", body=archive)
+    def upload(self, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> str:
+        """Upload code as the server does (dstack.agent.codestore): the contents the agent lacks, then
+        the manifest; returns the code hash."""
+        manifest, blobs = code_manifest(members)
+        response = self.send_code(manifest, blobs)
         assert response.status == 201, (response.status, response.body)
-        return code_hash
+        return hashlib.sha256(manifest).hexdigest()
+
+    def send_code(self, manifest: bytes, blobs: dict[str, bytes]) -> Response:
+        """The three requests of a code upload; the manifest's answer (or the first failing one)."""
+        wanted = b"".join(BLOB_HEADER.pack(bytes.fromhex(h), len(data)) for h, data in blobs.items())
+        response = self.request("POST", "/api/code/missing", body=wanted)
+        assert response.status == 200, (response.status, response.body)
+        missing = response.json()["missing"]
+        if missing:
+            response = self.request(
+                "POST", "/api/code/blobs", body=blob_stream({h: blobs[h] for h in missing})
+            )
+            if response.status != 201:
+                return response
+        return self.request("PUT", f"/api/code/{hashlib.sha256(manifest).hexdigest()}", body=manifest)
 
     def submit(self, commands: list[str], **fields: Any) -> dict[str, Any]:
         spec = {"id": fields.pop("id", new_job_id()), "run_name": "test-run", "commands": commands, **fields}
@@ -224,6 +241,33 @@ def job_processes(job_id: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+BLOB_HEADER = struct.Struct(">32sQ")
+
+
+def code_manifest(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> tuple[bytes, dict[str, bytes]]:
+    """The manifest (dstack.code.manifest's format, entries as given: hostile ones too) and contents of
+    members built with file_member, dir_member and link_member."""
+    entries: list[list[Any]] = []
+    blobs: dict[str, bytes] = {}
+    for info, data in members:
+        if info.isdir():
+            entries.append([info.name, "d", info.mode, 0, ""])
+        elif info.issym():
+            entries.append([info.name, "l", info.mode, 0, info.linkname])
+        elif info.isfile():
+            content = data or b""
+            sha256 = hashlib.sha256(content).hexdigest()
+            blobs[sha256] = content
+            entries.append([info.name, "f", info.mode, len(content), sha256])
+        else:  # a kind the format does not have (hard link, device): the agent must refuse it
+            entries.append([info.name, info.type.decode(), info.mode, 0, info.linkname])
+    return json.dumps({"format": "dstack-code/1", "entries": entries}).encode(), blobs
+
+
+def blob_stream(blobs: dict[str, bytes]) -> bytes:
+    return b"".join(BLOB_HEADER.pack(bytes.fromhex(h), len(data)) + data for h, data in blobs.items())
 
 
 def make_tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

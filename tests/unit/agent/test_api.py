@@ -7,9 +7,20 @@ import http.client
 import json
 import os
 import socket
+import uuid
 from collections.abc import Callable
 
-from agent_testkit import TOKEN, AgentClient, AgentProcess, file_member, make_tar, new_job_id
+from agent_testkit import (
+    BLOB_HEADER,
+    TOKEN,
+    AgentClient,
+    AgentProcess,
+    blob_stream,
+    code_manifest,
+    dir_member,
+    file_member,
+    new_job_id,
+)
 
 from dstack.agent import __version__
 
@@ -117,27 +128,43 @@ def test_malformed_request_gets_json_error(shared_agent: AgentProcess) -> None:
     assert "error" in json.loads(body)
 
 
-def test_code_upload(client: AgentClient) -> None:
-    archive = make_tar([file_member("hello.txt", b"hi\n")])
-    code_hash = hashlib.sha256(archive).hexdigest()
+def test_code_upload_sends_only_what_the_agent_lacks(client: AgentClient, shared_agent: AgentProcess) -> None:
+    unique = uuid.uuid4().hex.encode()
+    manifest, blobs = code_manifest([file_member("hello.txt", b"hi " + unique), file_member("b.txt", unique)])
+    code_hash = hashlib.sha256(manifest).hexdigest()
     assert client.request("HEAD", f"/api/code/{code_hash}").status == 404
-    response = client.request("PUT", f"/api/code/{code_hash}", body=archive)
-    assert response.status == 201
+    # The manifest is refused while a content it names is missing.
+    refused = client.request("PUT", f"/api/code/{code_hash}", body=manifest)
+    assert refused.status == 400 and "not uploaded" in refused.json()["error"]
+    assert client.send_code(manifest, blobs).status == 201
     assert client.request("HEAD", f"/api/code/{code_hash}").status == 200
-    # Idempotent.
-    assert client.request("PUT", f"/api/code/{code_hash}", body=archive).status == 201
-    assert client.request("HEAD", f"/api/code/{code_hash}").status == 200
+    # Idempotent; and a second tree sharing a content lacks only the new one.
+    assert client.send_code(manifest, blobs).status == 201
+    _, other_blobs = code_manifest(
+        [file_member("again.txt", unique), file_member("new.txt", b"new" + unique)]
+    )
+    wanted = b"".join(BLOB_HEADER.pack(bytes.fromhex(h), len(d)) for h, d in other_blobs.items())
+    missing = client.request("POST", "/api/code/missing", body=wanted).json()["missing"]
+    assert missing == [hashlib.sha256(b"new" + unique).hexdigest()]
+    stored = shared_agent.work_dir / "code" / "blobs" / missing[0][:2]
+    assert not (stored / missing[0]).exists()
 
 
-def test_code_upload_hash_mismatch_keeps_nothing(client: AgentClient, shared_agent: AgentProcess) -> None:
-    archive = make_tar([file_member("a.txt", b"a")])
-    wrong_hash = hashlib.sha256(b"something else").hexdigest()
-    response = client.request("PUT", f"/api/code/{wrong_hash}", body=archive)
+def test_a_content_that_does_not_match_its_hash_is_not_kept(
+    client: AgentClient, shared_agent: AgentProcess
+) -> None:
+    wrong_hash = hashlib.sha256(b"something else " + uuid.uuid4().hex.encode()).hexdigest()
+    response = client.request("POST", "/api/code/blobs", body=blob_stream({wrong_hash: b"the real bytes"}))
     assert response.status == 400
-    assert "sha256" in response.json()["error"]
+    assert "does not match its hash" in response.json()["error"]
+    wanted = BLOB_HEADER.pack(bytes.fromhex(wrong_hash), len(b"the real bytes"))
+    assert client.request("POST", "/api/code/missing", body=wanted).json()["missing"] == [wrong_hash]
+    folder = shared_agent.work_dir / "code" / "blobs" / wrong_hash[:2]
+    assert not folder.exists() or not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+    # A manifest whose bytes do not match the hash it is sent as is refused too.
+    manifest, _ = code_manifest([dir_member("d")])
+    assert client.request("PUT", f"/api/code/{wrong_hash}", body=manifest).status == 400
     assert client.request("HEAD", f"/api/code/{wrong_hash}").status == 404
-    assert sorted(p.name for p in (shared_agent.work_dir / "code").iterdir() if wrong_hash in p.name) == []
-    assert not [p for p in (shared_agent.work_dir / "code").iterdir() if p.name.startswith(".")]
 
 
 def test_code_upload_needs_content_length_and_a_hash(shared_agent: AgentProcess, client: AgentClient) -> None:
@@ -163,7 +190,9 @@ def test_job_with_unknown_code_is_refused(client: AgentClient) -> None:
 def test_code_upload_over_the_limit(start_agent: Callable[..., AgentProcess]) -> None:
     agent = start_agent(extra_args=["--max-code-bytes", "1000"])
     client = agent.client()
-    archive = make_tar([file_member("big.bin", b"x" * 5000)])
-    response = client.request("PUT", f"/api/code/{hashlib.sha256(archive).hexdigest()}", body=archive)
+    content = b"x" * 5000
+    response = client.request(
+        "POST", "/api/code/blobs", body=blob_stream({hashlib.sha256(content).hexdigest(): content})
+    )
     assert response.status == 413
     assert client.request("GET", "/api/health").status == 200

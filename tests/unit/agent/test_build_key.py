@@ -61,3 +61,23 @@ def test_unbalanced_quotes_do_not_break_the_key(tmp_path: Path) -> None:
     assert environment_files(["pip install -r requirements.txt 'oops"], tmp_path, tmp_path) == [
         tmp_path / "requirements.txt"
     ]
+
+
+def test_the_values_a_build_refers_to_are_in_it_and_name_its_files(tmp_path: Path) -> None:
+    # `pip install -r ${{ env.REQS }}` reaches the agent as a reference (see dstack.config.interpolation).
+    (tmp_path / "gpu.txt").write_text("torch\n")
+    (tmp_path / "cpu.txt").write_text("numpy\n")
+    commands = ['pip install -r "${REQS}" "$@"']
+
+    def key(reqs: str, args: tuple[str, ...] = (), unrelated: str = "1") -> str:
+        variables = {"REQS": reqs, "UNRELATED": unrelated}
+        return build_key(["python", "3.12"], ".", commands, tmp_path, tmp_path, variables, args)
+
+    gpu = key("gpu.txt")
+    assert key("cpu.txt") != gpu  # another value, another environment
+    assert key("gpu.txt", unrelated="2") == gpu  # a variable it does not refer to changes nothing
+    assert key("gpu.txt", ("--pre",)) != gpu  # "$@": the run's arguments are part of it
+    files = environment_files(commands, tmp_path, tmp_path, {"REQS": "gpu.txt"})
+    assert [p.name for p in files] == ["gpu.txt"]
+    (tmp_path / "gpu.txt").write_text("torch==2.5\n")
+    assert key("gpu.txt") != gpu  # the file the value names is read

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, make_tar, wait_for
+from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, wait_for
 from tests.dockerd import BUSYBOX_DEFAULT_OUTPUT, BUSYBOX_IMAGE, Dockerd, dockerd  # noqa: F401
 
 StartAgent = Callable[..., AgentProcess]
@@ -36,7 +36,7 @@ def test_host_reports_the_docker_daemon(agent: AgentProcess, start_agent: StartA
 
 def test_output_exit_code_env_and_working_dir(agent: AgentProcess, dockerd: Dockerd) -> None:  # noqa: F811
     client = agent.client()
-    code_hash = client.upload(make_tar([file_member("src/app/data.txt", b"in the code\n")]))
+    code_hash = client.upload([file_member("src/app/data.txt", b"in the code\n")])
     # A name sh cannot export goes in the container's config instead; it must not break the job.
     env = {"QUOTED": "a 'b' \"c\" $d\nline two", "odd-name": "x"}
     state, output = _run(

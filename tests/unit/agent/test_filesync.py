@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import tarfile
@@ -10,7 +11,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, dir_member, file_member, link_member, make_tar, wait_for
+from agent_testkit import (
+    AgentClient,
+    AgentProcess,
+    blob_stream,
+    code_manifest,
+    dir_member,
+    file_member,
+    link_member,
+    wait_for,
+)
 
 
 def delete_member(name: str) -> tuple[tarfile.TarInfo, bytes]:
@@ -22,14 +32,12 @@ def delete_member(name: str) -> tuple[tarfile.TarInfo, bytes]:
 @pytest.fixture
 def job(client: AgentClient, shared_agent: AgentProcess) -> Iterator[tuple[str, Path]]:
     """A running job whose code holds keep.txt, gone.txt and a folder old/ with a file in it."""
-    archive = make_tar(
-        [
-            file_member("keep.txt", b"keep\n"),
-            file_member("gone.txt", b"gone\n"),
-            dir_member("old"),
-            file_member("old/inner.txt", b"inner\n"),
-        ]
-    )
+    archive = [
+        file_member("keep.txt", b"keep\n"),
+        file_member("gone.txt", b"gone\n"),
+        dir_member("old"),
+        file_member("old/inner.txt", b"inner\n"),
+    ]
     state = client.submit(["touch started; sleep 60"], code_hash=client.upload(archive))
     client.wait_status(state["id"], ["running"])
     code = shared_agent.work_dir / "jobs" / state["id"] / "code"
@@ -40,12 +48,15 @@ def job(client: AgentClient, shared_agent: AgentProcess) -> Iterator[tuple[str, 
 
 
 def send(client: AgentClient, job_id: str, members: list) -> tuple[int, dict]:
-    response = client.request(
-        "POST",
-        f"/api/jobs/{job_id}/files",
-        body=make_tar(members),
-        headers={"Content-Type": "application/x-tar"},
-    )
+    """A batch as the server relays one: the files' contents into the agent's store first, then the
+    change list (deletions, then entries in the manifest's form; hostile ones as given)."""
+    deletes = [info.name for info, _ in members if "DSTACK.delete" in info.pax_headers]
+    others = [(info, data) for info, data in members if "DSTACK.delete" not in info.pax_headers]
+    manifest, blobs = code_manifest(others)
+    if blobs:
+        assert client.request("POST", "/api/code/blobs", body=blob_stream(blobs)).status == 201
+    puts = json.loads(manifest)["entries"]
+    response = client.request("POST", f"/api/jobs/{job_id}/files", body={"delete": deletes, "put": puts})
     return response.status, response.json()
 
 
@@ -177,19 +188,36 @@ def test_compare_says_what_the_job_already_has(client: AgentClient, job: tuple[s
 
 
 def test_only_a_running_job_takes_changes(client: AgentClient) -> None:
-    response = client.request("POST", "/api/jobs/no-such-job/files", body=make_tar([file_member("a", b"")]))
+    response = client.request("POST", "/api/jobs/no-such-job/files", body={"delete": ["a"]})
     assert response.status == 404
     state = client.submit(["true"])
     client.wait_final(state["id"])
-    response = client.request(
-        "POST", f"/api/jobs/{state['id']}/files", body=make_tar([file_member("a", b"")])
-    )
+    response = client.request("POST", f"/api/jobs/{state['id']}/files", body={"delete": ["a"]})
     assert response.status == 410
     assert "takes no more changes" in response.json()["error"]
 
 
-def test_not_a_tar_is_one_sentence(client: AgentClient, job: tuple[str, Path]) -> None:
+def test_a_malformed_batch_is_one_sentence(client: AgentClient, job: tuple[str, Path]) -> None:
     job_id, _ = job
-    response = client.request("POST", f"/api/jobs/{job_id}/files", body=b"this is not a tar file" * 100)
-    assert response.status == 400
-    assert "not a valid tar" in response.json()["error"] or "refused" in response.json()["error"]
+    for body in (
+        b"this is not JSON" * 100,
+        {"put": "nope"},
+        {"other": []},
+        {"put": [["a.txt", "f", 420, 1, "x"]]},
+    ):
+        response = client.request("POST", f"/api/jobs/{job_id}/files", body=body)
+        assert response.status == 400, body
+        assert response.json()["error"]
+
+
+def test_a_content_missing_from_the_store_is_one_error_not_a_broken_file(
+    client: AgentClient, job: tuple[str, Path]
+) -> None:
+    job_id, code = job
+    unknown = hashlib.sha256(b"never uploaded").hexdigest()
+    put = [["unknown.txt", "f", 0o644, 14, unknown], ["known", "d", 0o755, 0, ""]]
+    response = client.request("POST", f"/api/jobs/{job_id}/files", body={"put": put})
+    assert response.status == 200
+    assert response.json()["put"] == 1
+    assert response.json()["errors"][0]["path"] == "unknown.txt"
+    assert not (code / "unknown.txt").exists() and (code / "known").is_dir()

@@ -12,7 +12,6 @@ from agent_testkit import (
     dir_member,
     file_member,
     job_processes,
-    make_tar,
     new_job_id,
     wait_for,
 )
@@ -131,9 +130,7 @@ def test_environment(client: AgentClient) -> None:
 
 
 def test_working_dir_inside_the_code(client: AgentClient, shared_agent: AgentProcess) -> None:
-    archive = make_tar(
-        [dir_member("src"), file_member("src/app.txt", b"app\n"), file_member("top.txt", b"top\n")]
-    )
+    archive = [dir_member("src"), file_member("src/app.txt", b"app\n"), file_member("top.txt", b"top\n")]
     code_hash = client.upload(archive)
     job = client.submit(["pwd", "cat app.txt", "cat ../top.txt"], code_hash=code_hash, working_dir="src")
     state = client.wait_final(job["id"])
@@ -195,7 +192,7 @@ def test_timestamps_index_every_chunk(client: AgentClient, shared_agent: AgentPr
 
 
 def test_job_that_cannot_start_fails_with_a_reason(client: AgentClient) -> None:
-    archive = make_tar([file_member("src", b"a file, not a folder")])
+    archive = [file_member("src", b"a file, not a folder")]
     job = client.submit(["true"], code_hash=client.upload(archive), working_dir="src/sub")
     state = client.wait_final(job["id"])
     assert state["status"] == "failed"

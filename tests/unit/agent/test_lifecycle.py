@@ -19,7 +19,6 @@ from agent_testkit import (
     agent_env,
     file_member,
     job_processes,
-    make_tar,
     new_job_id,
     wait_for,
 )
@@ -45,8 +44,45 @@ def test_refuses_to_start_without_a_token(tmp_path: Path) -> None:
     result = _run_agent(tmp_path / "work", env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "Set the agent's API token in the DSTACK_AGENT_TOKEN environment variable"
+        "Set the agent's API token in the DSTACK_AGENT_TOKEN environment variable "
+        "(or pass it on standard input with --token-stdin)"
     ]
+
+
+AGENT_FLAGS = ("--token-stdin", "--pass-env", "EXTRA_*")
+
+
+def test_a_token_on_stdin_is_in_no_environment(tmp_path: Path) -> None:
+    from agent_testkit import TOKEN, AgentClient, wait_for
+
+    env = agent_env(SOMETHING_SECRET="from-the-agents-starter", PIP_INDEX_URL="http://127.0.0.1:9/simple")
+    del env["DSTACK_AGENT_TOKEN"]
+    work = tmp_path / "work"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dstack.agent", "--work-dir", str(work), *AGENT_FLAGS],
+        env={**env, "EXTRA_SETTING": "passed on purpose"},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdin is not None
+        process.stdin.write(TOKEN.encode() + b"\n")
+        process.stdin.close()
+        wait_for(lambda: (work / "agent.json").exists(), 20, "the agent to start")
+        client = AgentClient(json.loads((work / "agent.json").read_text())["port"], TOKEN)
+        job = client.submit(["python3 -c 'import json, os; print(json.dumps(dict(os.environ)))'"])
+        client.wait_final(job["id"])
+        seen = json.loads(client.read_logs(job["id"]))
+        # The job's host variables come from the allow-list: settings pass, anything else stays out.
+        assert seen["PIP_INDEX_URL"] == "http://127.0.0.1:9/simple"
+        assert seen["EXTRA_SETTING"] == "passed on purpose"
+        assert "SOMETHING_SECRET" not in seen and "PYTHONPATH" not in seen
+        assert TOKEN not in json.dumps(seen)
+        assert TOKEN.encode() not in Path(f"/proc/{process.pid}/environ").read_bytes()
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def test_one_agent_per_work_dir(start_agent: StartAgent, tmp_path: Path) -> None:
@@ -266,9 +302,7 @@ def test_runs_on_python_3_9(start_agent: StartAgent) -> None:
     agent = start_agent(python=str(PYTHON39))
     client = agent.client()
     assert client.get_json("/api/health")["pid"] == agent.process.pid
-    code_hash = client.upload(
-        make_tar([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
-    )
+    code_hash = client.upload([file_member("hello.py", b"print('hello from', __import__('sys').version)")])
     job = client.submit(["python3 hello.py", "exit 4"], code_hash=code_hash)
     state = client.wait_final(job["id"])
     assert (state["status"], state["exit_code"]) == ("failed", 4)
@@ -280,3 +314,34 @@ def test_runs_on_python_3_9(start_agent: StartAgent) -> None:
     assert agent.terminate() == 0
     assert "Traceback" not in agent.log()
     assert TOKEN not in agent.log()
+
+
+def test_the_work_folder_is_private_and_jobs_keep_the_users_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from agent_testkit import AgentProcess
+
+    work = tmp_path / "work"
+    (work / "jobs" / "old").mkdir(parents=True)
+    (work / "jobs" / "old" / "state.json").write_text("{}")
+    for path in (work, work / "jobs", work / "jobs" / "old"):
+        path.chmod(0o755)
+    (work / "jobs" / "old" / "state.json").chmod(0o644)
+    old_umask = os.umask(0o022)  # the user's, as the agent inherits it
+    try:
+        agent = AgentProcess(work).wait_ready()
+    finally:
+        os.umask(old_umask)
+    try:
+        modes = {p.relative_to(work).as_posix(): stat.S_IMODE(p.lstat().st_mode) for p in work.rglob("*")}
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+        assert modes["jobs/old"] == 0o700 and modes["jobs/old/state.json"] == 0o600
+        assert all(mode & 0o077 == 0 for mode in modes.values()), modes
+        client = agent.client()
+        job = client.submit(["touch mine; stat -c %a mine"])
+        client.wait_final(job["id"])
+        assert client.read_logs(job["id"]).decode().strip() == "644"  # the job's own file: the user's umask
+        assert stat.S_IMODE((work / "jobs" / job["id"] / "state.json").stat().st_mode) == 0o600
+    finally:
+        agent.terminate()

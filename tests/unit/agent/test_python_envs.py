@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, make_tar, wait_for
+from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, wait_for
 from tests.e2e.envkit import make_wheel
 
 StartAgent = Callable[..., AgentProcess]
@@ -19,8 +20,8 @@ def agent(start_agent: StartAgent, tmp_path: Path) -> AgentProcess:
     return start_agent(tmp_path / "work", env=agent_env(**OFFLINE))
 
 
-def _code(files: dict[str, bytes]) -> bytes:
-    return make_tar([file_member(name, data) for name, data in files.items()])
+def _code(files: dict[str, bytes]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    return [file_member(name, data) for name, data in files.items()]
 
 
 def _wheel_bytes(tmp_path: Path, name: str) -> bytes:
@@ -35,18 +36,71 @@ def _run(
     return client.job(job["id"]), output
 
 
-def test_python_job_gets_a_venv_of_its_version_shared_by_later_jobs(agent: AgentProcess) -> None:
+def test_each_python_job_gets_its_own_copy_of_its_versions_venv(agent: AgentProcess, tmp_path: Path) -> None:
     client = agent.client()
+    wheel = make_wheel(tmp_path / "wheels", "dstack_probe")
     probe = "python -c 'import sys; print(sys.version_info[:2], sys.prefix)'"
-    state, first = _run(client, [probe, "echo $VIRTUAL_ENV"], python="3.10")
-    assert state["status"] == "done", state
+    state, first = _run(client, [probe, "echo $VIRTUAL_ENV", f"pip install -q {wheel}"], python="3.10")
+    assert state["status"] == "done", (state, first)
     version, prefix = first.splitlines()[0].split(") ")
     assert version == "(3, 10"
-    assert Path(prefix) == agent.work_dir / "envs" / "python" / "3.10"
+    runs = agent.work_dir / "envs" / "runs"
+    assert Path(prefix).parent.parent == runs and Path(prefix).name == "venv"
     assert first.splitlines()[1] == prefix
-    # The job's own PATH comes first in the job's env, but python must still be the venv's.
-    state, second = _run(client, [probe], python="3.10", env={"PATH": "/usr/bin:/bin"})
-    assert state["status"] == "done" and second.split(") ")[1].strip() == prefix
+    wait_for(lambda: not Path(prefix).exists(), 30, "the run's copy to go with the run")
+    # The job's own PATH comes first in the job's env, but python must still be the venv's; and what the
+    # first job installed is not in the second one's copy.
+    check = "python -c 'import dstack_probe' 2>/dev/null && echo seen || echo unseen"
+    state, second = _run(client, [probe, check], python="3.10", env={"PATH": "/usr/bin:/bin"})
+    assert state["status"] == "done", (state, second)
+    assert Path(second.splitlines()[0].split(") ")[1]).parent.parent == runs
+    assert second.splitlines()[1] == "unseen"
+    template = agent.work_dir / "envs" / "python" / "3.10"
+    assert not list(template.rglob("dstack_probe*"))  # the template every copy is made from: unchanged
+
+
+def test_pip_in_a_tasks_venv_is_uvs_where_uv_can_and_pips_otherwise(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    client = agent.client()
+    one = make_wheel(tmp_path / "wheels", "dstack_fast")
+    two = make_wheel(tmp_path / "wheels", "dstack_slow")
+    commands = [
+        f"pip install {one}",  # uv's pip: it reports what it installed its own way
+        f"DSTACK_PIP=pip pip install {two}",  # pip itself, on request
+        "pip --version",  # no uv equivalent: pip itself
+        "python -c 'import dstack_fast, dstack_slow; print(\"both\")'",
+    ]
+    state, output = _run(client, commands, python="3.12")
+    assert state["status"] == "done", (state, output)
+    assert "Installed 1 package" in output and "+ dstack-fast==1.0" in output
+    assert (
+        "Successfully installed dstack_slow-1.0" in output
+        or "Successfully installed dstack-slow-1.0" in output
+    )
+    assert "pip " in output.split("Successfully installed")[1] and output.strip().endswith("both")
+
+
+def test_concurrent_jobs_installing_two_versions_of_a_package_each_see_their_own(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    wheels = {v: make_wheel(tmp_path / f"wheels-{v}", "dstack_twice", version=v) for v in ("1.0", "2.0")}
+    outputs: dict[str, str] = {}
+
+    def run(version: str) -> None:
+        commands = [
+            f"pip install -q {wheels[version]}",
+            "sleep 2",  # both are installed by now: each must still see its own
+            "python -c 'import dstack_twice; print(dstack_twice.VERSION)'",
+        ]
+        outputs[version] = _run(agent.client(), commands, python="3.12")[1]
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in wheels]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert {v: o.strip().splitlines()[-1] for v, o in outputs.items()} == {"1.0": "1.0", "2.0": "2.0"}
 
 
 def test_a_version_the_host_lacks_fails_with_one_sentence(agent: AgentProcess) -> None:
@@ -75,22 +129,46 @@ def test_build_policies(agent: AgentProcess, tmp_path: Path) -> None:
 
     state, output = _run(client, use, build_policy="build", **common)
     assert state["status"] == "done", (state, output)
-    built_prefix = output.splitlines()[-1]
-    builds = agent.work_dir / "envs" / "builds"
-    assert Path(built_prefix).is_relative_to(builds)
+    runs, builds = agent.work_dir / "envs" / "runs", agent.work_dir / "envs" / "builds"
+    assert Path(output.splitlines()[-1]).is_relative_to(runs)  # the run's own copy of what it built
+    (built,) = [p for p in builds.glob("*/b-*")]
 
     state, output = _run(client, use, build_policy="use-build", **common)
     assert state["status"] == "done" and output.splitlines()[0].startswith("Using cached build ")
-    assert output.splitlines()[-1] == built_prefix
+    assert Path(output.splitlines()[-1]).is_relative_to(runs)
 
     # A forced rebuild makes a new environment; the old one goes once no job uses it.
     state, output = _run(client, use, build_policy="force-build", **common)
     assert state["status"] == "done", (state, output)
-    assert output.splitlines()[-1] != built_prefix
-    assert not Path(built_prefix).exists()
+    assert not built.exists()
     key_dirs = list(builds.iterdir())
     assert len(key_dirs) == 1
     assert len([p for p in key_dirs[0].iterdir() if p.name.startswith("b-")]) == 1
+
+
+def test_a_run_changes_its_copy_of_a_cached_build_never_the_cache(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    client = agent.client()
+    v1, v2 = (make_wheel(tmp_path / f"w{v}", "dstack_pinned", version=v) for v in ("1.0", "2.0"))
+    code_hash = client.upload(_code({"requirements.txt": b"wheels/dstack_pinned-1.0-py3-none-any.whl\n",
+                                      "wheels/dstack_pinned-1.0-py3-none-any.whl": v1.read_bytes(),
+                                      "v2/dstack_pinned-2.0-py3-none-any.whl": v2.read_bytes()}))  # fmt: skip
+    common = {"python": "3.12", "code_hash": code_hash, "build": ["pip install -q -r requirements.txt"]}
+    show = "python -c 'import dstack_pinned; print(dstack_pinned.VERSION)'"
+    state, output = _run(client, [show], build_policy="build", **common)
+    assert state["status"] == "done" and output.splitlines()[-1] == "1.0", (state, output)
+    changed = [
+        "pip install -q --force-reinstall v2/dstack_pinned-2.0-py3-none-any.whl",
+        "pip uninstall -y -q pip",
+        show,
+    ]
+    state, output = _run(client, changed, build_policy="use-build", **common)
+    assert state["status"] == "done" and output.splitlines()[-1] == "2.0", (state, output)
+    state, output = _run(client, [show, "python -m pip --version > /dev/null && echo pip-still-there"],
+                         build_policy="use-build", **common)  # fmt: skip
+    assert state["status"] == "done", (state, output)
+    assert output.splitlines()[-2:] == ["1.0", "pip-still-there"]
 
 
 def test_a_failing_build_leaves_nothing_cached(agent: AgentProcess) -> None:
@@ -145,3 +223,53 @@ def test_cache_survives_an_agent_restart(start_agent: StartAgent, tmp_path: Path
     second = start_agent(work, env=agent_env(**OFFLINE))
     state, output = _run(second.client(), ["true"], build_policy="use-build", **spec)
     assert state["status"] == "done" and output.startswith("Using cached build "), (state, output)
+
+
+def test_a_plan_can_ask_whether_a_build_is_cached(agent: AgentProcess, tmp_path: Path) -> None:
+    from dstack.agent.environments.buildkey import build_inputs
+
+    folder = tmp_path / "code"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text("# nothing to install\n")
+    build = ['echo "${MODE}"', "pip install -q -r requirements.txt"]
+
+    def lookup(mode: str) -> dict[str, object]:
+        inputs = build_inputs(".", build, folder, folder, {"MODE": mode, "OTHER": "x"}, [])
+        response = agent.client().request(
+            "POST", "/api/builds/lookup", body={"python": "3.12", "inputs": inputs}
+        )
+        assert response.status == 200, response.body
+        return response.json()
+
+    assert lookup("fast") == {"cached": False, "key": None}
+    client = agent.client()
+    code_hash = client.upload(_code({"requirements.txt": b"# nothing to install\n"}))
+    state, _ = _run(client, ["true"], python="3.12", code_hash=code_hash, build=build,
+                    build_policy="build", env={"MODE": "fast"})  # fmt: skip
+    assert state["status"] == "done", state
+    assert lookup("fast")["cached"] is True  # what the CLI computes is what the agent built
+    assert lookup("slow")["cached"] is False  # another value of a variable the build refers to
+    (folder / "requirements.txt").write_text("requests\n")
+    assert lookup("fast")["cached"] is False  # another requirements file
+    bad = client.request("POST", "/api/builds/lookup", body={"python": "3.12", "inputs": {"x": 1}})
+    assert bad.status == 400
+
+
+def test_an_agent_from_its_zipapp_gives_runs_their_own_venvs(tmp_path: Path) -> None:
+    # How remote hosts run the agent (dstack.server.remote.artifact): nothing is read from its files.
+    from dstack.server.remote.artifact import agent_zipapp
+
+    zipapp = agent_zipapp(tmp_path / "artifact").path
+    env = agent_env(**OFFLINE)
+    env["PYTHONPATH"] = str(zipapp)  # `python -m dstack.agent` imports it from the zip only
+    agent = AgentProcess(tmp_path / "work", env=env).wait_ready()
+    try:
+        wheel = make_wheel(tmp_path / "wheels", "dstack_zipped")
+        check = "python -c 'import dstack_zipped, sys; print(sys.prefix)'"
+        state, output = _run(agent.client(), [f"pip install -q {wheel}", check], python="3.12")
+        assert state["status"] == "done", output
+        assert Path(output.split()[-1]).parent.parent == tmp_path / "work" / "envs" / "runs"
+        pip = (tmp_path / "work" / "envs" / "python" / "3.12" / "bin" / "pip").read_text()
+        assert "uv's pip where uv can do what was asked" in pip  # the shim, read from the zip
+    finally:
+        agent.terminate()

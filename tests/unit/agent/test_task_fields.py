@@ -3,7 +3,7 @@ entrypoint and shell, and the utilization policy (with a fake nvidia-smi on the 
 
 from __future__ import annotations
 
-import io
+import hashlib
 import os
 import subprocess
 import tarfile
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, agent_env, file_member, make_tar, new_job_id
+from agent_testkit import AgentClient, AgentProcess, agent_env, code_manifest, file_member, new_job_id
 
 from dstack.agent.utilization import UtilizationWindow, parse_utilization
 
@@ -23,12 +23,12 @@ esac
 """
 
 
-def folder_archive(files: dict[str, str]) -> bytes:
-    return make_tar([file_member(name, content.encode()) for name, content in files.items()])
+def folder_archive(files: dict[str, str]) -> list[tuple[tarfile.TarInfo, bytes]]:
+    return [file_member(name, content.encode()) for name, content in files.items()]
 
 
-def file_archive(name: str, content: str) -> bytes:
-    return make_tar([file_member(name, content.encode())])
+def file_archive(name: str, content: str) -> list[tuple[tarfile.TarInfo, bytes]]:
+    return [file_member(name, content.encode())]
 
 
 def test_files_are_placed_under_the_working_directory(client: AgentClient) -> None:
@@ -207,15 +207,21 @@ def test_a_busy_gpu_keeps_its_job_running(gpu_agent: tuple[AgentProcess, Path]) 
         client.close()
 
 
-def test_an_archive_for_files_is_checked_like_code(client: AgentClient) -> None:
-    evil = tarfile.TarInfo("../outside.txt")
-    data = b"x"
-    evil.size = len(data)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.addfile(evil, io.BytesIO(data))
-    code_hash = client.upload(buffer.getvalue())
-    job = client.submit(["true"], files=[{"code_hash": code_hash, "target": "x", "kind": "dir"}])
-    state = client.wait_final(job["id"])
-    assert state["status"] == "failed"
-    assert state["reason"].startswith("Could not unpack the files for x: ")
+def test_files_are_checked_like_code(client: AgentClient) -> None:
+    # Refused where the agent keeps them: a `files` entry that would write outside is never stored.
+    manifest, blobs = code_manifest([file_member("../outside.txt", b"x")])
+    response = client.send_code(manifest, blobs)
+    assert response.status == 400 and "leads outside" in response.json()["error"]
+    code_hash = hashlib.sha256(manifest).hexdigest()
+    refused = client.request(
+        "POST",
+        "/api/jobs",
+        body={
+            "id": new_job_id(),
+            "run_name": "r",
+            "commands": ["true"],
+            "files": [{"code_hash": code_hash, "target": "x", "kind": "dir"}],
+        },
+    )
+    assert refused.status == 400
+    assert refused.json()["error"] == f"Code {code_hash} has not been uploaded"

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Callable
 
 import pytest
-from agent_testkit import PYTHON39, TOKEN, AgentClient, AgentProcess, file_member, make_tar, new_job_id
+from agent_testkit import PYTHON39, TOKEN, AgentClient, AgentProcess, file_member, new_job_id
 
 StartAgent = Callable[..., AgentProcess]
 
@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 def _start_echo(client: AgentClient, port: int, delay: float = 0.0) -> str:
-    code_hash = client.upload(make_tar([file_member("echo.py", ECHO)]))
+    code_hash = client.upload([file_member("echo.py", ECHO)])
     job = client.submit([f"sleep {delay}", f"python3 echo.py {port}"], code_hash=code_hash, ports=[port])
     return str(job["id"])
 

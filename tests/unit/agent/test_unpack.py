@@ -1,48 +1,53 @@
-"""Code archives: safe extraction, and refusal of every archive that could write outside the code folder."""
+"""Code from the store: a job's folder built from a manifest, and every manifest that could write outside
+the code folder refused before anything is written."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
-import tarfile
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, dir_member, file_member, link_member, make_tar
+from agent_testkit import AgentClient, AgentProcess, code_manifest, dir_member, file_member, link_member
 
-from dstack.agent.unpack import UnpackError, check_members, unpack_code
-
-
-def _submit_archive(client: AgentClient, archive: bytes) -> dict:
-    job = client.submit(["ls -la"], code_hash=client.upload(archive))
-    return client.wait_final(job["id"])
+from dstack.agent.codestore import CodeStore
+from dstack.agent.unpack import FILE, SYMLINK, Item, UnpackError, build_tree, check_items
 
 
-def test_good_archive_keeps_content_modes_mtimes_and_inside_symlinks(
+def test_good_code_keeps_content_modes_and_inside_symlinks(
     client: AgentClient, shared_agent: AgentProcess
 ) -> None:
-    archive = make_tar(
-        [
-            dir_member("pkg"),
-            dir_member("empty"),
-            file_member("pkg/run.sh", b"#!/bin/sh\necho ran\n", mode=0o755, mtime=1_500_000_000),
-            file_member("pkg/setuid", b"x", mode=0o4755),
-            file_member("./data/nested/file.txt", b"nested\n"),
-            link_member("pkg/link-to-nested", "../data/nested/file.txt"),
-            link_member("self", "."),
-        ]
-    )
-    job = client.submit(["./pkg/run.sh", "cat pkg/link-to-nested"], code_hash=client.upload(archive))
+    members = [
+        dir_member("pkg"),
+        dir_member("empty"),
+        file_member("pkg/run.sh", b"#!/bin/sh\necho ran\n", mode=0o755),
+        file_member("pkg/setuid", b"x", mode=0o4755),
+        dir_member("data"),
+        dir_member("data/nested"),
+        file_member("data/nested/file.txt", b"nested\n"),
+        link_member("pkg/link-to-nested", "../data/nested/file.txt"),
+        link_member("self", "."),
+    ]
+    job = client.submit(["./pkg/run.sh", "cat pkg/link-to-nested"], code_hash=client.upload(members))
     state = client.wait_final(job["id"])
     assert state["status"] == "done", client.read_logs(job["id"])
     assert client.read_logs(job["id"]) == b"ran\nnested\n"
     code = shared_agent.work_dir / "jobs" / job["id"] / "code"
     assert (code / "empty").is_dir()
-    run_sh = (code / "pkg" / "run.sh").stat()
-    assert stat.S_IMODE(run_sh.st_mode) == 0o755
-    assert run_sh.st_mtime == 1_500_000_000
+    assert stat.S_IMODE((code / "pkg" / "run.sh").stat().st_mode) == 0o755
     assert stat.S_IMODE((code / "pkg" / "setuid").stat().st_mode) == 0o755
     assert os.readlink(code / "pkg" / "link-to-nested") == "../data/nested/file.txt"
+
+
+def test_a_job_cannot_change_what_later_jobs_get(client: AgentClient) -> None:
+    # Its files are copies, not links into the store: writing or chmod-ing them leaves the store alone.
+    code_hash = client.upload([file_member("notes.txt", b"original\n", mode=0o444)])
+    first = client.submit(["chmod u+w notes.txt", "echo changed > notes.txt"], code_hash=code_hash)
+    assert client.wait_final(first["id"])["status"] == "done", client.read_logs(first["id"])
+    second = client.submit(["cat notes.txt", "stat -c %a notes.txt"], code_hash=code_hash)
+    assert client.wait_final(second["id"])["status"] == "done"
+    assert client.read_logs(second["id"]) == b"original\n444\n"
 
 
 @pytest.mark.parametrize(
@@ -51,6 +56,7 @@ def test_good_archive_keeps_content_modes_mtimes_and_inside_symlinks(
         ([file_member("../escaped", b"x")], "leads outside"),
         ([file_member("ok/../../escaped", b"x")], "leads outside"),
         ([file_member("{outside}/absolute", b"x")], "absolute path"),
+        ([file_member("./not/normalised", b"x")], "not a normalised"),
         ([link_member("evil", "../../../..")], "points outside"),
         ([link_member("evil", "{outside}")], "relative target"),
         ([link_member("evil", "sub/../.."), file_member("evil/escaped", b"x")], "points outside"),
@@ -61,11 +67,11 @@ def test_good_archive_keeps_content_modes_mtimes_and_inside_symlinks(
             [dir_member("sub"), link_member("inside", "sub"), file_member("inside/file", b"x")],
             "through a symlink",
         ),
-        ([file_member("target", b"x"), link_member("hard", "{outside}/hard", hard=True)], "hard link"),
+        ([file_member("target", b"x"), link_member("hard", "{outside}/hard", hard=True)], "special file"),
         ([file_member("same", b"x"), file_member("same", b"y")], "twice"),
     ],
 )
-def test_malicious_archives_are_refused_and_write_nothing(
+def test_malicious_code_is_refused_and_writes_nothing(
     client: AgentClient, shared_agent: AgentProcess, tmp_path: Path, members: list, reason_part: str
 ) -> None:
     outside = tmp_path / "outside"
@@ -73,43 +79,135 @@ def test_malicious_archives_are_refused_and_write_nothing(
     for info, _ in members:
         info.name = info.name.replace("{outside}", str(outside))
         info.linkname = info.linkname.replace("{outside}", str(outside))
-    state = _submit_archive(client, make_tar(members))
-    assert state["status"] == "failed"
-    assert state["exit_code"] is None
-    assert state["reason"].startswith("Could not unpack the code: ")
-    assert reason_part in state["reason"]
+    manifest, blobs = code_manifest(members)
+    response = client.send_code(manifest, blobs)
+    assert response.status == 400
+    assert response.json()["error"].startswith("The code was refused: ")
+    assert reason_part in response.json()["error"]
     assert list(outside.iterdir()) == []
-    job_dir = shared_agent.work_dir / "jobs" / state["id"]
-    assert sorted(p.name for p in job_dir.iterdir()) == ["code", "spec.json", "state.json"]
-    assert list((job_dir / "code").iterdir()) == []
+    # Stored only once safe: a job naming it cannot start.
+    code_hash = hashlib.sha256(manifest).hexdigest()
+    assert not (shared_agent.work_dir / "code" / "manifests" / code_hash).exists()
+    refused = client.request(
+        "POST",
+        "/api/jobs",
+        body={"id": "j-" + code_hash[:8], "run_name": "r", "commands": ["ls"], "code_hash": code_hash},
+    )
+    assert refused.status == 400
 
 
-def test_devices_and_fifos_are_refused() -> None:
-    for kind in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
-        info = tarfile.TarInfo("special")
-        info.type = kind
-        with pytest.raises(UnpackError, match="special file"):
-            check_members([info])
+def test_a_manifest_damaged_in_the_store_is_refused_when_the_folder_is_built(tmp_path: Path) -> None:
+    # The checks run again where it counts: on the stored file, right before writing.
+    store = CodeStore(tmp_path / "code")
+    manifest, blobs = code_manifest([file_member("ok.txt", b"ok")])
+    (content,) = blobs.items()
+    path = store.blob_path(content[0])
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content[1])
+    code_hash = "f" * 64
+    (tmp_path / "code" / "manifests" / code_hash).write_bytes(manifest.replace(b"ok.txt", b"../ok.txt"))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(UnpackError, match="leads outside"):
+        store.assemble(code_hash, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "ok.txt").exists()
 
 
 def test_symlink_loops_are_refused() -> None:
-    members = [link_member("a", "b/x")[0], link_member("b", "a/y")[0]]
+    items = [Item("a", SYMLINK, 0o777, 0, "b/x"), Item("b", SYMLINK, 0o777, 0, "a/y")]
     with pytest.raises(UnpackError, match="points outside"):
-        check_members(members)
+        check_items(items)
 
 
-def test_not_a_tar_file(tmp_path: Path) -> None:
-    archive = tmp_path / "junk.tar"
-    archive.write_bytes(b"this is not a tar archive" * 100)
-    (tmp_path / "out").mkdir()
-    with pytest.raises(UnpackError, match="not a valid tar file"):
-        unpack_code(archive, tmp_path / "out")
+def test_only_folders_files_and_symlinks_are_code() -> None:
+    for kind in ("c", "b", "p", "h"):  # devices, fifos, hard links: the format has no such kinds
+        with pytest.raises(UnpackError, match="special file"):
+            check_items([Item("special", kind, 0o644, 0, "")])
 
 
 def test_read_only_folders_are_filled_before_their_mode_is_set(tmp_path: Path) -> None:
-    archive = tmp_path / "code.tar"
-    archive.write_bytes(make_tar([dir_member("ro", mode=0o555), file_member("ro/file", b"content")]))
+    store = CodeStore(tmp_path / "code")
+    manifest, blobs = code_manifest([dir_member("ro", mode=0o555), file_member("ro/file", b"content")])
+    for sha256, data in blobs.items():
+        store.blob_path(sha256).parent.mkdir(parents=True, exist_ok=True)
+        store.blob_path(sha256).write_bytes(data)
+    code_hash = hashlib.sha256(manifest).hexdigest()
+    store.store_manifest(code_hash, manifest, 1 << 20)
     (tmp_path / "out").mkdir()
-    unpack_code(archive, tmp_path / "out")
+    store.assemble(code_hash, tmp_path / "out")
     assert (tmp_path / "out" / "ro" / "file").read_bytes() == b"content"
     assert stat.S_IMODE((tmp_path / "out" / "ro").stat().st_mode) == 0o555
+    assert FILE == "f"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, bytes | str]]:
+    """Every entry under root: kind, mode and content (or link target)."""
+    found: dict[str, tuple[str, int, bytes | str]] = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink():
+            found[rel] = ("l", mode, os.readlink(path))
+        elif path.is_dir():
+            found[rel] = ("d", mode, "")
+        else:
+            found[rel] = ("f", mode, path.read_bytes())
+    return found
+
+
+def _stored(store: CodeStore, members: list) -> str:
+    manifest, blobs = code_manifest(members)
+    for sha256, data in blobs.items():
+        store.blob_path(sha256).parent.mkdir(parents=True, exist_ok=True)
+        store.blob_path(sha256).write_bytes(data)
+    code_hash = hashlib.sha256(manifest).hexdigest()
+    store.store_manifest(code_hash, manifest, 1 << 20)
+    return code_hash
+
+
+def test_a_spare_tree_patched_for_other_code_is_exactly_a_fresh_build_of_it(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path / "code")
+    before = _stored(
+        store,
+        [
+            file_member("same.txt", b"same"),
+            file_member("edited.txt", b"old"),
+            file_member("gone.txt", b"gone"),
+            file_member("mode.sh", b"#!/bin/sh\n", mode=0o644),
+            dir_member("becomes-file"),
+            file_member("becomes-file/inner.txt", b"inner"),
+            file_member("becomes-link", b"x"),
+            dir_member("ro", mode=0o555),
+            file_member("ro/kept.txt", b"kept"),
+        ],
+    )
+    after = _stored(
+        store,
+        [
+            file_member("same.txt", b"same"),
+            file_member("edited.txt", b"new content"),
+            file_member("mode.sh", b"#!/bin/sh\n", mode=0o755),
+            file_member("becomes-file", b"now a file"),
+            link_member("becomes-link", "same.txt"),
+            dir_member("ro", mode=0o555),
+            file_member("ro/kept.txt", b"kept"),
+            file_member("ro/added.txt", b"added"),
+            dir_member("new-dir"),
+        ],
+    )
+    first = tmp_path / "job1"
+    first.mkdir()
+    store.assemble(before, first)  # built from the store; a spare of `before` follows in the background
+    second = tmp_path / "job2"
+    second.mkdir()
+    store.assemble(after, second)  # the spare of `before`, patched
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    build_tree(store.items(after), store.blob_path, fresh)
+    assert _snapshot(second) == _snapshot(fresh)
+    assert _snapshot(first)["edited.txt"] == ("f", 0o644, b"old")  # the first job's copy is its own
+    # A third job of the same code gets a spare of it, made after the second took its own.
+    third = tmp_path / "job3"
+    third.mkdir()
+    store.assemble(after, third)
+    assert _snapshot(third) == _snapshot(fresh)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 import os
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from dstack.cli.reload import batch as batch_module
-from dstack.cli.reload.batch import DELETE_KEYWORD, build_batches
+from dstack.cli.reload.batch import build_batches
 from dstack.cli.reload.changes import Changes, compute, invalidate_rules, relative_path
 from dstack.cli.reload.tree import Index, scan
 from dstack.code.ignore import IgnoreRules
@@ -148,16 +147,18 @@ def test_batches_carry_deletions_first_then_parents_before_children(tree: Tree) 
     (root / "new" / "link").symlink_to("sub/file.txt")
     batches = list(build_batches(str(root), tree.changes("pkg/data.txt", "new"), tree.warnings.append))
     assert len(batches) == 1
-    body = batches[0].body.read()
-    assert len(body) == batches[0].length
-    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-        members = tar.getmembers()
-        assert [m.name for m in members] == ["pkg/data.txt", "new", "new/link", "new/sub", "new/sub/file.txt"]
-        assert members[0].pax_headers.get(DELETE_KEYWORD) == "1"
-        assert members[2].issym() and members[2].linkname == "sub/file.txt"
-        file_member = members[4]
-        assert file_member.mode & 0o777 == 0o755
-        assert tar.extractfile(file_member).read() == b"content"  # type: ignore[union-attr]
+    batch = batches[0]
+    assert batch.deletes == ["pkg/data.txt"]
+    assert [entry[:2] for entry in batch.entries] == [
+        ["new", "d"],
+        ["new/link", "l"],
+        ["new/sub", "d"],
+        ["new/sub/file.txt", "f"],
+    ]
+    assert batch.entries[1][4] == "sub/file.txt"
+    digest = hashlib.sha256(b"content").hexdigest()
+    assert batch.entries[3][2:] == [0o755, 7, digest]  # the file is named by its content...
+    assert batch.contents == {digest: b"content"}  # ...which travels apart, through the code store
 
 
 def test_a_file_too_large_is_one_warning_and_the_rest_goes(
@@ -177,7 +178,7 @@ def test_a_huge_burst_is_split_only_by_size(tree: Tree, monkeypatch: pytest.Monk
     burst = root / "burst"
     burst.mkdir()
     for i in range(1000):
-        (burst / f"f{i:04}.txt").write_text("0123456789")
+        (burst / f"f{i:04}.txt").write_text(f"{i:010}")  # ten bytes each, all different
     changes = tree.changes("burst")
     assert len(list(build_batches(str(root), changes, tree.warnings.append))) == 1
     monkeypatch.setattr(batch_module, "MAX_BATCH_BYTES", 2500)

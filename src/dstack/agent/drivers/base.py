@@ -48,6 +48,7 @@ class LaunchSpec:
     logs: LogStore  # stdout and stderr go into its file (see logstore.py)
     resources: JobResources = field(default_factory=JobResources)  # limits to enforce where possible
     container: Optional[ContainerSpec] = None  # set for the container driver
+    args: List[str] = field(default_factory=list)  # the script's positional parameters (the run's arguments)
     argv: Optional[List[str]] = None  # processes: what to run (default: bash with the script)
     phase: str = PHASE_MAIN  # only a main phase is taken over by a restarted agent
 

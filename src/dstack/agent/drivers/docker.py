@@ -67,10 +67,12 @@ WRAPPER = (
     ' || { echo "dstack: cannot enter the working directory $wd" >&2; exit 125; }; fi\n'
     'export DSTACK_WORKING_DIR="$PWD"\n'
     "mode=$2; shift 2\n"
+    # What follows the mode is the argv (exec), or the shell (shell), and then the script's positional
+    # parameters: the run's arguments, which `${{ run.args }}` refers to as "$@".
     'if [ "$mode" = exec ]; then "$@" &\n'
-    'elif [ "$mode" = shell ]; then "$1" ' + SCRIPT_MOUNT + " &\n"
-    "elif command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + " &\n"
-    "else /bin/sh " + SCRIPT_MOUNT + " &\nfi\n"
+    'elif [ "$mode" = shell ]; then shell=$1; shift; "$shell" ' + SCRIPT_MOUNT + ' "$@" &\n'
+    "elif command -v bash >/dev/null 2>&1; then bash --noprofile --norc " + SCRIPT_MOUNT + ' "$@" &\n'
+    "else /bin/sh " + SCRIPT_MOUNT + ' "$@" &\nfi\n'
     "pid=$!\n"
     'wait "$pid"; code=$?\n'
     'while [ -n "$stopping" ]; do stopping=; wait "$pid"; c=$?; [ "$c" = 127 ] && break; code=$c; done\n'
@@ -216,9 +218,9 @@ class DockerDriver:
                 config["Cmd"] = ["dstack-job", entered, "exec", *container.argv]
             elif container.shell:
                 shell = {"sh": "/bin/sh", "bash": "bash"}.get(container.shell, container.shell)
-                config["Cmd"] = ["dstack-job", entered, "shell", shell]
+                config["Cmd"] = ["dstack-job", entered, "shell", shell, *launch.args]
             else:
-                config["Cmd"] = ["dstack-job", entered, "auto"]
+                config["Cmd"] = ["dstack-job", entered, "auto", *launch.args]
         return config
 
     def _wait_loop(self, handle: ContainerHandle) -> None:

@@ -33,11 +33,12 @@ class ProcessHandle(JobHandle):
 
 
 class ProcessDriver:
-    def __init__(self, children: ChildProcesses) -> None:
+    def __init__(self, children: ChildProcesses, umask: int = 0o022) -> None:
         self._children = children
+        self._umask = umask  # the user's, for the files a job makes (the agent's own umask is 077)
 
     def start(self, launch: LaunchSpec) -> JobHandle:
-        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script)]
+        argv = list(launch.argv) if launch.argv else [*process_shell(None), str(launch.script), *launch.args]
         # CPU and memory caps, where this host can enforce them (the plan said whether it can).
         cgroup = CGROUPS.create(launch.marker, launch.resources.cpus, launch.resources.memory_bytes)
         if cgroup is not None:
@@ -53,6 +54,7 @@ class ProcessDriver:
                 stdout=output,
                 stderr=output,
                 start_new_session=True,
+                umask=self._umask,
             )
         except BaseException:
             CGROUPS.remove(launch.marker)
@@ -80,11 +82,13 @@ class ProcessDriver:
         return 128 - code if code < 0 else code
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
-        terminate_processes(lambda: find_job_processes(handle.marker, handle.pgid), grace_seconds, abort)
+        terminate_processes(
+            lambda: find_job_processes(handle.marker, handle.pgid, self._children.owned), grace_seconds, abort
+        )
         CGROUPS.remove(handle.marker)  # it is empty now (the runner stops every job when it ends)
 
     def inspect(self, handle: JobHandle) -> List[int]:
-        return sorted(find_job_processes(handle.marker, handle.pgid))
+        return sorted(find_job_processes(handle.marker, handle.pgid, self._children.owned))
 
     def release(self, handle: JobHandle) -> None:
         waiter = _process(handle).waiter

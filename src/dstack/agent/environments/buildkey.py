@@ -8,6 +8,10 @@ the build commands, and the content of the files that define the environment:
 - the well-known environment files in the working directory, whether named or not, since tools such as
   `poetry install` or `uv sync` read them implicitly.
 Editing any of them gives a new key, so a new build; nothing else (the task's own code) does.
+
+The build commands refer to values by shell variables (`${{ env.REQS }}` is written `"${REQS}"`, and
+`${{ run.args }}` `"$@"`; see dstack.config.interpolation), so the values of the variables they refer to
+go into the key too, and name the files they stand for: a different value is a different environment.
 """
 
 from __future__ import annotations
@@ -18,11 +22,11 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Iterable, List, Set
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 from dstack.agent.fsutil import is_inside
 
-KEY_VERSION = "1"  # bump when the way keys are made changes, so old cache entries are not reused
+KEY_VERSION = "2"  # bump when the way keys are made changes, so old cache entries are not reused
 ENV_FILE_PATTERNS = (
     "requirements*.txt",
     "requirements*.in",
@@ -41,50 +45,133 @@ ENV_FILE_PATTERNS = (
     "pdm.lock",
 )
 _MAX_NAMED_FILES = 1000
+_VARIABLE_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_ARGS_RE = re.compile(r"\$(?:[@*1-9]|\{[@*1-9]\}|#)")
 _INCLUDE_RE = re.compile(r"^\s*(?:-r|-c|--requirement|--constraint)(?:\s*=\s*|\s+)(\S+)")
 
 
-def build_key(base: Iterable[str], working_dir: str, commands: List[str], cwd: Path, code_dir: Path) -> str:
+def build_key(
+    base: Iterable[str],
+    working_dir: str,
+    commands: List[str],
+    cwd: Path,
+    code_dir: Path,
+    variables: Optional[Mapping[str, str]] = None,
+    args: Sequence[str] = (),
+) -> str:
+    """`variables`: the job's own variables (its env, its run name); `args`: its positional parameters."""
+    return key_of(base, build_inputs(working_dir, commands, cwd, code_dir, variables, args))
+
+
+def build_inputs(
+    working_dir: str,
+    commands: List[str],
+    cwd: Path,
+    code_dir: Path,
+    variables: Optional[Mapping[str, str]] = None,
+    args: Sequence[str] = (),
+    include: Optional[Callable[[Path], bool]] = None,
+) -> Dict[str, Any]:
+    """What a build's key is made of, but for the host's part (its base), as JSON.
+
+    The CLI computes this from the user's folder (`include` leaves out what the code upload ignores), so
+    that a plan can ask a host whether it has the build without the code being there; the agent from the
+    job's copy. Values are digested: the lookup need not carry env values around.
+    """
+    variables = variables or {}
+    referenced = sorted(_referenced(commands) & set(variables))
+    uses_args = any(_ARGS_RE.search(command) for command in commands)
+    files = environment_files(commands, cwd, code_dir, variables, args, include)
+    return {
+        "working_dir": working_dir,
+        "commands": list(commands),
+        "variables": {name: _digest(variables[name].encode()) for name in referenced},
+        "args": [_digest(arg.encode()) for arg in args] if uses_args else [],
+        "files": [[os.path.relpath(path, code_dir), _file_digest(path).hex()] for path in files],
+    }
+
+
+def key_of(base: Iterable[str], inputs: Mapping[str, Any]) -> str:
+    """The key of a build: the host's base (python version and interpreter, or image id) and its inputs."""
     digest = hashlib.sha256()
 
-    def add(kind: str, value: bytes) -> None:
+    def add(kind: str, value: str) -> None:
         # Length-prefixed, so that no two different inputs can run together into the same bytes.
-        digest.update(f"{kind}:{len(value)}:".encode())
-        digest.update(value)
+        data = value.encode()
+        digest.update(f"{kind}:{len(data)}:".encode())
+        digest.update(data)
 
-    add("version", KEY_VERSION.encode())
+    add("version", KEY_VERSION)
     for part in base:
-        add("base", part.encode())
-    add("working_dir", working_dir.encode())
-    for command in commands:
-        add("command", command.encode())
-    for path in environment_files(commands, cwd, code_dir):
-        add("file", os.path.relpath(path, code_dir).encode())
-        add("content", _file_digest(path))
+        add("base", part)
+    add("working_dir", str(inputs["working_dir"]))
+    for command in inputs["commands"]:
+        add("command", str(command))
+    for name, value in sorted(inputs["variables"].items()):
+        add("variable", f"{name}={value}")
+    for arg in inputs["args"]:
+        add("arg", str(arg))
+    for relative, content in inputs["files"]:
+        add("file", str(relative))
+        add("content", str(content))
     return digest.hexdigest()
 
 
-def environment_files(commands: List[str], cwd: Path, code_dir: Path) -> List[Path]:
+def check_inputs(data: Any) -> Dict[str, Any]:
+    """`build_inputs` as a client sent them; ValueError if they are not of that shape."""
+    if not isinstance(data, dict) or set(data) != {"working_dir", "commands", "variables", "args", "files"}:
+        raise ValueError("build inputs need working_dir, commands, variables, args and files")
+    texts = [data["working_dir"], *data["commands"], *data["variables"], *data["variables"].values()]
+    texts += [*data["args"], *(part for pair in data["files"] for part in pair)]
+    if not all(isinstance(text, str) for text in texts) or not all(len(pair) == 2 for pair in data["files"]):
+        raise ValueError("build inputs hold only strings")
+    return data
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def environment_files(
+    commands: List[str],
+    cwd: Path,
+    code_dir: Path,
+    variables: Optional[Mapping[str, str]] = None,
+    args: Sequence[str] = (),
+    include: Optional[Callable[[Path], bool]] = None,
+) -> List[Path]:
     """The files whose content defines the environment, sorted, each inside the code folder."""
     found: Set[Path] = set()
-    for name in _command_paths(commands):
+    for name in _command_paths(commands, variables or {}, args):
         _add_named(Path(name) if os.path.isabs(name) else cwd / name, code_dir, found)
     _add_project_files(cwd, code_dir, found)
-    return sorted(found)
+    return sorted(path for path in found if include is None or include(path))
 
 
-def _command_paths(commands: List[str]) -> List[str]:
+def _command_paths(commands: List[str], variables: Mapping[str, str], args: Sequence[str]) -> List[str]:
     words: List[str] = []
     for command in commands:
         try:
             tokens = shlex.split(command, comments=True)
         except ValueError:  # an unbalanced quote: bash will say so at build time; split on spaces here
             tokens = command.split()
+        expanded: List[str] = []
         for token in tokens:
+            if token in ("$@", "${@}"):
+                expanded.extend(args)
+            else:
+                expanded.append(
+                    _VARIABLE_RE.sub(lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), token)
+                )
+        for token in expanded:
             words.append(token)
             if token.startswith("-") and "=" in token:  # --requirement=req.txt
                 words.append(token.split("=", 1)[1])
     return words
+
+
+def _referenced(commands: List[str]) -> Set[str]:
+    return {m.group(1) or m.group(2) for command in commands for m in _VARIABLE_RE.finditer(command)}
 
 
 def _add_named(path: Path, code_dir: Path, found: Set[Path]) -> None:

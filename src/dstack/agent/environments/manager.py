@@ -22,11 +22,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from dstack.agent.drivers.docker import DockerDriver
 from dstack.agent.drivers.dockerapi import DockerClient, DockerError, docker_socket
-from dstack.agent.environments.buildkey import build_key
+from dstack.agent.environments import pythons
+from dstack.agent.environments.buildkey import build_key, key_of
 from dstack.agent.environments.builds import VENV_DIR, BuildCancelled, BuildStore
+from dstack.agent.environments.clones import seal
 from dstack.agent.environments.images import ImageError, Images, PullCancelled
 from dstack.agent.environments.tools import ToolError
-from dstack.agent.environments.venvs import SharedVenvs, Venv, VenvFactory
+from dstack.agent.environments.venvs import RunVenvs, Templates, Venv, VenvFactory
 from dstack.agent.jobs.spec import JobSpec
 from dstack.agent.reaper import ChildProcesses
 
@@ -57,6 +59,7 @@ class PendingBuild:
     # The first line of the build's output. Not a status message as well: the CLI would show it twice.
     announcement: str
     folder: Optional[Path] = None  # python: the new build's folder
+    job_id: str = ""  # python: whose copy of the build the commands then run in
     base_image: Optional[Dict[str, Any]] = None  # docker: the base image's inspect data
 
 
@@ -90,13 +93,41 @@ class EnvironmentManager:
     def __init__(self, root: Path, children: ChildProcesses, tool_env: Mapping[str, str]) -> None:
         self.children = children
         self._factory = VenvFactory(children, tool_env)
-        self._shared = SharedVenvs(root / "python", self._factory)
+        self._templates = Templates(root / "python", self._factory)
+        self._runs = RunVenvs(root / "runs")
         self._builds = BuildStore(root / "builds")
         self._docker: Optional[DockerDriver] = None
         self._docker_lock = threading.Lock()
 
     def collect_garbage(self) -> None:
+        """Call when no job runs: what cut-short builds and runs left goes."""
         self._builds.collect_garbage()
+        self._runs.collect_garbage()
+
+    def find_build(
+        self, python: Optional[str], image: Optional[str], inputs: Dict[str, Any]
+    ) -> Optional[str]:
+        """The key of this host's cached build for these inputs (see buildkey.build_inputs), if it has one.
+
+        For a plan: it looks, it never installs a Python or pulls an image (without them, no cached build).
+        """
+        if image is not None:
+            try:
+                client = self.docker().client
+                info = client.inspect_image(image)
+                if info is None:
+                    return None
+                key = key_of(["image", str(info.get("Id"))], inputs)
+                return key if Images(client).cached_build(key) is not None else None
+            except (SetupError, ImageError, DockerError):
+                return None
+        if python is None:
+            return None
+        interpreter = pythons.find_interpreters().get(python)
+        if interpreter is None:
+            return None
+        key = key_of(["python", python, os.path.realpath(interpreter)], inputs)
+        return key if self._builds.lookup(key) is not None else None
 
     def docker(self) -> DockerDriver:
         """The container driver; raises SetupError if this host has no Docker daemon that answers."""
@@ -146,22 +177,18 @@ class EnvironmentManager:
         cancelled: Callable[[], bool],
     ) -> TaskEnvironment:
         if not spec.build:
-            return TaskEnvironment(venv=self._shared.get(version, notify))
+            return self._own_copy(TaskEnvironment(), spec.id, self._templates.get(version, notify))
         interpreter = self._factory.interpreter(version, notify)
-        key = build_key(
-            ["python", version, os.path.realpath(interpreter)],
-            spec.working_dir or ".",
-            spec.build,
-            cwd,
-            code_dir,
-        )
+        key = _build_key(spec, ["python", version, os.path.realpath(interpreter)], cwd, code_dir)
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
             cached = None if spec.build_policy == "force-build" else self._builds.lookup(key)
             if cached is not None:
                 self._builds.acquire(cached)
-                env._releases.append(lambda: self._builds.release(cached))
-                env.venv = Venv(path=cached / VENV_DIR, version=version, interpreter=interpreter)
+                try:  # held only while it is copied: the copy's files outlive the build's folder
+                    self._own_copy(env, spec.id, Venv(cached / VENV_DIR, version, interpreter))
+                finally:
+                    self._builds.release(cached)
                 built_at = self._builds.info(cached).get("built_at")
                 env.note = _cached_note(key, float(built_at) if isinstance(built_at, (int, float)) else None)
                 env.unlock()
@@ -172,7 +199,11 @@ class EnvironmentManager:
             env._releases.append(lambda: self._builds.release(folder))
             env.venv = self._factory.create(folder / VENV_DIR, version, interpreter)
             env.build = PendingBuild(
-                key=key, description=f"Python {version}", announcement=announcement, folder=folder
+                key=key,
+                description=f"Python {version}",
+                announcement=announcement,
+                folder=folder,
+                job_id=spec.id,
             )
             return env
         except BaseException:
@@ -196,7 +227,7 @@ class EnvironmentManager:
         info = images.ensure(image, notify, cancelled, credentials)
         if not spec.build:
             return TaskEnvironment(image=str(info.get("Id") or image))
-        key = build_key(["image", str(info.get("Id"))], spec.working_dir or ".", spec.build, cwd, code_dir)
+        key = _build_key(spec, ["image", str(info.get("Id"))], cwd, code_dir)
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
         try:
             cached = None if spec.build_policy == "force-build" else images.cached_build(key)
@@ -223,19 +254,27 @@ class EnvironmentManager:
         build = env.build
         assert build is not None
         try:
-            if build.folder is not None:
+            if build.folder is not None and env.venv is not None:
+                seal(build.folder / VENV_DIR)  # cached from now on: read-only, and only ever copied
                 self._builds.publish(build.key, build.folder, {"description": build.description})
+                self._own_copy(env, build.job_id, env.venv)  # what the run then does stays in its copy
             elif build.base_image is not None and container_id is not None:
                 images = Images(self.docker().client)
                 reference = images.commit_build(container_id, build.key, build.base_image)
                 committed = images.cached_build(build.key)
                 env.image = str((committed or {}).get("Id") or reference)
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError, ToolError) as e:
             raise SetupError(f"The build succeeded but its result could not be saved: {e}") from e
         finally:
             env.build = None
             env.unlock()
         env.note = f"Build {build.key[:_KEY_SHOWN]} is cached for later runs"
+
+    def _own_copy(self, env: TaskEnvironment, job_id: str, source: Venv) -> TaskEnvironment:
+        """Give the run a venv of its own, copied from `source`, removed when the run is over."""
+        env.venv = self._runs.make(job_id, source)
+        env._releases.append(lambda: self._runs.remove(job_id))
+        return env
 
     def build_failed(self, env: TaskEnvironment) -> None:
         build = env.build
@@ -252,6 +291,12 @@ class EnvironmentManager:
             context.__exit__(None, None, None)
 
         return unlock
+
+
+def _build_key(spec: JobSpec, base: List[str], cwd: Path, code_dir: Path) -> str:
+    # The variables of the job's own that its build commands may refer to: its env and its run name.
+    variables = {**spec.env, "DSTACK_RUN_NAME": spec.run_name}
+    return build_key(base, spec.working_dir or ".", spec.build, cwd, code_dir, variables, spec.args)
 
 
 def _refuse_without_build(spec: JobSpec) -> None:

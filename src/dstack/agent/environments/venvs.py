@@ -1,28 +1,35 @@
-"""Python virtual environments for tasks: one per Python version, made with uv and reused across runs.
+"""Python virtual environments for tasks: a read-only template per Python version, made with uv, and a
+copy of it (or of a cached build) of each run's own (`RunVenvs`, see clones.py).
 
-A venv is made where it will be used and never moved: its scripts' shebangs (`pip`, and whatever a task
-installs) hold its absolute path. A `.dstack-ready` file is written last, so a venv cut short by a crash is
-recognised, removed and made again.
+A venv is made where it will be used: its scripts' shebangs hold its absolute path (a copy gets them
+rewritten). A `.dstack-ready` file is written last, so a template cut short by a crash is recognised,
+removed and made again.
 
 pip is put in offline, from the wheel that the interpreter's own `ensurepip` bundles (uv's `--seed` would
-fetch it from the package index); only an interpreter without that wheel falls back to `--seed`.
+fetch it from the package index); only an interpreter without that wheel falls back to `--seed`. Its
+scripts are then replaced by pip_shim.py, which runs `uv pip` where uv does what was asked.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import pkgutil
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from dstack.agent.environments import pythons
+from dstack.agent.environments.clones import clone, seal
 from dstack.agent.environments.tools import ToolError, last_line, run_tool
+from dstack.agent.fsutil import strip_other_modes
 from dstack.agent.reaper import ChildProcesses
 
 READY_FILE = ".dstack-ready"
+_FOUND_FOR_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +58,21 @@ class VenvFactory:
         self._env["UV_PYTHON_DOWNLOADS"] = "never"
         self._env.pop("VIRTUAL_ENV", None)
         self._install_lock = threading.Lock()
+        self._found: Dict[str, Tuple[str, float]] = {}
 
     def interpreter(self, version: str, notify: Callable[[str], object]) -> str:
+        # Looking the host's interpreters up reads several folders; a burst of jobs asks for the same
+        # version a thousand times a second. A path found a moment ago that is still there is the answer.
+        found = self._found.get(version)
+        if (
+            found is not None
+            and time.monotonic() - found[1] < _FOUND_FOR_SECONDS
+            and os.access(found[0], os.X_OK)
+        ):
+            return found[0]
         path = pythons.find_interpreters().get(version)
         if path is not None:
+            self._found[version] = (path, time.monotonic())
             return path
         with self._install_lock:  # two jobs asking for the same missing version install it once
             path = pythons.find_interpreters().get(version)
@@ -78,6 +96,10 @@ class VenvFactory:
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
+        uv = pythons.find_uv()
+        if uv is not None:
+            install_shims(path, version, uv)
+        strip_other_modes(path)
         return Venv(path=path, version=version, interpreter=interpreter)
 
     def _create_with_uv(self, uv: str, path: Path, interpreter: str) -> None:
@@ -128,8 +150,26 @@ def mark_ready(path: Path) -> None:
     (path / READY_FILE).write_text("ok\n", encoding="ascii")
 
 
-class SharedVenvs:
-    """The per-version venv that python tasks without a build share, under ROOT/python/3.X."""
+def install_shims(venv: Path, version: str, uv: str) -> None:
+    """Make the venv's `pip`, `pip3` and `pip3.X` scripts run pip_shim.py (uv's pip where it can)."""
+    # Through the loader, not the file system: the agent may run from a zipapp (shipped to remote hosts).
+    data = pkgutil.get_data(__package__ or "dstack.agent.environments", "pip_shim.py")
+    if data is None:
+        return  # the package cannot say: the venv keeps pip's own scripts
+    source = data.decode("utf-8")
+    source = source.replace('\nUV = ""', f"\nUV = {uv!r}", 1)
+    script = f"#!{venv / 'bin' / 'python'}\n" + source
+    for name in ("pip", "pip3", f"pip{version}"):
+        path = venv / "bin" / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(script, encoding="utf-8")
+        os.chmod(tmp, 0o700)  # private, as everything of the agent (strip_other_modes follows)
+        os.replace(tmp, path)
+
+
+class Templates:
+    """The per-version venv that runs without a build are copied from, under ROOT/python/3.X; never used
+    itself, so never changed by a task (its files are read-only)."""
 
     def __init__(self, root: Path, factory: VenvFactory) -> None:
         self._root = root
@@ -147,8 +187,44 @@ class SharedVenvs:
                 return Venv(path=path, version=version, interpreter=interpreter)
             notify(f"Creating the Python {version} environment")
             venv = self._factory.create(path, version, interpreter)
+            seal(path)
             mark_ready(path)
             return venv
+
+
+class RunVenvs:
+    """Each run's own venv, ROOT/<job id>/venv: a copy of a template or of a cached build."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def make(self, job_id: str, source: Venv) -> Venv:
+        folder = self._root / job_id
+        shutil.rmtree(folder, ignore_errors=True)  # a copy an earlier agent left for this job
+        target = folder / "venv"
+        try:
+            clone(source.path, target)
+        except OSError as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ToolError(f"Could not copy the Python environment for this run: {e.strerror or e}") from e
+        return Venv(path=target, version=source.version, interpreter=source.interpreter)
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self._root / job_id, ignore_errors=True)
+
+    def collect_garbage(self, keep: Iterable[str] = ()) -> None:
+        """Remove the copies of jobs that no longer run (call when none is being made)."""
+        kept = set(keep)
+        for name in _listdir(self._root):
+            if name not in kept:
+                shutil.rmtree(self._root / name, ignore_errors=True)
+
+
+def _listdir(folder: Path) -> List[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def _intact(path: Path) -> bool:

@@ -6,7 +6,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from dstack.agent.fsutil import write_json_atomic
 from dstack.agent.jobs.spec import JobSpec
@@ -69,10 +69,12 @@ class StopRequest:
 class Job:
     """A job's folder, state and output. State changes go through `update`, under `lock`."""
 
-    def __init__(self, spec: JobSpec, folder: Path, state: JobState) -> None:
+    def __init__(
+        self, spec: JobSpec, folder: Path, state: JobState, on_change: Optional[Callable[[str], None]] = None
+    ) -> None:
         self.spec = spec
         self.folder = folder
-        self.logs = LogStore(folder)
+        self.logs = LogStore(folder, None if on_change is None else lambda: on_change(spec.id))
         # Guards state, stop_request and the start of the job's processes (so a stop never misses them).
         self.lock = threading.RLock()
         self._state = state

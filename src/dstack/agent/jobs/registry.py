@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from dstack.agent.fsutil import make_private_dir, read_json, write_json_atomic
 from dstack.agent.jobs.job import PREPARING, SPEC_FILE, STATE_FILE, Job, JobState
@@ -25,11 +25,13 @@ class JobConflictError(Exception):
 
 
 class JobRegistry:
-    def __init__(self, jobs_dir: Path) -> None:
+    def __init__(self, jobs_dir: Path, on_change: Optional[Callable[[str], None]] = None) -> None:
         self.jobs_dir = jobs_dir
+        self._on_change = on_change  # told the id of every job that changed (its state, output, or end)
         make_private_dir(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
+        self._creating: Dict[str, Job] = {}  # reserved, their files being written
         # What a one-job agent exits on: whether its job came, and how the one collected last ended.
         self.created = 0
         self.last_deleted: Optional[JobState] = None
@@ -49,21 +51,18 @@ class JobRegistry:
                 log.warning("Skipping job folder %s: %s", folder, e)
                 continue
             with self._lock:
-                self._jobs[spec.id] = Job(spec, folder, state)
+                self._jobs[spec.id] = Job(spec, folder, state, self._on_change)
         return self.list()
 
     def create(self, spec: JobSpec) -> Tuple[Job, bool]:
         """Create the job, or return the existing one with the same id and spec: (job, created)."""
         with self._lock:
-            existing = self._jobs.get(spec.id)
+            existing = self._jobs.get(spec.id) or self._creating.get(spec.id)
             if existing is not None:
                 if existing.spec != spec:
                     raise JobConflictError(f"Job {spec.id} already exists with a different spec")
                 return existing, False
             folder = self.jobs_dir / spec.id
-            # A folder without a readable state is debris of a crash during an earlier create.
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
             state = JobState(
                 id=spec.id,
                 run_name=spec.run_name,
@@ -71,12 +70,27 @@ class JobRegistry:
                 created_at=time.time(),
                 marker=uuid.uuid4().hex,
             )
+            job = Job(spec, folder, state, self._on_change)
+            self._creating[spec.id] = job
+        # Files are written outside the lock: submissions of many jobs at once do not queue behind disks.
+        try:
+            if folder.exists():
+                # A folder without a readable state is debris of a crash during an earlier create.
+                shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
             write_json_atomic(folder / SPEC_FILE, spec.to_json())
             write_json_atomic(folder / STATE_FILE, state.to_record())
-            job = Job(spec, folder, state)
+        except BaseException:
+            with self._lock:
+                del self._creating[spec.id]
+            raise
+        with self._lock:
+            del self._creating[spec.id]
             self._jobs[spec.id] = job
             self.created += 1
-            return job, True
+        if self._on_change is not None:
+            self._on_change(spec.id)
+        return job, True
 
     def get(self, job_id: str) -> Optional[Job]:
         with self._lock:
@@ -103,5 +117,7 @@ class JobRegistry:
             # Renamed under the lock (a new job with this id may be created at once), removed outside it.
             trash = self.jobs_dir / f"{_TRASH_PREFIX}{uuid.uuid4().hex}"
             job.folder.rename(trash)
+        if self._on_change is not None:
+            self._on_change(job_id)
         shutil.rmtree(trash, ignore_errors=True)
         return True

@@ -93,6 +93,8 @@ class JobSpec:
     build_policy: str = "use-build"
     resources: JobResources = field(default_factory=JobResources)
     ports: List[int] = field(default_factory=list)  # the ports the task listens on (host networking)
+    # The run's arguments: the script's positional parameters, which `${{ run.args }}` refers to ("$@").
+    args: List[str] = field(default_factory=list)
     # Today's dstack's task fields (see dstack.server.services.job_request).
     code_path: str = "."  # where the code archive goes in the code folder
     entrypoint: Optional[List[str]] = None  # argv that runs instead of a shell; commands are its arguments
@@ -149,6 +151,7 @@ def parse_job_spec(data: Any) -> JobSpec:
         build_policy=_parse_build_policy(data.get("build_policy")),
         resources=_parse_resources(data.get("resources")),
         ports=_parse_ports(data.get("ports")),
+        args=_parse_args(data.get("args")),
         code_path=_parse_target(data.get("code_path") or ".", "code_path", outside=False),
         entrypoint=_parse_argv(data.get("entrypoint")),
         shell=_parse_shell(data.get("shell")),
@@ -412,6 +415,13 @@ def _positive_int(value: Any, name: str) -> Optional[int]:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SpecError(f"Field {name} must be a positive integer or null")
     return value
+
+
+def _parse_args(value: Any) -> List[str]:
+    args = _parse_text_list(value, "args")
+    if any("\0" in arg for arg in args):
+        raise SpecError("Field args must not hold NUL characters")
+    return args
 
 
 def _parse_ports(value: Any) -> List[int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from dstack.cli.argtypes import add_node_flag, whole_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_name", metavar="RUN", help="the run's name")
@@ -16,11 +18,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="forward task port N to local port L (repeatable)",
     )
     parser.add_argument(
-        "--tail", type=int, metavar="N", help="start with the last N lines (default: all output)"
+        "--tail", type=whole_number, metavar="N", help="start with the last N lines (default: all output)"
     )
-    parser.add_argument(
-        "--node", type=int, metavar="K", help="a multi-node run's node K (its rank; default: the master, 0)"
-    )
+    add_node_flag(parser)
     parser.add_argument("--project", help="the project (default: the configured default)")
     parser.add_argument(
         "--reload",
@@ -34,8 +34,6 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.errors import CLIError
     from dstack.cli.ports import follow_with_ports, reserve_for_attach
 
-    if args.node is not None and args.node < 0:
-        raise CLIError("--node takes a node's rank, 0 or more")
     client = get_client(args.project, start_embedded=False)
     run = client.get_run(args.run_name)
     nodes = len(run.get("nodes") or []) or 1

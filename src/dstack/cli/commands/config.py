@@ -6,7 +6,7 @@ import argparse
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the server's URL, e.g. http://127.0.0.1:3000")
+    parser.add_argument("--url", help="the server's URL, e.g. http://127.0.0.1:28475 (the default port)")
     parser.add_argument("--token", help="your token on that server")
     parser.add_argument("--project", default="main", help="the project (default: main)")
     parser.add_argument(

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from dstack.cli.argtypes import add_node_flag, whole_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_name", metavar="RUN", help="the run's name")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing output until the run ends")
-    parser.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
-    parser.add_argument(
-        "--node", type=int, metavar="K", help="a multi-node run's node K (its rank; default: the master, 0)"
-    )
+    parser.add_argument("--tail", type=whole_number, metavar="N", help="start with the last N lines")
+    add_node_flag(parser)
     parser.add_argument("--project", help="the project (default: the configured default)")
 
 
@@ -24,8 +24,6 @@ def execute(args: argparse.Namespace) -> int:
 
     if args.tail is not None and args.tail < 0:
         raise CLIError("--tail takes a number of lines, 0 or more")
-    if args.node is not None and args.node < 0:
-        raise CLIError("--node takes a node's rank, 0 or more")
     client = get_client(args.project, start_embedded=False)
     if args.follow:
         follower = Follower(client, args.run_name, tail=args.tail, ask_on_interrupt=False, node=args.node)

@@ -6,6 +6,8 @@ import argparse
 import time
 from typing import Any
 
+from dstack.cli.argtypes import positive_number
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-a", "--all", action="store_true", help="show finished runs too")
@@ -16,7 +18,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="show where runs run (e.g. the Slurm job) and why they ended",
     )
-    parser.add_argument("-n", "--limit", type=int, default=None, help="show at most this many runs")
+    parser.add_argument(
+        "-n", "--limit", type=positive_number, default=None, help="show at most this many runs"
+    )
     parser.add_argument("--project", help="the project (default: the configured default)")
 
 

@@ -43,9 +43,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-duration", metavar="DURATION", help="stop the task after this long (e.g. 2h, off)"
     )
     spot = resources.add_mutually_exclusive_group()
-    spot.add_argument("--spot", dest="spot_policy", action="store_const", const="spot")
-    spot.add_argument("--on-demand", dest="spot_policy", action="store_const", const="on-demand")
-    spot.add_argument("--spot-auto", dest="spot_policy", action="store_const", const="auto")
+    spot.add_argument(
+        "--spot", dest="spot_policy", action="store_const", const="spot", help="spot capacity only"
+    )
+    spot.add_argument(
+        "--on-demand", dest="spot_policy", action="store_const", const="on-demand", help="on-demand only"
+    )
+    spot.add_argument(
+        "--spot-auto",
+        dest="spot_policy",
+        action="store_const",
+        const="auto",
+        help="spot if there is, else on-demand",
+    )
     retry = resources.add_mutually_exclusive_group()
     retry.add_argument(
         "--retry",
@@ -54,7 +64,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         const=True,
         help="wait for capacity (for an hour unless --retry-limit says otherwise)",
     )
-    retry.add_argument("--no-retry", dest="retry", action="store_const", const=False)
+    retry.add_argument(
+        "--no-retry",
+        dest="retry",
+        action="store_const",
+        const=False,
+        help="fail at once if no capacity is free",
+    )
     retry.add_argument("--retry-limit", metavar="DURATION", help="wait for capacity up to this long, e.g. 3h")
     build = parser.add_mutually_exclusive_group()
     build.add_argument(
@@ -76,6 +92,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send every change of a local file to the running task (for apps that reload)",
     )
+    # The task's own arguments are whatever argparse does not know (see cli/main.py), so argparse cannot
+    # list them itself: add them to the usage line and explain them in a section of their own.
+    parser.add_argument_group(
+        "task arguments",
+        "ARGS: every argument dstack run does not know itself, and everything after --, goes to the task "
+        "as ${{ run.args }}, each one a separate argument, e.g. "
+        "dstack run . -f train.dstack.yml --epochs 3 -- --lr 0.1",
+    )
+    parser.usage = parser.format_usage().removeprefix("usage: ").rstrip() + " [ARGS ...] [-- ARGS ...]"
 
 
 def execute(args: argparse.Namespace) -> int:

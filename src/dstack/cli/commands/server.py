@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from dstack.cli.argtypes import port_number
+from dstack.core.defaults import DEFAULT_SERVER_PORT
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -15,14 +18,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p",
         "--port",
-        type=int,
-        default=int(os.environ.get("DSTACK_SERVER_PORT", "3000")),
-        help="port to listen on (default 3000)",
+        type=port_number,
+        default=os.environ.get("DSTACK_SERVER_PORT", str(DEFAULT_SERVER_PORT)),
+        help=f"port to listen on (default {DEFAULT_SERVER_PORT})",
     )
     parser.add_argument(
         "--ui-port",
-        type=int,
-        default=int(os.environ["DSTACK_SERVER_UI_PORT"]) if os.environ.get("DSTACK_SERVER_UI_PORT") else None,
+        type=port_number,
+        default=os.environ.get("DSTACK_SERVER_UI_PORT") or None,
         help="port of the web UI (default: the next one after --port, or any free one if that is busy)",
     )
     parser.add_argument(
@@ -48,6 +51,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="stop the server running in the background (running tasks keep running)",
     )
+    parser.add_argument(
+        "--token-stdin", action="store_true", help="read the admin token from the first line of stdin"
+    )
     parser.add_argument("--embedded", action="store_true", help=argparse.SUPPRESS)
     # A listening socket inherited from the CLI that started this server (see cli/embedded.py).
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -58,7 +64,7 @@ def execute(args: argparse.Namespace) -> int:
     from dstack.cli.errors import CLIError
     from dstack.cli.output import note
     from dstack.server.config_file import ServerConfigError
-    from dstack.server.main import PortInUse, serve
+    from dstack.server.main import PortInUse, check_port, serve
     from dstack.server.settings import LOOPBACK_HOSTS, ServerSettings
 
     if args.stop:
@@ -66,6 +72,11 @@ def execute(args: argparse.Namespace) -> int:
     for flag, port in (("--port", args.port), ("--ui-port", args.ui_port)):
         if port is not None and not 1 <= port <= 65535:
             raise CLIError(f"Port {port} is not valid for {flag}; use 1-65535")
+    if args.fd is None:
+        try:  # a foreign or busy address is one sentence before anything starts
+            check_port(args.host, args.port)
+        except PortInUse as e:
+            raise CLIError(str(e)) from e
     for what, host in (("dstack API", args.host), ("web UI", None if args.no_ui else args.ui_host)):
         if host is not None and host not in LOOPBACK_HOSTS:
             note(
@@ -73,12 +84,15 @@ def execute(args: argparse.Namespace) -> int:
                 "but use TLS in front of it on untrusted networks"
             )
     ui_port = None if args.no_ui else args.ui_port or (args.port % 65535) + 1
+    # Popped: nothing the server starts may inherit its admin token.
+    from_env = os.environ.pop("DSTACK_SERVER_ADMIN_TOKEN", None)
+    token = args.token or from_env
+    if args.token_stdin:
+        import sys
+
+        token = sys.stdin.readline().strip() or None
     settings = ServerSettings(
-        host=args.host,
-        port=args.port,
-        admin_token=args.token or os.environ.get("DSTACK_SERVER_ADMIN_TOKEN"),
-        ui_port=ui_port,
-        ui_host=args.ui_host,
+        host=args.host, port=args.port, admin_token=token, ui_port=ui_port, ui_host=args.ui_host
     )
     try:
         serve(

@@ -162,7 +162,7 @@ class Forwarder:
             f"/ports/{forward.container_port}/connect"
         )
         try:
-            ws = wsclient.connect(self.client.url, path, self.client.token, timeout=CONNECT_TIMEOUT)
+            ws = wsclient.connect(self.client.url, path, self.client.token, timeout=CONNECT_TIMEOUT, raw=True)
         except (OSError, wsclient.WebSocketError) as e:
             if isinstance(e, wsclient.WebSocketError):
                 message = e.message
@@ -170,6 +170,20 @@ class Forwarder:
                 message = f"cannot reach the dstack server at {self.client.url} ({e.strerror or e})"
             self._report(forward, message)
             reset(conn)
+            return
+        if ws.raw:
+            # The server relays the bytes as they are: so does this end, in the kernel where it can.
+            from dstack.agent.tunnel import relay  # stdlib-only, shared with the agent
+
+            early = ws.leftover()
+            try:
+                if early:
+                    conn.sendall(early)
+            except OSError:
+                reset(conn)
+                reset(ws.sock)
+                return
+            relay(conn, ws.sock)
             return
         relay_websocket(conn, ws)
 

@@ -33,6 +33,8 @@ PIPE_SIZE = 1024 * 1024
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _splice = getattr(os, "splice", None)  # Linux only
 MAX_HEAD = 64 * 1024
+RAW_PROTOCOL = "dstack-raw"
+RAW_READY = b"R"
 MAX_TEXT = 64 * 1024
 # Keepalive probes after 4 s of silence, every 2 s, 3 of them: a dead link fails within about 10 s.
 _USER_TIMEOUT_MS = 10_000  # unacknowledged data for this long ends the connection
@@ -73,8 +75,13 @@ def preload() -> Mask:
     return _apply_mask
 
 
-def connect(base_url: str, path: str, token: str, *, timeout: float = 10.0) -> WebSocket:
-    """Open a WebSocket to `path` on the server at `base_url` (http or https), authenticated by `token`."""
+def connect(base_url: str, path: str, token: str, *, timeout: float = 10.0, raw: bool = False) -> WebSocket:
+    """Open a WebSocket to `path` on the server at `base_url` (http or https), authenticated by `token`.
+
+    With `raw`, ask for the `dstack-raw` subprotocol: a server that takes it sends one byte (`R`) after the
+    handshake, and from then on the connection carries the stream's bytes as they are, both ways, with TCP's
+    own half-close and reset (no WebSocket frames: the relays at both ends move bytes in the kernel). The
+    answer's `raw` says which one the server chose."""
     parts = urlsplit(base_url)
     secure = parts.scheme == "https"
     host = parts.hostname or "127.0.0.1"
@@ -87,7 +94,8 @@ def connect(base_url: str, path: str, token: str, *, timeout: float = 10.0) -> W
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {token}\r\nUser-Agent: dstack-cli\r\n\r\n"
+            + (f"Sec-WebSocket-Protocol: {RAW_PROTOCOL}\r\n" if raw and not secure else "")
+            + f"Authorization: Bearer {token}\r\nUser-Agent: dstack-cli\r\n\r\n"
         )
         sock.sendall(request.encode())
         status, headers, rest = _read_head(sock)
@@ -96,9 +104,20 @@ def connect(base_url: str, path: str, token: str, *, timeout: float = 10.0) -> W
         expected = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()  # noqa: S324
         if headers.get("sec-websocket-accept") != expected:
             raise WebSocketError("The server answered the WebSocket handshake wrongly")
+        is_raw = headers.get("sec-websocket-protocol", "").strip() == RAW_PROTOCOL
+        if is_raw:
+            while not rest:
+                rest = sock.recv(HEADER_READ)
+                if not rest:
+                    raise WebSocketError("The server closed the connection right after the handshake")
+            if rest[:1] != RAW_READY:
+                raise WebSocketError("The server did not start the raw stream it agreed to")
+            rest = rest[1:]
         sock.settimeout(None)
         tune(sock, user_timeout_ms=_USER_TIMEOUT_MS)
-        return WebSocket(sock, rest)
+        ws = WebSocket(sock, rest)
+        ws.raw = is_raw
+        return ws
     except BaseException:
         sock.close()
         raise
@@ -117,6 +136,13 @@ class WebSocket:
         self._gather = type(sock) is socket.socket  # sendmsg avoids a copy; TLS sockets lack it
         self._mask = preload()
         self._pipe: tuple[int, int] | None = None
+        self.raw = False  # a raw stream (see connect): no frames, the socket carries the bytes
+
+    def leftover(self) -> bytes:
+        """Bytes read past the handshake, not yet handed on (the start of a raw stream)."""
+        data = bytes(self._view[self._start : self._end])
+        self._start = self._end = 0
+        return data
 
     # -- sending (any thread) ----------------------------------------------------------------------------
 

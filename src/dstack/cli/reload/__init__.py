@@ -22,15 +22,17 @@ def start_reload(client: Client, code_root: Path, run_name: str, *, baseline: bo
     """Send the changes under code_root to the run until the CLI exits.
 
     `dstack run` calls this before packing the code, with `baseline`: the task starts from the tree as
-    it is now, so only what changes from here on travels. `dstack attach` calls it without: the task's
-    copy is compared with the tree first, and what differs travels.
+    it is now, so only what changes from here on travels; edits wait until it calls `submitted()` on the
+    returned reloader. `dstack attach` calls it without: the task's copy is compared with the tree first,
+    and what differs travels.
     """
     from dstack.cli.reload.reloader import Reloader
     from dstack.cli.reload.transport import Transport
     from dstack.code.ignore import IgnoreRules
 
     root = str(code_root)
-    reloader = Reloader(Transport(client, run_name), root, IgnoreRules(code_root), warn=note, info=_dim)
+    transport = Transport(client, run_name, submitted=not baseline)
+    reloader = Reloader(transport, root, IgnoreRules(code_root), warn=note, info=_dim)
     try:
         reloader.start(baseline=baseline)
     except (OSError, RuntimeError) as e:  # RuntimeError: watchfiles' own (e.g. the inotify watch limit)

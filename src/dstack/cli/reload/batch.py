@@ -1,5 +1,6 @@
-"""Packing changes into the batches the agent applies (see dstack.agent.filesync): one tar per request,
-deletions first (PAX keyword DSTACK.delete), then folders, files and symlinks, parents first.
+"""Turning changes into the batches the agent applies (see dstack.agent.filesync): deletions first, then
+folders, files and symlinks, parents first, as entries of the code's manifest form; each file named by the
+sha256 of its content, which goes through the code store (only the contents the server lacks travel).
 
 A burst (a git checkout) is one batch unless its files add up to more than MAX_BATCH_BYTES. A file
 that cannot be sent is one warning and the rest of the batch goes on.
@@ -8,22 +9,18 @@ that cannot be sent is one warning and the rest of the batch goes on.
 from __future__ import annotations
 
 import errno
-import io
+import hashlib
 import os
 import stat
-import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import Any
 
 from dstack.cli.reload.changes import Changes
 from dstack.cli.reload.tree import Entry, entry_from_stat, join
 
-DELETE_KEYWORD = "DSTACK.delete"  # the same as dstack.agent.filesync.DELETE_KEYWORD
 MAX_FILE_BYTES = 64 * 1024**2
 MAX_BATCH_BYTES = 128 * 1024**2
-_SPOOL_IN_MEMORY = 8 * 1024**2
 # Never follow a file swapped for a symlink, nor hang on one swapped for a fifo.
 READ_FLAGS = (
     os.O_RDONLY
@@ -36,70 +33,42 @@ READ_FLAGS = (
 
 @dataclass
 class Batch:
-    body: IO[bytes]
-    length: int
     deletes: list[str] = field(default_factory=list)
     puts: list[tuple[str, Entry]] = field(default_factory=list)  # as read, for the index
+    entries: list[list[Any]] = field(default_factory=list)  # [path, kind, mode, size, ref], in order
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> the bytes of a file put
 
     def __len__(self) -> int:
         return len(self.deletes) + len(self.puts)
 
-
-class _Writer:
-    def __init__(self) -> None:
-        self.spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
-        self.tar = tarfile.open(fileobj=self.spool, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-        self.batch = Batch(self.spool, 0)
-        self.content_bytes = 0
-
-    def add(self, info: tarfile.TarInfo, data: bytes | None = None) -> None:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        if data is None:
-            self.tar.addfile(info)
-        else:
-            info.size = len(data)
-            self.tar.addfile(info, io.BytesIO(data))
-            self.content_bytes += len(data)
-
-    def finish(self) -> Batch:
-        self.tar.close()
-        self.batch.length = self.spool.tell()
-        self.spool.seek(0)
-        return self.batch
+    @property
+    def content_bytes(self) -> int:
+        return sum(len(data) for data in self.contents.values())
 
 
 def build_batches(root: str, changes: Changes, warn: Callable[[str], None]) -> Iterator[Batch]:
     """The batches for these changes, built one at a time (the caller sends each before the next)."""
-    writer = _Writer()
-    for rel in changes.ordered_deletes():
-        info = tarfile.TarInfo(rel)
-        info.pax_headers = {DELETE_KEYWORD: "1"}
-        writer.add(info)
-        writer.batch.deletes.append(rel)
+    batch = Batch(deletes=list(changes.ordered_deletes()))
     for rel, entry in changes.ordered_puts():
-        info = tarfile.TarInfo(rel)
-        info.mode = entry.mode
-        info.mtime = entry.mtime_ns // 1_000_000_000
-        data: bytes | None = None
         if entry.kind == "dir":
-            info.type = tarfile.DIRTYPE
+            item: list[Any] = [rel, "d", entry.mode, 0, ""]
         elif entry.kind == "symlink":
-            info.type = tarfile.SYMTYPE
-            info.linkname = entry.target or ""
+            item = [rel, "l", entry.mode, 0, entry.target or ""]
         else:
             read = _read_file(join(root, rel), rel, warn)
             if read is None:
                 continue
             data, entry = read
-            info.mode = entry.mode
-            if writer.batch.puts and writer.content_bytes + len(data) > MAX_BATCH_BYTES:
-                yield writer.finish()
-                writer = _Writer()
-        writer.add(info, data)
-        writer.batch.puts.append((rel, entry))
-    if len(writer.batch):
-        yield writer.finish()
+            if batch.puts and batch.content_bytes + len(data) > MAX_BATCH_BYTES:
+                yield batch
+                batch = Batch()
+            sha256 = hashlib.sha256(data).hexdigest()
+            batch.contents[sha256] = data
+            item = [rel, "f", entry.mode, len(data), sha256]
+        batch.entries.append(item)
+        batch.puts.append((rel, entry))
+    if len(batch):
+        yield batch
 
 
 def _read_file(path: str, rel: str, warn: Callable[[str], None]) -> tuple[bytes, Entry] | None:

@@ -6,9 +6,11 @@ like a burst (a git checkout, a formatter over the tree) waits until BURST_QUIET
 the whole burst travels as one batch.
 
 Reliability: changed paths stay "dirty" until a batch with them is applied. Whatever fails to reach the
-task (the task not running yet, a lost link, a restarting server) is sent when it can be, with what is on
-disk by then; edits made meanwhile join it. A run that gets a new job (a fresh copy of the code) is
-compared again in full.
+task (the run not submitted yet, the task not running yet, a lost link, a restarting server) is sent
+when it can be, with what is on disk by then; edits made meanwhile join it. A run that gets a new job (a
+fresh copy of the code) is compared again in full. And since an event can be lost (inotify's queue
+overflows, and watchfiles drops the rescan that asks for; a file written in a folder before the folder is
+watched), the whole tree is compared with the index now and then, stat by stat (RESCAN_*).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ RETRY_FIRST = 0.25  # seconds before the first retry after a lost link; doubles 
 RETRY_MAX = 2.0
 COMPARE_CHUNK_BYTES = 512 * 1024  # JSON per compare request (the agent takes up to 1 MB)
 COMPARE_CHUNK_ENTRIES = 5000
+RESCAN_MIN = 5.0  # seconds between full compares of the tree with the index, at least ...
+RESCAN_COST = 50  # ... and this many times what the last one took (a huge tree is compared less often)
 _STOP = None  # tells the sender thread to end
 
 
@@ -69,6 +73,7 @@ class Reloader:
         self._retry_delay = RETRY_FIRST
         self._link_down = False
         self._warned: dict[str, str] = {}
+        self._rescan_at = time.monotonic() + RESCAN_MIN
 
     # -- life cycle --------------------------------------------------------------------------------------
 
@@ -86,6 +91,11 @@ class Reloader:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def submitted(self) -> None:
+        """The run exists now: what waited for it is sent (as soon as the task runs)."""
+        self._transport.submitted = True
+        self._events.put(set())  # wake the sender
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -127,7 +137,7 @@ class Reloader:
                     return
                 if self._retry_at is not None and time.monotonic() < self._retry_at:
                     continue
-                if self._dirty or self._compare_first:
+                if (self._dirty or self._compare_first) and self._transport.submitted:
                     self._attempt()
         except Exception as e:  # a bug must not take the attached run down with it
             if not self._stop.is_set():  # stopping closes the connection under a send: not news
@@ -137,8 +147,10 @@ class Reloader:
 
     def _gather(self) -> bool:
         """Wait for changes (or a retry), then take everything pending; False to stop."""
-        if not self._dirty and not self._compare_first:
-            timeout: float | None = None  # nothing to send: sleep until the watcher has something
+        idle = not self._dirty and not self._compare_first
+        if idle or not self._transport.submitted:
+            # Nothing to send (or nowhere yet): sleep until the watcher has something, or a rescan is due.
+            timeout: float | None = max(0.0, self._rescan_at - time.monotonic())
         elif self._retry_at is None:
             timeout = 0.0
         else:
@@ -147,6 +159,9 @@ class Reloader:
             if not self._take(self._events.get(timeout=timeout)):
                 return False
         except queue.Empty:
+            if time.monotonic() >= self._rescan_at:
+                self._dirty.add("")  # compare the whole tree with the index
+                self._rescan_at = float("inf")  # until this one has run
             return True
         try:
             if not self._take(self._events.get(timeout=SETTLE)):
@@ -183,14 +198,16 @@ class Reloader:
             if self._compare_first:
                 self._compare_all()
                 snapshot = set(self._dirty)
+            started = time.monotonic()
             changes = compute(self.root, self.index, snapshot, self.rules, self._warn_once)
+            if "" in snapshot:
+                self._rescan_at = time.monotonic() + max(
+                    RESCAN_MIN, RESCAN_COST * (time.monotonic() - started)
+                )
             for rel in changes.forget:
                 self.index.remove(rel)
             for batch in build_batches(self.root, changes, self._warn_once):
-                try:
-                    result = self._transport.send_batch(batch.body, batch.length)
-                finally:
-                    batch.body.close()
+                result = self._transport.send_batch(batch)
                 self._applied(batch.deletes, batch.puts, result)
             self._dirty -= snapshot
             self._retry_at, self._retry_delay = None, RETRY_FIRST

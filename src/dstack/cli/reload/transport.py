@@ -10,6 +10,8 @@ from urllib.parse import quote
 from dstack.api.client import Client
 from dstack.api.errors import ServerUnreachable
 from dstack.api.http import Connection
+from dstack.cli.reload.batch import Batch
+from dstack.code.blobs import header as blob_header
 
 TIMEOUT = 120.0
 
@@ -37,14 +39,26 @@ class Refused(SyncError):
 
 
 class Transport:
-    def __init__(self, client: Client, run_name: str) -> None:
+    def __init__(self, client: Client, run_name: str, *, submitted: bool = True) -> None:
         self._client = client
-        self._path = f"/api/project/{quote(client.project, safe='')}/runs/{quote(run_name, safe='')}/files"
+        project = f"/api/project/{quote(client.project, safe='')}"
+        self._path = f"{project}/runs/{quote(run_name, safe='')}/files"
+        self._code = f"{project}/code"
         self._conn: Connection | None = None
+        # `dstack run` watches before it submits: until then, "no such run" means "not yet", not "gone".
+        self.submitted = submitted
 
-    def send_batch(self, body: IO[bytes], length: int) -> dict[str, Any]:
-        body.seek(0)
-        return self._exchange(self._path, "application/x-tar", body, length)
+    def send_batch(self, batch: Batch) -> dict[str, Any]:
+        """The batch's contents the project lacks (through the code store), then its changes."""
+        if batch.contents:
+            wanted = b"".join(blob_header(sha256, len(data)) for sha256, data in batch.contents.items())
+            answer = self._exchange(self._code + "/missing", "application/octet-stream", wanted, len(wanted))
+            missing = [sha256 for sha256 in answer.get("missing", []) if sha256 in batch.contents]
+            if missing:
+                stream = b"".join(blob_header(h, len(batch.contents[h])) + batch.contents[h] for h in missing)
+                self._exchange(self._code + "/blobs", "application/octet-stream", stream, len(stream))
+        payload = json.dumps({"delete": batch.deletes, "put": batch.entries}).encode()
+        return self._exchange(self._path, "application/json", payload, len(payload))
 
     def compare(self, entries: list[list[Any]]) -> dict[str, Any]:
         payload = json.dumps({"entries": entries}).encode()
@@ -66,11 +80,13 @@ class Transport:
         except (ServerUnreachable, OSError) as e:
             self.close()
             raise LinkDown(f"cannot reach the server at {self._client.url} ({e})") from e
-        if response.status == 200:
+        if response.status in (200, 201):
             try:
                 return dict(json.loads(data))
             except (ValueError, TypeError) as e:
                 raise Refused("the server answered something that is not JSON") from e
+        if response.status == 404 and not self.submitted:
+            raise NotReady("the run is not submitted yet")
         raise _error(response.status, data)
 
 

@@ -119,6 +119,16 @@ class TunnelStream(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def take_buffered(self) -> bytes:
+        """Stop reading, and hand over what was received and not read yet (before a raw relay takes the
+        connection: see services/tunnel.raw_relay)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        return data
+
     async def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
             raise self._error or ConnectionResetError("the connection to the agent is closed")

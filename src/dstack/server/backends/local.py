@@ -7,6 +7,10 @@ An agent that died is started again; one that is alive but does not answer (hung
 SIGSTOP) for HUNG_AFTER seconds is killed and replaced, since it holds the work folder's lock and no other
 agent could start. Tasks never depend on their agent (see dstack.agent.runner): the new agent takes the
 running ones over, so their runs carry on with output, stop and exit status intact.
+
+An agent started from other code (dstack was upgraded or downgraded since) is handed over the same way
+(SIGUSR1: it leaves its jobs running and exits; the new one adopts them): an older agent would answer the
+new server's requests with 404s. Which code an agent runs is kept in `agent.code` beside `agent.json`.
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dstack.core.private import user_umask
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
+from dstack.server.remote.artifact import agent_code_id
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,7 @@ AGENT_START_TIMEOUT = 20.0
 AGENT_IDLE_EXIT = 3600
 HUNG_AFTER = 10.0  # seconds an agent that is alive may leave every request unanswered before it is replaced
 _KILL_WAIT = 10.0
+_HANDOVER_WAIT = 10.0  # seconds an agent told to hand its jobs over may take to exit
 
 
 class LocalBackend(Backend):
@@ -106,9 +114,12 @@ class LocalBackend(Backend):
                 url, pid = running
                 if await _answers(url, token):
                     self._silent_since = None
-                    await self._use(url, token)
-                    return
-                if _is_agent_of(pid, self.dir):
+                    if _code_of(self.dir, pid) == agent_code_id():
+                        await self._use(url, token)
+                        return
+                    log.info("the local agent (pid %d) runs other code: handing its jobs to a new one", pid)
+                    await self._end(pid, signal.SIGUSR1, _HANDOVER_WAIT)
+                elif _is_agent_of(pid, self.dir):
                     await self._replace_hung(pid)
             url = await self._spawn(token)
             self._silent_since = None
@@ -128,16 +139,29 @@ class LocalBackend(Backend):
             pid,
             now - self._silent_since,
         )
+        await self._end(pid, signal.SIGKILL, 0.0)  # SIGKILL also ends a stopped (SIGSTOP) process
+
+    async def _end(self, pid: int, signum: int, grace: float) -> None:
+        """Send `signum` to the agent `pid` and wait for it to exit; after `grace` seconds, kill it."""
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # SIGKILL also ends a stopped (SIGSTOP) process
-        deadline = time.monotonic() + _KILL_WAIT
-        while time.monotonic() < deadline:
+            os.kill(pid, signum)
+        if await self._exited(pid, grace):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not await self._exited(pid, _KILL_WAIT):
+            raise AgentError(f"The local agent (pid {pid}) did not exit, not even when killed")
+
+    async def _exited(self, pid: int, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
             if self._process is not None and self._process.pid == pid:
                 self._process.poll()  # our child: reap it
             if not _alive(pid):
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return False
             await asyncio.sleep(0.02)
-        raise AgentError(f"The local agent (pid {pid}) does not answer and did not die when killed")
 
     async def _use(self, url: str, token: str) -> None:
         if self._client is not None and self._client.url == url:
@@ -159,6 +183,7 @@ class LocalBackend(Backend):
                 )
             running = _running_agent(self.dir)
             if running is not None and await _answers(running[0], token):
+                _write_code(self.dir, running[1])
                 return running[0]
             await asyncio.sleep(0.02)
         raise AgentError(
@@ -166,10 +191,20 @@ class LocalBackend(Backend):
         )
 
 
+def agent_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment the agent starts with: the server's, without dstack's own settings.
+
+    Those are the server's (its admin token, its database URL with a password, its folders): the agent
+    needs none of them, and what the agent has, its jobs' processes could read in /proc. The agent's
+    token travels on its standard input instead.
+    """
+    return {name: value for name, value in environ.items() if not name.startswith("DSTACK_")}
+
+
 def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, DSTACK_AGENT_TOKEN=token)
+    env = agent_environment(os.environ)
     with (agent_dir / "agent.log").open("ab") as log_file:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             # An agent left alone (no job, no server asking) for an hour exits; the server starts it again.
             [
                 sys.executable,
@@ -181,14 +216,25 @@ def _start_agent_process(agent_dir: Path, token: str) -> subprocess.Popen[bytes]
                 "127.0.0.1",
                 "--idle-exit",
                 str(AGENT_IDLE_EXIT),
+                "--token-stdin",
+                # The user's own umask for their tasks' files; the agent keeps its own files private.
+                "--job-umask",
+                f"{user_umask():03o}",
             ],
             env=env,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=log_file,
             start_new_session=True,  # tasks must outlive the server, so the agent must too
             close_fds=True,
         )
+    assert process.stdin is not None
+    try:
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()  # the agent's stdin is at EOF from now on, as /dev/null was
+    except OSError:
+        pass  # it died at once; the caller sees it exit and says so
+    return process
 
 
 def _read_or_create_token(path: Path) -> str:
@@ -212,6 +258,22 @@ def _running_agent(agent_dir: Path) -> tuple[str, int] | None:
         return f"http://{info['host']}:{int(info['port'])}", pid
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _code_of(agent_dir: Path, pid: int) -> str | None:
+    """The code id of the agent `pid`, as recorded when this backend started it (None: unknown)."""
+    try:
+        info = json.loads((agent_dir / "agent.code").read_text())
+        return str(info["code_id"]) if int(info["pid"]) == pid else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_code(agent_dir: Path, pid: int) -> None:
+    path = agent_dir / "agent.code"
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"pid": pid, "code_id": agent_code_id()}))
+    temp.replace(path)
 
 
 def _alive(pid: int) -> bool:

@@ -21,7 +21,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from dstack.core.statuses import ACTIVE_STATUSES
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import Database
-from dstack.server.db.models import JobRow
+from dstack.server.db.models import JobRow, RunRow
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,39 @@ async def claimable_jobs(db: Database, now: float) -> list[str]:
 async def claim_jobs(
     db: Database, job_ids: list[str], token: str, now: float, lease_seconds: float
 ) -> list[str]:
-    """Claim what is still claimable of `job_ids`; returns the ids this token now owns."""
-    claimed = []
+    """Claim what is still claimable of `job_ids`; returns the ids this token now owns.
+
+    Two statements per CHUNK jobs, not one per job: the token is new for every claim, so the rows that
+    carry it after the UPDATE are exactly the ones this claim won."""
+    claimed: list[str] = []
     async with db.write() as session:
-        for job_id in job_ids:
-            result = await session.execute(
+        for start in range(0, len(job_ids), CHUNK):
+            chunk = job_ids[start : start + CHUNK]
+            await session.execute(
                 update(JobRow)
-                .where(JobRow.id == job_id, *_claimable(now))
+                .where(JobRow.id.in_(chunk), *_claimable(now))
                 .values(lock_token=token, lock_expires_at=now + lease_seconds)
+                .execution_options(synchronize_session=False)
             )
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                claimed.append(job_id)
+            found = await session.execute(
+                select(JobRow.id).where(JobRow.id.in_(chunk), JobRow.lock_token == token)
+            )
+            claimed.extend(found.scalars())
     return claimed
+
+
+async def load_claimed(db: Database, job_ids: list[str]) -> dict[str, tuple[RunRow, JobRow]]:
+    """The rows of freshly claimed jobs and their runs, for their supervisors: one SELECT per CHUNK."""
+    loaded: dict[str, tuple[RunRow, JobRow]] = {}
+    async with db.read() as session:
+        for start in range(0, len(job_ids), CHUNK):
+            chunk = job_ids[start : start + CHUNK]
+            rows = await session.execute(
+                select(RunRow, JobRow).join(JobRow, JobRow.run_id == RunRow.id).where(JobRow.id.in_(chunk))
+            )
+            for run, job in rows.tuples():
+                loaded[job.id] = (run, job)
+    return loaded
 
 
 async def renew_leases(db: Database, token: str, job_ids: list[str], until: float) -> set[str]:
@@ -65,6 +86,7 @@ async def renew_leases(db: Database, token: str, job_ids: list[str], until: floa
                 update(JobRow)
                 .where(JobRow.id.in_(chunk), JobRow.lock_token == token)
                 .values(lock_expires_at=until)
+                .execution_options(synchronize_session=False)
             )
             found = await session.execute(
                 select(JobRow.id).where(JobRow.id.in_(chunk), JobRow.lock_token == token)

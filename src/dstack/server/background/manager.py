@@ -21,6 +21,7 @@ from dstack.server.background.scheduling import SchedulingLoop
 from dstack.server.background.supervisor import Supervisor
 from dstack.server.context import ServerContext
 from dstack.server.events import SUPERVISE
+from dstack.server.services import retention
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class BackgroundWorkers:
             asyncio.create_task(self.scheduling.run_forever(), name="scheduling"),
             asyncio.create_task(self._claim_forever(), name="claims"),
             asyncio.create_task(self.leases.run_forever(), name="leases"),
+            asyncio.create_task(retention.run_forever(self.ctx), name="retention"),
             asyncio.create_task(self.reconciler.run_forever(), name="reconcile"),
         ]
 
@@ -74,8 +76,9 @@ class BackgroundWorkers:
         claimed = await leases.claim_jobs(
             self.ctx.db, candidates, token, now, self.ctx.settings.lease_seconds
         )
+        loaded = await leases.load_claimed(self.ctx.db, claimed)
         for job_id in claimed:
-            supervisor = Supervisor(self.ctx, job_id, token, self.leases)
+            supervisor = Supervisor(self.ctx, job_id, token, self.leases, loaded.get(job_id))
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task
             task.add_done_callback(functools.partial(self._forget, job_id))

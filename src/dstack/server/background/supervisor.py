@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import logging
-import shlex
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -38,14 +37,22 @@ from dstack.server.background import nodes as nodes_view
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
-from dstack.server.events import SCHEDULE, run_channel, stop_channel
+from dstack.server.events import RETENTION, SCHEDULE, output_channel, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
-from dstack.server.services import job_request
+from dstack.server.services import job_request, specs
 from dstack.server.services import runs as runs_service
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import ABORT, NODE_ENDED, STOP, end_node, move_node, note
+from dstack.server.services.transitions import (
+    ABORT,
+    NODE_ENDED,
+    STOP,
+    end_node,
+    move_node,
+    note,
+    write_job_status,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +62,7 @@ LONG_POLL = 5.0  # seconds an idle log request waits at the agent
 # job that starts at once goes straight to `running` (one status write fewer per run).
 FIRST_POLL = 1.0
 RUNNING_GRACE = 0.25
+LOG_CHUNK = 16 * 1024 * 1024  # the most output one poll fetches
 # Stops are announced in-process (stop_channel); with SQLite there is no other process to miss, so the
 # safety re-read is rare. Other databases may have replicas: re-read at the normal poll interval.
 SQLITE_STOP_RECHECK = 30.0
@@ -74,18 +82,30 @@ class JobFinished(Exception):
 
 
 class Supervisor:
-    def __init__(self, ctx: ServerContext, job_id: str, token: str, leases: LeaseKeeper) -> None:
+    def __init__(
+        self,
+        ctx: ServerContext,
+        job_id: str,
+        token: str,
+        leases: LeaseKeeper,
+        loaded: tuple[RunRow, JobRow] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self._loaded = loaded  # the rows as claimed (the claim loop reads all of its claims at once)
         self.job_id = job_id
         self.token = token
         self._leases = leases
         self._stop_sent: str | None = None
+        self._over_quota = False  # it printed more than retention.run_output_limit: stopped for it
         self._stop_grace = job_request.DEFAULT_STOP_GRACE  # the task's stop_duration, once its spec is read
         self._lease_lost = False
         self._task: asyncio.Task[Any] | None = None
+        self._known_run_id: str | None = None
+        self._scheduled = False  # the run has a schedule: its end makes its next job (transitions.end_job)
         self._host_id = ""
         self._launches = False  # the backend has a launch step (see the module's docstring)
         self._launched = Launched()
+        self._nodes = 1  # the run's node count (a multi-node run's status writes go through the ORM)
         self._stop_criteria = "all-done"  # a multi-node run's (see services/transitions.end_node)
         self._startup_order = "any"
 
@@ -93,7 +113,11 @@ class Supervisor:
         self._task = asyncio.current_task()
         self._leases.hold(self.job_id, self.token, self._on_lease_lost)
         try:
-            run, job = await self._load()
+            run, job = self._loaded or await self._load()
+            self._loaded = None
+            self._known_run_id = run.id
+            self._scheduled = bool(run.schedule)
+            self._nodes = run.nodes
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
@@ -343,14 +367,14 @@ class Supervisor:
             )
             raise JobFinished() from e
         try:
-            # The code and each `files` archive, each uploaded only if the agent lacks it.
+            # The code and each `files` entry: of each, only the contents the agent lacks travel.
             for code_hash in dict.fromkeys([spec.code_hash, *(f.code_hash for f in spec.files)]):
-                if code_hash is not None and not await agent.has_code(code_hash):
-                    await agent.upload_code(code_hash, code_service.code_path(self.ctx.settings, code_hash))
+                if code_hash is not None:
+                    await code_service.send_to_agent(self.ctx, run.project_id, code_hash, agent)
             await agent.submit_job({**request, **self._launched.job_overrides})
         except AgentUnreachable:
             raise
-        except AgentError as e:
+        except (AgentError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
             )
@@ -360,14 +384,20 @@ class Supervisor:
 
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         appender = LogAppender(self.ctx.settings, self.job_id)
+        limit = self.ctx.retention.run_output_limit
+        position = appender.size  # how far the agent's output has been read (kept up to `limit`)
         wait = FIRST_POLL
         running_due: float | None = None
         shown_message: str | None = None
         try:
             while True:
+                room = None if limit is None else limit - appender.size  # what it may print still
                 try:
                     chunk = await self._reach(
-                        host_id, functools.partial(self._poll_logs, offset=appender.size, wait=wait)
+                        host_id,
+                        functools.partial(
+                            self._poll_logs, offset=position, wait=wait, room=room, sink=appender
+                        ),
                     )
                 except AgentError as e:
                     if e.status == 404:  # the agent restarted with no memory of the job
@@ -380,8 +410,16 @@ class Supervisor:
                         return
                     raise
                 if chunk.data:
-                    appender.append(chunk.data)
-                    self.ctx.notifier.notify(run_channel(run_id))
+                    room_left = len(chunk.data) if room is None else max(0, room)
+                    kept = chunk.data if room_left >= len(chunk.data) else chunk.data[:room_left]
+                    if kept:
+                        appender.append(kept)
+                    if len(kept) < len(chunk.data) and not self._over_quota:
+                        self._over_quota = True  # what it prints from now on is not kept
+                        await self._reach(host_id, self._stop_for_quota)
+                position += len(chunk.data) + chunk.stored
+                if (chunk.data or chunk.stored) and not self._over_quota:
+                    self.ctx.notifier.notify(output_channel(run_id))
                 if chunk.finished:
                     await self._reach(host_id, functools.partial(self._finish_from_agent, chunk=chunk))
                     return
@@ -406,10 +444,36 @@ class Supervisor:
         finally:
             appender.close()
 
-    async def _poll_logs(self, agent: AgentClient, *, offset: int, wait: float) -> LogChunk:
-        return await agent.logs(self.job_id, offset=offset, wait=wait)
+    async def _stop_for_quota(self, agent: AgentClient) -> None:
+        log.info(
+            "job %s: output over the limit of %s bytes; stopping it",
+            self.job_id,
+            self.ctx.retention.run_output_limit,
+        )
+        with contextlib.suppress(AgentError):
+            await agent.stop_job(self.job_id, abort=False, grace_seconds=self._stop_grace)
+
+    async def _poll_logs(
+        self, agent: AgentClient, *, offset: int, wait: float, room: int | None, sink: LogAppender
+    ) -> LogChunk:
+        """Output from `offset`: straight into the job's log while the run may print `room` more bytes
+        (None: no quota), at most that much; once over its quota, read and dropped."""
+        if self._over_quota:
+            return await agent.logs(self.job_id, offset=offset, wait=wait)
+        if room is None:
+            return await agent.logs(self.job_id, offset=offset, wait=wait, sink=sink)
+        if room <= 0:  # one byte more is over the quota: read without the sink, to tell
+            return await agent.logs(self.job_id, offset=offset, wait=wait, limit=1)
+        return await agent.logs(self.job_id, offset=offset, wait=wait, limit=min(room, LOG_CHUNK), sink=sink)
 
     async def _finish_from_agent(self, agent: AgentClient, chunk: LogChunk) -> None:
+        if self._over_quota:
+            limit = self.ctx.retention.run_output_limit or 0
+            quota = f"log quota exceeded: the run printed more than {_size(limit)} of output"
+            await self._finish(RunStatus.FAILED, TerminationReason.LOG_QUOTA_EXCEEDED, quota, None)
+            with contextlib.suppress(AgentError):
+                await agent.delete_job(self.job_id)
+            return
         if chunk.status == "done":  # the common end needs nothing more from the agent
             await self._finish(RunStatus.DONE, None, None, 0)
             with contextlib.suppress(AgentError):
@@ -527,13 +591,24 @@ class Supervisor:
     async def _set_status(
         self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
     ) -> None:
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
-                return  # a stop is under way; keep showing it
-            peers = await runs_service.nodes_of(session, run, job)
-            move_node(run, job, peers, status, status_message=status_message, job_status=job_status)
-            run_id = run.id
+        if self._nodes > 1:
+            # A node's change also moves its run as its nodes stand together: the ORM path of move_node.
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
+                    return  # a stop is under way; keep showing it
+                peers = await runs_service.nodes_of(session, run, job)
+                move_node(run, job, peers, status, status_message=status_message, job_status=job_status)
+                run_id = run.id
+        else:
+            # Not while a stop is under way (or recorded as ended): keep showing that.
+            run_id = await self._run_id()
+            written = await self._write(
+                status, unless_stopping=True, status_message=status_message, job_status=job_status
+            )
+            if not written:
+                await self._load_owned()  # raises LeaseLost if the job is not ours any more
+                return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish_end(self, end: JobEnd) -> None:
@@ -548,28 +623,56 @@ class Supervisor:
             await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
         except Exception:
             log.exception("job %s: its backend did not release it", self.job_id)
-        async with self.ctx.db.write() as session:
-            run, job = await self._owned(session)
-            peers = await runs_service.nodes_of(session, run, job)
-            following, stops_others = end_node(
-                run,
-                job,
-                peers,
-                status,
-                reason=reason,
-                message=message,
-                exit_code=exit_code,
-                stop_criteria=self._stop_criteria,
-            )
-            session.add_all(following)  # a scheduled run waits for its next start
-            run_id = run.id
+        stops_others = False
+        if self._scheduled or self._nodes > 1:
+            # A scheduled run's end also makes its next job, and a node's end may end its run or stop the
+            # other nodes: the ORM path of transitions.end_node (end_job for a single node).
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                peers = await runs_service.nodes_of(session, run, job)
+                following, stops_others = end_node(
+                    run,
+                    job,
+                    peers,
+                    status,
+                    reason=reason,
+                    message=message,
+                    exit_code=exit_code,
+                    stop_criteria=self._stop_criteria,
+                )
+                session.add_all(following)  # a scheduled run waits for its next start
+                run_id = run.id
+        else:
+            run_id = await self._run_id()
+            if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
+                raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
         if stops_others:  # the run's other nodes stop now (a node failed, or the master is done)
             self.ctx.notifier.notify(stop_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
+        self.ctx.notifier.notify(RETENTION)  # finished runs may be over the limits now
+
+    async def _write(self, status: RunStatus, **details: Any) -> bool:
+        """The status change, written while this supervisor holds the job's lease. The status writes of
+        many jobs share one transaction (Database.write_batched)."""
+        run_id = await self._run_id()
+        change = functools.partial(
+            write_job_status, run_id=run_id, job_id=self.job_id, token=self.token, status=status, **details
+        )
+        return bool(await self.ctx.db.write_batched(change))
 
     async def _owned(self, session: Any) -> tuple[RunRow, JobRow]:
         return await self._select(session, owned=True)
+
+    async def _load_owned(self) -> tuple[RunRow, JobRow]:
+        async with self.ctx.db.read() as session:
+            return await self._select(session, owned=True)
+
+    async def _run_id(self) -> str:
+        if self._known_run_id is None:
+            run, _ = await self._load()
+            self._known_run_id = run.id
+        return self._known_run_id
 
     def _on_lease_lost(self) -> None:
         # Stop at once: two writers appending to one log file would corrupt it.
@@ -583,13 +686,15 @@ def _sentence_case(text: str) -> str:
 
 
 def _build_advice(run: RunRow) -> str:
-    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
     spec = RunSpec.model_validate_json(run.spec)
-    config = f" -f {shlex.quote(spec.configuration_path)}" if spec.configuration_path else ""
-    return (
-        "build not found: this configuration's build is not cached on its host yet; "
-        f"run it with --build to build it (dstack run .{config} --build)"
-    )
+    advice = specs.build_advice(spec.configuration_path)
+    return f"build not found: this configuration's build is not cached on its host yet; {advice}"
+
+
+def _size(size: int) -> str:
+    from dstack.config.ranges import Memory
+
+    return str(Memory(size / 1024**3))
 
 
 def _memory_cap_hint(job: JobRow, exit_code: int) -> str | None:

@@ -7,12 +7,16 @@ the writer. PostgreSQL: one ordinary pool for both.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+T = TypeVar("T")
+_MAX_BATCH = 500
 
 
 class Database:
@@ -28,6 +32,8 @@ class Database:
             self.writer = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
             self.reader = self.writer
         self._write_sessions = async_sessionmaker(self.writer, expire_on_commit=False)
+        self._batch: list[tuple[Callable[[AsyncSession], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._batch_task: asyncio.Task[None] | None = None
         self._read_sessions = async_sessionmaker(self.reader, expire_on_commit=False)
 
     @asynccontextmanager
@@ -35,6 +41,44 @@ class Database:
         """A transaction that commits on success and rolls back on error."""
         async with self._write_sessions() as session, session.begin():
             yield session
+
+    async def write_batched(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """`work` in a write transaction shared with the other calls waiting at the time (group commit).
+
+        A burst of small writes (a thousand submissions, their jobs' ends) then pays for one BEGIN and one
+        COMMIT per batch instead of per write. Each call's work runs alone in the transaction (one after
+        another, never interleaved) and returns after the commit. If one of them fails, the batch is rolled
+        back and each is run again in a transaction of its own, so a failure is only ever its own: `work`
+        must do nothing but database work (it may run twice).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((work, future))
+        if self._batch_task is None or self._batch_task.done():
+            self._batch_task = asyncio.create_task(self._write_batches())
+        return cast(T, await future)
+
+    async def _write_batches(self) -> None:
+        await asyncio.sleep(0)  # the writes queued in this loop iteration go together
+        while self._batch:
+            batch, self._batch = self._batch[:_MAX_BATCH], self._batch[_MAX_BATCH:]
+            try:
+                async with self.write() as session:
+                    results = [await work(session) for work, _ in batch]
+            except Exception:
+                for work, future in batch:
+                    try:
+                        async with self.write() as session:
+                            result = await work(session)
+                    except Exception as e:
+                        if not future.done():
+                            future.set_exception(e)
+                    else:
+                        if not future.done():
+                            future.set_result(result)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -34,6 +35,12 @@ class Artifact:
     @property
     def size(self) -> int:
         return self.path.stat().st_size
+
+
+@functools.lru_cache(maxsize=1)
+def agent_code_id() -> str:
+    """What identifies the agent's code: the sha256 of its zipapp (the same code, the same id)."""
+    return hashlib.sha256(_zipapp_bytes()).hexdigest()
 
 
 def _zipapp_bytes() -> bytes:

@@ -17,7 +17,8 @@ class Unauthorized(ServiceError):
     status_code = 401
 
 
-def get_ctx(request: Request) -> ServerContext:
+async def get_ctx(request: Request) -> ServerContext:
+    # async: FastAPI runs a plain function dependency in a worker thread, a thread hop per request.
     return request.app.state.ctx
 
 

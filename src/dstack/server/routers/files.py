@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from dstack.server.context import ServerContext
@@ -22,18 +22,24 @@ class CompareRequest(BaseModel):
     entries: list[list[Any]] = Field(max_length=20_000)
 
 
+class ChangesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Paths to delete, then entries to put ([path, kind, mode, size, ref], as in a code manifest); the
+    # contents they name must be the project's (POST .../code/blobs) first. The agent checks each entry.
+    delete: list[str] = Field(default_factory=list, max_length=100_000)
+    put: list[list[Any]] = Field(default_factory=list, max_length=100_000)
+
+
 @router.post("")
 async def apply_changes(
-    request: Request,
+    body: ChangesRequest,
     name: str,
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> dict[str, Any]:
-    """Apply a batch (a tar: files, folders, symlinks, deletions) to the run's copy of the code."""
-    length = request.headers.get("content-length", "")
-    return await files_service.apply(
-        ctx, project, name, request.stream(), int(length) if length.isdigit() else None
-    )
+    """Apply a batch of changes (files, folders, symlinks, deletions) to the run's copy of the code."""
+    return await files_service.apply(ctx, project, name, body.delete, body.put)
 
 
 @router.post("/compare")

@@ -45,12 +45,16 @@ async def connect(websocket: WebSocket, project: str, name: str, port: int) -> N
         # Refused before the upgrade: the client reads an ordinary HTTP error with one sentence.
         await websocket.send_denial_response(JSONResponse({"error": e.message}, status_code=e.status_code))
         return
+    raw = tunnel.can_relay_raw(websocket)
     try:
-        await websocket.accept()
+        await websocket.accept(subprotocol=tunnel.RAW_PROTOCOL if raw else None)
     except BaseException:
         stream.abort()
         raise
-    await tunnel.relay(websocket, stream)
+    if raw:
+        await tunnel.raw_relay(websocket, stream)
+    else:
+        await tunnel.relay(websocket, stream)
 
 
 async def _project(websocket: WebSocket, name: str) -> Project:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -9,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
-from dstack.server.schemas import RunRequest, StopRequest
+from dstack.server.schemas import DeleteRequest, RunRequest, StopRequest
 from dstack.server.services import attach, history, logs, plans, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
@@ -31,8 +32,9 @@ async def submit(
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
     user: User = Depends(get_user),
-) -> dict[str, Any]:
-    return await runs_service.submit(ctx, project, user, body.spec)
+) -> Response:
+    # JSON written here: FastAPI's own encoding of a returned dict walks every value of the spec again.
+    return _json(await runs_service.submit(ctx, project, user, body.spec))
 
 
 @router.get("")
@@ -43,9 +45,9 @@ async def list_runs(
     after: str | None = Query(default=None, max_length=128),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
-) -> list[dict[str, Any]]:
+) -> Response:
     """Runs, newest first; with `all`, pages: `before`/`after` = "SUBMITTED_AT:ID" of a listed run."""
-    return await runs_service.list_runs(
+    runs = await runs_service.list_runs(
         ctx,
         project,
         all_runs=all,
@@ -53,13 +55,18 @@ async def list_runs(
         before=runs_service.parse_cursor(before) if before else None,
         after=runs_service.parse_cursor(after) if after else None,
     )
+    return _json(runs)
 
 
 @router.get("/{name}")
 async def get_run(
     name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
-) -> dict[str, Any]:
-    return await runs_service.describe(ctx, project, name)
+) -> Response:
+    return _json(await runs_service.describe(ctx, project, name))
+
+
+def _json(data: Any) -> Response:
+    return Response(json.dumps(data, separators=(",", ":")), media_type="application/json")
 
 
 @router.get("/{name}/history")
@@ -85,6 +92,14 @@ async def stop(
     return await runs_service.stop(ctx, project, body.names, abort=body.abort)
 
 
+@router.post("/delete")
+async def delete(
+    body: DeleteRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+) -> dict[str, Any]:
+    """Delete finished runs and their output (the named ones, or all finished ones)."""
+    return {"deleted": await runs_service.delete(ctx, project, body.names, finished=body.finished)}
+
+
 @router.get("/{name}/logs")
 async def run_logs(
     name: str,
@@ -96,7 +111,7 @@ async def run_logs(
 ) -> Response:
     """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start);
     a multi-node run's master's, or node `node`'s."""
-    _, job = await runs_service.output_job(ctx, project, name, node)
+    run, job = await runs_service.output_job(ctx, project, name, node)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)
@@ -105,13 +120,14 @@ async def run_logs(
     end = logs.size(ctx.settings, job.id)
 
     def body() -> Any:
-        position = offset
-        while position < end:
-            data = logs.read(path, position, min(logs.READ_CHUNK, end - position))
-            if not data:
-                return
-            position += len(data)
-            yield data
+        with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
+            position = offset
+            while position < end:
+                data = logs.read(path, position, min(logs.READ_CHUNK, end - position))
+                if not data:
+                    return
+                position += len(data)
+                yield data
 
     return StreamingResponse(body(), media_type="application/octet-stream", headers={"X-Log-End": str(end)})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -9,15 +10,16 @@ from typing import Any
 from dstack.core import frames
 from dstack.core.statuses import RunStatus
 from dstack.server.context import ServerContext
-from dstack.server.events import run_channel
+from dstack.server.events import Signal, output_channel, run_channel
 from dstack.server.services import logs
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
 
 # While output floods, re-read the run row at most this often; a quiet stream re-reads it on every wake.
 STATUS_REFRESH = 1.0
-STREAM_CHUNK = 4 * 1024 * 1024
+STREAM_CHUNK = 256 * 1024
 DRAIN_LIMIT = 32 * 1024 * 1024
+HEARTBEAT = frames.HEARTBEAT_INTERVAL
 
 
 async def stream(
@@ -25,51 +27,96 @@ async def stream(
 ) -> AsyncIterator[bytes]:
     """`node`: the rank of the node whose output to stream (default: the master's)."""
     run, job = await runs_service.get(ctx, project, name, node)
-    signal = ctx.notifier.signal(run_channel(run.id))
+    with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
+        async for part in _frames(ctx, project, name, run, job, offset=offset, follow=follow, node=node):
+            yield part
+
+
+async def _frames(
+    ctx: ServerContext,
+    project: Project,
+    name: str,
+    run: Any,
+    job: Any,
+    *,
+    offset: int,
+    follow: bool,
+    node: int | None,
+) -> AsyncIterator[bytes]:
+    status_signal = ctx.notifier.signal(run_channel(run.id))
+    output_signal = ctx.notifier.signal(output_channel(run.id))
     last_status: tuple[str, str | None] | None = None
+    status_seen = -1  # the status signal's version when the run was last read
     refreshed = time.monotonic()
-    while True:
-        version = signal.version
-        sent = 0
-        if job is not None:
-            path = logs.log_path(ctx.settings, job.id)
-            # Bounded, so a flood of output still lets status changes through now and then.
-            while sent < DRAIN_LIMIT and (data := logs.read(path, offset, STREAM_CHUNK)):
-                yield frames.log_header(offset, len(data))
-                yield data
-                offset += len(data)
-                sent += len(data)
-        if sent and time.monotonic() - refreshed < STATUS_REFRESH:
-            continue
-        followed = job
-        run, job = await runs_service.get(ctx, project, name, node)
-        refreshed = time.monotonic()
-        if followed is not None and job is not None and job.id != followed.id:
-            # A scheduled run's job ended and the next one waits for its start: the stream of this one ends.
-            ended = await runs_service.job_by_id(ctx, followed.id)
-            if ended is not None and offset < logs.size(ctx.settings, ended.id):
-                job = ended
+    reader: logs.LogReader | None = None
+    try:
+        while True:
+            status_version, output_version = status_signal.version, output_signal.version
+            sent = 0
+            if job is not None:
+                if reader is None or reader.job_id != job.id:
+                    if reader is not None:
+                        reader.close()
+                    reader = logs.LogReader(ctx.settings, job.id)
+                # Bounded, so a flood of output still lets status changes through now and then.
+                while sent < DRAIN_LIMIT and (data := reader.read(offset, STREAM_CHUNK)):
+                    yield frames.log_header(offset, len(data))
+                    yield data
+                    offset += len(data)
+                    sent += len(data)
+            # The run is read again when its status signal moved, and every STATUS_REFRESH in any case (other
+            # replicas' changes); new output alone never costs a database read.
+            if status_version != status_seen or time.monotonic() - refreshed >= STATUS_REFRESH:
+                status_seen = status_version
+                followed = job
+                run, job = await runs_service.get(ctx, project, name, node)
+                refreshed = time.monotonic()
+                if followed is not None and job is not None and job.id != followed.id:
+                    # A scheduled run's job ended and the next one waits for its start: this stream ends.
+                    ended = await runs_service.job_by_id(ctx, followed.id)
+                    if ended is not None and offset < logs.size(ctx.settings, ended.id):
+                        job = ended
+                        status_seen = -1  # after the drain, look at the run again
+                        continue
+                    yield frames.json_frame(frames.END, end_payload(ended or followed))
+                    return
+                status = (run.status, run.status_message)
+                if status != last_status:
+                    last_status = status
+                    yield frames.json_frame(
+                        frames.STATUS, {"status": run.status, "status_message": run.status_message}
+                    )
+            if sent:
                 continue
-            yield frames.json_frame(frames.END, end_payload(ended or followed))
-            return
-        status = (run.status, run.status_message)
-        if status != last_status:
-            last_status = status
-            yield frames.json_frame(
-                frames.STATUS, {"status": run.status, "status_message": run.status_message}
-            )
-        if sent:
-            continue
-        if RunStatus(run.status).is_finished:
-            # The supervisor writes all output before it records the end, so one more drain is complete.
-            if job is not None and offset < logs.size(ctx.settings, job.id):
-                continue
-            yield frames.json_frame(frames.END, end_payload(run))
-            return
-        if not follow:
-            return
-        if not await signal.wait(version, frames.HEARTBEAT_INTERVAL):
-            yield frames.heartbeat_frame()
+            if RunStatus(run.status).is_finished:
+                # The supervisor writes all output before it records the end, so one more drain is complete.
+                if job is not None and offset < logs.size(ctx.settings, job.id):
+                    continue
+                yield frames.json_frame(frames.END, end_payload(run))
+                return
+            if not follow:
+                return
+            if not await _either(status_signal, status_version, output_signal, output_version):
+                yield frames.heartbeat_frame()
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+async def _either(first: Signal, first_seen: int, second: Signal, second_seen: int) -> bool:
+    """Wait until either signal moves on from the version seen; False after a heartbeat interval."""
+    if first.version != first_seen or second.version != second_seen:
+        return True
+    waits = [
+        asyncio.ensure_future(first.wait(first_seen, HEARTBEAT)),
+        asyncio.ensure_future(second.wait(second_seen, HEARTBEAT)),
+    ]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return any(task.result() for task in done)
+    finally:
+        for task in waits:
+            task.cancel()
 
 
 def end_payload(run: Any) -> dict[str, Any]:

@@ -10,15 +10,16 @@ Statuses the CLI acts on: 409 not yet (the task is not running: keep the changes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
+from dstack.code.manifest import ManifestError, parse_entries
 from dstack.core.statuses import RunStatus
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable
 from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
+from dstack.server.services import code as code_service
 from dstack.server.services import runs as runs_service
-from dstack.server.services.errors import Conflict, Gone, LengthRequired, ServiceError, TooLarge, Unavailable
+from dstack.server.services.errors import Conflict, Gone, ServiceError, TooLarge, Unavailable
 from dstack.server.services.projects import Project
 
 # The agent applies changes only to a running job; earlier, its code is not unpacked yet.
@@ -26,16 +27,21 @@ _SYNCABLE = (RunStatus.RUNNING, RunStatus.TERMINATING)
 
 
 async def apply(
-    ctx: ServerContext, project: Project, name: str, body: AsyncIterator[bytes], length: int | None
+    ctx: ServerContext, project: Project, name: str, deletes: list[str], puts: list[list[Any]]
 ) -> dict[str, Any]:
-    if length is None:
-        raise LengthRequired("Send the batch with a Content-Length header")
-    limit = ctx.settings.code_limit_bytes
-    if length > limit:
-        raise TooLarge(f"The batch is {length} bytes, over the server's limit of {limit} bytes for code")
+    try:
+        blobs = parse_entries(puts).blobs
+    except ManifestError as e:
+        raise ServiceError(f"The batch of changes was refused: {e}") from None
+    lacking = await code_service.missing(ctx, project, list(blobs.items()))
+    if lacking:
+        raise ServiceError(
+            f"The changes name {len(lacking)} contents this project has not uploaded; upload them first"
+        )
     agent, job_id = await _target(ctx, project, name)
     try:
-        result = await agent.sync_files(job_id, body, length)
+        await code_service.send_blobs_to_agent(ctx, project.id, blobs, agent)
+        result = await agent.sync_files(job_id, {"delete": deletes, "put": puts})
     except AgentError as e:
         raise _relayed(name, e) from e
     return {"job_id": job_id, **result}

@@ -113,6 +113,7 @@ async def build(
         "image": spec.image,
         "build": spec.build,
         "build_policy": spec.build_policy,
+        "args": spec.args,  # ${{ run.args }}: the job script's positional parameters
         "resources": {
             "cpus": cpus,
             "memory_bytes": int(memory_gb * 1024**3) if memory_gb else None,

@@ -37,6 +37,11 @@ class LogAppender:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
 
+    @property
+    def fd(self) -> int:
+        """For writers that append on their own (e.g. straight from a socket); they report with `grew`."""
+        return self._fd
+
     def append(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -44,8 +49,33 @@ class LogAppender:
             view = view[written:]
         self.size += len(data)
 
+    def grew(self, count: int) -> None:
+        self.size += count
+
     def close(self) -> None:
         os.close(self._fd)
+
+
+class LogReader:
+    """Reads one job's file from any offset, through one descriptor kept open (a stream reads it often)."""
+
+    def __init__(self, settings: ServerSettings, job_id: str) -> None:
+        self.job_id = job_id
+        self._path = log_path(settings, job_id)
+        self._fd = -1
+
+    def read(self, offset: int, limit: int = READ_CHUNK) -> bytes:
+        if self._fd < 0:
+            try:
+                self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return b""
+        return os.pread(self._fd, limit, offset)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def read(path: Path, offset: int, limit: int = READ_CHUNK) -> bytes:

@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 from dstack.config.cron import next_start
+from dstack.server.backends.agent_client import AgentError
+from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.scheduler import gang, placement
 from dstack.server.scheduler.model import Host
@@ -20,9 +22,12 @@ from dstack.server.services import runs, specs
 from dstack.server.services.projects import Project
 from dstack.server.services.usage import load_usages
 
+PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
+
 
 async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     refusal = checked.refusal or await runs.missing_secrets(ctx, project, checked)
     hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     async with ctx.db.read() as session:
@@ -31,7 +36,8 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     if run_name is None:
         async with ctx.db.read() as session:
             run_name = await runs.free_name(session, project)
-    shown = _gang_plan(checked, usages) if checked.nodes > 1 else _single_plan(checked, usages)
+    shown, offered = _gang_plan(checked, usages) if checked.nodes > 1 else _single_plan(checked, usages)
+    refusal = refusal or await _missing_build(ctx, spec, offered)
     return {
         "project": project.name,
         "run_name": run_name,
@@ -45,11 +51,12 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     }
 
 
-def _single_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> dict[str, Any]:
+def _single_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> tuple[dict[str, Any], list[Host]]:
+    """(the plan's offers and messages, the hosts offered, best first)."""
     offers = placement.offers(checked.requirements, usages)
     misfits = placement.misfit_offers(checked.requirements, usages)
     hosts = [u.host for u in usages]
-    return {
+    shown = {
         "sharing": placement.placement_note(checked.requirements, offers[0].host)
         if offers
         else placement.SHARING_POLICY,
@@ -63,10 +70,12 @@ def _single_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> dict[st
         else None,
         "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
     }
+    return shown, [o.host for o in offers]
 
 
-def _gang_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> dict[str, Any]:
-    """A multi-node run's plan: one offer per cluster that can hold every node (the hosts its nodes take)."""
+def _gang_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> tuple[dict[str, Any], list[Host]]:
+    """A multi-node run's plan: one offer per cluster that can hold every node (the hosts its nodes take);
+    and each cluster's master host, best first."""
     reqs = checked.node_requirements
     found = gang.gang_offers(reqs, usages)
     first = found[0].hosts[0] if found else None
@@ -76,7 +85,7 @@ def _gang_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> dict[str,
         f"or one Slurm job with --nodes {nodes}); "
         + (placement.placement_note(reqs[0], first) if first else placement.SHARING_POLICY)
     )
-    return {
+    shown = {
         "sharing": sharing,
         "offers": [_gang_offer_json(o, nodes) for o in found[:50]],
         "total_offers": len(found),
@@ -86,6 +95,26 @@ def _gang_plan(checked: specs.CheckedSpec, usages: list[HostUsage]) -> dict[str,
         else None,
         "notes": list(checked.notes) + placement_notes(checked, first),
     }
+    return shown, [o.hosts[0] for o in found]
+
+
+async def _missing_build(ctx: ServerContext, spec: RunSpec, hosts: list[Host]) -> str | None:
+    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so
+    when every offered host (best first) says it has no such build."""
+    if not spec.build or spec.build_policy != "use-build" or spec.build_inputs is None or not hosts:
+        return None
+    python = spec.python if spec.image is None else None
+    for host in hosts[:PLAN_BUILD_LOOKUPS]:
+        try:
+            agent = ctx.backends.agent(host.id)
+            if await agent.has_build(python=python, image=spec.image, inputs=spec.build_inputs):
+                return None
+        except (AgentError, UnknownHost):
+            # No agent to ask (a queue backend such as Slurm starts one per job), or it does not answer:
+            # the plan cannot tell, so the run goes on and the host says at start (`build not found`).
+            return None
+    advice = specs.build_advice(spec.configuration_path)
+    return f"This configuration's build is not cached on any host that fits; {advice}"
 
 
 def _gang_offer_json(offer: gang.GangOffer, nodes: int) -> dict[str, Any]:

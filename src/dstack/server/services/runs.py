@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import insert, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -18,13 +18,13 @@ from dstack.core.statuses import (
     TerminationReason,
 )
 from dstack.server.context import ServerContext
-from dstack.server.db.models import CodeRow, JobRow, RunRow
+from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
-from dstack.server.services import logs, secrets, specs
+from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import ABORT, STOP, apply_status, end_run, record_submitted
+from dstack.server.services.transitions import ABORT, STOP, apply_status, end_run, submitted_entry
 from dstack.server.services.users import User
 
 PS_DEFAULT_LIMIT = 50
@@ -45,6 +45,7 @@ async def missing_secrets(ctx: ServerContext, project: Project, checked: specs.C
 
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
+    specs.check_size(spec)
     refusal = checked.refusal or await missing_secrets(ctx, project, checked)
     if refusal is not None:
         raise ServiceError(refusal)
@@ -53,7 +54,8 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
     first_start = next_start(schedule, now) if schedule else None
     # The retry window opens when the run may start: at submission, or at each scheduled start.
     opens = first_start if first_start is not None else now
-    async with ctx.db.write() as session:
+
+    async def record(session: Any) -> tuple[RunRow, JobRow]:
         if spec.code_hash is not None:
             code = await session.get(CodeRow, (project.id, spec.code_hash))
             if code is None:
@@ -89,15 +91,23 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             )
             for rank in range(checked.nodes)
         ]
-        job = jobs[0]
-        session.add(run)
-        await session.flush()
-        session.add_all(jobs)
-        record_submitted(session, run)
+        # INSERT statements, not the ORM's unit of work (flushing the run, then the jobs): a burst of
+        # submissions spends its time here. The rows stay unattached, for the answer only.
+        await session.execute(insert(RunRow).values(_columns(run, RunRow)))
+        await session.execute(insert(JobRow).values([_columns(job, JobRow) for job in jobs]))
+        await session.execute(insert(TransitionRow).values(submitted_entry(run)))  # its history's start
+        return run, jobs[0]
+
+    # Submissions arriving together share one transaction (see Database.write_batched).
+    run, job = await ctx.db.write_batched(record)
     specs.remember(run.id, checked)
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
+
+
+def _columns(row: Any, table: Any) -> dict[str, Any]:
+    return {column.key: getattr(row, column.key) for column in table.__table__.columns}
 
 
 async def free_name(session: Any, project: Project) -> str:
@@ -129,15 +139,41 @@ async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted
                 f"Run {wanted} is {existing.status}; "
                 f"stop it first (dstack stop {wanted}) or choose another name"
             )
+        if existing.id in ctx.readers:
+            raise Conflict(f"Run {wanted} is being read by a client; choose another name, or try again")
         # A finished run's name is reused by the new run: the old one (and its logs) is replaced.
-        job_ids = (
-            (await session.execute(select(JobRow.id).where(JobRow.run_id == existing.id))).scalars().all()
-        )
-        await session.execute(delete(JobRow).where(JobRow.run_id == existing.id))
-        await session.execute(delete(RunRow).where(RunRow.id == existing.id))
-        for job_id in job_ids:
-            logs.remove(ctx.settings, job_id)
+        await retention.delete_runs(ctx, session, [existing.id])
     return wanted
+
+
+async def delete(
+    ctx: ServerContext, project: Project, names: list[str], *, finished: bool = False
+) -> list[str]:
+    """Delete finished runs with their output: the named ones, or with `finished` all of the project's.
+
+    A named run that is not finished, or that a client is reading, is refused (and nothing is deleted);
+    `finished` passes over such runs."""
+    async with ctx.db.write() as session:
+        if finished:
+            rows = (
+                await session.execute(
+                    select(RunRow.id, RunRow.name).where(
+                        RunRow.project_id == project.id, RunRow.status.in_(_FINISHED)
+                    )
+                )
+            ).all()
+            chosen = [(run_id, name) for run_id, name in rows if run_id not in ctx.readers]
+        else:
+            chosen = []
+            for name in dict.fromkeys(names):
+                run, _ = await find(session, project, name)
+                if not RunStatus(run.status).is_finished:
+                    raise Conflict(f"Run {name} is {run.status}; stop it first (dstack stop {name})")
+                if run.id in ctx.readers:
+                    raise Conflict(f"Run {name} is being read by a client; try again once it is not")
+                chosen.append((run.id, name))
+        await retention.delete_runs(ctx, session, [run_id for run_id, _ in chosen])
+    return [name for _, name in chosen]
 
 
 _UNFINISHED = [s.value for s in RunStatus if not s.is_finished]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -10,11 +11,16 @@ from pydantic import ValidationError
 from dstack.config import ConfigError, EffectiveProfile, TaskConfiguration
 from dstack.config.policies import InstanceRef
 from dstack.config.profiles import RetryEvent
+from dstack.core.limits import JOB_SPEC_LIMIT_BYTES, spec_too_big
 from dstack.server.scheduler.model import GpuRequest, Requirements, Span
 from dstack.server.schemas import RunSpec
 from dstack.server.services import secrets as secrets_service
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.spec_notes import notes_for, refusal_for
+
+# What the supervisor adds to a job request beyond the spec (ids, allocation, tokens): room left for it.
+_REQUEST_MARGIN = 16 * 1024
+_SERVER_ONLY = {"configuration", "profile", "build_inputs", "configuration_path"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,22 @@ def _node_requirements(
             )
         found += [own] * group.nodes
     return tuple(found)
+
+
+def build_advice(configuration_path: str) -> str:
+    """The tasks guide's advice for a run whose build is not cached: run it again with --build."""
+    config = f" -f {shlex.quote(configuration_path)}" if configuration_path else ""
+    return f"run it with --build to build it (dstack run .{config} --build)"
+
+
+def check_size(spec: RunSpec) -> None:
+    """Refuse at submission what a host would refuse at start: a job request over the agent's limit.
+
+    The request (services/job_request.py) is the spec's commands, env, files and the like made concrete
+    for one host; what only the server reads (the configuration as written, the profile) is left out."""
+    size = len(spec.model_dump_json(exclude=_SERVER_ONLY).encode())
+    if size > JOB_SPEC_LIMIT_BYTES - _REQUEST_MARGIN:
+        raise ServiceError(spec_too_big(size))
 
 
 # Specs checked at submission, kept for the scheduling pass of this process so it does not parse and

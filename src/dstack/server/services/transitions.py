@@ -6,6 +6,10 @@ the node named), a user's stop otherwise, else it is done. A node that fails, or
 
 Every change of status (or of the status message, e.g. why a run waits) is also recorded as a row of
 `run_transitions`, in the same transaction: the run's history, as `GET .../runs/NAME/history` shows it.
+
+`status_values` says what a change writes; `apply_status` applies it to loaded rows (in an ORM session),
+`write_job_status` writes it with plain UPDATE and INSERT statements and nothing loaded: the supervisor's
+path, taken a few times by every job, where loading and flushing ORM objects was the server's largest cost.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, func, insert, update
 from sqlalchemy.orm import object_session
 
 from dstack.config.cron import format_utc, next_start
-from dstack.core.statuses import RunStatus, TerminationReason
+from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
+from dstack.core.text import one_line
 from dstack.server.db.models import JobRow, RunRow, TransitionRow
 
 # Ends that stop a scheduled run for good; any other end waits for its next start.
@@ -43,11 +49,60 @@ _PROGRESS = [
     RunStatus.TERMINATING,
 ]
 
+# Messages come from agents, hosts and tools (a build's error, Docker's); `ps` shows them in a table cell.
+MESSAGE_LIMIT = 500
+
+_STARTED_AT = "started_at"  # set once: the first time a job is seen running
+_STOPPING = [RunStatus.TERMINATING.value, *(s.value for s in FINISHED_STATUSES)]
+_HISTORY = ("status", "status_message", "termination_reason", "termination_message", "exit_code")
+
+
+def status_values(
+    status: RunStatus,
+    *,
+    reason: TerminationReason | None = None,
+    message: str | None = None,
+    exit_code: int | None = None,
+    status_message: str | None = None,
+    job_status: RunStatus | None = None,
+    now: float | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The columns the change writes: (run's, job's). The job's `started_at` is only set if unset.
+
+    `job_status`: the job's own status where it differs from its run's — a job handed to a backend's queue
+    (Slurm) stays placed while its run shows `pending` with the queue's reason."""
+    now = time.time() if now is None else now
+    status_message = one_line(status_message, MESSAGE_LIMIT) if status_message else None
+    run: dict[str, Any] = {"status": status.value, "status_message": status_message}
+    job: dict[str, Any] = {"status": (job_status or status).value}
+    if status is RunStatus.RUNNING:
+        job[_STARTED_AT] = now
+    if status.is_finished:
+        termination_reason = reason.value if reason else None
+        termination_message = message or (reason.describe(exit_code) if reason else None)
+        termination_message = one_line(termination_message, MESSAGE_LIMIT) if termination_message else None
+        run.update(
+            finished_at=now,
+            termination_reason=termination_reason,
+            termination_message=termination_message,
+            exit_code=exit_code,
+            status_message=None,
+        )
+        job.update(
+            finished_at=now,
+            exit_code=exit_code,
+            termination_reason=termination_reason,
+            termination_message=termination_message,
+            lock_token=None,
+            lock_expires_at=None,
+        )
+    return run, job
+
 
 def note(run: RunRow, status_message: str | None) -> None:
     """Say what an active run is going through (its host does not answer...) without changing its status."""
     if not RunStatus(run.status).is_finished:
-        run.status_message = status_message
+        run.status_message = one_line(status_message, MESSAGE_LIMIT) if status_message else None
 
 
 def apply_status(
@@ -61,38 +116,77 @@ def apply_status(
     status_message: str | None = None,
     job_status: RunStatus | None = None,
 ) -> None:
-    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit.
-
-    `job_status`: the job's own status where it differs from its run's — a job handed to a backend's queue
-    (Slurm) stays placed while its run shows `pending` with the queue's reason."""
+    """Call inside a write transaction (on rows of its session); notify the run's channel after the commit."""
     now = time.time()
     before = (run.status, run.status_message)
-    run.status = status.value
-    run.status_message = status_message
+    run_values, job_values = status_values(
+        status,
+        reason=reason,
+        message=message,
+        exit_code=exit_code,
+        status_message=status_message,
+        job_status=job_status,
+        now=now,
+    )
+    for name, value in run_values.items():
+        setattr(run, name, value)
     if job is not None:
-        job.status = (job_status or status).value
-        if status is RunStatus.RUNNING and job.started_at is None:
-            job.started_at = now
-    if status.is_finished:
-        run.finished_at = now
-        run.termination_reason = reason.value if reason else None
-        run.termination_message = message or (reason.describe(exit_code) if reason else None)
-        run.exit_code = exit_code
-        run.status_message = None
-        if job is not None:
-            job.finished_at = now
-            job.exit_code = exit_code
-            job.termination_reason = run.termination_reason
-            job.termination_message = run.termination_message
-            job.lock_token = None
-            job.lock_expires_at = None
+        _set_job(job, job_values)
     if (run.status, run.status_message) != before:
         _record(run, now)
+
+
+def _set_job(job: JobRow, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        if name != _STARTED_AT or job.started_at is None:
+            setattr(job, name, value)
+
+
+async def write_job_status(
+    session: Any,
+    run_id: str,
+    job_id: str,
+    token: str,
+    status: RunStatus,
+    *,
+    unless_stopping: bool = False,
+    **details: Any,
+) -> bool:
+    """The change for a job its caller holds the lease of (`token`); False, writing nothing, if the job
+    no longer carries that token, or (with `unless_stopping`) if a stop or an end was recorded already.
+    The caller only asks for a change it has not seen recorded: each one is a history entry too."""
+    now = time.time()
+    run_values, job_values = status_values(status, now=now, **details)
+    # The tables, not the ORM classes: an ORM UPDATE would also search the session for rows to refresh.
+    job_table, run_table = cast(Table, JobRow.__table__), cast(Table, RunRow.__table__)
+    jobs, runs = job_table.c, run_table.c
+    if _STARTED_AT in job_values:
+        job_values[_STARTED_AT] = func.coalesce(jobs.started_at, job_values[_STARTED_AT])
+    condition = [jobs.id == job_id, jobs.lock_token == token]
+    if unless_stopping:
+        condition.append(jobs.status.notin_(_STOPPING))  # the job's status mirrors its run's
+    result = await session.execute(update(job_table).where(*condition).values(**job_values))
+    if result.rowcount != 1:
+        return False
+    await session.execute(update(run_table).where(runs.id == run_id).values(**run_values))
+    entry = {name: run_values.get(name) for name in _HISTORY}
+    await session.execute(insert(cast(Table, TransitionRow.__table__)).values(run_id=run_id, at=now, **entry))
+    return True
 
 
 def record_submitted(session: Any, run: RunRow) -> None:
     """The first entry of a new run's history (call after the run row is added to `session`)."""
     _record(run, run.submitted_at, session)
+
+
+def submitted_entry(run: RunRow) -> dict[str, Any]:
+    """The same entry as a row to INSERT (for a submission written with plain statements)."""
+    return {
+        "run_id": run.id,
+        "at": run.submitted_at,
+        "status": run.status,
+        "status_message": run.status_message,
+    }
 
 
 def _record(run: RunRow, at: float, session: Any = None) -> None:
@@ -161,9 +255,7 @@ def move_node(
     if len(nodes) <= 1:
         apply_status(run, job, status, status_message=status_message, job_status=job_status)
         return
-    job.status = (job_status or status).value
-    if status is RunStatus.RUNNING and job.started_at is None:
-        job.started_at = time.time()
+    _set_job(job, status_values(status, job_status=job_status)[1])
     shown = _least_advanced([status, *(_job_stage(n) for n in nodes if n.id != job.id)])
     if shown is None:
         return
@@ -190,7 +282,7 @@ def end_node(
         return ([following] if following is not None else []), False
     if reason is TerminationReason.TERMINATED_BY_SERVER and message is None:
         message = f"terminated by the server: {_cause(nodes, job) or 'its run ended'}"
-    _end_row(job, status, reason, message, exit_code)
+    _set_job(job, status_values(status, reason=reason, message=message, exit_code=exit_code)[1])
     stops_others = False
     if run.stop_requested is None:
         master_done = status is RunStatus.DONE and job.job_num == 0 and stop_criteria == "master-done"
@@ -211,22 +303,6 @@ def end_node(
     status, reason, message, exit_code = _outcome(nodes, run.stop_requested)
     apply_status(run, None, status, reason=reason, message=message, exit_code=exit_code)
     return _next_start(run, nodes, status, reason), stops_others
-
-
-def _end_row(
-    job: JobRow,
-    status: RunStatus,
-    reason: TerminationReason | None,
-    message: str | None,
-    exit_code: int | None,
-) -> None:
-    job.status = status.value
-    job.finished_at = time.time()
-    job.exit_code = exit_code
-    job.termination_reason = reason.value if reason else None
-    job.termination_message = message or (reason.describe(exit_code) if reason else None)
-    job.lock_token = None
-    job.lock_expires_at = None
 
 
 def node_label(job: JobRow) -> str:

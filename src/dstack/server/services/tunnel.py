@@ -14,11 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import threading
 import time
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+# The one relay of the project, shared by the agent, the CLI and this server: stdlib only, and it moves
+# the bytes in the kernel (splice). A function of the agent's package, used here as a library: the server
+# still reaches agents only through their API.
+from dstack.agent.tunnel import relay as agent_relay
 from dstack.core.statuses import RunStatus
 from dstack.server.backends.agent_client import AgentError, AgentUnreachable
 from dstack.server.backends.agent_tunnel import TunnelStream
@@ -81,6 +88,98 @@ async def open_port(ctx: ServerContext, project: Project, name: str, port: int) 
         if e.status == 502:
             raise BadGateway(str(e)) from e
         raise Conflict(f"The host of run {name} refused the connection: {e}") from e
+
+
+RAW_PROTOCOL = "dstack-raw"
+RAW_READY = b"R"
+_PROTOCOL_KEY = "dstack.websocket_protocol"
+
+
+def expose_websocket_protocol(app: Any) -> Any:
+    """The ASGI app, with each WebSocket's connection (uvicorn's protocol object) put in its scope.
+
+    A tunnel in raw mode takes the connection over from the WebSocket machinery once the handshake is done
+    (see `raw_relay`); this is the one place that knows how uvicorn hands it over: the `send` callable is
+    a method of the protocol, which holds the transport.
+    """
+
+    async def with_protocol(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") == "websocket":
+            protocol = getattr(send, "__self__", None)
+            if getattr(protocol, "transport", None) is not None:
+                scope[_PROTOCOL_KEY] = protocol
+        await app(scope, receive, send)
+
+    return with_protocol
+
+
+def can_relay_raw(websocket: WebSocket) -> bool:
+    """The client asked for raw bytes after the handshake, and this connection can be taken over."""
+    protocol = websocket.scope.get(_PROTOCOL_KEY)
+    if protocol is None or RAW_PROTOCOL not in websocket.scope.get("subprotocols", []):
+        return False
+    transport = protocol.transport
+    return transport.get_extra_info("sslcontext") is None and transport.get_extra_info("socket") is not None
+
+
+async def raw_relay(websocket: WebSocket, stream: TunnelStream) -> None:
+    """After the handshake (accepted with RAW_PROTOCOL), carry the bytes between the client's connection
+    and the agent's as they are: both are taken from the event loop and relayed in the kernel (splice),
+    with half-closes and resets passed on, by the same relay the agent and the CLI use.
+
+    Taking over: the WebSocket machinery stops reading and its pings stop, the answer to the handshake has
+    left, then the client gets RAW_READY (it sends nothing before that). Output the agent had sent already
+    goes first."""
+    protocol = websocket.scope[_PROTOCOL_KEY]
+    client_transport, agent_transport = protocol.transport, stream.transport
+    assert agent_transport is not None
+    client_transport.pause_reading()
+    # accept() only lets the WebSocket machinery answer the handshake, in a task of its own: wait until
+    # the answer is written (the connection is open) and has left, before any byte of the stream.
+    for _ in range(5000):
+        if getattr(protocol, "open", True) and client_transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.001)
+    else:
+        raise ConnectionError("the WebSocket handshake did not complete")
+    ping = getattr(protocol, "keepalive_ping_task", None)
+    if ping is not None:
+        ping.cancel()
+    client = _take_socket(client_transport)
+    agent = _take_socket(agent_transport)
+    early = stream.take_buffered()
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+
+    def run() -> None:
+        try:
+            client.sendall(RAW_READY + early)
+            agent_relay(client, agent)
+        except OSError:
+            for sock in (client, agent):
+                sock.close()
+        finally:
+            loop.call_soon_threadsafe(_settle, done)
+
+    threading.Thread(target=run, name="port-relay", daemon=True).start()
+    try:
+        await asyncio.shield(done)
+    finally:
+        # The relay ended both directions (a reset included); this only lets go of the descriptors.
+        client_transport.close()
+        agent_transport.close()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _take_socket(transport: Any) -> socket.socket:
+    """A blocking socket of our own on the transport's connection (the loop no longer uses it)."""
+    sock = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+    sock.setblocking(True)
+    return sock
 
 
 async def relay(websocket: WebSocket, stream: TunnelStream) -> None:

@@ -28,8 +28,11 @@ class SignInRequest(BaseModel):
 
 
 @router.get("")
-async def ui_info(request: Request, ctx: ServerContext = Depends(get_ctx)) -> dict[str, Any]:
-    """{"url"}: where the web UI is (null when this server runs without it)."""
+async def ui_info(
+    request: Request, ctx: ServerContext = Depends(get_ctx), user: User = Depends(get_user)
+) -> dict[str, Any]:
+    """{"url"}: where the web UI is (null when this server runs without it). Behind the token, as every
+    route but health."""
     return {"url": _ui_base(request, ctx)}
 
 
