@@ -28,13 +28,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleets import ssh_argv
 from tests.e2e.fleetkit import write_fleet
 from tests.e2e.harness import DstackEnv
+from tests.e2e.test_slurm import write_server_config
 from tests.infra.netns import create_network
 from tests.infra.slurm import SlurmCluster, slurm_cluster
 from tests.infra.sshhosts import STATE_ROOT, make_key, start_host
@@ -152,9 +151,7 @@ def slurm_rows(marks: Marks, runs: int) -> list[list[str]]:
     env = DstackEnv(scratch / "home")
     try:
         with slurm_cluster() as cluster:
-            config = env.home / ".dstack" / "server" / "config.yml"
-            config.parent.mkdir(parents=True)
-            config.write_text(yaml.safe_dump({"backends": [cluster.backend_config()]}))
+            write_server_config(env, cluster.backend_config())
             project = env.home / "project"
             project.mkdir()
             resources = "resources:\n  cpu: 1\n  memory: 1GB"

@@ -5,12 +5,11 @@ node's NodeAddr), and PyTorch's gloo all-reduces across the compute nodes."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import DstackEnv, wait_for
+from tests.e2e.harness import wait_for
 from tests.e2e.multinodekit import (  # noqa: F401 (wheelhouse is a fixture)
     ALL_REDUCE,
     SHOW_ENV,
@@ -19,24 +18,12 @@ from tests.e2e.multinodekit import (  # noqa: F401 (wheelhouse is a fixture)
     torch_install,
     wheelhouse,
 )
-from tests.e2e.test_slurm import Slurm, write_server_config
-from tests.infra.slurm import SlurmCluster
+from tests.e2e.test_slurm import Slurm, slurm  # noqa: F401 (a fixture: the server on the test cluster)
 
 pytestmark = pytest.mark.e2e
 
 # A node of the test cluster has 4 CPUs and 16 GB: every node asks for a little of it.
 SMALL = "resources:\n  cpu: 1\n  memory: 1GB\n"
-
-
-@pytest.fixture
-def slurm(dstack_env: DstackEnv, slurm_cluster: SlurmCluster, project_dir: Path) -> Iterator[Slurm]:
-    write_server_config(dstack_env, slurm_cluster.backend_config())
-    try:
-        yield Slurm(dstack_env, slurm_cluster, project_dir)
-    finally:
-        dstack_env.cleanup()
-        slurm_cluster.cancel_all()
-        slurm_cluster.wait_until_idle(timeout=120)
 
 
 def _task(lines: list[str], extra: str) -> str:
@@ -83,7 +70,7 @@ def test_two_slurm_nodes_all_reduce_over_gloo(slurm: Slurm, wheelhouse: Path) ->
     assert cluster.jobs() == []
 
 
-def test_a_failed_worker_fails_the_run_stops_the_master_and_ends_the_slurm_job(slurm: Slurm) -> None:
+def test_a_failed_worker_fails_the_run_stops_the_master_and_ends_the_slurm_job(slurm: Slurm) -> None:  # noqa: F811
     name = slurm.task(
         "broken",
         _task(
@@ -105,7 +92,9 @@ def test_a_failed_worker_fails_the_run_stops_the_master_and_ends_the_slurm_job(s
     assert slurm.cluster.jobs() == []
 
 
-def test_the_nodes_wait_for_slurm_to_start_them_together_and_master_done_ends_the_run(slurm: Slurm) -> None:
+def test_the_nodes_wait_for_slurm_to_start_them_together_and_master_done_ends_the_run(
+    slurm: Slurm,  # noqa: F811
+) -> None:
     cluster = slurm.cluster
     # More nodes than any partition has: one sentence, nothing submitted.
     three = slurm.task("three", _task(["hostname"], "").replace("nodes: 2", "nodes: 3"))
