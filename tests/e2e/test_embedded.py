@@ -21,6 +21,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _hold(port: int) -> socket.socket | None:
+    try:
+        return socket.create_server(("127.0.0.1", port))
+    except OSError:
+        return None
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -79,14 +86,13 @@ def test_the_embedded_server_avoids_common_ports_and_falls_back_to_a_free_one(
 
     assert DEFAULT_SERVER_PORT not in (3000, 3001, 5000, 5173, 6006, 7860, 8000, 8080, 8501, 8888, 9000)
     task(project_dir, ["true"])
-    holder = None
-    if _port_is_free(DEFAULT_SERVER_PORT):
-        holder = socket.create_server(("127.0.0.1", DEFAULT_SERVER_PORT))  # someone else has it now
+    # Someone else has the port now: this test holds it (another program holding it could let go of it
+    # at any moment, e.g. another test session's server).
+    holder = wait_for(lambda: _hold(DEFAULT_SERVER_PORT), timeout=60, what=f"port {DEFAULT_SERVER_PORT}")
     try:
         dstack_env.run("run", ".", "-y", cwd=project_dir, check=True)
     finally:
-        if holder is not None:
-            holder.close()
+        holder.close()
     url = str(_saved_entry(dstack_env)["url"])
     assert not url.endswith(f":{DEFAULT_SERVER_PORT}"), url
 

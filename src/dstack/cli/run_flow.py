@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from dstack.api.client import Client
 from dstack.cli.connection import get_client
@@ -15,6 +16,8 @@ from dstack.cli.requirements import OFFER_HEADERS, offer_row
 from dstack.cli.runspec import PreparedRun, finalize, prepare
 
 PLAN_OFFERS_SHOWN = 3
+PACK_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,20 +137,41 @@ def upload_code(client: Client, prepared: PreparedRun) -> str:
     """SPEC §4 step 4: only the contents the server lacks travel (none for an unchanged tree)."""
     from dstack.code import snapshot_code
 
-    snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
-    _upload(client, snapshot, "the code")
-    return snapshot.code_hash
+    def attempt() -> str:
+        snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+        _upload(client, snapshot, "the code")
+        return snapshot.code_hash
+
+    return _consistent(attempt)
 
 
 def upload_files(client: Client, prepared: PreparedRun) -> list[dict[str, Any]]:
     """Snapshot and upload each `files` entry (only what the server lacks); the spec's entries."""
     from dstack.cli.run_files import pack_files
 
-    uploads = []
-    for upload, snapshot in pack_files(prepared.files, prepared.code_limit):
-        _upload(client, snapshot, f"files {upload['source']}")
-        uploads.append(upload)
-    return uploads
+    def attempt() -> list[dict[str, Any]]:
+        uploads = []
+        for upload, snapshot in pack_files(prepared.files, prepared.code_limit):
+            _upload(client, snapshot, f"files {upload['source']}")
+            uploads.append(upload)
+        return uploads
+
+    return _consistent(attempt)
+
+
+def _consistent(attempt: Callable[[], T]) -> T:
+    """Pack and upload again when a file was saved meanwhile (an editor, `--reload` users): what was sent
+    stays on the server, so a new attempt sends only what changed. A file that keeps changing is an error."""
+    from dstack.code.errors import FileChangedError
+
+    for left in reversed(range(PACK_ATTEMPTS)):
+        try:
+            return attempt()
+        except FileChangedError as e:
+            if not left:
+                raise
+            note(f"{e}".split(";")[0] + "; packing again", dim=True)
+    raise AssertionError("unreachable")
 
 
 def _upload(client: Client, snapshot: Any, what: str) -> None:

@@ -11,6 +11,10 @@ class CodeError(Exception):
     """A problem with the user's code folder, worded for the user."""
 
 
+class FileChangedError(CodeError):
+    """A file changed while it was packed or uploaded: packing again gives a consistent snapshot."""
+
+
 class CodeTooLargeError(CodeError):
     """The code to upload is bigger than the allowed limit."""
 

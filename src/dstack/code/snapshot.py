@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from dstack.code.errors import CodeError, CodeTooLargeError
+from dstack.code.errors import CodeError, CodeTooLargeError, FileChangedError
 from dstack.code.hashcache import HashCache, default_cache_dir, stamp
 from dstack.code.ignore import IgnoreRules
 from dstack.code.manifest import DIR, FILE, SYMLINK, Entry, code_hash, encode_manifest
@@ -223,7 +223,7 @@ def _racy(status: os.stat_result, now_ns: int) -> bool:
 
 
 def changed_error(rel_path: str, doing: str) -> CodeError:
-    return CodeError(
+    return FileChangedError(
         f"The file {rel_path} changed while the code was being {doing}; run again, "
         "or add it to .dstackignore if it keeps changing"
     )

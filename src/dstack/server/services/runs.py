@@ -24,7 +24,15 @@ from dstack.server.schemas import RunSpec
 from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import ABORT, STOP, apply_status, end_run, submitted_entry
+from dstack.server.services.transitions import (
+    ABORT,
+    STOP,
+    apply_status,
+    end_run,
+    scheduled_message,
+    status_values,
+    submitted_entry,
+)
 from dstack.server.services.users import User
 
 PS_DEFAULT_LIMIT = 50
@@ -91,11 +99,21 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             )
             for rank in range(checked.nodes)
         ]
+        history = [submitted_entry(run)]  # its history's start
+        if first_start is not None:
+            # Waiting for its first start from the moment it exists (`dstack ps` right after `dstack run`).
+            run_values, job_values = status_values(
+                RunStatus.PENDING, status_message=scheduled_message(first_start), now=now
+            )
+            for row, values in ((run, run_values), *((job, job_values) for job in jobs)):
+                for column, value in values.items():
+                    setattr(row, column, value)
+            history.append(submitted_entry(run))
         # INSERT statements, not the ORM's unit of work (flushing the run, then the jobs): a burst of
         # submissions spends its time here. The rows stay unattached, for the answer only.
         await session.execute(insert(RunRow).values(_columns(run, RunRow)))
         await session.execute(insert(JobRow).values([_columns(job, JobRow) for job in jobs]))
-        await session.execute(insert(TransitionRow).values(submitted_entry(run)))  # its history's start
+        await session.execute(insert(TransitionRow).values(history))
         return run, jobs[0]
 
     # Submissions arriving together share one transaction (see Database.write_batched).
