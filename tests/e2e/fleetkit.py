@@ -20,9 +20,12 @@ def write_fleet(
     name: str = FLEET,
     users: dict[int, str] | None = None,
     file: str = "fleet.dstack.yml",
+    placement: str | None = None,
 ) -> Path:
-    """A fleet of `hosts`; `users` gives a host (by index) another login than root."""
-    lines = ["type: fleet", f"name: {name}", "ssh_config:", "  user: root", f"  identity_file: {key.path}"]
+    """A fleet of `hosts`; `users` gives a host (by index) another login than root; `placement: cluster`
+    says its hosts reach each other (multi-node runs)."""
+    lines = ["type: fleet", f"name: {name}"] + ([f"placement: {placement}"] if placement else [])
+    lines += ["ssh_config:", "  user: root", f"  identity_file: {key.path}"]
     lines.append("  hosts:")
     for index, host in enumerate(hosts):
         user = (users or {}).get(index)

@@ -259,7 +259,7 @@ def test_cluster_faults_are_one_sentence(
     )
     assert "unavailable: Slurm cluster refused: alice@" in text and "refused the key" in text
     assert "unavailable: sbatch is not on PATH on the login node alice@" in text
-    assert "unavailable: Slurm cluster typo has no partition cpuu (its partitions: cpu, gpu)" in text
+    assert "unavailable: Slurm cluster typo has no partition cpuu (its partitions: cpu, gpu, all)" in text
     # The good partitions of `typo` are offered as usual; a run on an unreachable cluster is one sentence.
     assert re.search(r"typo +typo/cpu/4xCPU-16GB .* available", text)
     task = project_dir / "t.dstack.yml"

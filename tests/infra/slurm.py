@@ -7,7 +7,8 @@ Four hosts on one bridge, each a network + mount + UTS namespace of its own (see
   listens on the root namespace);
 - compute nodes running slurmd: `cpu` partition = node 1, `gpu` partition = node 2, which has two fake
   GPUs (GRES on character devices, so Slurm sets CUDA_VISIBLE_DEVICES for the GPUs it allocates) and a
-  time limit of an hour that Slurm enforces at submission (EnforcePartLimits=ALL).
+  time limit of an hour that Slurm enforces at submission (EnforcePartLimits=ALL); `all` = both nodes
+  (multi-node jobs).
 
 Every host has its own /tmp and /home and knows the cluster user `alice` (same uid everywhere, as Slurm
 requires), so nothing passes between the login node and the compute nodes but what Slurm carries.
@@ -229,6 +230,7 @@ NodeName={cpu.hostname} NodeHostname={cpu.hostname} NodeAddr={cpu.address} {node
 NodeName={gpu.hostname} NodeHostname={gpu.hostname} NodeAddr={gpu.address} Gres=gpu:{GPUS} {node_line}
 PartitionName=cpu Nodes={cpu.hostname} Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes={gpu.hostname} MaxTime=60 State=UP
+PartitionName=all Nodes={cpu.hostname},{gpu.hostname} MaxTime=INFINITE State=UP
 """
     cluster.conf.write_text(conf)
     (d / "gres.conf").write_text(

@@ -50,7 +50,13 @@ from dstack.agent.output import OutputWatcher
 from dstack.agent.procutil import JOB_MARKER_ENV, started_at
 from dstack.agent.script import render_script
 from dstack.agent.utilization import start_utilization_watch
-from dstack.agent.workspace import Workspace, WorkspaceBuilder, WorkspaceError
+from dstack.agent.workspace import (
+    HOSTFILE_MOUNT,
+    HOSTFILE_NAME,
+    Workspace,
+    WorkspaceBuilder,
+    WorkspaceError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -492,6 +498,8 @@ class Runner:
             env["CUDA_VISIBLE_DEVICES"] = gpus
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # number devices as nvidia-smi does, as the indices are
             env["NVIDIA_VISIBLE_DEVICES"] = gpus if gpus else "void"
+        if job.spec.mpi_hostfile is not None:
+            env["DSTACK_MPI_HOSTFILE"] = HOSTFILE_MOUNT if in_container else str(job.folder / HOSTFILE_NAME)
         env["DSTACK_RUN_NAME"] = job.spec.run_name
         env["DSTACK_JOB_ID"] = job.spec.id
         env[JOB_MARKER_ENV] = job.state.marker

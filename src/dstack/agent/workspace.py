@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 FILES_DIR = "files"
 REPO_DIR = "repo"
+# A multi-node run's MPI hostfile: in the job's folder, and at this path in a container.
+HOSTFILE_NAME = "mpi_hostfile"
+HOSTFILE_MOUNT = "/dstack/mpi/hostfile"
 CLONE_TIMEOUT_SECONDS = 1800.0
 # git may use only these transports: never `ext::` (it runs commands) or another remote helper.
 _GIT_SAFE = ["-c", "protocol.allow=never"] + [
@@ -98,6 +101,12 @@ class WorkspaceBuilder:
         workspace = Workspace(cwd=cwd, mounts=mounts)
         self._place_files(spec, folder, code_dir, workspace, cancelled)
         self._volumes(spec, code_dir, workspace)
+        if spec.mpi_hostfile is not None:
+            hostfile = folder / HOSTFILE_NAME
+            hostfile.write_text(spec.mpi_hostfile, encoding="utf-8")
+            hostfile.chmod(0o644)  # a container's own user reads it through its mount
+            if in_container:
+                workspace.mounts.append((str(hostfile), HOSTFILE_MOUNT, True))
         return workspace
 
     # -- code and files ----------------------------------------------------------------------------------

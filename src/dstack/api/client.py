@@ -299,9 +299,12 @@ class Client:
             raise error_for(response.status, data)
         return data
 
-    def logs(self, name: str, *, offset: int = 0, tail: int | None = None) -> Iterator[bytes]:
-        """The run's output so far, in chunks."""
-        params = urlencode({k: v for k, v in {"offset": offset, "tail": tail}.items() if v is not None})
+    def logs(
+        self, name: str, *, offset: int = 0, tail: int | None = None, node: int | None = None
+    ) -> Iterator[bytes]:
+        """The run's output so far, in chunks (a multi-node run's master's, or node `node`'s)."""
+        query = {"offset": offset, "tail": tail, "node": node}
+        params = urlencode({k: v for k, v in query.items() if v is not None})
         conn = self.connect()
         try:
             response = self.exchange(
@@ -324,11 +327,15 @@ class Client:
         tail: int | None = None,
         follow: bool = True,
         idle_timeout: float = 10.0,
+        node: int | None = None,
     ) -> AttachStream:
-        """Status changes and output of a run, live, as frames (see dstack.core.frames)."""
+        """Status changes and output of a run, live, as frames (see dstack.core.frames); a multi-node run's
+        master's output, or node `node`'s."""
         params = {"offset": offset, "follow": _param(follow)}
         if tail is not None:
             params["tail"] = tail
+        if node is not None:
+            params["node"] = node
         path = self._project_path(f"/runs/{quote(name, safe='')}/attach?{urlencode(params)}")
         conn = self.connect(timeout=idle_timeout)
         response = self.exchange(conn, "GET", path, {})

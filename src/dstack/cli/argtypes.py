@@ -37,3 +37,13 @@ def price(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"'{clip(text)}' is not a price in USD per hour above 0, e.g. 0.5")
     return value
+
+
+def add_node_flag(parser: argparse.ArgumentParser) -> None:
+    """`--node K` of the commands that show a run's output (logs, attach)."""
+    parser.add_argument(
+        "--node",
+        type=whole_number,
+        metavar="K",
+        help="a multi-node run's node K (its rank; default: the master, 0)",
+    )

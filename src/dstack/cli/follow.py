@@ -32,9 +32,11 @@ class Follower:
         tail: int | None = None,
         ask_on_interrupt: bool = True,
         on_status: Callable[[str, str | None], None] | None = None,
+        node: int | None = None,
     ) -> None:
         self.client = client
         self.name = name
+        self.node = node  # a multi-node run's node whose output to show (None: the master's)
         self.offset = offset  # the next byte of output to show: a reconnect resumes exactly here
         self.tail = tail
         self.ask_on_interrupt = ask_on_interrupt
@@ -94,7 +96,7 @@ class Follower:
 
     def _stream_once(self) -> dict[str, Any] | None:
         tail, self.tail = self.tail, None
-        stream = self.client.attach(self.name, offset=self.offset, tail=tail)
+        stream = self.client.attach(self.name, offset=self.offset, tail=tail, node=self.node)
         out = sys.stdout.buffer
         try:
             # Each piece of output is written out before the next is read: one buffer serves them all.

@@ -84,7 +84,9 @@ def _reserve_ports(client: Client, prepared: PreparedRun, plan: dict[str, Any], 
 def print_plan(plan: dict[str, Any], prepared: PreparedRun) -> None:
     """The plan (SPEC §4): the run's settings, then the offers, cheapest first, unavailable ones last."""
     rows = [[key, value] for key, value in prepared.summary.items()]
-    rows.append(["Resources", plan["requirements"]])
+    if (plan.get("nodes") or 1) > 1:
+        rows.append(["Nodes", str(plan["nodes"])])
+    rows.append(["Resources", plan["requirements"] + (" per node" if (plan.get("nodes") or 1) > 1 else "")])
     schedule = plan.get("schedule")
     if schedule is not None:
         from dstack.config.cron import format_utc

@@ -55,6 +55,8 @@ class TerminationReason(str, Enum):
     UTILIZATION_POLICY = "utilization_policy"
     CANCELLED_OUTSIDE = "cancelled_outside_dstack"  # e.g. `scancel` of a Slurm job by its user
     PREEMPTED = "preempted"  # the backend gave the job's capacity to another (Slurm preemption)
+    # A node of a multi-node run stopped because its run ended (another node failed, the master is done).
+    TERMINATED_BY_SERVER = "terminated_by_server"
 
     def describe(self, exit_code: int | None = None) -> str:
         if self is TerminationReason.COMMANDS_FAILED and exit_code is not None:
@@ -78,4 +80,5 @@ _DESCRIPTIONS = {
     TerminationReason.UTILIZATION_POLICY: "terminated due to utilization policy",
     TerminationReason.CANCELLED_OUTSIDE: "cancelled outside dstack",
     TerminationReason.PREEMPTED: "preempted",
+    TerminationReason.TERMINATED_BY_SERVER: "terminated by the server (its run ended)",
 }

@@ -96,18 +96,15 @@ def test_fields_honoured_as_written_get_no_line() -> None:
     assert notes("nodes: 2\nstartup_order: workers-first\n") == []
 
 
-def test_docker_in_docker_and_multi_node_are_refused_in_one_sentence() -> None:
+def test_docker_in_docker_and_node_groups_are_refused_in_one_sentence() -> None:
     assert refusal("docker: true\n") == (
         "docker: true (Docker-in-Docker) cannot run here: it needs dstack's dind image, which this "
         "product does "
         "not provide and cannot pull; run the commands in an image of your own with image: instead."
     )
-    assert refusal("nodes: 3\n") == (
-        "A multi-node task (nodes: 3) needs a fleet with placement: cluster or a Slurm cluster, and "
-        "this server "
-        "runs single-node tasks only for now."
-    )
-    assert refusal("groups: [{commands: [a]}, {commands: [b]}]\n", commands="").startswith(
-        "A multi-node task (2 node groups) needs a fleet with placement: cluster or a Slurm cluster"
+    assert refusal("nodes: 3\n") is None  # multi-node runs: the plan says where they fit
+    assert refusal("groups: [{commands: [a]}, {commands: [b]}]\n", commands="") == (
+        "A task with node groups (2 groups) cannot run here yet: its nodes would each need their own "
+        "commands and resources; give every node the same ones with nodes: N instead."
     )
     assert refusal("nodes: 1\n") is None

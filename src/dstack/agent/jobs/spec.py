@@ -108,6 +108,9 @@ class JobSpec:
     registry_auth: Optional[RegistryAuth] = None
     utilization_policy: Optional[UtilizationPolicy] = None
     nvcc: bool = False
+    # A multi-node run's MPI hostfile (one line per node): written beside the job, named by
+    # DSTACK_MPI_HOSTFILE.
+    mpi_hostfile: Optional[str] = None
 
     def to_json(self) -> Dict[str, Any]:
         return asdict(self)
@@ -161,7 +164,19 @@ def parse_job_spec(data: Any) -> JobSpec:
         registry_auth=_parse_registry_auth(data.get("registry_auth")),
         utilization_policy=_parse_utilization(data.get("utilization_policy")),
         nvcc=_parse_bool(data.get("nvcc"), "nvcc"),
+        mpi_hostfile=_parse_hostfile(data.get("mpi_hostfile")),
     )
+
+
+MAX_HOSTFILE = 1024 * 1024
+
+
+def _parse_hostfile(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "\0" in value or len(value) > MAX_HOSTFILE:
+        raise SpecError("Field mpi_hostfile must be a string of at most 1 MB")
+    return value
 
 
 _PYTHON_RE = re.compile(r"^3\.\d{1,2}$")

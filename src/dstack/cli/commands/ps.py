@@ -67,7 +67,20 @@ def _table(runs: list[dict[str, Any]], verbose: bool) -> tuple[list[str], list[l
         if verbose:
             row += [run.get("instance") or "-", _error(run)]
         rows.append(row)
+        if verbose:
+            rows += [_node_row(node, run) for node in run.get("nodes") or []]
     return headers, rows
+
+
+def _node_row(node: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """A multi-node run's node under its run: its rank, host and status (and why it ended)."""
+    rank = node["rank"]
+    status = str(node["status"])
+    if status == "failed" and node.get("exit_code"):
+        status = f"failed ({node['exit_code']})"
+    label = f"  node {rank}" + (" (master)" if rank == 0 else "")
+    error = "" if node["status"] == "done" else str(node.get("termination_message") or "")
+    return [label, "", run.get("backend") or "-", "", "", status, "", node.get("hostname") or "-", error]
 
 
 def _status(run: dict[str, Any]) -> str:

@@ -49,7 +49,9 @@ def reserve_for_attach(client: Client, run: dict[str, Any], cli_ports: list[str]
     return reserve(ports, local_task=same_machine(client.url, backends), check_task_ports=False)
 
 
-def follow_with_ports(client: Client, name: str, forwards: list[Forward], tail: int | None = None) -> int:
+def follow_with_ports(
+    client: Client, name: str, forwards: list[Forward], tail: int | None = None, node: int | None = None
+) -> int:
     """Stream the run's output (dstack.cli.follow) while its ports are forwarded; the exit code at the end."""
     from dstack.cli.follow import Follower
 
@@ -60,7 +62,7 @@ def follow_with_ports(client: Client, name: str, forwards: list[Forward], tail: 
         forwarder = Forwarder(client, name, forwards)
         forwarder.start()
     try:
-        return Follower(client, name, tail=tail).follow()
+        return Follower(client, name, tail=tail, node=node).follow()
     finally:
         if forwarder is not None:
             forwarder.stop()

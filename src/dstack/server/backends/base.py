@@ -65,6 +65,11 @@ class HostInfo:
     fleet: str | None = None  # the fleet the host belongs to (fleet backends), and its place there
     fleet_index: int | None = None
     note: str | None = None  # what the backend says about its availability (e.g. Slurm's node counts)
+    # Multi-node: hosts with the same `cluster` reach each other, on `address` (a fleet with placement:
+    # cluster; a Slurm partition, whose host stands for `node_count` nodes of one shape).
+    cluster: str | None = None
+    address: str | None = None
+    node_count: int = 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,11 @@ class LaunchRequest:
     max_duration: int | None  # seconds; None: no limit
     python: str | None = None  # the Python version the task gets (it needs uv on its node), if any
     instance_id: str | None = None  # what an earlier launch of this job recorded (a resubmission finds it)
+    # A multi-node run: its node count, this job's rank, and the master job's id, which names the one
+    # allocation every node of the run shares (a Slurm job with --nodes N, submitted by the master's launch).
     nodes: int = 1
+    node_rank: int = 0
+    gang_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,11 @@ class Launched:
     GPUs the backend's allocation gave, limits the backend enforces itself)."""
 
     job_overrides: dict[str, Any] = field(default_factory=dict)
+    # Where the job's node is, once the backend knows (a Slurm node): its name, the address the run's
+    # other nodes reach it on, and every node's address in rank order (one allocation starts them all).
+    hostname: str | None = None
+    address: str | None = None
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,9 @@ class BackendRegistry:
                 fleet=info.fleet,
                 fleet_index=info.fleet_index,
                 note=info.note,
+                cluster=info.cluster,
+                address=info.address,
+                node_count=info.node_count,
             )
             for host_id, (_, info) in self._hosts.items()
         ]

@@ -77,6 +77,9 @@ class FleetHost:
     # Whether it ever answered (its host key pinned then): a host that was down at `dstack apply` has its
     # key pinned when it first answers, as apply would have; later, only the pinned key is accepted.
     ever_connected: bool = False
+    # Multi-node: the fleet's hosts reach each other (placement: cluster), this one on `address`.
+    cluster: bool = False
+    address: str | None = None
 
 
 def target_from_json(data: dict[str, Any]) -> SSHTarget:
@@ -160,6 +163,8 @@ class SSHBackend(Backend):
             project_id=host.project_id,
             status=host.status,
             fleet=host.fleet,
+            cluster=f"fleet:{host.fleet_id}" if host.cluster else None,
+            address=host.address,
         )
 
     def agent(self, host_name: str) -> AgentClient:
@@ -253,6 +258,7 @@ class SSHBackend(Backend):
                 self._hosts[row.name] = host
             host.fleet, host.fleet_id, host.project_id = fleet.name, fleet.id, fleet.project_id
             host.active = fleet.status == "active"
+            host.cluster, host.address = fleet.placement == "cluster", row.address
         for name in set(self._hosts) - seen:
             gone = self._hosts.pop(name)
             if gone.client is not None:

@@ -16,6 +16,8 @@ What a run that does not fit now becomes (SPEC §8, the tasks guide's "Configure
 
 Order: waiting runs are considered by `priority` (0-100, highest first), then by submission; a run queued
 for a busy host keeps later runs of lower or equal priority off it (so a big task is not starved).
+A multi-node run is placed whole (scheduler/gang.py): every node on its own host of one cluster in the same
+pass, or none; it waits, fails or keeps later runs off its hosts as one run.
 A run with a `schedule` waits in `pending` until its next start (it promises no host meanwhile); when
 its job ends it waits for the next start again (`transitions.end_job`), until its user stops it.
 """
@@ -27,6 +29,8 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,12 +41,13 @@ from dstack.server.backends.base import CAP_QUEUE
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, LockRow, RunRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
-from dstack.server.scheduler import placement
+from dstack.server.scheduler import gang, placement
+from dstack.server.scheduler.model import Allocation, Host
 from dstack.server.scheduler.placement import HostUsage
 from dstack.server.schemas import RunSpec
 from dstack.server.services import specs
 from dstack.server.services.errors import ServiceError
-from dstack.server.services.transitions import apply_status, end_job, scheduled_message
+from dstack.server.services.transitions import apply_status, end_run, scheduled_message
 from dstack.server.services.usage import load_usages
 
 log = logging.getLogger(__name__)
@@ -103,21 +108,24 @@ class SchedulingLoop:
                     select(RunRow, JobRow)
                     .join(JobRow, JobRow.run_id == RunRow.id)
                     .where(JobRow.status.in_(_WAITING))
-                    .order_by(RunRow.priority.desc(), RunRow.submitted_at, RunRow.id)
+                    .order_by(RunRow.priority.desc(), RunRow.submitted_at, RunRow.id, JobRow.job_num)
                     .limit(BATCH)
                     # Specs are big and parsed once per process (see _checked): load only the ones needed.
                     .options(defer(RunRow.spec))
                 )
             ).all()
-            await self._load_specs(session, [run.id for run, _ in rows])
+            waiting = _by_run(rows)
+            if len(rows) == BATCH and waiting and len(waiting[-1][1]) < waiting[-1][0].nodes:
+                waiting.pop()  # the batch cut that run's nodes short: the next pass takes it whole
+            await self._load_specs(session, [run.id for run, _ in waiting])
             usages = await load_usages(session, hosts)
             blocked: dict[str, str] = {}
-            for run, job in rows:
+            for run, jobs in waiting:
                 before = (run.status, run.status_message)
                 if run.next_start_at is not None and run.next_start_at > now:
-                    self._wait_for_start(run, job)
+                    self._wait_for_start(run, jobs)
                     earliest = min(earliest or run.next_start_at, run.next_start_at)
-                elif self._place(run, job, usages, blocked, now):
+                elif self._place(run, jobs, usages, blocked, now):
                     placed = True
                 elif not RunStatus(run.status).is_finished and run.retry_deadline is not None:
                     earliest = min(earliest or run.retry_deadline, run.retry_deadline)
@@ -153,72 +161,113 @@ class SchedulingLoop:
                     log.warning("run %s has a spec this server cannot read: %s", run_id, e)
 
     def _place(
-        self, run: RunRow, job: JobRow, usages: list[HostUsage], blocked: dict[str, str], now: float
+        self, run: RunRow, jobs: list[JobRow], usages: list[HostUsage], blocked: dict[str, str], now: float
     ) -> bool:
         checked = self._checked.get(run.id)
         if checked is None:
-            self._fail(run, job, TerminationReason.SERVER_ERROR, "the run's spec could not be read")
+            self._fail(run, jobs, TerminationReason.SERVER_ERROR, "the run's spec could not be read")
             return False
-        req = checked.requirements
         usages = placement.for_project(usages, run.project_id)  # (the lists share their HostUsages)
-        decision = placement.decide(req, usages, job.id, blocked)
-        if decision.allocation is not None and decision.host is not None:
-            host = decision.host
-            job.host_id = host.id
-            job.allocation = json.dumps(decision.allocation.to_json())
-            run.backend = host.backend
-            run.resources = placement.describe_allocation(host, decision.allocation)
-            run.price = host.price
-            apply_status(run, job, RunStatus.PROVISIONING)
-            usage = next(u for u in usages if u.host.id == host.id)
-            usage.allocations.append(dataclasses.replace(decision.allocation, run_name=run.name))
+        placements, wait_reason, impossible_reason, waits_for = self._decide(checked, jobs, usages, blocked)
+        if placements:
+            for job, (host, allocation) in zip(jobs, placements, strict=True):
+                job.host_id = host.id
+                job.allocation = json.dumps(allocation.to_json())
+                if CAP_QUEUE not in host.capabilities:  # a queue's node is known once it starts
+                    job.hostname, job.address = host.name, host.address
+                usage = next(u for u in usages if u.host.id == host.id)
+                usage.allocations.append(dataclasses.replace(allocation, run_name=run.name))
+            master, held = placements[0]
+            run.backend = master.backend
+            run.resources = placement.describe_allocation(master, held)
+            if len(placements) > 1:
+                run.resources = f"{len(placements)} nodes, each {run.resources}"
+            run.price = sum(host.price for host, _ in placements)
+            for job in jobs:
+                apply_status(run, job, RunStatus.PROVISIONING)
             self._checked.pop(run.id, None)
             return True
         expired = run.retry_deadline is not None and now >= run.retry_deadline
-        if decision.wait_reason is not None:
+        if wait_reason is not None:
             if run.retry_deadline is None:
                 self._fail(
                     run,
-                    job,
+                    jobs,
                     TerminationReason.NO_CAPACITY,
-                    f"No offer is free now: {decision.wait_reason}; {RETRY_ADVICE}.",
+                    f"No offer is free now: {wait_reason}; {RETRY_ADVICE}.",
                 )
                 return False
             if expired:
                 self._fail(
                     run,
-                    job,
+                    jobs,
                     TerminationReason.RETRY_LIMIT_EXCEEDED,
-                    f"retry limit exceeded while waiting for capacity: {decision.wait_reason}",
+                    f"retry limit exceeded while waiting for capacity: {wait_reason}",
                 )
                 return False
             # It queues for the hosts it fits; later runs may not jump ahead of it there (a queue host has
             # a queue of its own and is never held for anyone).
-            for usage in usages:
-                if CAP_QUEUE not in usage.host.capabilities and not placement.misses(req, usage.host):
-                    blocked.setdefault(usage.host.id, run.name)
-            apply_status(
-                run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {decision.wait_reason}"
-            )
+            for host_id in waits_for:
+                blocked.setdefault(host_id, run.name)
+            self._wait(run, jobs, f"Waiting for capacity: {wait_reason}")
             return False
-        reason = decision.impossible_reason or "No offer fits."
+        reason = impossible_reason or "No offer fits."
         if run.retry_deadline is None:
-            self._fail(run, job, TerminationReason.NO_CAPACITY, reason)
+            self._fail(run, jobs, TerminationReason.NO_CAPACITY, reason)
         elif expired:
-            self._fail(run, job, TerminationReason.RETRY_LIMIT_EXCEEDED, f"retry limit exceeded: {reason}")
+            self._fail(run, jobs, TerminationReason.RETRY_LIMIT_EXCEEDED, f"retry limit exceeded: {reason}")
         else:
-            apply_status(run, job, RunStatus.PENDING, status_message=f"Waiting for capacity: {reason}")
+            self._wait(run, jobs, f"Waiting for capacity: {reason}")
         return False
 
-    def _wait_for_start(self, run: RunRow, job: JobRow) -> None:
+    @staticmethod
+    def _decide(
+        checked: specs.CheckedSpec, jobs: list[JobRow], usages: list[HostUsage], blocked: dict[str, str]
+    ) -> tuple[list[tuple[Host, Allocation]], str | None, str | None, list[str]]:
+        """(placements in rank order, why it waits, why it never fits, the hosts it waits for)."""
+        if checked.nodes > 1:
+            gang_decision = gang.decide_gang(checked.node_requirements, usages, [j.id for j in jobs], blocked)
+            return (
+                list(gang_decision.placements),
+                gang_decision.wait_reason,
+                gang_decision.impossible_reason,
+                list(gang_decision.waits_for),
+            )
+        req = checked.requirements
+        decision = placement.decide(req, usages, jobs[0].id, blocked)
+        if decision.allocation is not None and decision.host is not None:
+            return [(decision.host, decision.allocation)], None, None, []
+        waits_for = [
+            u.host.id
+            for u in usages
+            if CAP_QUEUE not in u.host.capabilities and not placement.misses(req, u.host)
+        ]
+        return [], decision.wait_reason, decision.impossible_reason, waits_for
+
+    def _wait(self, run: RunRow, jobs: list[JobRow], message: str) -> None:
+        for job in jobs:
+            apply_status(run, job, RunStatus.PENDING, status_message=message)
+
+    def _wait_for_start(self, run: RunRow, jobs: list[JobRow]) -> None:
         assert run.next_start_at is not None
         message = run.status_message
         if run.status != RunStatus.PENDING.value or not (message or "").startswith("Scheduled:"):
-            apply_status(run, job, RunStatus.PENDING, status_message=scheduled_message(run.next_start_at))
+            self._wait(run, jobs, scheduled_message(run.next_start_at))
 
-    def _fail(self, run: RunRow, job: JobRow, reason: TerminationReason, message: str) -> None:
-        following = end_job(run, job, RunStatus.FAILED, reason=reason, message=message)
-        if following is not None:
-            self._following.append(following)
+    def _fail(self, run: RunRow, jobs: list[JobRow], reason: TerminationReason, message: str) -> None:
+        following = end_run(run, jobs, RunStatus.FAILED, reason=reason, message=message)
+        if following:
+            self._following.extend(following)
         else:
             self._checked.pop(run.id, None)
+
+
+def _by_run(rows: Sequence[Any]) -> list[tuple[RunRow, list[JobRow]]]:
+    """The waiting jobs of each run (rows come ordered by run, then node rank)."""
+    found: list[tuple[RunRow, list[JobRow]]] = []
+    for run, job in rows:
+        if found and found[-1][0].id == run.id:
+            found[-1][1].append(job)
+        else:
+            found.append((run, [job]))
+    return found

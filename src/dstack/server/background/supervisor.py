@@ -33,6 +33,7 @@ from dstack.core.statuses import RunStatus, TerminationReason
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable, LogChunk
 from dstack.server.backends.base import JobEnd, Launched, LaunchFailed, LaunchProgress, LaunchRequest
 from dstack.server.backends.registry import UnknownHost
+from dstack.server.background import nodes as nodes_view
 from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
@@ -40,9 +41,18 @@ from dstack.server.events import RETENTION, SCHEDULE, output_channel, run_channe
 from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services import job_request, specs
+from dstack.server.services import runs as runs_service
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.logs import LogAppender
-from dstack.server.services.transitions import end_job, note, write_job_status
+from dstack.server.services.transitions import (
+    ABORT,
+    NODE_ENDED,
+    STOP,
+    end_node,
+    move_node,
+    note,
+    write_job_status,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,6 +105,9 @@ class Supervisor:
         self._host_id = ""
         self._launches = False  # the backend has a launch step (see the module's docstring)
         self._launched = Launched()
+        self._nodes = 1  # the run's node count (a multi-node run's status writes go through the ORM)
+        self._stop_criteria = "all-done"  # a multi-node run's (see services/transitions.end_node)
+        self._startup_order = "any"
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -104,11 +117,15 @@ class Supervisor:
             self._loaded = None
             self._known_run_id = run.id
             self._scheduled = bool(run.schedule)
+            self._nodes = run.nodes
             if job.host_id is None:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
             self._launches = self.ctx.backends.needs_launch(host_id)
-            self._stop_grace = job_request.stop_grace_of(RunSpec.model_validate_json(run.spec))
+            spec = RunSpec.model_validate_json(run.spec)
+            self._stop_grace = job_request.stop_grace_of(spec)
+            self._stop_criteria = str(spec.profile.get("stop_criteria") or "all-done")
+            self._startup_order = str(spec.profile.get("startup_order") or "any")
             watcher = asyncio.create_task(self._watch_stop(host_id, run.id, run.stop_requested))
             try:
                 if self._launches:
@@ -121,12 +138,21 @@ class Supervisor:
                         await self._finish_unstarted(run.stop_requested)
                         return
                 elif shown is RunStatus.PROVISIONING:
-                    # The agent's submit is idempotent: after a crash between submitting and recording it,
-                    # submitting again finds the job the agent already runs.
-                    allocation = json.loads(job.allocation) if job.allocation else {}
-                    await self._reach(
-                        host_id, functools.partial(self._provision, run=run, allocation=allocation)
-                    )
+                    run, job, peers = await self._my_turn(run, job)
+                    if run.stop_requested:
+                        if not await self._reach(host_id, self._agent_has_job):
+                            await self._finish_unstarted(run.stop_requested)
+                            return
+                    else:
+                        # The agent's submit is idempotent: after a crash between submitting and recording
+                        # it, submitting again finds the job the agent already runs.
+                        allocation = json.loads(job.allocation) if job.allocation else {}
+                        await self._reach(
+                            host_id,
+                            functools.partial(
+                                self._provision, run=run, job=job, peers=peers, allocation=allocation
+                            ),
+                        )
                 await self._follow(host_id, run.id, shown)
             finally:
                 watcher.cancel()
@@ -221,6 +247,9 @@ class Supervisor:
             max_duration=_seconds(spec.profile.get("max_duration")),
             python=spec.python if spec.image is None else None,
             instance_id=job.instance_id,
+            nodes=run.nodes,
+            node_rank=job.job_num,
+            gang_id=await self._master_id(run, job),
         )
         progress = LaunchProgress(
             submitted=self._record_instance, waiting=self._pending, started=self._started
@@ -238,6 +267,7 @@ class Supervisor:
         if launch in done:
             try:
                 self._launched = launch.result()
+                await self._record_node(self._launched)
                 return
             except LaunchFailed as e:
                 await self._finish_end(e.end)
@@ -254,6 +284,43 @@ class Supervisor:
             if run.stop_requested:
                 return run.stop_requested
             await signal.wait(version, recheck)
+
+    async def _master_id(self, run: RunRow, job: JobRow) -> str | None:
+        if run.nodes <= 1:
+            return None
+        if job.job_num == 0:
+            return job.id
+        async with self.ctx.db.read() as session:
+            peers = await runs_service.nodes_of(session, run, job)
+        return next((p.id for p in peers if p.job_num == 0), None)
+
+    async def _record_node(self, launched: Launched) -> None:
+        if launched.hostname is None and launched.address is None:
+            return
+        async with self.ctx.db.write() as session:
+            _, job = await self._owned(session)
+            job.hostname = (launched.hostname or job.hostname or "")[:128] or None
+            job.address = launched.address or job.address
+
+    async def _my_turn(self, run: RunRow, job: JobRow) -> tuple[RunRow, JobRow, list[JobRow]]:
+        """Wait until this node may start (`startup_order`), or its run is stopped; returns the rows as
+        they are then, with every node of the run."""
+        if run.nodes <= 1:
+            return run, job, [job]
+        signal = self.ctx.notifier.signal(run_channel(run.id))
+        shown: str | None = None
+        while True:
+            version = signal.version
+            async with self.ctx.db.read() as session:
+                run, job = await self._select(session, owned=False)
+                peers = await runs_service.nodes_of(session, run, job)
+            waiting = nodes_view.waits_for(self._startup_order, job.job_num, peers)
+            if waiting is None or run.stop_requested:
+                return run, job, peers
+            if waiting != shown:
+                await self._set_status(RunStatus.PROVISIONING, waiting)
+                shown = waiting
+            await signal.wait(version, self.ctx.settings.poll_seconds)
 
     async def _record_instance(self, instance_id: str, label: str) -> None:
         async with self.ctx.db.write() as session:
@@ -281,10 +348,19 @@ class Supervisor:
                 return False
             raise
 
-    async def _provision(self, agent: AgentClient, run: RunRow, allocation: dict[str, Any]) -> None:
+    async def _provision(
+        self, agent: AgentClient, run: RunRow, job: JobRow, peers: list[JobRow], allocation: dict[str, Any]
+    ) -> None:
         spec = RunSpec.model_validate_json(run.spec)
+        gpus = self._launched.job_overrides.get("resources", {}).get("gpus")
+        cluster = nodes_view.cluster_of(
+            peers,
+            job.job_num,
+            len(gpus if gpus is not None else allocation.get("gpus") or []),
+            self._launched.addresses,
+        )
         try:
-            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation)
+            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation, cluster=cluster)
         except (job_request.JobRequestError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
@@ -415,10 +491,12 @@ class Supervisor:
             await self._finish_end(ended)
         elif status == "done":
             await self._finish(RunStatus.DONE, None, None, 0)
-        elif run.stop_requested == "abort":
+        elif run.stop_requested == ABORT:
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, exit_code)
-        elif run.stop_requested == "stop":
+        elif run.stop_requested == STOP:
             await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, exit_code)
+        elif run.stop_requested == NODE_ENDED:
+            await self._finish(RunStatus.TERMINATED, TerminationReason.TERMINATED_BY_SERVER, None, exit_code)
         elif status == "failed" and reason_code == "build_failed":
             message = f"build failed: {reason_text[:1].lower()}{reason_text[1:]}" if reason_text else None
             await self._finish(RunStatus.FAILED, TerminationReason.BUILD_FAILED, message, None)
@@ -472,10 +550,10 @@ class Supervisor:
                 if (
                     wanted is not None
                     and wanted != self._stop_sent
-                    and (wanted == "abort" or not self._stop_sent)
+                    and (wanted == ABORT or not self._stop_sent)
                 ):
                     agent = self.ctx.backends.job_agent(host_id, self.job_id)
-                    await agent.stop_job(self.job_id, abort=wanted == "abort", grace_seconds=self._stop_grace)
+                    await agent.stop_job(self.job_id, abort=wanted == ABORT, grace_seconds=self._stop_grace)
                     self._stop_sent = wanted
             await signal.wait(version, recheck)
             try:
@@ -485,8 +563,10 @@ class Supervisor:
             wanted = run.stop_requested
 
     async def _finish_unstarted(self, stop_requested: str) -> None:
-        if stop_requested == "abort":
+        if stop_requested == ABORT:
             await self._finish(RunStatus.ABORTED, TerminationReason.ABORTED_BY_USER, None, None)
+        elif stop_requested == NODE_ENDED:
+            await self._finish(RunStatus.TERMINATED, TerminationReason.TERMINATED_BY_SERVER, None, None)
         else:
             await self._finish(RunStatus.TERMINATED, TerminationReason.STOPPED_BY_USER, None, None)
 
@@ -511,14 +591,24 @@ class Supervisor:
     async def _set_status(
         self, status: RunStatus, status_message: str | None = None, job_status: RunStatus | None = None
     ) -> None:
-        # Not while a stop is under way (or recorded as ended): keep showing that.
-        run_id = await self._run_id()
-        written = await self._write(
-            status, unless_stopping=True, status_message=status_message, job_status=job_status
-        )
-        if not written:
-            await self._load_owned()  # raises LeaseLost if the job is not ours any more
-            return
+        if self._nodes > 1:
+            # A node's change also moves its run as its nodes stand together: the ORM path of move_node.
+            async with self.ctx.db.write() as session:
+                run, job = await self._owned(session)
+                if RunStatus(run.status) is RunStatus.TERMINATING or RunStatus(run.status).is_finished:
+                    return  # a stop is under way; keep showing it
+                peers = await runs_service.nodes_of(session, run, job)
+                move_node(run, job, peers, status, status_message=status_message, job_status=job_status)
+                run_id = run.id
+        else:
+            # Not while a stop is under way (or recorded as ended): keep showing that.
+            run_id = await self._run_id()
+            written = await self._write(
+                status, unless_stopping=True, status_message=status_message, job_status=job_status
+            )
+            if not written:
+                await self._load_owned()  # raises LeaseLost if the job is not ours any more
+                return
         self.ctx.notifier.notify(run_channel(run_id))
 
     async def _finish_end(self, end: JobEnd) -> None:
@@ -533,19 +623,32 @@ class Supervisor:
             await asyncio.wait_for(self.ctx.backends.release(self._host_id, self.job_id), RELEASE_TIMEOUT)
         except Exception:
             log.exception("job %s: its backend did not release it", self.job_id)
-        if self._scheduled:
-            # A scheduled run's end also makes its next job: the ORM path of transitions.end_job.
+        stops_others = False
+        if self._scheduled or self._nodes > 1:
+            # A scheduled run's end also makes its next job, and a node's end may end its run or stop the
+            # other nodes: the ORM path of transitions.end_node (end_job for a single node).
             async with self.ctx.db.write() as session:
                 run, job = await self._owned(session)
-                following = end_job(run, job, status, reason=reason, message=message, exit_code=exit_code)
-                if following is not None:  # a scheduled run waits for its next start
-                    session.add(following)
+                peers = await runs_service.nodes_of(session, run, job)
+                following, stops_others = end_node(
+                    run,
+                    job,
+                    peers,
+                    status,
+                    reason=reason,
+                    message=message,
+                    exit_code=exit_code,
+                    stop_criteria=self._stop_criteria,
+                )
+                session.add_all(following)  # a scheduled run waits for its next start
                 run_id = run.id
         else:
             run_id = await self._run_id()
             if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
                 raise LeaseLost()
         self.ctx.notifier.notify(run_channel(run_id))
+        if stops_others:  # the run's other nodes stop now (a node failed, or the master is done)
+            self.ctx.notifier.notify(stop_channel(run_id))
         self.ctx.notifier.notify(SCHEDULE)  # its capacity is free now
         self.ctx.notifier.notify(RETENTION)  # finished runs may be over the limits now
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The newest revision in migrations/versions; tests/unit/server/test_migrations.py keeps it in step.
-HEAD_REVISION = "0004_fleets"
+HEAD_REVISION = "0004_multinode"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

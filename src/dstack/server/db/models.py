@@ -124,6 +124,8 @@ class RunRow(Base):
     next_start_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Where it runs as its backend names it, for `ps -v` (e.g. "slurm job 123 on node1").
     instance: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # How many nodes (jobs per submission) it runs on: `ps` shows a multi-node run's nodes without its spec.
+    nodes: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     __table_args__ = (
         UniqueConstraint("project_id", "name"),
@@ -133,13 +135,15 @@ class RunRow(Base):
 
 
 class JobRow(Base):
-    """One submission of a run's job on a host. A run has one job per submission."""
+    """One submission of one node of a run on a host. A run has one job per node and submission; job_num is
+    the node's rank (0 = the master node)."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     submission_num: Mapped[int] = mapped_column(Integer, default=0)
+    job_num: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status: Mapped[str] = mapped_column(String(16))
     submitted_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -151,6 +155,10 @@ class JobRow(Base):
     termination_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     # What the backend created for this job (a Slurm job id): a resubmission after a crash finds it.
     instance_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Where the node runs as users know it (a fleet host, a Slurm node), and the address the other nodes of
+    # its run reach it on (DSTACK_NODES_IPS); set at placement, or by the backend's launch.
+    hostname: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(256), nullable=True)
     # Row lease: a worker owns the row while lock_expires_at is in the future and lock_token is its own.
     lock_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
     lock_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
 from dstack.server.schemas import DeleteRequest, RunRequest, StopRequest
-from dstack.server.services import attach, history, logs, run_plan
+from dstack.server.services import attach, history, logs, plans, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
 from dstack.server.services.users import User
@@ -23,7 +23,7 @@ router = APIRouter(prefix="/api/project/{project}/runs")
 async def plan(
     body: RunRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
 ) -> dict[str, Any]:
-    return await runs_service.plan(ctx, project, body.spec)
+    return await plans.plan(ctx, project, body.spec)
 
 
 @router.post("/submit")
@@ -62,8 +62,7 @@ async def list_runs(
 async def get_run(
     name: str, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
 ) -> Response:
-    run, job = await runs_service.get(ctx, project, name)
-    return _json(runs_service.run_json(run, job, project.name, None))
+    return _json(await runs_service.describe(ctx, project, name))
 
 
 def _json(data: Any) -> Response:
@@ -106,11 +105,13 @@ async def run_logs(
     name: str,
     offset: int = Query(default=0, ge=0),
     tail: int | None = Query(default=None, ge=0),
+    node: int | None = Query(default=None, ge=0),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> Response:
-    """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start)."""
-    run, job = await runs_service.output_job(ctx, project, name)
+    """The output so far, as raw bytes (the `X-Log-End` header says where a later read should start);
+    a multi-node run's master's, or node `node`'s."""
+    run, job = await runs_service.output_job(ctx, project, name, node)
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)
@@ -137,14 +138,16 @@ async def attach_stream(
     offset: int = Query(default=0, ge=0),
     tail: int | None = Query(default=None, ge=0),
     follow: bool = True,
+    node: int | None = Query(default=None, ge=0),
     ctx: ServerContext = Depends(get_ctx),
     project: Project = Depends(get_project),
 ) -> StreamingResponse:
-    """Status changes and output as frames (see dstack.core.frames) until the run ends."""
-    _, job = await runs_service.get(ctx, project, name)
+    """Status changes and output as frames (see dstack.core.frames) until the run ends; a multi-node run's
+    master's output, or node `node`'s (the status is the run's)."""
+    _, job = await runs_service.get(ctx, project, name, node)
     if tail is not None and job is not None:
         offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail)
     return StreamingResponse(
-        attach.stream(ctx, project, name, offset=offset, follow=follow),
+        attach.stream(ctx, project, name, offset=offset, follow=follow, node=node),
         media_type="application/x-dstack-frames",
     )

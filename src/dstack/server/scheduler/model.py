@@ -124,6 +124,11 @@ class Host:
     hostname: str | None = None
     gpu_metrics: bool | None = None  # whether GPU utilisation can be measured there; None: not reported
     note: str | None = None  # the backend's word on its availability, shown with the offer
+    # Multi-node: hosts with the same `cluster` reach each other (a fleet with placement: cluster, a Slurm
+    # partition), on `address`; a queue host stands for `node_count` nodes of its shape.
+    cluster: str | None = None
+    address: str | None = None
+    node_count: int = 1
 
     @classmethod
     def from_resources(
@@ -142,6 +147,9 @@ class Host:
         fleet: str | None = None,
         fleet_index: int | None = None,
         note: str | None = None,
+        cluster: str | None = None,
+        address: str | None = None,
+        node_count: int = 1,
     ) -> Host:
         disk = resources.get("disk_free_bytes")
         pythons = resources.get("pythons")
@@ -177,6 +185,9 @@ class Host:
             hostname=str(resources["hostname"]) if resources.get("hostname") else None,
             gpu_metrics=bool(resources["gpu_metrics"]) if "gpu_metrics" in resources else None,
             note=note,
+            cluster=cluster,
+            address=address,
+            node_count=node_count,
         )
 
 

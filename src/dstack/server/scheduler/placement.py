@@ -182,7 +182,7 @@ def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | s
     """Reserve what the task needs on a host whose totals fit; a string says why it is busy now."""
     host = usage.host
     if CAP_QUEUE in host.capabilities:
-        return _queue_allocation(req, job_id)
+        return queue_allocation(req, job_id)
     label = host_label(host)
     if usage.held_exclusively:
         return f"{label} is held alone by {usage.holders()}"
@@ -233,7 +233,7 @@ def allocate(req: Requirements, usage: HostUsage, job_id: str) -> Allocation | s
     )
 
 
-def _queue_allocation(req: Requirements, job_id: str) -> Allocation:
+def queue_allocation(req: Requirements, job_id: str) -> Allocation:
     # What the backend's queue is asked for: the minimum of each range (a queue allocates exact amounts).
     gpus = int(req.gpu.count.min) if req.gpu is not None else 0
     return Allocation(

@@ -23,16 +23,25 @@ HEARTBEAT = frames.HEARTBEAT_INTERVAL
 
 
 async def stream(
-    ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool
+    ctx: ServerContext, project: Project, name: str, *, offset: int, follow: bool, node: int | None = None
 ) -> AsyncIterator[bytes]:
-    run, job = await runs_service.get(ctx, project, name)
+    """`node`: the rank of the node whose output to stream (default: the master's)."""
+    run, job = await runs_service.get(ctx, project, name, node)
     with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
-        async for part in _frames(ctx, project, name, run, job, offset=offset, follow=follow):
+        async for part in _frames(ctx, project, name, run, job, offset=offset, follow=follow, node=node):
             yield part
 
 
 async def _frames(
-    ctx: ServerContext, project: Project, name: str, run: Any, job: Any, *, offset: int, follow: bool
+    ctx: ServerContext,
+    project: Project,
+    name: str,
+    run: Any,
+    job: Any,
+    *,
+    offset: int,
+    follow: bool,
+    node: int | None,
 ) -> AsyncIterator[bytes]:
     status_signal = ctx.notifier.signal(run_channel(run.id))
     output_signal = ctx.notifier.signal(output_channel(run.id))
@@ -60,7 +69,7 @@ async def _frames(
             if status_version != status_seen or time.monotonic() - refreshed >= STATUS_REFRESH:
                 status_seen = status_version
                 followed = job
-                run, job = await runs_service.get(ctx, project, name)
+                run, job = await runs_service.get(ctx, project, name, node)
                 refreshed = time.monotonic()
                 if followed is not None and job is not None and job.id != followed.id:
                     # A scheduled run's job ended and the next one waits for its start: this stream ends.

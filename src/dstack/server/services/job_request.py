@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import shlex
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from dstack.config.errors import InterpolationError
@@ -27,6 +28,31 @@ from dstack.server.services.users import hash_token
 DEFAULT_STOP_GRACE = 10.0
 # `stop_duration: off`: as long as the agent allows (it never waits longer than this).
 UNLIMITED_STOP_GRACE = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The nodes of a run as one node's environment names them (today's dstack's variables)."""
+
+    rank: int = 0
+    addresses: tuple[str, ...] = ("127.0.0.1",)  # every node's, rank order: the master's first
+    gpus_per_node: int = 0
+    gpus_total: int = 0
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DSTACK_NODES_NUM": str(len(self.addresses)),
+            "DSTACK_NODE_RANK": str(self.rank),
+            "DSTACK_MASTER_NODE_IP": self.addresses[0],
+            "DSTACK_NODES_IPS": "\n".join(self.addresses),
+            "DSTACK_GPUS_PER_NODE": str(self.gpus_per_node),
+            "DSTACK_GPUS_NUM": str(self.gpus_total),
+        }
+
+    def hostfile(self) -> str:
+        """An MPI hostfile: one line per node with its slots (its GPUs, or one process on a CPU node)."""
+        slots = max(1, self.gpus_per_node)
+        return "".join(f"{address} slots={slots}\n" for address in self.addresses)
 
 
 class JobRequestError(Exception):
@@ -48,8 +74,10 @@ async def build(
     spec: RunSpec,
     allocation: dict[str, Any],
     *,
-    job_num: int = 0,
+    cluster: Cluster | None = None,
 ) -> dict[str, Any]:
+    """`cluster`: the run's nodes (a single-node run is a cluster of one, on loopback unless said)."""
+    cluster = cluster or Cluster(gpus_per_node=len(allocation.get("gpus") or []))
     checked = specs.check(spec)
     configuration, profile = checked.configuration, checked.profile
     names = checked.secret_names
@@ -60,13 +88,14 @@ async def build(
     env = {key: secrets.resolve(value, values) for key, value in spec.env.items()}
     if configuration.dstack:
         await _server_access(ctx, run, job_id, env)
+    env.update(cluster.env())  # after the task's own: a node cannot pose as another
     working_dir, container_workdir = spec.working_dir, None
     if working_dir is not None and is_outside(working_dir):
         working_dir, container_workdir = None, working_dir
     # The caps the agent enforces where it can (see scheduler/placement.py); None: not capped.
     cpus = allocation.get("cpu_limit") or None
     memory_gb = allocation.get("memory_limit_gb") or None
-    variables = mount_variables(job_num=job_num, node_rank=job_num)
+    variables = mount_variables(job_num=cluster.rank, node_rank=cluster.rank)
     repo = next((r for r in configuration.repos if r.url), None)
     auth = configuration.registry_auth
     utilization = profile.utilization_policy
@@ -131,6 +160,7 @@ async def build(
             "time_window": utilization.time_window,
         },
         "nvcc": bool(configuration.nvcc),
+        "mpi_hostfile": cluster.hostfile(),  # the agent writes it and names it in DSTACK_MPI_HOSTFILE
     }
 
 

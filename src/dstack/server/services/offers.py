@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from dstack.config import ConfigError, parse_configuration, parse_overrides, resolve_profile
 from dstack.server.context import ServerContext
 from dstack.server.schemas import RunSpec
-from dstack.server.services import runs as runs_service
+from dstack.server.services import plans
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.projects import Project
 
@@ -57,7 +57,7 @@ def spec_for(query: OfferQuery) -> RunSpec:
 
 async def offers(ctx: ServerContext, project: Project, query: OfferQuery) -> dict[str, Any]:
     """The plan's answer: requirements, offers (cheapest first, busy and unavailable last), why none fits."""
-    plan = await runs_service.plan(ctx, project, spec_for(query))
+    plan = await plans.plan(ctx, project, spec_for(query))
     plan.pop("run_name", None)  # nothing will run: no name was taken
     return plan
 

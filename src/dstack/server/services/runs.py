@@ -17,22 +17,24 @@ from dstack.core.statuses import (
     RunStatus,
     TerminationReason,
 )
-from dstack.server.backends.agent_client import AgentError
-from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
-from dstack.server.scheduler import placement
-from dstack.server.scheduler.model import Host
 from dstack.server.schemas import RunSpec
 from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
 from dstack.server.services.projects import Project
-from dstack.server.services.transitions import apply_status, scheduled_message, status_values, submitted_entry
-from dstack.server.services.usage import load_usages
+from dstack.server.services.transitions import (
+    ABORT,
+    STOP,
+    apply_status,
+    end_run,
+    scheduled_message,
+    status_values,
+    submitted_entry,
+)
 from dstack.server.services.users import User
 
-PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
 PS_DEFAULT_LIMIT = 50
 PS_MAX_LIMIT = 1000
 Cursor = tuple[float, str]  # (submitted_at, id) of a listed run
@@ -40,84 +42,7 @@ _FINISHED = [s.value for s in FINISHED_STATUSES]
 _WAITING = [s.value for s in WAITING_STATUSES]
 
 
-async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
-    checked = specs.check(spec)
-    specs.check_size(spec)
-    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
-    hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
-    async with ctx.db.read() as session:
-        usages = await load_usages(session, hosts)
-    offers = placement.offers(checked.requirements, usages)
-    misfits = placement.misfit_offers(checked.requirements, usages)
-    run_name = spec.run_name
-    if run_name is None:
-        async with ctx.db.read() as session:
-            run_name = await _free_name(session, project)
-    refusal = refusal or await _missing_build(ctx, spec, offers)
-    return {
-        "project": project.name,
-        "run_name": run_name,
-        "configuration_path": spec.configuration_path,
-        "requirements": checked.describe(),
-        "sharing": placement.placement_note(checked.requirements, offers[0].host)
-        if offers
-        else placement.SHARING_POLICY,
-        # The offers that fit, then queue hosts (Slurm partitions) that never can, each with why.
-        "offers": [_offer_json(o) for o in [*offers[:50], *misfits[:10]]],
-        "total_offers": len(offers),
-        "no_offer_message": None if offers else placement.no_offer_message(checked.requirements, hosts),
-        # Set when offers fit but none is free now: without retry the run would fail at once.
-        "busy_message": f"No offer is free now: {offers[0].note}"
-        if offers and all(o.availability != "available" for o in offers)
-        else None,
-        "notes": list(checked.notes) + placement_notes(checked, offers[0].host if offers else None),
-        # Set when the task cannot run here at all (or, without --build, its build is not cached on any
-        # host that fits): the CLI shows the plan, then stops with this.
-        "refusal": refusal,
-        "priority": checked.priority,
-        "schedule": _schedule_json(checked, time.time()),
-    }
-
-
-async def _missing_build(ctx: ServerContext, spec: RunSpec, offers: list[placement.Offer]) -> str | None:
-    """SPEC §5: without --build, a run whose build is not cached stops before running; the plan says so
-    when every offer's host says it has no such build."""
-    if not spec.build or spec.build_policy != "use-build" or spec.build_inputs is None or not offers:
-        return None
-    python = spec.python if spec.image is None else None
-    for offer in offers[:PLAN_BUILD_LOOKUPS]:
-        try:
-            agent = ctx.backends.agent(offer.host.id)
-            if await agent.has_build(python=python, image=spec.image, inputs=spec.build_inputs):
-                return None
-        except (AgentError, UnknownHost):
-            # No agent to ask (a queue backend such as Slurm starts one per job), or it does not answer:
-            # the plan cannot tell, so the run goes on and the host says at start (`build not found`).
-            return None
-    advice = specs.build_advice(spec.configuration_path)
-    return f"This configuration's build is not cached on any host that fits; {advice}"
-
-
-def placement_notes(checked: specs.CheckedSpec, host: Host | None) -> list[str]:
-    """What the plan says about the best offer's host for this task (e.g. what it cannot measure)."""
-    if host is None or checked.profile.utilization_policy is None or checked.profile.resources.gpu is None:
-        return []
-    if host.gpu_metrics is not False:
-        return []
-    return [
-        f"utilization_policy cannot be measured on {placement.host_label(host)}: nvidia-smi does not answer "
-        "there, so the policy has no effect on it."
-    ]
-
-
-def _schedule_json(checked: specs.CheckedSpec, now: float) -> dict[str, Any] | None:
-    cron = checked.schedule
-    if cron is None:
-        return None
-    return {"cron": cron, "next_start": next_start(cron, now)}
-
-
-async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
+async def missing_secrets(ctx: ServerContext, project: Project, checked: specs.CheckedSpec) -> str | None:
     names = checked.secret_names
     if not names:
         return None
@@ -126,24 +51,10 @@ async def _missing_secrets(ctx: ServerContext, project: Project, checked: specs.
     return secrets.missing_message(missing, project.name) if missing else None
 
 
-def _offer_json(offer: placement.Offer) -> dict[str, Any]:
-    host = offer.host
-    return {
-        "backend": host.backend,
-        "region": host.region,
-        "instance": host.name,
-        "resources": placement.describe_resources(host),
-        "spot": host.spot,
-        "price": host.price,
-        "availability": offer.availability,
-        "note": offer.note,
-    }
-
-
 async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec) -> dict[str, Any]:
     checked = specs.check(spec)
     specs.check_size(spec)
-    refusal = checked.refusal or await _missing_secrets(ctx, project, checked)
+    refusal = checked.refusal or await missing_secrets(ctx, project, checked)
     if refusal is not None:
         raise ServiceError(refusal)
     now = time.time()
@@ -174,30 +85,36 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
             priority=checked.priority,
             schedule=json.dumps(schedule) if schedule else None,
             next_start_at=first_start,
+            nodes=checked.nodes,
         )
-        job = JobRow(
-            id=str(uuid.uuid4()),
-            run_id=run.id,
-            submission_num=0,
-            status=RunStatus.SUBMITTED.value,
-            submitted_at=now,
-        )
+        # One job per node (job_num = its rank; 0 is the master), placed together by the scheduler.
+        jobs = [
+            JobRow(
+                id=str(uuid.uuid4()),
+                run_id=run.id,
+                submission_num=0,
+                job_num=rank,
+                status=RunStatus.SUBMITTED.value,
+                submitted_at=now,
+            )
+            for rank in range(checked.nodes)
+        ]
         history = [submitted_entry(run)]  # its history's start
         if first_start is not None:
             # Waiting for its first start from the moment it exists (`dstack ps` right after `dstack run`).
             run_values, job_values = status_values(
                 RunStatus.PENDING, status_message=scheduled_message(first_start), now=now
             )
-            for row, values in ((run, run_values), (job, job_values)):
+            for row, values in ((run, run_values), *((job, job_values) for job in jobs)):
                 for column, value in values.items():
                     setattr(row, column, value)
             history.append(submitted_entry(run))
-        # INSERT statements, not the ORM's unit of work (flushing the run, then the job): a burst of
+        # INSERT statements, not the ORM's unit of work (flushing the run, then the jobs): a burst of
         # submissions spends its time here. The rows stay unattached, for the answer only.
         await session.execute(insert(RunRow).values(_columns(run, RunRow)))
-        await session.execute(insert(JobRow).values(_columns(job, JobRow)))
+        await session.execute(insert(JobRow).values([_columns(job, JobRow) for job in jobs]))
         await session.execute(insert(TransitionRow).values(history))
-        return run, job
+        return run, jobs[0]
 
     # Submissions arriving together share one transaction (see Database.write_batched).
     run, job = await ctx.db.write_batched(record)
@@ -211,7 +128,7 @@ def _columns(row: Any, table: Any) -> dict[str, Any]:
     return {column.key: getattr(row, column.key) for column in table.__table__.columns}
 
 
-async def _free_name(session: Any, project: Project) -> str:
+async def free_name(session: Any, project: Project) -> str:
     """A random name no run of the project has (the CLI interpolates ${{ run.name }} with it)."""
     from dstack.config.names import random_run_name
 
@@ -227,7 +144,7 @@ async def _free_name(session: Any, project: Project) -> str:
 
 async def _claim_name(ctx: ServerContext, session: Any, project: Project, wanted: str | None) -> str:
     if wanted is None:
-        return await _free_name(session, project)
+        return await free_name(session, project)
     # Only what the check needs: a whole row would carry its (big) spec along, on every submission.
     existing = (
         await session.execute(
@@ -330,7 +247,25 @@ async def list_runs(
             rows = (await session.execute(unfinished)).mappings().all()
             if not rows:
                 rows = (await session.execute(newest.limit(1))).mappings().all()
-    return [_listed_json(row, project.name) for row in rows]
+        nodes = await _nodes_by_run(session, [row["id"] for row in rows if (row["nodes"] or 1) > 1])
+    return [_listed_json(row, project.name, nodes.get(row["id"])) for row in rows]
+
+
+async def _nodes_by_run(session: Any, run_ids: list[str]) -> dict[str, list[JobRow]]:
+    """The current submission's jobs of each multi-node run (one query for a page of runs)."""
+    if not run_ids:
+        return {}
+    found: dict[str, list[JobRow]] = {}
+    rows = await session.execute(
+        select(JobRow)
+        .where(JobRow.run_id.in_(run_ids))
+        .order_by(JobRow.submission_num.desc(), JobRow.job_num)
+    )
+    for job in rows.scalars():
+        jobs = found.setdefault(job.run_id, [])
+        if not jobs or jobs[0].submission_num == job.submission_num:
+            jobs.append(job)
+    return found
 
 
 def parse_cursor(text: str) -> Cursor:
@@ -345,8 +280,8 @@ def parse_cursor(text: str) -> Cursor:
     return value, run_id
 
 
-def _listed_json(row: Any, project: str) -> dict[str, Any]:
-    return {
+def _listed_json(row: Any, project: str, nodes: list[JobRow] | None) -> dict[str, Any]:
+    data = {
         "id": row["id"],
         "name": row["name"],
         "project": project,
@@ -366,25 +301,80 @@ def _listed_json(row: Any, project: str) -> dict[str, Any]:
         "next_start_at": row["next_start_at"] if row["schedule"] else None,
         "instance": row["instance"],
     }
+    if nodes:
+        data["nodes"] = [node_json(job) for job in nodes]
+    return data
 
 
-async def get(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+def node_json(job: JobRow) -> dict[str, Any]:
+    """One node of a multi-node run (its job of the current submission), for `ps -v` and the run page."""
+    return {
+        "rank": job.job_num,
+        "job_id": job.id,
+        "status": job.status,
+        "hostname": job.hostname,
+        "address": job.address,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "exit_code": job.exit_code,
+        "termination_reason": job.termination_reason,
+        "termination_message": job.termination_message,
+    }
+
+
+async def get(
+    ctx: ServerContext, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
     async with ctx.db.read() as session:
-        return await find(session, project, name)
+        return await find(session, project, name, node)
 
 
-async def find(session: Any, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+async def describe(ctx: ServerContext, project: Project, name: str) -> dict[str, Any]:
+    """`GET /runs/NAME`: the run, its current job (the master's) and, for a multi-node run, its nodes."""
+    async with ctx.db.read() as session:
+        run, job = await find(session, project, name)
+        nodes = await nodes_of(session, run, job) if run.nodes > 1 else []
+    data = run_json(run, job, project.name, None)
+    if nodes:
+        data["nodes"] = [node_json(node) for node in nodes]
+    return data
+
+
+async def find(
+    session: Any, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
+    """The run and its current job: the master's (rank 0), or node `node`'s."""
     run = (
         await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == name))
     ).scalar_one_or_none()
     if run is None:
         raise NotFound(f"Run {name} not found in project {project.name}")
+    query = select(JobRow).where(JobRow.run_id == run.id)
+    if node:
+        check_node(run, node)
+        query = query.where(JobRow.job_num == node)
     job = (
-        await session.execute(
-            select(JobRow).where(JobRow.run_id == run.id).order_by(JobRow.submission_num.desc()).limit(1)
-        )
+        await session.execute(query.order_by(JobRow.submission_num.desc(), JobRow.job_num).limit(1))
     ).scalar_one_or_none()
     return run, job
+
+
+async def nodes_of(session: Any, run: RunRow, job: JobRow | None) -> list[JobRow]:
+    """Every job of the submission `job` belongs to (one per node, master first); [job] for a single-node
+    run, without a query."""
+    if job is None:
+        return []
+    if run.nodes <= 1:
+        return [job]
+    return list(
+        (
+            await session.execute(
+                select(JobRow)
+                .where(JobRow.run_id == run.id, JobRow.submission_num == job.submission_num)
+                .order_by(JobRow.job_num)
+            )
+        ).scalars()
+    )
 
 
 async def stop(
@@ -400,17 +390,20 @@ async def stop(
             if status.is_finished:
                 pass
             elif status in WAITING_STATUSES and (job is None or job.host_id is None):
-                apply_status(
+                end_run(
                     run,
-                    job,
+                    await nodes_of(session, run, job),
                     RunStatus.ABORTED if abort else RunStatus.TERMINATED,
                     reason=TerminationReason.ABORTED_BY_USER if abort else TerminationReason.STOPPED_BY_USER,
                 )
             else:
-                # An abort may follow a graceful stop; never downgrade an abort to a stop.
-                if abort or run.stop_requested != "abort":
-                    run.stop_requested = "abort" if abort else "stop"
-                apply_status(run, job, RunStatus.TERMINATING)
+                # An abort may follow a graceful stop (or a node's end); never downgrade an abort to a stop.
+                if abort or run.stop_requested != ABORT:
+                    run.stop_requested = ABORT if abort else STOP
+                for node in await nodes_of(session, run, job):
+                    if not RunStatus(node.status).is_finished:
+                        apply_status(run, node, RunStatus.TERMINATING)
+                apply_status(run, None, RunStatus.TERMINATING)
             touched.append(run.id)
             result.append(run_json(run, job, project.name, None))
     for run_id in touched:
@@ -438,22 +431,30 @@ async def job_by_id(ctx: ServerContext, job_id: str) -> JobRow | None:
         return await session.get(JobRow, job_id)
 
 
-async def output_job(ctx: ServerContext, project: Project, name: str) -> tuple[RunRow, JobRow | None]:
+async def output_job(
+    ctx: ServerContext, project: Project, name: str, node: int | None = None
+) -> tuple[RunRow, JobRow | None]:
     """The run and the job whose output to show: the latest that was placed (a scheduled run's newest job
-    waits for its start with no output yet)."""
+    waits for its start with no output yet), of the master node or of node `node` (its rank)."""
     async with ctx.db.read() as session:
-        run, job = await find(session, project, name)
+        run, job = await find(session, project, name, node)
         if job is None or job.status not in _WAITING or job.submission_num == 0:
             return run, job
         placed = (
             await session.execute(
                 select(JobRow)
-                .where(JobRow.run_id == run.id, JobRow.status.not_in(_WAITING))
+                .where(JobRow.run_id == run.id, JobRow.job_num == job.job_num, JobRow.status.not_in(_WAITING))
                 .order_by(JobRow.submission_num.desc())
                 .limit(1)
             )
         ).scalar_one_or_none()
         return run, placed or job
+
+
+def check_node(run: RunRow, node: int) -> None:
+    if not 0 <= node < run.nodes:
+        nodes = "one node (0)" if run.nodes == 1 else f"{run.nodes} nodes (0-{run.nodes - 1})"
+        raise ServiceError(f"Run {run.name} has {nodes}; there is no node {node}")
 
 
 def run_json(

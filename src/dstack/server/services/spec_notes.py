@@ -92,14 +92,10 @@ def refusal_for(configuration: TaskConfiguration) -> str | None:
             "product does not provide and cannot pull; run the commands in an image of your own with image: "
             "instead."
         )
-    if configuration.is_multi_node:
-        what = (
-            f"{len(configuration.node_groups())} node groups"
-            if configuration.groups
-            else f"nodes: {configuration.total_nodes}"
-        )
+    if configuration.groups:
         return (
-            f"A multi-node task ({what}) needs a fleet with placement: cluster or a Slurm cluster, "
-            "and this server runs single-node tasks only for now."
+            f"A task with node groups ({len(configuration.groups)} groups) cannot run here yet: its nodes "
+            "would each need their own commands and resources; give every node the same ones with "
+            "nodes: N instead."
         )
     return None

@@ -31,6 +31,23 @@ class CheckedSpec:
     requirements: Requirements
     notes: tuple[str, ...] = ()  # the plan's lines about fields honoured differently here, or not at all
     refusal: str | None = None  # why it cannot run on any backend here
+    # What each node asks for, in rank order (a node group's own resources for its nodes); one entry for a
+    # single-node task: `requirements`.
+    node_requirements: tuple[Requirements, ...] = ()
+
+    @property
+    def nodes(self) -> int:
+        return len(self.node_requirements) or 1
+
+    @property
+    def stop_criteria(self) -> str:
+        value = self.profile.stop_criteria
+        return str(getattr(value, "value", value) or "all-done")
+
+    @property
+    def startup_order(self) -> str:
+        value = self.profile.startup_order
+        return str(getattr(value, "value", value) or "any")
 
     @property
     def priority(self) -> int:
@@ -79,14 +96,36 @@ def check(spec: RunSpec) -> CheckedSpec:
         raise ServiceError(f"The run spec is not valid: {_first_error(e)}") from e
     if spec.image is not None and spec.python is not None:
         raise ServiceError("The run spec sets both image and python; they are mutually exclusive")
+    requirements = requirements_of(spec, profile, configuration)
     return CheckedSpec(
         spec=spec,
         configuration=configuration,
         profile=profile,
-        requirements=requirements_of(spec, profile, configuration),
+        requirements=requirements,
         notes=tuple(notes_for(configuration, profile)),
         refusal=refusal_for(configuration),
+        node_requirements=_node_requirements(spec, profile, configuration, requirements),
     )
+
+
+def _node_requirements(
+    spec: RunSpec, profile: EffectiveProfile, configuration: TaskConfiguration, requirements: Requirements
+) -> tuple[Requirements, ...]:
+    """One entry per node, rank order: a group's own `resources` replace the fields they set."""
+    found: list[Requirements] = []
+    for group in configuration.node_groups():
+        own = requirements
+        if group.resources is not None and configuration.groups:
+            given = {k: v for k, v in group.resources if v is not None}
+            merged = profile.resources.model_copy(update=given)
+            explicit = {**profile.resources_explicit, **{k: True for k in given}}
+            own = requirements_of(
+                spec,
+                profile.model_copy(update={"resources": merged, "resources_explicit": explicit}),
+                configuration,
+            )
+        found += [own] * group.nodes
+    return tuple(found)
 
 
 def build_advice(configuration_path: str) -> str:

@@ -44,7 +44,7 @@ from dstack.server.backends.base import (
 from dstack.server.backends.slurm import script
 from dstack.server.backends.slurm.cluster import SlurmCluster, SlurmError, SlurmRejected
 from dstack.server.backends.slurm.inventory import Shape, shapes
-from dstack.server.backends.slurm.states import JobInfo, never_starts, outcome, pending_message
+from dstack.server.backends.slurm.states import JobInfo, NodeAgent, never_starts, outcome, pending_message
 from dstack.server.backends.slurm.stored import Orphans, load_shapes, read_or_create_secret, save_shapes
 from dstack.server.config_file import SlurmBackendConfig
 from dstack.server.remote.artifact import agent_zipapp
@@ -68,6 +68,7 @@ class _Job:
     slurm_id: str
     client: AgentClient | None = None
     forward: tuple[str, int] | None = None
+    gang: str = ""  # the master job's id: the Slurm job's tag and its agents' token (every node's)
 
 
 class SlurmBackend(Backend):
@@ -90,6 +91,7 @@ class SlurmBackend(Backend):
         self._orphan_task: asyncio.Task[None] | None = None
         self._agent_b64: str | None = None
         self._uv: tuple[Path, str] | None = None
+        self._shipping: dict[str, asyncio.Task[None]] = {}  # Slurm job id -> uv on its way to its nodes
 
     async def start(self) -> None:
         # Clusters are asked lazily (hosts()), so an unreachable one never holds up a start.
@@ -172,6 +174,9 @@ class SlurmBackend(Backend):
             unavailable_reason=reason,
             capabilities=self._capabilities(cluster),
             note=shape.note,
+            # The nodes of one partition take a multi-node run as one job (--nodes N).
+            cluster=f"slurm:{shape.cluster}/{shape.partition}",
+            node_count=shape.usable,
         )
 
     def _placeholder(self, cluster: SlurmCluster, name: str, reason: str) -> HostInfo:
@@ -220,8 +225,12 @@ class SlurmBackend(Backend):
             raise LaunchFailed(
                 _failed(f"failed to start: {host_name} is not a node shape of cluster {cluster.name}")
             )
-        slurm_id = await self._submitted(cluster, shape, request)
-        job = self._jobs.setdefault(request.job_id, _Job(cluster, slurm_id))
+        gang = request.gang_id or request.job_id
+        if request.node_rank == 0:
+            slurm_id = await self._submitted(cluster, shape, request)
+        else:  # the master's launch submits the one Slurm job every node of the run shares
+            slurm_id = await self._shared(cluster, gang, request)
+        job = self._jobs.setdefault(request.job_id, _Job(cluster, slurm_id, gang=gang))
         await progress.submitted(slurm_id, f"slurm job {slurm_id}")
         delay, shown, running_since, unreachable_since = 0.1, None, None, None
         while True:
@@ -251,8 +260,9 @@ class SlurmBackend(Backend):
                     running_since = time.monotonic()
                     await progress.submitted(slurm_id, f"slurm job {slurm_id} on {info.nodes}")
                     await progress.started(f"Slurm job {slurm_id} started on {info.nodes}")
-                if info.agent is not None:
-                    launched = await self._connect(job, info, request, shape)
+                agents = info.node_agents
+                if len(agents) > request.node_rank:
+                    launched = await self._connect(job, info, request, shape, agents)
                     if launched is not None:
                         return launched
                 elif time.monotonic() - running_since > AGENT_START_TIMEOUT:
@@ -282,6 +292,7 @@ class SlurmBackend(Backend):
                     token=self._token(request.job_id),
                     agent_b64=await self._agent_payload(),
                     uv_sha=(await self._uv_binary(shape))[1] if request.python else "",
+                    nodes=request.nodes,
                 )
                 return await cluster.submit(script.sbatch_command(request, shape), text)
             except SlurmRejected as e:
@@ -289,6 +300,23 @@ class SlurmBackend(Backend):
             except SlurmError as e:
                 since = _check_grace(e, since)
                 await asyncio.sleep(1.0)
+
+    async def _shared(self, cluster: SlurmCluster, gang: str, request: LaunchRequest) -> str:
+        """A worker node's Slurm job: its master's, once the master's launch has submitted it."""
+        if request.instance_id:
+            return request.instance_id
+        since = None
+        while True:
+            known = next((j.slurm_id for j in self._jobs.values() if j.gang == gang), None)
+            try:
+                found = known or await cluster.find(script.tag(gang))
+                since = None
+            except SlurmError as e:
+                since = _check_grace(e, since)
+                found = None
+            if found is not None:
+                return found
+            await asyncio.sleep(0.5)
 
     async def _state(self, cluster: SlurmCluster, slurm_id: str) -> JobInfo:
         info = await cluster.watcher.get(slurm_id)
@@ -303,10 +331,10 @@ class SlurmBackend(Backend):
         return JobInfo(slurm_id, "REVOKED", "the cluster no longer knows the job", "", "")
 
     async def _connect(
-        self, job: _Job, info: JobInfo, request: LaunchRequest, shape: Shape
+        self, job: _Job, info: JobInfo, request: LaunchRequest, shape: Shape, agents: list[NodeAgent]
     ) -> Launched | None:
-        assert info.agent is not None
-        address, port = info.agent
+        node = agents[request.node_rank]
+        address, port = node.address, node.port
         cluster = job.cluster
         try:
             path = await cluster.connection.forward(address, port)
@@ -316,9 +344,7 @@ class SlurmBackend(Backend):
         if job.client is None or job.forward != (address, port):
             if job.client is not None:
                 await job.client.close()
-            job.client = AgentClient(
-                f"http://{address}:{port}", self._token(request.job_id), socket_path=str(path)
-            )
+            job.client = AgentClient(f"http://{address}:{port}", self._token(job.gang), socket_path=str(path))
             job.forward = (address, port)
         try:
             # Authenticated: the agent at that address is this job's. A job it already has was handed
@@ -330,13 +356,22 @@ class SlurmBackend(Backend):
             await self._cancel(cluster, job.slurm_id)
             raise LaunchFailed(_failed(f"failed to start: the agent of Slurm job {job.slurm_id}: {e}")) from e
         if request.python and not info.has_uv and info.work_dir and not handed_over:
-            await self._ship_uv(cluster, job.slurm_id, info.work_dir, shape)
+            # One copy for every node (sbcast), which each node's job waits for.
+            shipping = self._shipping.get(job.slurm_id)
+            if shipping is None:
+                shipping = self._shipping[job.slurm_id] = asyncio.create_task(
+                    self._ship_uv(cluster, job.slurm_id, info.work_dir, shape)
+                )
+            await asyncio.shield(shipping)
         return Launched(
             job_overrides={
                 "max_duration": None,  # Slurm's --time ends the job; its reason says so
                 # Slurm's allocation is the truth: the GPUs it gave, its cgroups (no caps of the agent's).
-                "resources": {"cpus": None, "memory_bytes": None, "gpus": info.gpus},
-            }
+                "resources": {"cpus": None, "memory_bytes": None, "gpus": list(node.gpus)},
+            },
+            hostname=node.hostname,
+            address=address,
+            addresses=tuple(a.address for a in agents),
         )
 
     # -- ends --------------------------------------------------------------------------------------------
@@ -365,11 +400,14 @@ class SlurmBackend(Backend):
         cluster = job.cluster
         if job.client is not None:
             with contextlib.suppress(AgentError):
-                await job.client.delete_job(job_id)  # the agent exits with it, which ends the Slurm job
+                await job.client.delete_job(job_id)  # the agent exits with it (its node's part of the job)
             await job.client.close()
         if job.forward is not None:
             with contextlib.suppress(SSHError):
                 await cluster.connection.unforward(*job.forward)
+        if any(other.slurm_id == job.slurm_id for other in self._jobs.values()):
+            return  # other nodes of the run still hold the Slurm job: the last one to end waits for it
+        self._shipping.pop(job.slurm_id, None)
         started = time.monotonic()
         cancelled = False
         while True:

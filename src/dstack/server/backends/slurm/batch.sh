@@ -29,8 +29,33 @@ fi
 read -r -d '' node <<'DSTACK_NODE_END'
 @@NODE@@
 DSTACK_NODE_END
-srun --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=1 \
-  bash -c "$node" dstack-node "$agent"
-code=$?
+
+# Each node prints one line once its agent listens (or why it cannot run it); this script, the Comment's
+# only writer, publishes every node's agent at once when all of them have (a node's own `scontrol update`
+# would overwrite another's).
+collect() {
+  local want="${SLURM_JOB_NUM_NODES:-1}" got=0 first="" uv_all=1 line kind rank name agent gpus work uv
+  local -a nodes=()
+  while IFS= read -r line; do
+    IFS='|' read -r kind rank name agent gpus work uv <<<"$line"  # (not tabs: empty fields would merge)
+    if [ "$kind" = error ]; then
+      publish "error=$rank"
+      continue
+    fi
+    [ "$kind" = node ] && [ -z "${nodes[$rank]:-}" ] || continue
+    nodes[$rank]="$name/$agent/$gpus"
+    [ "$uv" = 1 ] || uv_all=0
+    [ "$rank" = 0 ] && first="agent=$agent;gpus=$gpus;work=$work"
+    got=$((got + 1))
+    if [ "$got" -eq "$want" ]; then
+      publish "$first;uv=$uv_all;nodes=$(IFS='|'; echo "${nodes[*]}")"
+    fi
+  done
+}
+# One node's agent ending (its job collected) must not end the others': only a single node's step is
+# killed on a bad exit.
+srun --ntasks-per-node=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}" --kill-on-bad-exit=@@KILL_ON_BAD_EXIT@@ \
+  bash -c "$node" dstack-node "$agent" | collect
+code=${PIPESTATUS[0]}
 rm -f "$agent"
 exit "$code"

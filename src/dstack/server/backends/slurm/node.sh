@@ -1,9 +1,9 @@
 # On each node of the job (started by srun): the dstack agent, reachable from the login node.
 set -u
 umask 077
-publish() { scontrol update JobId="$SLURM_JOB_ID" Comment="@@TAG@@;$1" >/dev/null 2>&1; }
+# What this node tells the batch script (which publishes it): one line, fields separated by |.
 fail() {
-  publish "error=$(printf '%s' "$1" | tr '=;|\n' ':,/ ' | cut -c1-@@MAX_ERROR@@)"
+  printf 'error|%s\n' "$(printf '%s' "$1" | tr '=;|\n' ':,/ ' | cut -c1-@@MAX_ERROR@@)"
   exit 1
 }
 
@@ -46,9 +46,8 @@ for _ in $(seq 600); do
 done
 port=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["port"])' "$work/agent.json" \
   2>/dev/null) || fail "the dstack agent did not start on $host: $(tail -n 1 "$work/agent.log" 2>/dev/null)"
-if [ "${SLURM_NODEID:-0}" = 0 ]; then
-  publish "agent=$addr:$port;gpus=${CUDA_VISIBLE_DEVICES:-};work=$work;uv=$uv"
-fi
+printf 'node|%s|%s|%s|%s|%s|%s\n' "${SLURM_NODEID:-0}" "$host" "$addr:$port" \
+  "${CUDA_VISIBLE_DEVICES:-}" "$work" "$uv"
 wait "$pid"
 code=$?
 

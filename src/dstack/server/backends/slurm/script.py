@@ -9,10 +9,12 @@ agent runs inside the allocation: Slurm's cgroups, its CUDA_VISIBLE_DEVICES, its
 
 On each node a small wrapper finds the node's address as Slurm knows it (NodeAddr), keeps environments and
 build caches in a per-node folder when no other agent uses it (flock), links the uv the server shipped
-before (or keeps the one it ships now for the next job), starts the agent on a free port, and publishes
-`agent=ADDR:PORT` (and the GPUs Slurm gave) through the job's Comment; the server reaches that address
-through its SSH connection to the login node. Anything that stops the node from running the agent is
-published as `error=...`, so the run fails with the sentence instead of waiting.
+before (or keeps the one it ships now for the next job), starts the agent on a free port, and prints one
+line with its address and port (and the GPUs Slurm gave); the batch script collects every node's line
+and publishes them at once through the job's Comment (one writer: a node's own update would overwrite
+another's). The server reaches each address through its SSH connection to the login node; a multi-node
+run's nodes learn each other's addresses from the same Comment. Anything that stops a node from running
+the agent is published as `error=...`, so the run fails with the sentence instead of waiting.
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ def sbatch_command(request: LaunchRequest, shape: Shape) -> list[str]:
     return args
 
 
-def batch_script(*, job_id: str, run_name: str, token: str, agent_b64: str, uv_sha: str) -> str:
+def batch_script(
+    *, job_id: str, run_name: str, token: str, agent_b64: str, uv_sha: str, nodes: int = 1
+) -> str:
     if not token.replace("-", "").replace("_", "").isalnum():
         raise ValueError("the agent token must be URL-safe base64")
     values = {
@@ -73,6 +77,7 @@ def batch_script(*, job_id: str, run_name: str, token: str, agent_b64: str, uv_s
         "LINGER": str(AGENT_LINGER),
         "IDLE_EXIT": str(AGENT_IDLE_EXIT),
         "MAX_ERROR": str(MAX_ERROR),
+        "KILL_ON_BAD_EXIT": "1" if nodes == 1 else "0",
         "TAG": tag(job_id),
         "AGENT_B64": agent_b64,  # last: nothing is looked for in the payload
     }

@@ -1,9 +1,10 @@
 """Slurm's view of a job (squeue / scontrol) and what it means for the run. Pure.
 
 The batch script publishes through the job's Comment what the server needs and has no other way to learn
-without a shared filesystem: `dstack:<job id>;agent=ADDR:PORT;gpus=0,1;work=DIR;uv=1` once the agent
-listens, or `dstack:<job id>;error=TEXT` if the node cannot run it. The Comment holds no secret (other users
-may read it); the agent's token never leaves the batch script.
+without a shared filesystem: `dstack:<job id>;agent=ADDR:PORT;gpus=0,1;work=DIR;uv=1;nodes=...` once the
+agent of every node listens (`nodes`: each node's `HOST/ADDR:PORT/GPUS`, by rank, `|`-separated; `agent`
+and `gpus` are the first node's), or `dstack:<job id>;error=TEXT` if a node cannot run it. The Comment
+holds no secret (other users may read it); the agents' token never leaves the batch script.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ _EXPLAINED = {
 # While a job ends on its own terms its state is COMPLETING, and only the reason says why (the base state
 # follows once its processes are gone, up to KillWait later): a time limit shows as Reason=TimeLimit.
 _ENDING_REASONS = {"TimeLimit": "TIMEOUT", "DeadLine": "DEADLINE"}
+
+
+@dataclass(frozen=True)
+class NodeAgent:
+    """The agent of one node of a job, as the batch script published it."""
+
+    hostname: str
+    address: str
+    port: int
+    gpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -100,8 +111,20 @@ class JobInfo:
 
     @property
     def gpus(self) -> list[int]:
-        value = self._field("gpus") or ""
-        return [int(g) for g in value.split(",") if g.strip().isdigit()]
+        return _gpus(self._field("gpus") or "")
+
+    @property
+    def node_agents(self) -> list[NodeAgent]:
+        """Every node's agent in rank order (SLURM_NODEID), once all of them listen; [] before."""
+        found = []
+        for entry in (self._field("nodes") or "").split("|"):
+            hostname, _, rest = entry.partition("/")
+            agent, _, gpus = rest.partition("/")
+            address, _, port = agent.rpartition(":")
+            if not hostname or not address or not port.isdigit():
+                return []
+            found.append(NodeAgent(hostname, address, int(port), tuple(_gpus(gpus))))
+        return found
 
     @property
     def work_dir(self) -> str | None:
@@ -114,6 +137,10 @@ class JobInfo:
     @property
     def error(self) -> str | None:
         return self._field("error")
+
+
+def _gpus(text: str) -> list[int]:
+    return [int(g) for g in text.split(",") if g.strip().isdigit()]
 
 
 def parse_squeue(text: str) -> dict[str, JobInfo]:

@@ -12,10 +12,27 @@ import { LiveOutput } from "../output.js";
 const MAX_LINES = 10000; // kept for scrolling back; the whole log is a download away
 const PORT_CHECK_MS = 5000;
 
-/** The run's nodes: one today (its job); a multi-node run will list one per job. */
+/** The run's nodes: a multi-node run's, one per job (master first); else its one job as node 0. */
 export function nodesOf(run) {
-  const jobs = run.jobs ?? (run.job ? [run.job] : []);
-  return jobs.map((job, rank) => ({ rank, label: `node ${rank}`, job }));
+  if (run.nodes?.length) {
+    return run.nodes.map((node) => ({
+      rank: node.rank,
+      label: `node ${node.rank}${node.rank === 0 ? " (master)" : ""}${node.hostname ? ` · ${node.hostname}` : ""}`,
+      job: node,
+    }));
+  }
+  return run.job ? [{ rank: 0, label: "node 0", job: run.job }] : [];
+}
+
+/** "node 0: running on host-a; node 1: failed (commands failed with exit code 1)" */
+function nodesSummary(nodes) {
+  return nodes
+    .map((node) => {
+      const where = node.hostname ? ` on ${node.hostname}` : "";
+      const why = node.status !== "done" && node.termination_message ? ` (${node.termination_message})` : "";
+      return `node ${node.rank}: ${node.status}${where}${why}`;
+    })
+    .join("; ");
 }
 
 export function mount(container, { project, name }) {
@@ -128,6 +145,7 @@ export function mount(container, { project, name }) {
       item("Price", price(run.price)),
       item("Exit code", run.exit_code ?? "-"),
       item("Configuration", run.configuration_path || "-"),
+      ...(run.nodes?.length > 1 ? item("Nodes", nodesSummary(run.nodes), "summary-nodes") : []),
     );
     drawPorts();
   }
@@ -150,12 +168,14 @@ export function mount(container, { project, name }) {
   function showOutput() {
     output?.stop();
     const rank = Number(els.nodes.value || 0);
+    download.href = runPath(project, name, "/logs") + (rank > 0 ? `?node=${rank}` : "");
+    download.download = rank > 0 ? `${name}-node${rank}.log` : `${name}.log`;
     output = new LiveOutput({
       maxLines: MAX_LINES,
       url: (offset, first) => {
         const params = new URLSearchParams({ offset: String(offset) });
         if (first) params.set("tail", String(MAX_LINES));
-        if (rank > 0) params.set("node", String(rank)); // for multi-node runs, once the API has nodes
+        if (rank > 0) params.set("node", String(rank)); // a multi-node run's other node (the master's by default)
         return `${runPath(project, name, "/attach")}?${params}`;
       },
       handlers: {
