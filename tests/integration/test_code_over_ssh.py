@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,11 @@ from dstack.code.manifest import code_hash, encode_manifest, parse_manifest
 from dstack.server.backends.agent_client import AgentClient
 from dstack.server.remote import hostagent
 from dstack.server.remote.artifact import agent_zipapp
-from dstack.server.ssh import SSHPool, SSHTarget
+from dstack.server.ssh import SSHConnection, SSHPool, SSHTarget
 from tests.infra.sshhosts import ClientKey, SSHHost
 
 TOKEN = "code-over-ssh-token"
+OUTPUT_TIMEOUT = 120.0  # generous (the machine is shared); under pytest-timeout's 300 s, to say why
 
 
 def _tree(folder: Path, files: dict[str, bytes]) -> tuple[bytes, list[tuple[Path, str, int]]]:
@@ -43,15 +45,19 @@ async def _send(client: AgentClient, manifest: bytes, blobs: list[tuple[Path, st
     return lacking
 
 
-async def _output(client: AgentClient, job_id: str) -> tuple[bytes, str]:
+async def _output(client: AgentClient, job_id: str, connection: SSHConnection) -> tuple[bytes, str]:
     data, offset = b"", 0
-    for _ in range(200):
+    deadline = time.monotonic() + OUTPUT_TIMEOUT
+    while time.monotonic() < deadline:
         chunk = await client.logs(job_id, offset=offset, wait=5.0)
         data += chunk.data
         offset = chunk.end
         if chunk.finished:
             return data, chunk.status
-    raise AssertionError("the job did not finish")
+    # What the agent says of the job, and its log on the host: what a failure here needs to be understood.
+    job = await client.get_job(job_id)
+    log = await connection.run(["tail", "-n", "40", f"{hostagent.AGENT_DIR}/agent.log"])
+    raise AssertionError(f"job {job_id} did not finish: {job}; output {data!r}; agent log:\n{log.stdout!r}")
 
 
 def test_code_and_jobs_reach_a_fleet_host_through_its_forward(
@@ -90,7 +96,7 @@ def test_code_and_jobs_reach_a_fleet_host_through_its_forward(
             ]
             # Submitted at once: they go to the agent in one batch request.
             await asyncio.gather(*(client.submit_job(job) for job in jobs))
-            results = await asyncio.gather(*(_output(client, job["id"]) for job in jobs))
+            results = await asyncio.gather(*(_output(client, job["id"], connection) for job in jobs))
             weights = hashlib.sha256(big).hexdigest()[:16].encode()
             assert results[0] == (b"print('train')\n" + weights + b"\n", "done")
             assert results[1] == (b"print('train v2')\n" + weights + b"\n", "done")

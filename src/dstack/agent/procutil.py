@@ -108,7 +108,10 @@ def _surely_gone(marker: str, pgid: int, owned: Set[int]) -> bool:
 
 
 def find_job_processes(
-    marker: str, pgid: Optional[int] = None, owned: Optional[Callable[[], Set[int]]] = None
+    marker: str,
+    pgid: Optional[int] = None,
+    owned: Optional[Callable[[], Set[int]]] = None,
+    group_started: Optional[float] = None,
 ) -> Set[int]:
     """The live (non-zombie) processes of a job.
 
@@ -117,6 +120,8 @@ def find_job_processes(
     left the group), and every descendant of those (this catches processes that cleared their environment).
     `owned` gives the pids the agent started itself and still owns (none of them is an orphan).
     """
+    if pgid is not None and group_started is not None and _group_id_reused(pgid, group_started):
+        pgid = None  # another process group now: only the marker (and descent) tells the job's processes
     if pgid is not None and owned is not None and _surely_gone(marker, pgid, owned()):
         return set()
     processes = list_processes()
@@ -141,6 +146,19 @@ def find_job_processes(
                 found.add(child)
                 pending.append(child)
     return {pid for pid in found if not processes[pid].is_zombie}
+
+
+def _group_id_reused(pgid: int, group_started: float) -> bool:
+    """True if a process other than the group's first one now has its id (and so may lead a group of that id).
+
+    Linux hands out an id again only once no process uses it as a process or group id: so while any of the
+    job's group lives, nothing else can have it. Once the group is empty, a new process (pids wrap at
+    32768 by default) may get it and, if it calls setsid (a daemon, a `sleep infinity` in a container),
+    lead a group of that id: without this check, its processes would count as the job's, which would then
+    never end. Start times are in clock ticks (10 ms); the first process's is taken right after its start.
+    """
+    now = started_at(pgid)
+    return now is not None and abs(now - group_started) > 0.05
 
 
 def _signal_all(pids: Iterable[int], signum: int) -> None:

@@ -13,12 +13,18 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Set
 
 from dstack.agent.drivers.base import EXIT_UNKNOWN, PHASE_MAIN, JobHandle, LaunchSpec, process_shell
 from dstack.agent.limits import CGROUPS
 from dstack.agent.logstore import LogStore
-from dstack.agent.procutil import ProcessExit, find_job_processes, is_job_process, terminate_processes
+from dstack.agent.procutil import (
+    ProcessExit,
+    find_job_processes,
+    is_job_process,
+    started_at,
+    terminate_processes,
+)
 from dstack.agent.reaper import ChildProcesses
 
 MAIN_PID_FILE = "main.pid"
@@ -28,6 +34,7 @@ EXIT_FILE = "exit_code"  # written by the job's script itself (script.py)
 @dataclass(frozen=True)
 class ProcessHandle(JobHandle):
     popen: Any = None  # subprocess.Popen[bytes]; None for a job adopted from an earlier agent
+    group_started: Optional[float] = None  # when the group's first process started (tells a reused id)
     exit_file: Optional[Path] = None
     waiter: Any = None  # ProcessExit, for an adopted job
 
@@ -65,7 +72,10 @@ class ProcessDriver:
         if launch.phase == PHASE_MAIN:
             # For a later agent: which process is the job (no fsync: a lost file only loses a takeover).
             (folder / MAIN_PID_FILE).write_text(f"{popen.pid}\n", encoding="ascii")
-        return ProcessHandle(pid=popen.pid, pgid=popen.pid, marker=launch.marker, popen=popen)
+        started = started_at(popen.pid)
+        return ProcessHandle(
+            pid=popen.pid, pgid=popen.pid, marker=launch.marker, popen=popen, group_started=started
+        )
 
     def wait(self, handle: JobHandle, timeout: Optional[float]) -> Optional[int]:
         process = _process(handle)
@@ -82,13 +92,15 @@ class ProcessDriver:
         return 128 - code if code < 0 else code
 
     def stop(self, handle: JobHandle, grace_seconds: float, abort: bool) -> None:
-        terminate_processes(
-            lambda: find_job_processes(handle.marker, handle.pgid, self._children.owned), grace_seconds, abort
-        )
+        terminate_processes(lambda: self._processes(handle), grace_seconds, abort)
         CGROUPS.remove(handle.marker)  # it is empty now (the runner stops every job when it ends)
 
     def inspect(self, handle: JobHandle) -> List[int]:
-        return sorted(find_job_processes(handle.marker, handle.pgid, self._children.owned))
+        return sorted(self._processes(handle))
+
+    def _processes(self, handle: JobHandle) -> Set[int]:
+        started = handle.group_started if isinstance(handle, ProcessHandle) else None
+        return find_job_processes(handle.marker, handle.pgid, self._children.owned, group_started=started)
 
     def release(self, handle: JobHandle) -> None:
         waiter = _process(handle).waiter
