@@ -94,7 +94,8 @@ def test_a_worker_that_fails_fails_the_run_and_stops_the_master(
     task(
         project_dir,
         [
-            'if [ "$DSTACK_NODE_RANK" = 1 ]; then echo "worker gives up"; exit 1; fi',
+            # The worker gives the master time to start (and print) first, even on a loaded machine.
+            'if [ "$DSTACK_NODE_RANK" = 1 ]; then sleep 8; echo "worker gives up"; exit 1; fi',
             "echo master waits; sleep 600",
         ],
         extra="nodes: 2\n" + ONE_CPU,
