@@ -111,7 +111,7 @@ def find_job_processes(
     marker: str,
     pgid: Optional[int] = None,
     owned: Optional[Callable[[], Set[int]]] = None,
-    group_started: Optional[float] = None,
+    group_started: Optional[int] = None,
 ) -> Set[int]:
     """The live (non-zombie) processes of a job.
 
@@ -120,7 +120,11 @@ def find_job_processes(
     left the group), and every descendant of those (this catches processes that cleared their environment).
     `owned` gives the pids the agent started itself and still owns (none of them is an orphan).
     """
-    if pgid is not None and group_started is not None and _group_id_reused(pgid, group_started):
+    if pgid is not None and group_started is not None and start_ticks(pgid) not in (None, group_started):
+        # Linux hands an id out again only once no process uses it as a process or group id, so while the
+        # job's group lives nothing else has it. Once the group is empty, a new process (pids wrap at 32768
+        # by default) may get it and, calling setsid, lead a group of that id: its processes would count as
+        # the job's, which would then never end.
         pgid = None  # another process group now: only the marker (and descent) tells the job's processes
     if pgid is not None and owned is not None and _surely_gone(marker, pgid, owned()):
         return set()
@@ -146,19 +150,6 @@ def find_job_processes(
                 found.add(child)
                 pending.append(child)
     return {pid for pid in found if not processes[pid].is_zombie}
-
-
-def _group_id_reused(pgid: int, group_started: float) -> bool:
-    """True if a process other than the group's first one now has its id (and so may lead a group of that id).
-
-    Linux hands out an id again only once no process uses it as a process or group id: so while any of the
-    job's group lives, nothing else can have it. Once the group is empty, a new process (pids wrap at
-    32768 by default) may get it and, if it calls setsid (a daemon, a `sleep infinity` in a container),
-    lead a group of that id: without this check, its processes would count as the job's, which would then
-    never end. Start times are in clock ticks (10 ms); the first process's is taken right after its start.
-    """
-    now = started_at(pgid)
-    return now is not None and abs(now - group_started) > 0.05
 
 
 def _signal_all(pids: Iterable[int], signum: int) -> None:
@@ -206,12 +197,23 @@ def is_job_process(pid: int, marker: str) -> bool:
     return info is not None and not info.is_zombie and job_marker_of(pid) == marker
 
 
-def started_at(pid: int) -> Optional[float]:
-    """When the process started (unix time), from /proc; None if it is gone."""
+def start_ticks(pid: int) -> Optional[int]:
+    """When the process started, in clock ticks since boot: exact, unlike a unix time derived from
+    /proc/stat's btime, which may move by a second. None if it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
-        ticks = int(raw[raw.rfind(b")") + 2 :].split()[19])
+        return int(raw[raw.rfind(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def started_at(pid: int) -> Optional[float]:
+    """When the process started (unix time), from /proc; None if it is gone."""
+    ticks = start_ticks(pid)
+    if ticks is None:
+        return None
+    try:
         with open("/proc/stat", "rb") as f:
             boot = next(int(line.split()[1]) for line in f if line.startswith(b"btime "))
         return boot + ticks / os.sysconf("SC_CLK_TCK")

@@ -170,7 +170,7 @@ def _consistent(attempt: Callable[[], T]) -> T:
         except FileChangedError as e:
             if not left:
                 raise
-            note(f"{e}".split(";")[0] + "; packing again", dim=True)
+            note(f"The file {e.rel_path} changed while the code was being {e.doing}; packing again", dim=True)
     raise AssertionError("unreachable")
 
 

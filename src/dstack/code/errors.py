@@ -14,6 +14,14 @@ class CodeError(Exception):
 class FileChangedError(CodeError):
     """A file changed while it was packed or uploaded: packing again gives a consistent snapshot."""
 
+    def __init__(self, rel_path: str, doing: str) -> None:
+        self.rel_path = rel_path
+        self.doing = doing
+        super().__init__(
+            f"The file {rel_path} changed while the code was being {doing}; run again, "
+            "or add it to .dstackignore if it keeps changing"
+        )
+
 
 class CodeTooLargeError(CodeError):
     """The code to upload is bigger than the allowed limit."""

@@ -223,10 +223,7 @@ def _racy(status: os.stat_result, now_ns: int) -> bool:
 
 
 def changed_error(rel_path: str, doing: str) -> CodeError:
-    return FileChangedError(
-        f"The file {rel_path} changed while the code was being {doing}; run again, "
-        "or add it to .dstackignore if it keeps changing"
-    )
+    return FileChangedError(rel_path, doing)
 
 
 def _same(now: os.stat_result, listed: os.stat_result) -> bool:

@@ -12,6 +12,7 @@ The agent (standard library only, and nothing else of dstack) has its own copy i
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -76,3 +77,12 @@ def make_tree_private(root: Path) -> None:
             except OSError:
                 continue  # gone meanwhile, or not ours: the folders above keep it private anyway
     marker.write_text("0700 folders, 0600 files\n")
+
+
+def write_private(path: Path, data: object) -> None:
+    """JSON, replaced atomically, readable by the server's user alone."""
+    temp = path.with_suffix(".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    temp.replace(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from dstack.agent.procutil import find_job_processes, started_at
+from dstack.agent.procutil import find_job_processes, start_ticks
 
 
 def test_a_group_led_by_a_process_that_took_the_id_later_is_not_the_jobs() -> None:
@@ -16,12 +16,12 @@ def test_a_group_led_by_a_process_that_took_the_id_later_is_not_the_jobs() -> No
         [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True, env={}
     )
     try:
-        started = started_at(other.pid)
+        started = start_ticks(other.pid)
         assert started is not None
         # Without the group's start time, the group is taken as the job's (what the old code did).
         assert find_job_processes("job-marker", pgid=other.pid) == {other.pid}
-        # The job's first process started a second earlier: this group is another one.
-        assert find_job_processes("job-marker", pgid=other.pid, group_started=started - 1.0) == set()
+        # The job's first process started earlier (one clock tick is enough): this group is another one.
+        assert find_job_processes("job-marker", pgid=other.pid, group_started=started - 1) == set()
         # Its own start time: the job's group it is.
         assert find_job_processes("job-marker", pgid=other.pid, group_started=started) == {other.pid}
     finally:

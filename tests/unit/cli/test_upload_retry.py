@@ -14,7 +14,7 @@ def test_a_file_changed_once_is_packed_again() -> None:
     def attempt() -> str:
         calls.append(1)
         if len(calls) == 1:
-            raise FileChangedError("The file a.py changed while the code was being uploaded; run again")
+            raise FileChangedError("a.py", "uploaded")
         return "code-hash"
 
     assert run_flow._consistent(attempt) == "code-hash"
@@ -26,7 +26,7 @@ def test_a_file_that_keeps_changing_is_one_sentence_after_the_last_attempt() -> 
 
     def attempt() -> str:
         calls.append(1)
-        raise FileChangedError("The file log.txt changed while the code was being packed; run again")
+        raise FileChangedError("log.txt", "packed")
 
     with pytest.raises(FileChangedError, match=r"^The file log\.txt changed"):
         run_flow._consistent(attempt)

@@ -22,7 +22,7 @@ from dstack.agent.procutil import (
     ProcessExit,
     find_job_processes,
     is_job_process,
-    started_at,
+    start_ticks,
     terminate_processes,
 )
 from dstack.agent.reaper import ChildProcesses
@@ -34,7 +34,7 @@ EXIT_FILE = "exit_code"  # written by the job's script itself (script.py)
 @dataclass(frozen=True)
 class ProcessHandle(JobHandle):
     popen: Any = None  # subprocess.Popen[bytes]; None for a job adopted from an earlier agent
-    group_started: Optional[float] = None  # when the group's first process started (tells a reused id)
+    group_started: Optional[int] = None  # the start ticks of the group's first process (tells a reused id)
     exit_file: Optional[Path] = None
     waiter: Any = None  # ProcessExit, for an adopted job
 
@@ -72,7 +72,7 @@ class ProcessDriver:
         if launch.phase == PHASE_MAIN:
             # For a later agent: which process is the job (no fsync: a lost file only loses a takeover).
             (folder / MAIN_PID_FILE).write_text(f"{popen.pid}\n", encoding="ascii")
-        started = started_at(popen.pid)
+        started = start_ticks(popen.pid)
         return ProcessHandle(
             pid=popen.pid, pgid=popen.pid, marker=launch.marker, popen=popen, group_started=started
         )

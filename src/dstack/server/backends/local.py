@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dstack.core.private import user_umask
+from dstack.core.private import user_umask, write_private
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
 from dstack.server.remote.artifact import agent_code_id
@@ -270,10 +270,7 @@ def _code_of(agent_dir: Path, pid: int) -> str | None:
 
 
 def _write_code(agent_dir: Path, pid: int) -> None:
-    path = agent_dir / "agent.code"
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps({"pid": pid, "code_id": agent_code_id()}))
-    temp.replace(path)
+    write_private(agent_dir / "agent.code", {"pid": pid, "code_id": agent_code_id()})
 
 
 def _alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ import secrets
 from dataclasses import asdict
 from pathlib import Path
 
+from dstack.core.private import write_private
 from dstack.server.backends.slurm.inventory import Shape
 
 
@@ -23,15 +24,6 @@ def load_shapes(path: Path) -> dict[str, Shape]:
 
 def save_shapes(path: Path, found: dict[str, Shape]) -> None:
     write_private(path, [{"name": name, "shape": asdict(shape)} for name, shape in found.items()])
-
-
-def write_private(path: Path, data: object) -> None:
-    """JSON, replaced atomically, readable by the server's user alone."""
-    temp = path.with_suffix(".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f)
-    temp.replace(path)
 
 
 def read_or_create_secret(path: Path) -> bytes:
