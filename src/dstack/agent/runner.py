@@ -305,6 +305,9 @@ class Runner:
             if watch is not None:
                 watch.stop()
             driver.release(handle)
+        # Its processes are gone: the run's venv copy is let go before the job is said to be over, so a
+        # run submitted on seeing it end gets the copy (if it was left unchanged).
+        env.close()
         self._finish_started(job, exit_code)
 
     def _build(self, job: Job, env: TaskEnvironment, workspace: Workspace, driver: Driver) -> bool:

@@ -59,6 +59,30 @@ def test_each_python_job_gets_its_own_copy_of_its_versions_venv(agent: AgentProc
     assert not list(template.rglob("dstack_probe*"))  # the template every copy is made from: unchanged
 
 
+def test_a_copy_its_run_left_unchanged_serves_the_next_run_and_a_changed_one_never_does(
+    agent: AgentProcess,
+) -> None:
+    client = agent.client()
+    where = "echo $VIRTUAL_ENV"
+    state, first = _run(client, [where], python="3.10")
+    assert state["status"] == "done", (state, first)
+    state, second = _run(client, [where], python="3.10")
+    assert state["status"] == "done", (state, second)
+    assert second == first  # left as it was made: the same copy, not made again
+    # Edited in place (same inode, same folder mtimes): the next run must not get it.
+    edit = "printf '# edited\\n' >> $VIRTUAL_ENV/bin/activate; echo $VIRTUAL_ENV"
+    state, third = _run(client, [edit], python="3.10")
+    assert state["status"] == "done" and third == first, (state, third)
+    wait_for(lambda: not Path(first.strip()).exists(), 30, "the edited copy to be removed")
+    state, fourth = _run(client, [where, "grep -c edited $VIRTUAL_ENV/bin/activate || true"], python="3.10")
+    assert state["status"] == "done", (state, fourth)
+    assert fourth.splitlines() == [fourth.splitlines()[0], "0"] and fourth.splitlines()[0] != first.strip()
+    # Two runs at once never share one.
+    jobs = [client.submit(["sleep 1", where], python="3.10") for _ in range(2)]
+    outputs = {client.read_logs(job["id"], timeout=120).decode() for job in jobs}
+    assert len(outputs) == 2, outputs
+
+
 def test_pip_in_a_tasks_venv_is_uvs_where_uv_can_and_pips_otherwise(
     agent: AgentProcess, tmp_path: Path
 ) -> None:

@@ -16,16 +16,22 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import List
 
 _HEAD = 4096  # a script's first line is in here; a binary that big is not looked through for a path
 _TEXT_SUFFIXES = (".pth", ".cfg", ".sh", ".csh", ".fish", ".nu", ".ps1", ".bat", ".xsh")
 
 
-def clone(source: Path, target: Path) -> None:
-    """Make `target` a copy of the venv at `source` (see the module's docstring); `target` must not exist."""
+def clone(source: Path, target: Path) -> List[str]:
+    """Make `target` a copy of the venv at `source` (see the module's docstring); `target` must not exist.
+
+    Returns the paths of the copy's own entries, its folders and rewritten files (the rest are links):
+    what a run can change in the copy without changing the original shows in their status.
+    """
     old, new = os.fsencode(str(source)), os.fsencode(str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     os.mkdir(target, stat.S_IMODE(os.lstat(source).st_mode) | stat.S_IRWXU)
+    own = [str(target)]
     for top, folders, files in os.walk(source):
         relative = os.path.relpath(top, source)
         into = target if relative == "." else target / relative
@@ -36,14 +42,17 @@ def clone(source: Path, target: Path) -> None:
             else:
                 # Writable for the run, whatever the original's mode: it installs into its own folders.
                 os.mkdir(into / name, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+                own.append(str(into / name))
         for name in files:
             path = os.path.join(top, name)
             if os.path.islink(path):
                 _relink(path, into / name, old, new)
             elif _names(path, old, relative, name):
                 _copy_rewritten(path, into / name, old, new)
-            else:
-                _link(path, into / name)
+                own.append(str(into / name))
+            elif not _link(path, into / name):
+                own.append(str(into / name))
+    return own
 
 
 def seal(root: Path) -> None:
@@ -80,10 +89,13 @@ def _relink(path: str, target: Path, old: bytes, new: bytes) -> None:
     os.symlink(os.fsdecode(new + link[len(old) :] if link.startswith(old) else link), target)
 
 
-def _link(path: str, target: Path) -> None:
+def _link(path: str, target: Path) -> bool:
+    """Link `target` to `path`; False if it had to be a copy."""
     try:
         os.link(path, target)
+        return True
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
             raise
         shutil.copy2(path, target)  # another file system, or links not allowed: a real copy
+        return False

@@ -18,9 +18,10 @@ import pkgutil
 import shutil
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from dstack.agent.environments import pythons
 from dstack.agent.environments.clones import clone, seal
@@ -30,6 +31,12 @@ from dstack.agent.reaper import ChildProcesses
 
 READY_FILE = ".dstack-ready"
 _FOUND_FOR_SECONDS = 10.0
+# Run copies kept for later runs, of all sources together (a copy of a template is ~600 hard links and a
+# few small files): as many as a burst had at once, up to _MOST_COPIES, then, once they have been unused
+# for _SPARE_SECONDS, _KEPT_COPIES. Removing them at once would make a burst pay for every copy twice.
+_KEPT_COPIES = 16
+_MOST_COPIES = 256
+_SPARE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -193,31 +200,119 @@ class Templates:
 
 
 class RunVenvs:
-    """Each run's own venv, ROOT/<job id>/venv: a copy of a template or of a cached build."""
+    """Each run's own venv, ROOT/<copy>/venv: a copy of a template or of a cached build.
+
+    Making a copy and removing it are most of what a tiny task costs its host (a template holds pip's
+    ~530 files). So a copy that its run left as it got it — its folders and rewritten files unchanged
+    (see _fingerprint), which any install, removal, `pip` run that writes bytecode, or in-place edit of a
+    rewritten file breaks — is kept for the next run of the same source instead; a changed one is
+    removed. The copies are named apart from the jobs, since the path is written into the copy's scripts.
+    """
 
     def __init__(self, root: Path) -> None:
         self._root = root
+        self._lock = threading.Lock()
+        self._free: List[Tuple[_Copy, float]] = []  # with when each was let go, oldest first
+        self._taken: Dict[str, _Copy] = {}  # by job id
 
     def make(self, job_id: str, source: Venv) -> Venv:
-        folder = self._root / job_id
-        shutil.rmtree(folder, ignore_errors=True)  # a copy an earlier agent left for this job
+        origin = _origin(source)
+        with self._lock:
+            kept = next((k for k in reversed(self._free) if k[0].origin == origin), None)
+            if kept is not None:
+                self._free.remove(kept)
+            gone = self._prune()
+        _remove_later(gone)
+        copy = None if kept is None else kept[0]
+        if copy is None:
+            copy = self._new_copy(source, origin)
+        with self._lock:
+            self._taken[job_id] = copy
+        return Venv(path=copy.venv, version=source.version, interpreter=source.interpreter)
+
+    def remove(self, job_id: str) -> None:
+        """The run is over: its copy is kept for the next run if the run left it as it was, else removed."""
+        with self._lock:
+            copy = self._taken.pop(job_id, None)
+        if copy is None:
+            return
+        unchanged = _fingerprint(copy.own) == copy.fingerprint
+        with self._lock:
+            if unchanged:
+                self._free.append((copy, time.monotonic()))
+            gone = self._prune() + ([] if unchanged else [copy])
+        _remove_later(gone)
+
+    def _prune(self) -> List[_Copy]:
+        """Take the surplus kept copies out of the pool (under the lock), for the caller to remove."""
+        now = time.monotonic()
+        gone: List[_Copy] = []
+        while self._free and (
+            len(self._free) > _MOST_COPIES
+            or (len(self._free) > _KEPT_COPIES and now - self._free[0][1] > _SPARE_SECONDS)
+        ):
+            gone.append(self._free.pop(0)[0])
+        return gone
+
+    def collect_garbage(self) -> None:
+        """Remove every copy no job holds (call when none is being made)."""
+        with self._lock:
+            self._free = []
+            held = {copy.venv.parent.name for copy in self._taken.values()}
+        for name in _listdir(self._root):
+            if name not in held:
+                shutil.rmtree(self._root / name, ignore_errors=True)
+
+    def _new_copy(self, source: Venv, origin: Tuple[object, ...]) -> _Copy:
+        folder = self._root / uuid.uuid4().hex[:16]
         target = folder / "venv"
         try:
-            clone(source.path, target)
+            own = clone(source.path, target)
         except OSError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise ToolError(f"Could not copy the Python environment for this run: {e.strerror or e}") from e
-        return Venv(path=target, version=source.version, interpreter=source.interpreter)
+        return _Copy(venv=target, origin=origin, own=own, fingerprint=_fingerprint(own))
 
-    def remove(self, job_id: str) -> None:
-        shutil.rmtree(self._root / job_id, ignore_errors=True)
 
-    def collect_garbage(self, keep: Iterable[str] = ()) -> None:
-        """Remove the copies of jobs that no longer run (call when none is being made)."""
-        kept = set(keep)
-        for name in _listdir(self._root):
-            if name not in kept:
-                shutil.rmtree(self._root / name, ignore_errors=True)
+@dataclass(frozen=True)
+class _Copy:
+    venv: Path
+    origin: Tuple[object, ...]  # what it was copied from (see _origin)
+    own: List[str]  # its folders and rewritten files (see clones.clone)
+    fingerprint: Tuple[Tuple[int, ...], ...]  # their status when made (see _fingerprint)
+
+
+def _origin(source: Venv) -> Tuple[object, ...]:
+    """The source venv as made: a template made again at the same path (a new interpreter) differs."""
+    status = os.lstat(source.path)
+    return (str(source.path), status.st_ino, status.st_mtime_ns, source.interpreter)
+
+
+def _fingerprint(own: List[str]) -> Tuple[Tuple[int, ...], ...]:
+    """The status (inode, mode, size, mtime) of a copy's own entries (see clones.clone). Whatever is
+    added, removed or renamed anywhere in the copy changes the mtime of a folder; an in-place edit of a
+    rewritten file, its mtime. An edit of a linked file in place would change the original as well."""
+    status: List[Tuple[int, ...]] = []
+    for path in own:
+        try:
+            s = os.lstat(path)
+        except OSError:
+            status.append(())
+            continue
+        status.append((s.st_ino, s.st_mode, s.st_size, s.st_mtime_ns))
+    return tuple(status)
+
+
+def _remove_later(copies: List[_Copy]) -> None:
+    """Remove copies off the job's way: one that a run installed into can take a while."""
+    if copies:
+        folders = [copy.venv.parent for copy in copies]
+        threading.Thread(target=_remove_all, args=(folders,), name="venv-removal", daemon=True).start()
+
+
+def _remove_all(folders: List[Path]) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _listdir(folder: Path) -> List[str]:
