@@ -21,6 +21,7 @@ from dstack.agent.environments.manager import EnvironmentManager
 from dstack.agent.events import JobEvents
 from dstack.agent.fsutil import make_tree_private, read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
+from dstack.agent.jobs.job import CODE_DIR
 from dstack.agent.jobs.registry import JobRegistry
 from dstack.agent.procutil import SUBREAPER
 from dstack.agent.reaper import ChildProcesses, become_child_subreaper
@@ -90,7 +91,12 @@ class Agent:
         self._children = ChildProcesses()
         self._code_store = CodeStore(settings.work_dir / "code")
         self._events = JobEvents()
-        self._registry = JobRegistry(settings.work_dir / "jobs", self._events.changed)
+        self._registry = JobRegistry(
+            settings.work_dir / "jobs",
+            self._events.changed,
+            # A finished job's copy of the code serves a later job (what it changed undone): see spares.py.
+            before_removal=lambda job, folder: self._code_store.spares.recycle(folder / CODE_DIR),
+        )
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
         self._runner = Runner(
             ProcessDriver(self._children, settings.job_umask),

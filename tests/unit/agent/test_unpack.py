@@ -211,3 +211,77 @@ def test_a_spare_tree_patched_for_other_code_is_exactly_a_fresh_build_of_it(tmp_
     third.mkdir()
     store.assemble(after, third)
     assert _snapshot(third) == _snapshot(fresh)
+
+
+def _job_folder(root: Path, name: str) -> Path:
+    folder = root / name / "code"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_a_finished_jobs_folder_serves_the_next_job_with_what_the_job_changed_undone(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path / "code")
+    members = [
+        file_member("keep.txt", b"keep"),
+        file_member("edited.txt", b"12345"),
+        file_member("gone.txt", b"gone"),
+        file_member("linked.txt", b"linked"),
+        dir_member("pkg"),
+        file_member("pkg/run.sh", b"#!/bin/sh\n", mode=0o755),
+        link_member("pkg/link", "../keep.txt"),
+    ]
+    code = _stored(store, members)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    build_tree(store.items(code), store.blob_path, fresh)
+    jobs, outside = tmp_path / "jobs", tmp_path / "outside"
+    outside.mkdir()
+    store.assemble(code, _job_folder(jobs, "1"))  # built from the store; a spare follows in the background
+    assert store.spares.wait_idle(30)
+    second = _job_folder(jobs, "2")
+    store.assemble(code, second)  # the spare
+    assert store.spares.wait_idle(30)  # (and the next spare, made when it was taken)
+    inode = second.stat().st_ino
+    # What a job may do to its folder, down to an edit that keeps the size and puts the mtime back.
+    edited = second / "edited.txt"
+    before = edited.stat()
+    with open(edited, "r+b") as f:
+        f.write(b"EVIL!")
+    os.utime(edited, ns=(before.st_atime_ns, before.st_mtime_ns))
+    (second / "gone.txt").unlink()
+    (second / "added.txt").write_bytes(b"added")
+    (second / "pkg" / "made").mkdir()
+    (second / "pkg" / "made" / "deep.txt").write_text("x")
+    os.chmod(second / "pkg" / "run.sh", 0o700)
+    (second / "pkg" / "link").unlink()
+    (second / "pkg" / "link").symlink_to("/etc/passwd")
+    os.link(second / "linked.txt", outside / "handle")  # a way back in, kept after the job
+    assert store.spares.recycle(second)
+    assert store.spares.wait_idle(30)
+    third = _job_folder(jobs, "3")
+    store.assemble(code, third)
+    assert third.stat().st_ino == inode  # the second job's folder, given back
+    assert _snapshot(third) == _snapshot(fresh)
+    (outside / "handle").write_bytes(b"EVIL!!")
+    assert (third / "linked.txt").read_bytes() == b"linked"
+
+
+def test_a_finished_jobs_folder_whose_folder_changed_mode_is_not_reused(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path / "code")
+    code = _stored(store, [dir_member("pkg"), file_member("pkg/a.txt", b"a")])
+    jobs = tmp_path / "jobs"
+    store.assemble(code, _job_folder(jobs, "1"))
+    assert store.spares.wait_idle(30)
+    second = _job_folder(jobs, "2")
+    store.assemble(code, second)
+    assert store.spares.wait_idle(30)
+    inode = second.stat().st_ino
+    os.chmod(second / "pkg", 0o777)
+    assert store.spares.recycle(second)
+    assert store.spares.wait_idle(30)
+    assert not (second.exists() or second.is_symlink())  # taken out of the job's folder, then dropped
+    third = _job_folder(jobs, "3")
+    store.assemble(code, third)
+    assert third.stat().st_ino != inode
+    assert stat.S_IMODE((third / "pkg").stat().st_mode) == 0o755
+    assert not store.spares.recycle(jobs / "1" / "code")  # built for its job, never a spare: not taken

@@ -25,9 +25,16 @@ class JobConflictError(Exception):
 
 
 class JobRegistry:
-    def __init__(self, jobs_dir: Path, on_change: Optional[Callable[[str], None]] = None) -> None:
+    def __init__(
+        self,
+        jobs_dir: Path,
+        on_change: Optional[Callable[[str], None]] = None,
+        before_removal: Optional[Callable[[Job, Path], object]] = None,
+    ) -> None:
         self.jobs_dir = jobs_dir
         self._on_change = on_change  # told the id of every job that changed (its state, output, or end)
+        # Given a deleted job and where its folder is now, before that is removed: it may take parts out.
+        self._before_removal = before_removal
         make_private_dir(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
@@ -119,5 +126,7 @@ class JobRegistry:
             job.folder.rename(trash)
         if self._on_change is not None:
             self._on_change(job_id)
+        if self._before_removal is not None:
+            self._before_removal(job, trash)
         shutil.rmtree(trash, ignore_errors=True)
         return True
