@@ -15,6 +15,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -27,6 +28,8 @@ from dstack.code.walk import CodeEntry, ScannedEntry, scan_tree
 DEFAULT_LIMIT_BYTES = 500 * 1024**2
 _BIGGEST_FILES_SHOWN = 5
 _READ_CHUNK = 1024 * 1024
+_PARALLEL_HASH_BYTES = 32 * 1024 * 1024  # below this much to read, one thread
+_HASH_THREADS = 4
 # A file changed less than a timestamp tick before it was hashed may change again within that tick
 # without its stamp showing it (git's "racily clean" entries): its hash is used but not cached. Kernels
 # stamp from a clock that ticks every few ms; file systems that keep whole seconds need seconds.
@@ -158,6 +161,7 @@ def _snapshot(
     kept: set[str] = set()
     size = files = 0
     started_ns = time.time_ns()
+    hashes, fresh = _hash_files(listed, cache)
     for rel, path, (entry, status) in listed:
         mode = entry.mode & 0o7777
         if entry.kind == "dir":
@@ -167,12 +171,9 @@ def _snapshot(
         if entry.kind == "symlink":
             entries.append((rel, SYMLINK, mode, 0, entry.link_target or ""))
             continue
-        key = stamp(status)
-        sha256 = cache.lookup(rel, key)
-        if sha256 is None:
-            sha256 = hash_file(path, rel, status)
-            if not _racy(status, started_ns):
-                cache.record(rel, key, sha256)
+        sha256 = hashes[rel]
+        if rel in fresh and not _racy(status, started_ns):
+            cache.record(rel, stamp(status), sha256)
         kept.add(rel)
         entries.append((rel, FILE, mode, entry.size, sha256))
         blobs.setdefault(sha256, BlobSource(path, rel, status))
@@ -180,6 +181,35 @@ def _snapshot(
     cache.save(kept)
     manifest = encode_manifest(entries)
     return CodeSnapshot(code_hash(manifest), manifest, blobs, size, files)
+
+
+def _hash_files(
+    listed: list[tuple[str, str, ScannedEntry]], cache: HashCache
+) -> tuple[dict[str, str], set[str]]:
+    """Every regular file's sha256 by relative path (the cache's where its stamp still holds, else read),
+    and the paths that were read.
+    Many megabytes to read are hashed by a few threads (hashlib lets go of the GIL): a first upload's
+    hashing is then bound by the disk and the cores, not by one core."""
+    hashes: dict[str, str] = {}
+    pending: list[tuple[str, str, os.stat_result]] = []
+    for rel, path, (entry, status) in listed:
+        if entry.kind not in ("dir", "symlink"):
+            cached = cache.lookup(rel, stamp(status))
+            if cached is None:
+                pending.append((rel, path, status))
+            else:
+                hashes[rel] = cached
+    if sum(status.st_size for _, _, status in pending) < _PARALLEL_HASH_BYTES:
+        for rel, path, status in pending:
+            hashes[rel] = hash_file(path, rel, status)
+        return hashes, {rel for rel, _, _ in pending}
+    # Big files first, so that one at the end does not leave the other threads idle.
+    pending.sort(key=lambda item: item[2].st_size, reverse=True)
+    with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, os.cpu_count() or 1)) as pool:
+        found = pool.map(lambda item: hash_file(item[1], item[0], item[2]), pending)
+        for (rel, _, _), sha256 in zip(pending, found, strict=True):
+            hashes[rel] = sha256
+    return hashes, {rel for rel, _, _ in pending}
 
 
 def hash_file(path: str, rel_path: str, listed: os.stat_result) -> str:

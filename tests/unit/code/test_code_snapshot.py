@@ -338,3 +338,34 @@ def test_paths_snapshot_places_files_and_folders_where_asked(make_tree: MakeTree
         snapshot_paths([(tmp_path / "data", "x"), (tmp_path / "config.json", "x/c.json")])
     with pytest.raises(CodeError, match="relative path"):
         snapshot_paths([(tmp_path / "config.json", "../c.json")])
+
+
+def test_many_megabytes_hashed_by_several_threads_give_the_same_manifest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dstack.code.snapshot as snapshot_module
+
+    root = tmp_path / "big"
+    root.mkdir()
+    for i in range(6):  # 48 MB: over the size from which files are hashed by several threads
+        (root / f"shard-{i}.bin").write_bytes(os.urandom(1024) * (8 * 1024))
+    (root / "small.py").write_text("x = 1\n")
+    _age(root)
+    threaded = snapshot_code(root, cache_dir=tmp_path / "cache-a")
+    monkeypatch.setattr(snapshot_module, "_PARALLEL_HASH_BYTES", 1 << 62)
+    one_thread = snapshot_code(root, cache_dir=tmp_path / "cache-b")
+    assert threaded.manifest == one_thread.manifest
+    expected = hashlib.sha256((root / "shard-3.bin").read_bytes()).hexdigest()
+    assert next(e for e in _entries(threaded.manifest) if e[0] == "shard-3.bin")[-1] == expected
+    # An error while a thread hashes is the snapshot's error, as with one thread.
+    monkeypatch.setattr(snapshot_module, "_PARALLEL_HASH_BYTES", 1)
+    real = snapshot_module.hash_file
+
+    def failing(path: str, rel_path: str, listed: os.stat_result) -> str:
+        if rel_path == "shard-4.bin":
+            raise CodeError("Cannot read shard-4.bin (Permission denied)")
+        return real(path, rel_path, listed)
+
+    monkeypatch.setattr(snapshot_module, "hash_file", failing)
+    with pytest.raises(CodeError, match=r"shard-4\.bin"):
+        snapshot_code(root, cache_dir=tmp_path / "cache-c")
