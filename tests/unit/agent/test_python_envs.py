@@ -69,12 +69,18 @@ def test_a_copy_its_run_left_unchanged_serves_the_next_run_and_a_changed_one_nev
     state, second = _run(client, [where], python="3.10")
     assert state["status"] == "done", (state, second)
     assert second == first  # left as it was made: the same copy, not made again
-    # Edited in place (same inode, same folder mtimes): the next run must not get it.
-    edit = "printf '# edited\\n' >> $VIRTUAL_ENV/bin/activate; echo $VIRTUAL_ENV"
+    # Edited in place, its size kept and its mtime put back (same inode, same folder times): only its
+    # ctime tells. The next run must not get it.
+    edit = (
+        "a=$VIRTUAL_ENV/bin/activate; s=$(mktemp); touch -r $a $s; "
+        "printf EDITEDxxx | dd of=$a bs=1 seek=2 conv=notrunc status=none; "
+        "touch -r $s $a; rm $s; echo $VIRTUAL_ENV"
+    )
     state, third = _run(client, [edit], python="3.10")
     assert state["status"] == "done" and third == first, (state, third)
     wait_for(lambda: not Path(first.strip()).exists(), 30, "the edited copy to be removed")
-    state, fourth = _run(client, [where, "grep -c edited $VIRTUAL_ENV/bin/activate || true"], python="3.10")
+    check = "grep -c EDITEDxxx $VIRTUAL_ENV/bin/activate || true"
+    state, fourth = _run(client, [where, check], python="3.10")
     assert state["status"] == "done", (state, fourth)
     assert fourth.splitlines() == [fourth.splitlines()[0], "0"] and fourth.splitlines()[0] != first.strip()
     # Two runs at once never share one.

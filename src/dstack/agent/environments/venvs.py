@@ -289,9 +289,10 @@ def _origin(source: Venv) -> Tuple[object, ...]:
 
 
 def _fingerprint(own: List[str]) -> Tuple[Tuple[int, ...], ...]:
-    """The status (inode, mode, size, mtime) of a copy's own entries (see clones.clone). Whatever is
-    added, removed or renamed anywhere in the copy changes the mtime of a folder; an in-place edit of a
-    rewritten file, its mtime. An edit of a linked file in place would change the original as well."""
+    """The status (inode, mode, owner, size, mtime, ctime) of a copy's own entries (see clones.clone).
+    Whatever is added, removed or renamed anywhere in the copy changes a folder's times; an in-place
+    edit of a rewritten file, its ctime, even if its mtime is put back (no process can set a ctime). An
+    edit of a linked file in place would change the original as well (see clones.py)."""
     status: List[Tuple[int, ...]] = []
     for path in own:
         try:
@@ -299,7 +300,7 @@ def _fingerprint(own: List[str]) -> Tuple[Tuple[int, ...], ...]:
         except OSError:
             status.append(())
             continue
-        status.append((s.st_ino, s.st_mode, s.st_size, s.st_mtime_ns))
+        status.append((s.st_ino, s.st_mode, s.st_uid, s.st_gid, s.st_size, s.st_mtime_ns, s.st_ctime_ns))
     return tuple(status)
 
 
