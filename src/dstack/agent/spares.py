@@ -292,7 +292,7 @@ def patch_tree(
     new: List[Item],
     root: str,
     content: Callable[[str], Path],
-    statuses: Optional[Dict[str, Status]] = None,
+    statuses: Dict[str, Status],
 ) -> Dict[str, Status]:
     """Turn the pristine tree of `old` at `root` into the tree of `new`, rewriting only what differs;
     returns the statuses of its entries (`statuses`, those of the tree of `old`, updated)."""
@@ -313,8 +313,6 @@ def patch_tree(
             create_item(root, item, content, made)
             created.append(item.path)
     set_folder_modes(root, new)
-    if statuses is None:
-        return scan(root)
     removed: Set[str] = set(gone)
     kept = {p: s for p, s in statuses.items() if p in after and not _under_any(p, removed)}
     for path in created:

@@ -6,10 +6,19 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_testkit import AgentClient, AgentProcess, code_manifest, dir_member, file_member, link_member
+from agent_testkit import (
+    AgentClient,
+    AgentProcess,
+    code_manifest,
+    dir_member,
+    file_member,
+    link_member,
+    wait_for,
+)
 
 from dstack.agent.codestore import CodeStore
 from dstack.agent.unpack import FILE, SYMLINK, Item, UnpackError, build_tree, check_items
@@ -285,3 +294,29 @@ def test_a_finished_jobs_folder_whose_folder_changed_mode_is_not_reused(tmp_path
     assert third.stat().st_ino != inode
     assert stat.S_IMODE((third / "pkg").stat().st_mode) == 0o755
     assert not store.spares.recycle(jobs / "1" / "code")  # built for its job, never a spare: not taken
+
+
+def test_a_collected_jobs_code_folder_serves_the_next_job_with_its_changes_undone(
+    start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = start_agent(tmp_path / "work")
+    client = agent.client()
+    code_hash = client.upload([dir_member("pkg"), file_member("pkg/a.txt", b"pristine\n")])
+    trees = agent.work_dir / "code" / "trees"
+
+    def run(commands: list[str]) -> str:
+        # Spares are made and given back in the background: wait until that is over, so which folder
+        # the job gets does not depend on timing.
+        wait_for(lambda: not any(p.name.startswith(".") for p in trees.iterdir()), 30, "the spare trees")
+        job = client.submit(commands, code_hash=code_hash)
+        state = client.wait_final(job["id"])
+        assert state["status"] == "done", client.read_logs(job["id"])
+        return str(job["id"])
+
+    run(["true"])  # its folder is built from the store; a spare follows
+    second = run(["echo dirty > pkg/a.txt", "touch pkg/new.txt"])  # gets the spare, and changes it
+    inode = (agent.work_dir / "jobs" / second / "code").stat().st_ino
+    assert client.request("DELETE", f"/api/jobs/{second}").status == 204  # collected: its folder goes back
+    third = run(["cat pkg/a.txt", "ls pkg"])
+    assert client.read_logs(third) == b"pristine\na.txt\n"
+    assert (agent.work_dir / "jobs" / third / "code").stat().st_ino == inode  # the second job's folder

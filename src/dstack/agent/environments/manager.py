@@ -271,9 +271,10 @@ class EnvironmentManager:
         env.note = f"Build {build.key[:_KEY_SHOWN]} is cached for later runs"
 
     def _own_copy(self, env: TaskEnvironment, job_id: str, source: Venv) -> TaskEnvironment:
-        """Give the run a venv of its own, copied from `source`, removed when the run is over."""
+        """Give the run a venv of its own, copied from `source` (or one a run of it left unchanged), let go
+        when the run is over."""
         env.venv = self._runs.make(job_id, source)
-        env._releases.append(lambda: self._runs.remove(job_id))
+        env._releases.append(lambda: self._runs.release(job_id))
         return env
 
     def build_failed(self, env: TaskEnvironment) -> None:

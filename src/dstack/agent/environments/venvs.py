@@ -230,7 +230,7 @@ class RunVenvs:
             self._taken[job_id] = copy
         return Venv(path=copy.venv, version=source.version, interpreter=source.interpreter)
 
-    def remove(self, job_id: str) -> None:
+    def release(self, job_id: str) -> None:
         """The run is over: its copy is kept for the next run if the run left it as it was, else removed."""
         with self._lock:
             copy = self._taken.pop(job_id, None)
