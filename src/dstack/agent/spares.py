@@ -107,8 +107,8 @@ class SpareTrees:
         return True
 
     def offer(self, code_hash: str, items: List[Item]) -> None:
-        """Ask for a spare of this code, built in the background (the latest ask wins), unless there is a
-        spare left to patch or one coming back."""
+        """Ask for a spare of this code, built in the background (the latest ask wins), unless a spare is
+        left to patch, or one is being made or given back (it will be, once there)."""
         if sum(item.size for item in items if item.kind == FILE) > MAX_SPARE_BYTES:
             return
         with self._changed:
