@@ -133,6 +133,24 @@ def test_concurrent_jobs_installing_two_versions_of_a_package_each_see_their_own
     assert {v: o.strip().splitlines()[-1] for v, o in outputs.items()} == {"1.0": "1.0", "2.0": "2.0"}
 
 
+def test_a_run_replacing_pip_in_its_venv_changes_no_other_runs_pip(
+    agent: AgentProcess, tmp_path: Path
+) -> None:
+    # A template's copies share its pip (clones.py): a run that installs another pip must get it in its
+    # own venv, first on its sys.path, and never in the template that the next run's copy shares.
+    fake = make_wheel(tmp_path / "wheels", "pip", version="99.0")
+    which = "python -c 'import pip; print(pip.__version__ if hasattr(pip, \"__version__\") else pip.VERSION)'"
+    state, first = _run(client := agent.client(), [f"pip install -q {fake}", which], python="3.12")
+    assert state["status"] == "done", (state, first)
+    assert first.strip().splitlines()[-1] == "99.0"
+    state, second = _run(client, [which, "pip --version"], python="3.12")
+    assert state["status"] == "done", (state, second)
+    version, real = second.strip().splitlines()
+    assert version != "99.0" and real.startswith(f"pip {version} "), second
+    template = agent.work_dir / "envs" / "python" / "3.12"
+    assert not list(template.rglob("pip-99.0*"))
+
+
 def test_a_version_the_host_lacks_fails_with_one_sentence(agent: AgentProcess) -> None:
     state, output = _run(agent.client(), ["python -V"], python="3.99")
     assert state["status"] == "failed"

@@ -177,7 +177,8 @@ class EnvironmentManager:
         cancelled: Callable[[], bool],
     ) -> TaskEnvironment:
         if not spec.build:
-            return self._own_copy(TaskEnvironment(), spec.id, self._templates.get(version, notify))
+            template = self._templates.get(version, notify)
+            return self._own_copy(TaskEnvironment(), spec.id, template, shared_packages=True)
         interpreter = self._factory.interpreter(version, notify)
         key = _build_key(spec, ["python", version, os.path.realpath(interpreter)], cwd, code_dir)
         env = TaskEnvironment(_unlock=self._lock(key, cancelled))
@@ -270,10 +271,13 @@ class EnvironmentManager:
             env.unlock()
         env.note = f"Build {build.key[:_KEY_SHOWN]} is cached for later runs"
 
-    def _own_copy(self, env: TaskEnvironment, job_id: str, source: Venv) -> TaskEnvironment:
+    def _own_copy(
+        self, env: TaskEnvironment, job_id: str, source: Venv, shared_packages: bool = False
+    ) -> TaskEnvironment:
         """Give the run a venv of its own, copied from `source` (or one a run of it left unchanged), let go
-        when the run is over."""
-        env.venv = self._runs.make(job_id, source)
+        when the run is over. A template's packages are shared (see clones.py); a build's are copied, so
+        that a run may remove or replace them."""
+        env.venv = self._runs.make(job_id, source, shared_packages)
         env._releases.append(lambda: self._runs.release(job_id))
         return env
 

@@ -126,6 +126,7 @@ class VenvFactory:
                 "--python",
                 str(path / "bin" / "python"),
                 "--offline",
+                "--compile-bytecode",  # once here, not by each run (copies import pip from here)
                 "--no-index",
                 "--find-links",
                 wheels,
@@ -215,8 +216,9 @@ class RunVenvs:
         self._free: List[Tuple[_Copy, float]] = []  # with when each was let go, oldest first
         self._taken: Dict[str, _Copy] = {}  # by job id
 
-    def make(self, job_id: str, source: Venv) -> Venv:
-        origin = _origin(source)
+    def make(self, job_id: str, source: Venv, shared_packages: bool = False) -> Venv:
+        """A copy of `source` for the job; of a template, one that shares its packages (see clones.py)."""
+        origin = (*_origin(source), shared_packages)
         with self._lock:
             kept = next((k for k in reversed(self._free) if k[0].origin == origin), None)
             if kept is not None:
@@ -225,7 +227,7 @@ class RunVenvs:
         _remove_later(gone)
         copy = None if kept is None else kept[0]
         if copy is None:
-            copy = self._new_copy(source, origin)
+            copy = self._new_copy(source, origin, shared_packages)
         with self._lock:
             self._taken[job_id] = copy
         return Venv(path=copy.venv, version=source.version, interpreter=source.interpreter)
@@ -263,11 +265,11 @@ class RunVenvs:
             if name not in held:
                 shutil.rmtree(self._root / name, ignore_errors=True)
 
-    def _new_copy(self, source: Venv, origin: Tuple[object, ...]) -> _Copy:
+    def _new_copy(self, source: Venv, origin: Tuple[object, ...], shared_packages: bool) -> _Copy:
         folder = self._root / uuid.uuid4().hex[:16]
         target = folder / "venv"
         try:
-            own = clone(source.path, target)
+            own = clone(source.path, target, shared_packages)
         except OSError as e:
             shutil.rmtree(folder, ignore_errors=True)
             raise ToolError(f"Could not copy the Python environment for this run: {e.strerror or e}") from e
