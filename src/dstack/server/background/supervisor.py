@@ -383,7 +383,9 @@ class Supervisor:
     # -- following ---------------------------------------------------------------------------------------
 
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
-        appender = LogAppender(self.ctx.settings, self.job_id)
+        # Off the event loop: making a file costs some file systems a millisecond of kernel time (ext4
+        # finding a free inode), time in which the loop would serve nothing else.
+        appender = await asyncio.to_thread(LogAppender, self.ctx.settings, self.job_id)
         limit = self.ctx.retention.run_output_limit
         position = appender.size  # how far the agent's output has been read (kept up to `limit`)
         wait = FIRST_POLL

@@ -12,11 +12,31 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import event
+from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 T = TypeVar("T")
 _MAX_BATCH = 500
+_PENDING = "dstack_inserts"
+
+
+def insert_at_commit(session: AsyncSession, table: Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT `rows` into `table` at the end of the write transaction, in one statement with the rows
+    that the other writes of its batch (Database.write_batched) insert there: a burst of submissions then
+    pays for one INSERT per table instead of one per submission. Tables are written parents first (by
+    their foreign keys). A write must not read back what it inserts this way."""
+    pending: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = session.info.setdefault(_PENDING, {})
+    for row in rows:
+        pending.setdefault((table, tuple(row)), []).append(row)
+
+
+async def _insert_pending(session: AsyncSession) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    order = {table: i for i, table in enumerate(next(iter(pending))[0].metadata.sorted_tables)}
+    for (table, _columns), rows in sorted(pending.items(), key=lambda item: order.get(item[0][0], 0)):
+        await session.execute(insert(table), rows)
 
 
 class Database:
@@ -41,6 +61,7 @@ class Database:
         """A transaction that commits on success and rolls back on error."""
         async with self._write_sessions() as session, session.begin():
             yield session
+            await _insert_pending(session)
 
     async def write_batched(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """`work` in a write transaction shared with the other calls waiting at the time (group commit).

@@ -6,9 +6,9 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import Table, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -18,6 +18,7 @@ from dstack.core.statuses import (
     TerminationReason,
 )
 from dstack.server.context import ServerContext
+from dstack.server.db.engine import insert_at_commit
 from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
 from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
@@ -109,11 +110,11 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
                 for column, value in values.items():
                     setattr(row, column, value)
             history.append(submitted_entry(run))
-        # INSERT statements, not the ORM's unit of work (flushing the run, then the jobs): a burst of
-        # submissions spends its time here. The rows stay unattached, for the answer only.
-        await session.execute(insert(RunRow).values(_columns(run, RunRow)))
-        await session.execute(insert(JobRow).values([_columns(job, JobRow) for job in jobs]))
-        await session.execute(insert(TransitionRow).values(history))
+        # Plain INSERTs, not the ORM's unit of work, and one of each per batch of submissions (a burst
+        # spends its time here). The rows stay unattached, for the answer only.
+        insert_at_commit(session, _table(RunRow), [_columns(run, RunRow)])
+        insert_at_commit(session, _table(JobRow), [_columns(job, JobRow) for job in jobs])
+        insert_at_commit(session, _table(TransitionRow), history)
         return run, jobs[0]
 
     # Submissions arriving together share one transaction (see Database.write_batched).
@@ -122,6 +123,10 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
+
+
+def _table(model: Any) -> Table:
+    return cast(Table, model.__table__)
 
 
 def _columns(row: Any, table: Any) -> dict[str, Any]:

@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, update
+from sqlalchemy import Table, func, update
 from sqlalchemy.orm import object_session
 
 from dstack.config.cron import format_utc, next_start
 from dstack.core.statuses import FINISHED_STATUSES, RunStatus, TerminationReason
 from dstack.core.text import one_line
+from dstack.server.db.engine import insert_at_commit
 from dstack.server.db.models import JobRow, RunRow, TransitionRow
 
 # Ends that stop a scheduled run for good; any other end waits for its next start.
@@ -170,7 +171,7 @@ async def write_job_status(
         return False
     await session.execute(update(run_table).where(runs.id == run_id).values(**run_values))
     entry = {name: run_values.get(name) for name in _HISTORY}
-    await session.execute(insert(cast(Table, TransitionRow.__table__)).values(run_id=run_id, at=now, **entry))
+    insert_at_commit(session, cast(Table, TransitionRow.__table__), [{"run_id": run_id, "at": now, **entry}])
     return True
 
 
