@@ -34,13 +34,27 @@ def _tree(folder: Path, files: dict[str, bytes]) -> tuple[bytes, list[tuple[Path
     return encode_manifest(entries), list(blobs.values())
 
 
+class _Folder:
+    """Contents a file each, named by their sha256 (the server's store for big ones)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def file(self, sha256: str) -> str:
+        return str(self.folder / sha256)
+
+    def read_small(self, sha256: str, size: int) -> bytes:
+        return (self.folder / sha256).read_bytes()
+
+
 async def _send(client: AgentClient, manifest: bytes, blobs: list[tuple[Path, str, int]]) -> list[str]:
     """The server's provisioning conversation (services/code.send_to_agent); returns what was sent."""
     digest = code_hash(manifest)
     if await client.has_code(digest):
         return []
     lacking = await client.missing_blobs(parse_manifest(manifest).blobs)
-    await client.upload_blobs([blob for blob in blobs if blob[1] in lacking])
+    source = _Folder(blobs[0][0].parent)
+    await client.upload_blobs([(sha, size) for _, sha, size in blobs if sha in lacking], source)
     await client.put_manifest(digest, manifest)
     return lacking
 

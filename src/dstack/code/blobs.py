@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from dstack.code.snapshot import CodeSnapshot
@@ -19,6 +19,14 @@ HEADER = struct.Struct(">32sQ")
 # Small contents are gathered into one write; big ones go from their file to the socket in the kernel.
 _GATHER_BELOW = 256 * 1024
 _GATHER_BYTES = 1024 * 1024
+
+
+class BlobSource(Protocol):
+    """Where a sender reads the contents it streams: small ones whole, big ones from their file."""
+
+    def read_small(self, sha256: str, size: int) -> bytes: ...
+
+    def file(self, sha256: str) -> str: ...
 
 
 def header(sha256: str, size: int) -> bytes:

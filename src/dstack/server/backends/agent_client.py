@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlencode
 
 import httpx
 
-from dstack.code.blobs import blob_parts, stream_length
+from dstack.code.blobs import BlobSource, blob_parts, stream_length
 from dstack.code.blobs import header as blob_header
 from dstack.server.backends.agent_events import AgentEvents, Coalescer
 from dstack.server.backends.agent_http import AgentHTTP, BodyFetcher, BodyPart, StreamBody, TransportError
@@ -136,9 +136,9 @@ class AgentClient:
         response = await self._request("POST", "/api/code/missing", raw=wanted, timeout=120.0)
         return list(response.json()["missing"])
 
-    async def upload_blobs(self, blobs: list[tuple[Path, str, int]]) -> None:
-        """Send these contents (the file holding each, its sha256, its size) in one blob stream."""
-        await self._request("POST", "/api/code/blobs", stream=blob_stream(blobs), timeout=600.0)
+    async def upload_blobs(self, blobs: Sequence[tuple[str, int]], source: BlobSource) -> None:
+        """Send these (sha256, size) contents, read from `source`, in one blob stream."""
+        await self._request("POST", "/api/code/blobs", stream=blob_stream(blobs, source), timeout=600.0)
 
     async def put_manifest(self, code_hash: str, manifest: bytes) -> None:
         await self._request("PUT", f"/api/code/{code_hash}", raw=manifest, timeout=120.0)
@@ -295,22 +295,15 @@ class AgentClient:
             ) from e
 
 
-def blob_stream(blobs: list[tuple[Path, str, int]]) -> StreamBody:
-    """A blob stream (dstack.code.blobs) read from the files holding the contents."""
-    paths = {sha256: path for path, sha256, _ in blobs}
-
-    def read_small(sha256: str, size: int) -> bytes:
-        data = paths[sha256].read_bytes()
-        if len(data) != size:
-            raise OSError(f"the stored content {sha256[:12]} is {len(data)} bytes, not {size}")
-        return data
+def blob_stream(blobs: Sequence[tuple[str, int]], source: BlobSource) -> StreamBody:
+    """A blob stream (dstack.code.blobs) of these (sha256, size) contents, read from `source`."""
+    sizes = dict(blobs)
 
     def parts() -> Iterator[BodyPart]:
-        for part in blob_parts([(sha256, size) for _, sha256, size in blobs], read_small):
-            yield part if isinstance(part, bytes) else (paths[part], sizes[part])
+        for part in blob_parts(blobs, source.read_small):
+            yield part if isinstance(part, bytes) else (Path(source.file(part)), sizes[part])
 
-    sizes = {sha256: size for _, sha256, size in blobs}
-    return StreamBody(stream_length([size for _, _, size in blobs]), parts)
+    return StreamBody(stream_length([size for _, size in blobs]), parts)
 
 
 BATCH = 500  # jobs per batch request

@@ -1,7 +1,7 @@
 """Uploaded code, content-addressed and kept per project (SPEC §6; dstack.code.manifest).
 
 A project's code is a manifest (the tree, naming each file by the sha256 of its content) plus the
-contents, stored under code/<project id>/: `blobs/ab/<sha256>` and `manifests/<code hash>`. Nothing is
+contents, stored under code/<project id>/ (blobstore.py) and `manifests/<code hash>`. Nothing is
 shared between projects, and every content is hashed as it arrives, so a project can only use code whose
 bytes it sent itself: naming another project's hashes gets it nothing (issue 13, item 7).
 
@@ -12,12 +12,9 @@ one streamed request, then the manifest.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import os
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -33,23 +30,21 @@ from dstack.code.manifest import (
 from dstack.server.backends.agent_client import AgentClient
 from dstack.server.context import ServerContext
 from dstack.server.db.models import CodeRow
+from dstack.server.services.blobstore import ProjectStore, store_at
 from dstack.server.services.errors import ServiceError, TooLarge
 from dstack.server.services.projects import Project
 from dstack.server.settings import ServerSettings
 
 _TEMP_PREFIX = ".upload-"
 _BATCH_BYTES = 1024 * 1024
-_SMALL = 256 * 1024
-_WRITERS = 4
-_MAX_PENDING_WRITES = 256
 
 
 def project_dir(settings: ServerSettings, project_id: str) -> Path:
     return settings.code_dir / project_id
 
 
-def blob_path(settings: ServerSettings, project_id: str, sha256: str) -> Path:
-    return project_dir(settings, project_id) / "blobs" / sha256[:2] / sha256
+def store(settings: ServerSettings, project_id: str) -> ProjectStore:
+    return store_at(project_dir(settings, project_id))
 
 
 def manifest_path(settings: ServerSettings, project_id: str, code_hash_: str) -> Path:
@@ -64,20 +59,7 @@ async def exists(ctx: ServerContext, project: Project, code_hash_: str) -> bool:
 
 async def missing(ctx: ServerContext, project: Project, blobs: list[tuple[str, int]]) -> list[str]:
     """The contents this project has not uploaded (of those named, with their sizes)."""
-    return await asyncio.to_thread(_missing, ctx.settings, project.id, blobs)
-
-
-def _missing(settings: ServerSettings, project_id: str, blobs: list[tuple[str, int]]) -> list[str]:
-    lacking = []
-    for sha256, size in blobs:
-        try:
-            # The size check catches a content cut short by a crash before it reached the disk.
-            present = blob_path(settings, project_id, sha256).stat().st_size == size
-        except OSError:
-            present = False
-        if not present:
-            lacking.append(sha256)
-    return lacking
+    return await asyncio.to_thread(store(ctx.settings, project.id).missing, blobs)
 
 
 async def receive_blobs(
@@ -87,7 +69,7 @@ async def receive_blobs(
     limit = ctx.settings.code_limit_bytes
     if length is not None and length > limit + HEADER.size * MAX_ENTRIES:
         raise TooLarge(f"The code upload is {_mb(length)}, over the server's {_mb(limit)} limit")
-    receiver = BlobReceiver(project_dir(ctx.settings, project.id) / "blobs", limit)
+    receiver = store(ctx.settings, project.id).receiver(limit)
     # Hashing and writing happen in a thread, a batch at a time, while the loop receives the next batch:
     # the two overlap, and the loop stays free for other requests.
     loop = asyncio.get_running_loop()
@@ -172,7 +154,7 @@ async def send_blobs_to_agent(
     """Those of these contents (the project's own) the agent lacks, in one streamed request."""
     lacking = await agent.missing_blobs(blobs)
     if lacking:
-        await agent.upload_blobs([(blob_path(ctx.settings, project_id, h), h, blobs[h]) for h in lacking])
+        await agent.upload_blobs([(h, blobs[h]) for h in lacking], store(ctx.settings, project_id))
 
 
 async def read_limited(body: AsyncIterator[bytes], limit: int, what: str) -> bytes:
@@ -190,162 +172,6 @@ def parse_wanted(data: bytes) -> list[tuple[str, int]]:
     if len(data) % HEADER.size:
         raise ServiceError("The list of contents must be 40-byte entries: a sha256 and a size")
     return [(raw.hex(), size) for raw, size in HEADER.iter_unpack(data)]
-
-
-class BlobReceiver:
-    """Writes a blob stream into a folder of contents as it arrives, keeping only verified ones.
-
-    str paths and os calls, not pathlib: a repository's thousands of small files make this a hot loop.
-    """
-
-    def __init__(self, folder: Path, limit: int) -> None:
-        self._folder = os.fspath(folder)
-        self._limit = limit
-        self._received = 0
-        self._count = 0
-        self._header = b""
-        self._in_blob = False
-        self._sha256 = ""
-        self._left = 0
-        self._digest: hashlib._Hash | None = None  # None while skipping a content already stored
-        self._fd: int | None = None
-        self._temp: str | None = None
-        self._folders: set[str] = set()
-        self._pool: ThreadPoolExecutor | None = None
-        self._writes: list[Future[None]] = []
-        self._temp_prefix = f"{_TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}-"
-
-    def feed_all(self, chunks: list[bytes]) -> None:
-        for chunk in chunks:
-            self.feed(chunk)
-
-    def feed(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if not self._in_blob:
-                need = HEADER.size - len(self._header)
-                self._header += bytes(view[:need])
-                view = view[need:]
-                if len(self._header) == HEADER.size:
-                    raw, size = HEADER.unpack(self._header)
-                    if size <= min(len(view), _SMALL):
-                        # A small content whole in this piece: hashed and written by the pool (files are
-                        # created by the file system far slower than by us; a repository has thousands).
-                        self._header = b""
-                        self._small(raw.hex(), view[:size])
-                        view = view[size:]
-                    else:
-                        self._start()
-                continue
-            piece = view[: self._left]
-            view = view[len(piece) :]
-            self._left -= len(piece)
-            if self._digest is not None and self._fd is not None:
-                self._digest.update(piece)
-                while piece:
-                    piece = piece[os.write(self._fd, piece) :]
-            if self._left == 0:
-                self._end()
-
-    def _small(self, sha256: str, data: memoryview) -> None:
-        self._received += len(data)
-        if self._received > self._limit:
-            raise TooLarge(f"The code upload is over the server's {_mb(self._limit)} limit")
-        folder = f"{self._folder}/{sha256[:2]}"
-        if os.path.exists(f"{folder}/{sha256}"):  # noqa: PTH110 (str paths, see above)
-            return
-        self._count += 1
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="code-upload")
-        self._writes.append(self._pool.submit(self._write_small, folder, sha256, data, self._count))
-        if len(self._writes) >= _MAX_PENDING_WRITES:  # each holds a piece of the body in memory
-            self._writes.pop(0).result()
-
-    def _write_small(self, folder: str, sha256: str, data: memoryview, serial: int) -> None:
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise _mismatch(sha256)
-        os.makedirs(folder, exist_ok=True)  # noqa: PTH103
-        temp = f"{folder}/{self._temp_prefix}{serial}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            while data:
-                data = data[os.write(fd, data) :]
-        except BaseException:
-            os.close(fd)
-            os.unlink(temp)  # noqa: PTH108
-            raise
-        os.close(fd)
-        os.replace(temp, f"{folder}/{sha256}")  # noqa: PTH105
-
-    def _start(self) -> None:
-        raw, size = HEADER.unpack(self._header)
-        self._header = b""
-        self._in_blob, self._sha256, self._left = True, raw.hex(), size
-        self._received += size
-        if self._received > self._limit:
-            raise TooLarge(f"The code upload is over the server's {_mb(self._limit)} limit")
-        folder = f"{self._folder}/{self._sha256[:2]}"
-        if not os.path.exists(f"{folder}/{self._sha256}"):  # noqa: PTH110 (str paths, see above)
-            if folder not in self._folders:
-                os.makedirs(folder, exist_ok=True)  # noqa: PTH103
-                self._folders.add(folder)
-            self._count += 1
-            self._temp = f"{folder}/{self._temp_prefix}{self._count}"
-            self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            self._digest = hashlib.sha256()
-        if size == 0:
-            self._end()
-
-    def _end(self) -> None:
-        self._in_blob = False
-        if self._digest is None or self._fd is None or self._temp is None:
-            return  # stored already: these bytes were not needed
-        os.close(self._fd)
-        self._fd = None
-        if self._digest.hexdigest() != self._sha256:
-            raise _mismatch(self._sha256)
-        self._digest = None
-        os.replace(self._temp, f"{self._folder}/{self._sha256[:2]}/{self._sha256}")  # noqa: PTH105
-        self._temp = None
-
-    def finish(self) -> int:
-        """How many contents were new (the others were here already)."""
-        self._wait_for_writes()
-        if self._in_blob or self._header:
-            raise ServiceError("The code upload ended in the middle of a content; send it again")
-        return self._count
-
-    def _wait_for_writes(self) -> None:
-        writes, self._writes = self._writes, []
-        error: BaseException | None = None
-        for write in writes:
-            try:
-                write.result()
-            except BaseException as e:  # every write is waited for; the first failure is the answer
-                error = error or e
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if error is not None:
-            raise error
-
-    def abort(self) -> None:
-        """Remove what an unfinished content left (after finish(), nothing is left)."""
-        with contextlib.suppress(BaseException):
-            self._wait_for_writes()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._temp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._temp)  # noqa: PTH108
-            self._temp = None
-
-
-def _mismatch(sha256: str) -> ServiceError:
-    return ServiceError(
-        f"The uploaded content {sha256[:12]} does not match its hash; the upload was corrupted, try again"
-    )
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
