@@ -26,6 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from dstack.code.blobs import HEADER
+from dstack.server.services.direct_write import DirectFile
 from dstack.server.services.errors import ServiceError, TooLarge
 
 SMALL = 256 * 1024  # below this, a content is packed (and arrives whole in one piece of the stream)
@@ -153,7 +154,8 @@ class BlobReceiver:
     """Writes a blob stream (dstack.code.blobs) into a store as it arrives, keeping only verified contents.
 
     Small contents are hashed and written by a pool of threads at their place in the upload's pack (files
-    are written in parallel, hashes computed beside the loop); big ones are hashed as they stream in.
+    are written in parallel, hashes computed beside the loop); big ones are hashed as they stream in and
+    written past the page cache (direct_write.py).
     str paths and os calls, not pathlib: a repository's thousands of small files make this a hot loop.
     """
 
@@ -167,7 +169,8 @@ class BlobReceiver:
         self._sha256 = ""
         self._left = 0
         self._digest: hashlib._Hash | None = None  # None while skipping a content already stored
-        self._fd: int | None = None
+        self._file: DirectFile | None = None  # one buffer for every big content of the upload
+        self._writing = False  # a big content is being written to self._temp
         self._temp: str | None = None
         self._folders: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -207,10 +210,9 @@ class BlobReceiver:
                     self._in_blob, data, self._parts = False, b"".join(self._parts), None
                     self._small(bytes.fromhex(self._sha256), memoryview(data))
                 continue
-            if self._digest is not None and self._fd is not None:
+            if self._digest is not None and self._file is not None and self._writing:
                 self._digest.update(piece)
-                while piece:
-                    piece = piece[os.write(self._fd, piece) :]
+                self._file.write(piece)
             if self._left == 0:
                 self._end()
 
@@ -250,17 +252,20 @@ class BlobReceiver:
                 self._folders.add(folder)
             self._count += 1
             self._temp = f"{folder}/{self._temp_prefix}{self._count}"
-            self._fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            if self._file is None:
+                self._file = DirectFile()
+            self._file.open(self._temp)
+            self._writing = True
             self._digest = hashlib.sha256()
         if size == 0:
             self._end()
 
     def _end(self) -> None:
         self._in_blob = False
-        if self._digest is None or self._fd is None or self._temp is None:
+        if self._digest is None or self._file is None or not self._writing or self._temp is None:
             return  # stored already: these bytes were not needed
-        os.close(self._fd)
-        self._fd = None
+        self._writing = False
+        self._file.close()
         if self._digest.hexdigest() != self._sha256:
             raise _mismatch(self._sha256)
         self._digest = None
@@ -270,6 +275,7 @@ class BlobReceiver:
     def finish(self) -> int:
         """How many contents were new (the others were here already)."""
         self._wait_for_writes()
+        self._release_file()
         if self._in_blob or self._header or self._parts is not None:
             raise ServiceError("The code upload ended in the middle of a content; send it again")
         if self._pack is not None:
@@ -294,13 +300,17 @@ class BlobReceiver:
         if error is not None:
             raise error
 
+    def _release_file(self) -> None:
+        if self._file is not None:
+            self._file.release()
+            self._file = None
+
     def abort(self) -> None:
         """Remove what an unfinished upload left (after finish(), nothing is left)."""
         with contextlib.suppress(BaseException):
             self._wait_for_writes()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._writing = False
+        self._release_file()
         if self._temp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._temp)  # noqa: PTH108
