@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -66,6 +67,36 @@ def _module(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:  # this process is the command (not a caller of main)
+        _exit_now_if_nothing_left(code)
+    return code
+
+
+def _exit_now_if_nothing_left(code: int) -> None:
+    """End the process without the interpreter's teardown (freeing every module: ~10 ms, a tenth of a
+    warm `dstack run`) when that teardown has nothing to do: no other thread and no exit handler but
+    the one `logging` registers when imported (run here instead)."""
+    import atexit
+    import threading
+
+    count_handlers = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere, exit the usual way
+    logging = sys.modules.get("logging")
+    if count_handlers is None or threading.active_count() > 1:
+        return
+    if count_handlers() > (1 if logging is not None else 0):
+        return
+    try:
+        if logging is not None:
+            logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return  # a closed or broken stream: the usual exit reports it as it always did
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     _make_private()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after "--" belongs to the task, untouched by our parser.

@@ -80,9 +80,12 @@ class SchedulingLoop:
             timeout = self.ctx.settings.poll_seconds
             if next_deadline is not None:
                 timeout = max(0.0, min(timeout, next_deadline - time.time()))
-            if await signal.wait(version, timeout):
-                # Woken by an event: let the ones right behind it (a burst of submissions, of job ends)
-                # land too, so that one pass places them all. Far below the second a run may wait.
+            ended = time.monotonic()
+            if await signal.wait(version, timeout) and time.monotonic() - ended < COALESCE_SECONDS:
+                # Woken by an event that came while the last pass ran or right after it: a burst (of
+                # submissions, of job ends) is under way, so let the ones right behind it land too and
+                # place them all in one pass. An event after a quiet moment is handled at once: a lone
+                # `dstack run` does not wait for a burst that is not coming.
                 await asyncio.sleep(COALESCE_SECONDS)
 
     async def pass_once(self) -> float | None:
