@@ -29,11 +29,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from tests.e2e.harness import DSTACK, DstackEnv  # noqa: E402
 
 from dstack.api.client import Client  # noqa: E402
 from dstack.code import snapshot_code  # noqa: E402
+from peers import machine_line  # noqa: E402
 
 SMALL_FILES = 2000
 BIG_FILES = 20
@@ -126,7 +128,7 @@ def main() -> None:
         median = statistics.median
         files = SMALL_FILES + BIG_FILES + 1
         print(f"code folder: {size / 1e6:.0f} MB in {files} files; medians of {args.repeat}")
-        print(f"machine: {os.cpu_count()} CPUs (shared with other work when this ran: see the note)")
+        print(machine_line())
         ratio = median(edited) / median(unchanged)
         rows = [
             ("first upload", f"{first:.0f} MB/s", f"tar | sha256sum {floor:.0f} MB/s ({first / floor:.0%})"),

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleets import ssh_argv
+from bench.peers import machine_line
 from tests.e2e.fleetkit import write_fleet
 from tests.e2e.harness import DstackEnv
 from tests.e2e.test_slurm import write_server_config
@@ -207,7 +208,7 @@ def main() -> None:
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     for r in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip())
-    print(f"{args.runs} runs each; the machine was shared with other work while this ran")
+    print(f"{args.runs} runs each; {machine_line()}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+LOAD_AT_IMPORT = os.getloadavg()[0]  # before the benchmark that imported this started its work
+
+
+def machine_line() -> str:
+    """What the figures were measured on, and whether other work was running when they were."""
+    return (
+        f"machine: {os.cpu_count()} CPUs; 1-minute load average {LOAD_AT_IMPORT:.2f} when this started, "
+        f"{os.getloadavg()[0]:.2f} now (this benchmark's own work included)"
+    )
+
 
 def free_port() -> int:
     with socket.socket() as s:

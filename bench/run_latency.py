@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tests.e2e.harness import DSTACK, DstackEnv
 
+from peers import machine_line
+
 
 def timed(command: list[str], env: dict[str, str], cwd: Path, runs: int) -> list[float]:
     samples = []
@@ -188,7 +190,7 @@ def main() -> None:
             "peer / floor: bash -c 'echo hi' for runs, python -c pass for --help and ps, seq for streaming; "
             "Slurm's srun and squeue on a one-node cluster of this machine"
         )
-        print(f"machine: {os.cpu_count()} CPUs, shared with other work when this ran (see the note)")
+        print(machine_line())
     finally:
         env.cleanup()
         shutil.rmtree(home, ignore_errors=True)

@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT), str(ROOT / "bench")]
 from tests.e2e.harness import wait_for  # noqa: E402
 
 from dstack.api.client import Client  # noqa: E402
+from peers import machine_line  # noqa: E402
 
 BIN = Path(sys.executable).parent
 DSTACK = str(BIN / "dstack")
@@ -430,7 +431,7 @@ def main() -> None:
             print(f"peer: Slurm, {args.tasks} `echo hi` jobs on a one-node cluster of this machine")
             print(f"{'sbatch one by one':<18}{peer['slurm_sbatch_per_s']:>10.1f}   jobs/s (16 submitters)")
             print(f"{'sbatch --array':<18}{peer['slurm_array_per_s']:>10.1f}   jobs/s")
-        print(f"machine: {os.cpu_count()} CPUs, shared with other work when this ran (see the note)")
+        print(machine_line())
     if args.only in (None, "handoff"):
         results = [bench_handoff(args.handoff) for _ in range(args.repeat)]
         print(f"\n{args.handoff} queued tasks that each ask for every CPU: one's end to the next's start")
