@@ -165,11 +165,15 @@ class CodeStore:
         cancelled: Optional[Callable[[], bool]] = None,
         spare: bool = True,
     ) -> None:
-        """Put the code's tree at `destination` (an empty folder, replaced): with `spare`, a spare copy of
-        it moved there if one is ready (see dstack.agent.spares), else built from the store; a spare of it
-        is then made for the next job. Raises UnpackError."""
+        """Put the code's tree at `destination` (an empty folder, replaced, or none yet): with `spare`, a
+        spare copy of it moved there if one is ready (see dstack.agent.spares), else built from the store;
+        a spare of it is then made for the next job. Raises UnpackError."""
         items = self.items(code_hash)
         if not (spare and self.spares.take(code_hash, items, destination)):
+            try:
+                destination.mkdir(exist_ok=True)
+            except OSError as e:
+                raise UnpackError(f"the code's folder could not be made: {e.strerror or e}") from e
             build_tree(items, self.blob_path, destination, cancelled)
         if spare:
             self.spares.offer(code_hash, items)  # the next job of this code gets its folder at once

@@ -80,11 +80,15 @@ class WorkspaceBuilder:
         """`announce` writes a line into the job's output, `notify` sets its status message."""
         in_container = spec.image is not None
         shutil.rmtree(code_dir, ignore_errors=True)
-        code_dir.mkdir()
+        # Code unpacked at the folder's root gets its folder from the store (most often a spare moved
+        # there whole): making one here first would only be one more folder to make and remove.
+        if spec.code_hash is None or spec.code_path not in ("", "."):
+            code_dir.mkdir()
         mounts: List[Tuple[str, str, bool]] = []
         if spec.code_hash is not None:
             target = self._inside(code_dir, spec.code_path, "the code's path")
-            target.mkdir(parents=True, exist_ok=True)
+            if target != code_dir:
+                target.mkdir(parents=True, exist_ok=True)
             self._unpack(spec.code_hash, target, cancelled, "the code", spare=True)
         if spec.repo is not None:
             mounts += self._clone(spec.repo, folder, code_dir, in_container, announce, notify)
