@@ -85,6 +85,23 @@ def test_volume_files_repo_setup_and_shell_reach_a_process_task(
     assert "a task without image sees" in result.stderr  # the plan says how the volume appears
 
 
+def test_a_local_repo_at_a_sub_path_is_the_code_there_and_only_there(
+    dstack_env: DstackEnv, project_dir: Path
+) -> None:
+    write(project_dir / "lib" / "x.txt", "from the repo\n")
+    write(project_dir / "elsewhere.txt", "not the code\n")
+    write(
+        project_dir / ".dstack.yml",
+        "type: task\n"
+        "repos:\n  - local_path: lib\n    path: sub/dir\n"
+        "commands:\n  - echo at=$(cat sub/dir/x.txt)\n  - echo top=$(ls)\n",
+    )
+    result = run(dstack_env, project_dir)
+    assert result.returncode == 0, result.stderr
+    assert "at=from the repo" in result.stdout.splitlines()
+    assert "top=sub" in result.stdout.splitlines()  # the repo is the code: nothing else of the folder
+
+
 def test_entrypoint_runs_with_the_commands_as_its_arguments(dstack_env: DstackEnv, project_dir: Path) -> None:
     write(
         project_dir / ".dstack.yml",

@@ -80,13 +80,13 @@ class WorkspaceBuilder:
         """`announce` writes a line into the job's output, `notify` sets its status message."""
         in_container = spec.image is not None
         shutil.rmtree(code_dir, ignore_errors=True)
+        target = None if spec.code_hash is None else self._inside(code_dir, spec.code_path, "the code's path")
         # Code unpacked at the folder's root gets its folder from the store (most often a spare moved
         # there whole): making one here first would only be one more folder to make and remove.
-        if spec.code_hash is None or spec.code_path not in ("", "."):
+        if target != code_dir:
             code_dir.mkdir()
         mounts: List[Tuple[str, str, bool]] = []
-        if spec.code_hash is not None:
-            target = self._inside(code_dir, spec.code_path, "the code's path")
+        if spec.code_hash is not None and target is not None:
             if target != code_dir:
                 target.mkdir(parents=True, exist_ok=True)
             self._unpack(spec.code_hash, target, cancelled, "the code", spare=True)

@@ -170,7 +170,6 @@ class BlobReceiver:
         self._left = 0
         self._digest: hashlib._Hash | None = None  # None while skipping a content already stored
         self._file: DirectFile | None = None  # one buffer for every big content of the upload
-        self._writing = False  # a big content is being written to self._temp
         self._temp: str | None = None
         self._folders: set[str] = set()
         self._pool: ThreadPoolExecutor | None = None
@@ -210,7 +209,7 @@ class BlobReceiver:
                     self._in_blob, data, self._parts = False, b"".join(self._parts), None
                     self._small(bytes.fromhex(self._sha256), memoryview(data))
                 continue
-            if self._digest is not None and self._file is not None and self._writing:
+            if self._digest is not None and self._file is not None:  # a big content being written
                 self._digest.update(piece)
                 self._file.write(piece)
             if self._left == 0:
@@ -255,20 +254,18 @@ class BlobReceiver:
             if self._file is None:
                 self._file = DirectFile()
             self._file.open(self._temp)
-            self._writing = True
             self._digest = hashlib.sha256()
         if size == 0:
             self._end()
 
     def _end(self) -> None:
         self._in_blob = False
-        if self._digest is None or self._file is None or not self._writing or self._temp is None:
+        if self._digest is None or self._file is None or self._temp is None:
             return  # stored already: these bytes were not needed
-        self._writing = False
+        digest, self._digest = self._digest, None
         self._file.close()
-        if self._digest.hexdigest() != self._sha256:
+        if digest.hexdigest() != self._sha256:
             raise _mismatch(self._sha256)
-        self._digest = None
         os.replace(self._temp, self._store.file(self._sha256))  # noqa: PTH105
         self._temp = None
 
@@ -309,7 +306,7 @@ class BlobReceiver:
         """Remove what an unfinished upload left (after finish(), nothing is left)."""
         with contextlib.suppress(BaseException):
             self._wait_for_writes()
-        self._writing = False
+        self._digest = None
         self._release_file()
         if self._temp is not None:
             with contextlib.suppress(FileNotFoundError):

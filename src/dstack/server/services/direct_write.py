@@ -1,8 +1,9 @@
 """Writing a new file's bytes past the page cache (O_DIRECT), through one reused, aligned buffer.
 
-On the virtual machines dstack runs on (and on many clouds' VMs), filling a page-cache page that is new to
-the guest costs a fault on the host: buffered writes of new data run at ~350 MB/s there, however fast the
-disk, while O_DIRECT writes from a buffer already in memory run at ~2 GB/s. A code upload writes hundreds
+On the virtual machines this project is tested on, filling a page-cache page that is new to the guest
+costs a fault on the host: buffered writes of new data run at ~350 MB/s there, however fast the disk, while
+O_DIRECT writes from a buffer already in memory run at ~2 GB/s (on a spinning disk a direct write would be
+slower than the cache: not measured). A code upload writes hundreds
 of megabytes the server will not read back soon (hosts get them by sendfile, from the disk's cache if it
 is gone from ours), so its big contents are written this way. Where the file system refuses O_DIRECT
 (tmpfs on older kernels, some FUSE mounts) the same calls write through the page cache.
@@ -22,8 +23,8 @@ BUFFER_BYTES = 1024 * 1024
 class DirectFile:
     """A new file written front to back; `close()` leaves exactly the bytes written.
 
-    Each instance owns its buffer (1 MB, mapped once): keep one per writer thread and `open` the next
-    file with `reopen`, so no write touches memory the process has not used before.
+    Each instance owns its buffer (1 MB, mapped once): keep one per writer and `open` file after file
+    with it, so no write touches memory the process has not used before.
     """
 
     def __init__(self) -> None:
