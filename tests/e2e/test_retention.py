@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,6 +83,28 @@ def test_a_run_over_its_output_limit_ends_with_log_quota_exceeded(
     assert "failed" in listing
     assert "log quota exceeded: the run printed more than 1MB of output" in listing
     assert _log_file(dstack_env, "chatty").stat().st_size == 1024**2
+
+
+def test_a_local_runs_output_is_stored_once_on_the_disk_and_outlives_the_agents_folder(
+    dstack_env: DstackEnv, project_dir: Path
+) -> None:
+    task(project_dir, ["seq 1 300000", "sleep 300"])  # 2 MB of lines, then it runs on
+    expected = "".join(f"{i}\n" for i in range(1, 300001))
+    dstack_env.run("run", ".", "-y", "-d", "-n", "once", cwd=project_dir, check=True)
+    server_copy = _log_file(dstack_env, "once")
+    agent_file = dstack_env.home / ".dstack/server/agents/local/jobs" / server_copy.stem / "output.log"
+    wait_for(
+        lambda: server_copy.exists() and server_copy.stat().st_size == len(expected),
+        timeout=60,
+        what="the output in the server's copy",
+    )
+    # One file with two names: the task's bytes were written once, not copied by the server.
+    assert os.path.samefile(server_copy, agent_file)
+    dstack_env.run("stop", "once", "-y", check=True, timeout=60)
+    wait_for(lambda: not agent_file.parent.exists(), timeout=30, what="the agent to delete the job's folder")
+    assert server_copy.read_text() == expected
+    shown = dstack_env.run("logs", "once", check=True).stdout
+    assert shown == expected
 
 
 def test_retention_deletes_old_runs_but_not_while_a_client_reads_them(

@@ -22,8 +22,20 @@ from typing import Callable, List, Optional, Tuple
 
 LOG_FILE = "output.log"
 INDEX_FILE = "output.idx"
+JOBS_DIR = "jobs"  # under the agent's work folder: one folder per job, named by its id
 _RECORD = struct.Struct("<Qd")
 _APPEND_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+
+
+def output_path(work_dir: Path, job_id: str) -> Path:
+    """Where an agent with this work folder keeps a job's output.log (the local backend's server links
+    it as its own copy: see dstack.server.services.logs)."""
+    return work_dir / JOBS_DIR / job_id / LOG_FILE
+
+
+def create_log(folder: Path) -> None:
+    """Make a new job's empty output.log, so the file exists, at its one path, from the job's creation."""
+    os.close(os.open(folder / LOG_FILE, _APPEND_FLAGS, 0o644))
 
 
 class LogStore:

@@ -23,6 +23,7 @@ from dstack.agent.fsutil import make_tree_private, read_json, write_json_atomic
 from dstack.agent.httpserver import AgentHTTPServer
 from dstack.agent.jobs.job import CODE_DIR
 from dstack.agent.jobs.registry import JobRegistry
+from dstack.agent.logstore import JOBS_DIR
 from dstack.agent.procutil import SUBREAPER
 from dstack.agent.reaper import ChildProcesses, become_child_subreaper
 from dstack.agent.runner import REASON_AGENT_STOPPED, Runner
@@ -92,7 +93,7 @@ class Agent:
         self._code_store = CodeStore(settings.work_dir / "code")
         self._events = JobEvents()
         self._registry = JobRegistry(
-            settings.work_dir / "jobs",
+            settings.work_dir / JOBS_DIR,
             self._events.changed,
             # A finished job's copy of the code serves a later job (what it changed undone): see spares.py.
             before_removal=lambda job, folder: self._code_store.spares.recycle(folder / CODE_DIR),

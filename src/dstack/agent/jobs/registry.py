@@ -13,6 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from dstack.agent.fsutil import make_private_dir, read_json, write_json_atomic
 from dstack.agent.jobs.job import PREPARING, SPEC_FILE, STATE_FILE, Job, JobState
 from dstack.agent.jobs.spec import JobSpec, SpecError, is_job_id, parse_job_spec
+from dstack.agent.logstore import create_log
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class JobRegistry:
                 # A folder without a readable state is debris of a crash during an earlier create.
                 shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir()
+            create_log(folder)  # before the job is announced: a server on this disk links it (see logstore)
             write_json_atomic(folder / SPEC_FILE, spec.to_json())
             write_json_atomic(folder / STATE_FILE, state.to_record())
         except BaseException:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlencode
@@ -17,7 +17,7 @@ import httpx
 
 from dstack.code.blobs import BlobSource, blob_parts, stream_length
 from dstack.code.blobs import header as blob_header
-from dstack.server.backends.agent_events import AgentEvents, Coalescer
+from dstack.server.backends.agent_events import AgentEvents, Coalescer, JobView
 from dstack.server.backends.agent_http import AgentHTTP, BodyFetcher, BodyPart, StreamBody, TransportError
 from dstack.server.backends.agent_tunnel import TunnelRefused, TunnelStream, open_tunnel
 
@@ -40,10 +40,14 @@ class LogSink(Protocol):
     @property
     def fd(self) -> int: ...
 
+    # True: the sink is the agent's own output file (a link on this disk): the bytes are in it already,
+    # so nothing travels and `grew` only counts.
+    shared: bool
+
     def grew(self, count: int) -> None: ...
 
 
-@dataclass
+@dataclasses.dataclass
 class LogChunk:
     data: bytes  # output to append (empty when it went straight into the sink: see `stored`)
     end: int  # the offset right after this chunk's output
@@ -210,7 +214,7 @@ class AgentClient:
         With a `sink`, big output goes straight into it (see LogChunk.stored)."""
         view = self._events.view(job_id)
         if view is None:
-            return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
+            return _counted(await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit), sink)
         seen = (view.status, view.message)
         deadline = asyncio.get_running_loop().time() + wait
         while (
@@ -226,8 +230,13 @@ class AgentClient:
                 await asyncio.wait_for(view.changed.wait(), remaining)
         if view.gone or not self._events.healthy:
             remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-            return await self._poll_logs(job_id, offset=offset, wait=remaining, limit=limit)
+            return _counted(await self._poll_logs(job_id, offset=offset, wait=remaining, limit=limit), sink)
         data = b""
+        if sink is not None and sink.shared:
+            # The bytes are in the sink already (the agent's own file): what the agent published is counted.
+            stored = max(0, min(limit, view.size - offset))
+            sink.grew(stored)
+            return _chunk_of(view, offset, b"", stored)
         if view.size > offset:
             inline = view.inline(offset, limit)
             if inline is None or len(inline) < min(limit, view.size - offset):
@@ -236,15 +245,7 @@ class AgentClient:
                     return await self._fetch_logs(job_id, offset=offset, limit=limit, sink=sink)
                 return await self._poll_logs(job_id, offset=offset, wait=wait, limit=limit)
             data = inline
-        final = view.status in _FINAL
-        return LogChunk(
-            data=data,
-            end=offset + len(data),
-            size=view.size,
-            status=view.status,
-            exit_code=view.exit_code if final else None,
-            message=view.message,
-        )
+        return _chunk_of(view, offset, data)
 
     async def _fetch_logs(self, job_id: str, *, offset: int, limit: int, sink: LogSink) -> LogChunk:
         """Output the agent has already: read in a worker thread straight into the sink."""
@@ -308,6 +309,28 @@ def blob_stream(blobs: Sequence[tuple[str, int]], source: BlobSource) -> StreamB
 
 BATCH = 500  # jobs per batch request
 _FETCH_THREADS = 4
+
+
+def _chunk_of(view: JobView, offset: int, data: bytes, stored: int = 0) -> LogChunk:
+    """A LogChunk from what the agent's event stream says of the job (a `JobView`)."""
+    return LogChunk(
+        data=data,
+        end=offset + len(data) + stored,
+        size=view.size,
+        status=view.status,
+        exit_code=view.exit_code if view.status in _FINAL else None,
+        message=view.message,
+        stored=stored,
+    )
+
+
+def _counted(chunk: LogChunk, sink: LogSink | None) -> LogChunk:
+    """A chunk read from the agent for a shared sink: its bytes are in the sink already, so they are
+    counted as stored instead of handed back to append (the event stream was down: they travelled)."""
+    if sink is None or not sink.shared or not chunk.data:
+        return chunk
+    sink.grew(len(chunk.data))
+    return dataclasses.replace(chunk, data=b"", stored=chunk.stored + len(chunk.data))
 
 
 def _chunk_from(headers: Any, data: bytes, stored: int = 0) -> LogChunk:

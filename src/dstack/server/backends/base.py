@@ -36,6 +36,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from dstack.core.statuses import RunStatus, TerminationReason
@@ -169,6 +170,11 @@ class Backend(ABC):
 
     async def port_socket(self, host_name: str, job_id: str, port: int) -> str | None:
         """A unix socket here that reaches the job's port on its host; None: only through the agent."""
+        return None
+
+    def output_file(self, host_name: str, job_id: str) -> Path | None:
+        """The job's output file as its agent writes it, where that is on this machine's disk: the server
+        then keeps that very file as its copy (see services/logs.py). None: the output travels."""
         return None
 
     def lost_after(self, host_name: str) -> float | None:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dstack.agent.logstore import output_path
 from dstack.core.private import user_umask, write_private
 from dstack.server.backends.agent_client import AgentClient, AgentError
 from dstack.server.backends.base import CAP_CONTAINERS, CAP_NVCC, Backend, HostInfo
@@ -70,6 +71,9 @@ class LocalBackend(Backend):
         if self._client is None:
             raise AgentError("The local agent is not started")
         return self._client
+
+    def output_file(self, host_name: str, job_id: str) -> Path | None:
+        return output_path(self.dir, job_id)
 
     async def hosts(self) -> list[HostInfo]:
         # Asked afresh each time (the registry decides how often): Docker started or a disk filled since

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -161,6 +162,10 @@ class BackendRegistry:
     async def port_socket(self, host_id: str, job_id: str, port: int) -> str | None:
         backend, info = self._entry(host_id)
         return await backend.port_socket(info.name, job_id, port)
+
+    def output_file(self, host_id: str, job_id: str) -> Path | None:
+        backend, info = self._entry(host_id)
+        return backend.output_file(info.name, job_id)
 
     def lost_after(self, host_id: str) -> float | None:
         backend, info = self._entry(host_id)

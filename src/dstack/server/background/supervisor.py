@@ -385,7 +385,8 @@ class Supervisor:
     async def _follow(self, host_id: str, run_id: str, shown: RunStatus) -> None:
         # Off the event loop: making a file costs some file systems a millisecond of kernel time (ext4
         # finding a free inode), time in which the loop would serve nothing else.
-        appender = await asyncio.to_thread(LogAppender, self.ctx.settings, self.job_id)
+        source = self.ctx.backends.output_file(host_id, self.job_id)
+        appender = await asyncio.to_thread(LogAppender, self.ctx.settings, self.job_id, source)
         limit = self.ctx.retention.run_output_limit
         position = appender.size  # how far the agent's output has been read (kept up to `limit`)
         wait = FIRST_POLL
@@ -418,6 +419,7 @@ class Supervisor:
                         appender.append(kept)
                     if len(kept) < len(chunk.data) and not self._over_quota:
                         self._over_quota = True  # what it prints from now on is not kept
+                        await asyncio.to_thread(appender.unshare, limit or 0)
                         await self._reach(host_id, self._stop_for_quota)
                 position += len(chunk.data) + chunk.stored
                 if (chunk.data or chunk.stored) and not self._over_quota:

@@ -115,9 +115,10 @@ async def run_logs(
     if job is None:
         return Response(b"", media_type="application/octet-stream", headers={"X-Log-End": "0"})
     path = logs.log_path(ctx.settings, job.id)
+    bound = ctx.retention.run_output_limit
     if tail is not None:
-        offset = logs.tail_offset(path, tail)
-    end = logs.size(ctx.settings, job.id)
+        offset = logs.tail_offset(path, tail, bound)
+    end = logs.size(ctx.settings, job.id, bound)
 
     def body() -> Any:
         with ctx.readers.reading(run.id):  # retention leaves a run alone while a client reads it
@@ -146,7 +147,7 @@ async def attach_stream(
     master's output, or node `node`'s (the status is the run's)."""
     _, job = await runs_service.get(ctx, project, name, node)
     if tail is not None and job is not None:
-        offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail)
+        offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail, ctx.retention.run_output_limit)
     return StreamingResponse(
         attach.stream(ctx, project, name, offset=offset, follow=follow, node=node),
         media_type="application/x-dstack-frames",

@@ -49,6 +49,7 @@ async def _frames(
     status_seen = -1  # the status signal's version when the run was last read
     refreshed = time.monotonic()
     reader: logs.LogReader | None = None
+    bound = ctx.retention.run_output_limit
     try:
         while True:
             status_version, output_version = status_signal.version, output_signal.version
@@ -57,7 +58,7 @@ async def _frames(
                 if reader is None or reader.job_id != job.id:
                     if reader is not None:
                         reader.close()
-                    reader = logs.LogReader(ctx.settings, job.id)
+                    reader = logs.LogReader(ctx.settings, job.id, bound)
                 # Bounded, so a flood of output still lets status changes through now and then.
                 while sent < DRAIN_LIMIT and (data := reader.read(offset, STREAM_CHUNK)):
                     yield frames.log_header(offset, len(data))
@@ -74,7 +75,7 @@ async def _frames(
                 if followed is not None and job is not None and job.id != followed.id:
                     # A scheduled run's job ended and the next one waits for its start: this stream ends.
                     ended = await runs_service.job_by_id(ctx, followed.id)
-                    if ended is not None and offset < logs.size(ctx.settings, ended.id):
+                    if ended is not None and offset < logs.size(ctx.settings, ended.id, bound):
                         job = ended
                         status_seen = -1  # after the drain, look at the run again
                         continue
@@ -90,7 +91,7 @@ async def _frames(
                 continue
             if RunStatus(run.status).is_finished:
                 # The supervisor writes all output before it records the end, so one more drain is complete.
-                if job is not None and offset < logs.size(ctx.settings, job.id):
+                if job is not None and offset < logs.size(ctx.settings, job.id, bound):
                     continue
                 yield frames.json_frame(frames.END, end_payload(run))
                 return

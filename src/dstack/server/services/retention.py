@@ -135,7 +135,7 @@ async def enforce(ctx: Any) -> int:
     for run_id, finished_at, job_id in rows:
         finished[run_id] = finished_at or 0.0
         if job_id is not None:
-            sizes[run_id] += logs.size(ctx.settings, job_id)
+            sizes[run_id] += logs.size(ctx.settings, job_id, policy.run_output_limit)
     candidates = [Candidate(r, f, sizes[r], r in ctx.readers) for r, f in finished.items()]
     chosen = choose(candidates, policy, time.time())
     if not chosen:
