@@ -15,7 +15,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -205,6 +204,9 @@ def _hash_files(
         return hashes, {rel for rel, _, _ in pending}
     # Big files first, so that one at the end does not leave the other threads idle.
     pending.sort(key=lambda item: item[2].st_size, reverse=True)
+    # Imported here: it brings logging and threading (~6 ms), which a small repository never needs.
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=min(_HASH_THREADS, os.cpu_count() or 1)) as pool:
         found = pool.map(lambda item: hash_file(item[1], item[0], item[2]), pending)
         for (rel, _, _), sha256 in zip(pending, found, strict=True):

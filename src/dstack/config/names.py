@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 
 from dstack.config.errors import ConfigError, show_value
 
@@ -38,6 +37,9 @@ def validate_run_name(name: str) -> str:
 
 def random_run_name() -> str:
     """A readable name `adjective-animal-N` with N in 1..99, e.g. `wet-mangust-7`."""
-    # `secrets` rather than `random` only to keep security linters quiet; nothing here is secret.
+    # `secrets` rather than `random` only to keep security linters quiet; nothing here is secret. Imported
+    # here: the CLI imports this module, and only the server draws names.
+    import secrets
+
     number = secrets.randbelow(99) + 1
     return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{number}"

@@ -11,8 +11,6 @@ Kept free of pydantic and yaml, as interpolation is.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 UNQUOTED = "unquoted"
 SINGLE = "single"  # '...'
 DOUBLE = "double"  # "..."
@@ -25,27 +23,33 @@ _BACKTICK = "backtick"  # ` ... `: unquoted inside
 _WORD_BREAK = " \t\n;&|()<>"
 
 
-@dataclass
 class _Heredoc:
-    delimiter: str = ""
-    quoted: bool = False
-    strip_tabs: bool = False
-    started: bool = False  # past the optional '-' and blanks: reading the delimiter word
-    quote: str = ""  # the quote the delimiter word is in now, if any
+    # Plain classes, not dataclasses: this module is on the CLI's path, and dataclasses imports inspect
+    # (~5 ms of each `dstack run`).
+    __slots__ = ("delimiter", "quote", "quoted", "started", "strip_tabs")
+
+    def __init__(self) -> None:
+        self.delimiter = ""
+        self.quoted = False
+        self.strip_tabs = False
+        self.started = False  # past the optional '-' and blanks: reading the delimiter word
+        self.quote = ""  # the quote the delimiter word is in now, if any
 
 
-@dataclass
 class ShellContext:
     """Feed it text with `feed`; `where` says what the next character would be part of."""
 
-    _stack: list[str] = field(default_factory=lambda: [UNQUOTED])
-    _depths: list[int] = field(default_factory=list)  # per open $( ... ): its unbalanced "(" inside
-    _escaped: bool = False  # the next character is escaped by a backslash
-    _tail: str = ""  # the last two characters fed
-    _word: _Heredoc | None = None  # a here-document operator whose delimiter is being read
-    _pending: list[_Heredoc] = field(default_factory=list)  # bodies that start at the next line
-    _body: _Heredoc | None = None  # the here-document whose body this is
-    _line: str = ""  # the body's current line, to spot the delimiter
+    __slots__ = ("_body", "_depths", "_escaped", "_line", "_pending", "_stack", "_tail", "_word")
+
+    def __init__(self) -> None:
+        self._stack: list[str] = [UNQUOTED]
+        self._depths: list[int] = []  # per open $( ... ): its unbalanced "(" inside
+        self._escaped = False  # the next character is escaped by a backslash
+        self._tail = ""  # the last two characters fed
+        self._word: _Heredoc | None = None  # a here-document operator whose delimiter is being read
+        self._pending: list[_Heredoc] = []  # bodies that start at the next line
+        self._body: _Heredoc | None = None  # the here-document whose body this is
+        self._line = ""  # the body's current line, to spot the delimiter
 
     @property
     def where(self) -> str:
