@@ -5,8 +5,9 @@ TCP stream (the app sends from memory as fast as it can: the hardest case for a 
 file download (the app is a Python web server, as most task apps are). Three paths:
   loopback   the client connects straight to the task's port (the baseline)
   shortcut   same machine, mapping L:N with L != N: the CLI relays 127.0.0.1:L straight to 127.0.0.1:N
-  server     the general path, forced with DSTACK_PORTS_VIA_SERVER=1: CLI -> server -> agent -> N (a
-             WebSocket handshake, then the raw stream relayed in the kernel at each hop)
+  server     the general path, forced with DSTACK_PORTS_VIA_SERVER=1: CLI -> server -> N (a WebSocket
+             handshake, then the raw stream relayed in the kernel at each hop; with the local backend the
+             server connects to N itself, a remote host's agent would be one hop more)
   ssh -L     the peer: `ssh -L` through an sshd on this machine's loopback (bench/peers.py)
 Goals (issue 15): server >= 70 % of loopback for the file, >= 50 % for raw TCP, <= +0.25 ms p50.
 (On one machine a plain `- N` mapping needs no relay at all: it is the loopback row.)

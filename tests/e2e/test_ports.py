@@ -1,8 +1,9 @@
 """Ports end to end: a real web app as a task, reached from 127.0.0.1 through the real CLI, server and agent.
 
-One run serves the traffic tests through the general path (CLI -> server WebSocket -> agent -> task port,
-forced with DSTACK_PORTS_VIA_SERVER=1 although everything runs on this machine); its three ports are mapped
-the three ways a user can: in the YAML (L:N), with -p, and as *:N.
+One run serves the traffic tests through the general path (CLI -> server WebSocket -> task port: with the
+local backend the server connects to the port itself; forced with DSTACK_PORTS_VIA_SERVER=1 although the
+CLI runs on this machine too); its three ports are mapped the three ways a user can: in the YAML (L:N),
+with -p, and as *:N.
 """
 
 from __future__ import annotations

@@ -71,9 +71,7 @@ class PortRoutes:
         try:
             target = connect_port(port, CONNECT_TIMEOUT_SECONDS)
         except OSError as e:
-            raise ApiError(
-                HTTPStatus.BAD_GATEWAY, f"Nothing answers on port {port} of the task ({_reason(e)})"
-            ) from None
+            raise ApiError(HTTPStatus.BAD_GATEWAY, port_refused(port, e)) from None
         try:
             client = exchange.switch_protocols(UPGRADE_PROTOCOL)
         except OSError:
@@ -254,6 +252,11 @@ def _reset_on_close(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
+
+
+def port_refused(port: int, error: OSError) -> str:
+    """The sentence for a task port that did not take a connection."""
+    return f"Nothing answers on port {port} of the task ({_reason(error)})"
 
 
 def _reason(error: OSError) -> str:

@@ -12,6 +12,9 @@ from collections import deque
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+# The agent's own way to a port, used here as a library for ports of this machine (see connect_here).
+from dstack.agent.tunnel import CONNECT_TIMEOUT_SECONDS, connect_port, tune
+
 UPGRADE_PROTOCOL = "dstack-tcp"
 MAX_HEAD = 64 * 1024
 _HIGH_WATER = 2 * 1024 * 1024  # received but not yet sent on: pause reading above this
@@ -27,13 +30,16 @@ class TunnelRefused(Exception):
 
 
 class TunnelStream(asyncio.Protocol):
-    def __init__(self) -> None:
+    """A TCP stream to a task's port: through an agent (the answer to the upgrade comes first), or, with
+    `streaming`, a connection to the port itself (see `connect_here`)."""
+
+    def __init__(self, streaming: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
         self._head: asyncio.Future[tuple[int, dict[str, str], bytes]] = (
             asyncio.get_running_loop().create_future()
         )
         self._pending = bytearray()  # bytes before the end of the response head
-        self._streaming = False
+        self._streaming = streaming
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._eof = False
@@ -205,6 +211,21 @@ async def open_tunnel(
         raise
     stream.close()
     raise TunnelRefused(_error_text(body, status), status)
+
+
+async def connect_here(port: int) -> TunnelStream:
+    """A stream to a task port of this machine (the local backend's tasks listen on its loopback), made
+    by the server itself: one relay fewer than through the agent. Raises OSError when nothing answers."""
+    sock = await asyncio.to_thread(connect_port, port, CONNECT_TIMEOUT_SECONDS)
+    tune(sock)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        _, stream = await loop.create_connection(lambda: TunnelStream(streaming=True), sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return stream
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:

@@ -172,6 +172,11 @@ class Backend(ABC):
         """A unix socket here that reaches the job's port on its host; None: only through the agent."""
         return None
 
+    def ports_here(self, host_name: str) -> bool:
+        """The host's task ports are this machine's own loopback ports: the server connects to them itself
+        (a job's declared ports, while it runs) instead of through the agent."""
+        return False
+
     def output_file(self, host_name: str, job_id: str) -> Path | None:
         """The job's output file as its agent writes it, where that is on this machine's disk: the server
         then keeps that very file as its copy (see services/logs.py). None: the output travels."""

@@ -72,6 +72,9 @@ class LocalBackend(Backend):
             raise AgentError("The local agent is not started")
         return self._client
 
+    def ports_here(self, host_name: str) -> bool:
+        return True
+
     def output_file(self, host_name: str, job_id: str) -> Path | None:
         return output_path(self.dir, job_id)
 

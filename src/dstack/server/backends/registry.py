@@ -163,6 +163,10 @@ class BackendRegistry:
         backend, info = self._entry(host_id)
         return await backend.port_socket(info.name, job_id, port)
 
+    def ports_here(self, host_id: str) -> bool:
+        backend, info = self._entry(host_id)
+        return backend.ports_here(info.name)
+
     def output_file(self, host_id: str, job_id: str) -> Path | None:
         backend, info = self._entry(host_id)
         return backend.output_file(info.name, job_id)

@@ -1,8 +1,9 @@
 """Task ports through the server: wait until one answers, and relay a client's WebSocket to it.
 
 The path of a forwarded connection is CLI listener -> WebSocket (this server) -> the host's agent (an HTTP
-Upgrade to raw TCP, see dstack.agent.tunnel) -> 127.0.0.1:PORT on the host. One WebSocket carries one TCP
-connection, so when the app closes a connection only that connection closes.
+Upgrade to raw TCP, see dstack.agent.tunnel) -> 127.0.0.1:PORT on the host; where the host is this machine
+(the local backend: Backend.ports_here), the server connects to 127.0.0.1:PORT itself, one relay fewer.
+One WebSocket carries one TCP connection, so when the app closes a connection only that connection closes.
 
 On the WebSocket, binary messages carry the stream's bytes and the text message "eof" says that the
 sender's side of the stream ended (a TCP half-close). The server closes the WebSocket with 1000 once both
@@ -25,10 +26,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 # The one relay of the project, shared by the agent, the CLI and this server: stdlib only, and it moves
 # the bytes in the kernel (splice). A function of the agent's package, used here as a library: the server
 # still reaches agents only through their API.
+from dstack.agent.tunnel import port_refused
 from dstack.agent.tunnel import relay as agent_relay
 from dstack.core.statuses import RunStatus
 from dstack.server.backends.agent_client import AgentError, AgentUnreachable
-from dstack.server.backends.agent_tunnel import TunnelStream
+from dstack.server.backends.agent_tunnel import TunnelStream, connect_here
 from dstack.server.backends.registry import UnknownHost
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
@@ -81,6 +83,11 @@ async def open_port(ctx: ServerContext, project: Project, name: str, port: int) 
     if run.status != RunStatus.RUNNING.value or job is None or job.host_id is None:
         raise Conflict(f"Run {name} is {run.status}; its ports can be reached while it is running")
     try:
+        if ctx.backends.ports_here(job.host_id):
+            try:
+                return await connect_here(port)
+            except OSError as e:
+                raise BadGateway(port_refused(port, e)) from e
         return await ctx.backends.job_agent(job.host_id, job.id).open_tunnel(job.id, port)
     except (AgentUnreachable, UnknownHost) as e:
         raise Unavailable(f"The host of run {name} does not answer: {e}") from e
