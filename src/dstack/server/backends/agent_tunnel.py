@@ -137,7 +137,7 @@ class TunnelStream(asyncio.Protocol):
 
     async def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
-            raise self._error or ConnectionResetError("the connection to the agent is closed")
+            raise self._error or ConnectionResetError("the connection to the task's port is closed")
         self.transport.write(data)
         await self._writable.wait()
 

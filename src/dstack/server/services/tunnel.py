@@ -78,7 +78,8 @@ async def port_status(
 
 
 async def open_port(ctx: ServerContext, project: Project, name: str, port: int) -> TunnelStream:
-    """A TCP stream to the running task's port, through its host's agent. ServiceError says why not."""
+    """A TCP stream to the running task's port: through its host's agent, or straight to it where the host is
+    this machine. ServiceError says why not."""
     run, job = await _run_with_port(ctx, project, name, port)
     if run.status != RunStatus.RUNNING.value or job is None or job.host_id is None:
         raise Conflict(f"Run {name} is {run.status}; its ports can be reached while it is running")
@@ -131,15 +132,16 @@ def can_relay_raw(websocket: WebSocket) -> bool:
 
 async def raw_relay(websocket: WebSocket, stream: TunnelStream) -> None:
     """After the handshake (accepted with RAW_PROTOCOL), carry the bytes between the client's connection
-    and the agent's as they are: both are taken from the event loop and relayed in the kernel (splice),
-    with half-closes and resets passed on, by the same relay the agent and the CLI use.
+    and the task's side (the agent's, or the port's itself) as they are: both are taken from the event loop
+    and relayed in the kernel (splice), with half-closes and resets passed on, by the same relay the agent
+    and the CLI use.
 
     Taking over: the WebSocket machinery stops reading and its pings stop, the answer to the handshake has
-    left, then the client gets RAW_READY (it sends nothing before that). Output the agent had sent already
-    goes first."""
+    left, then the client gets RAW_READY (it sends nothing before that). Output the task's side had sent
+    already goes first."""
     protocol = websocket.scope[_PROTOCOL_KEY]
-    client_transport, agent_transport = protocol.transport, stream.transport
-    assert agent_transport is not None
+    client_transport, task_transport = protocol.transport, stream.transport
+    assert task_transport is not None
     client_transport.pause_reading()
     # accept() only lets the WebSocket machinery answer the handshake, in a task of its own: wait until
     # the answer is written (the connection is open) and has left, before any byte of the stream.
@@ -153,7 +155,7 @@ async def raw_relay(websocket: WebSocket, stream: TunnelStream) -> None:
     if ping is not None:
         ping.cancel()
     client = _take_socket(client_transport)
-    agent = _take_socket(agent_transport)
+    task = _take_socket(task_transport)
     early = stream.take_buffered()
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     loop = asyncio.get_running_loop()
@@ -161,9 +163,9 @@ async def raw_relay(websocket: WebSocket, stream: TunnelStream) -> None:
     def run() -> None:
         try:
             client.sendall(RAW_READY + early)
-            agent_relay(client, agent)
+            agent_relay(client, task)
         except OSError:
-            for sock in (client, agent):
+            for sock in (client, task):
                 sock.close()
         finally:
             loop.call_soon_threadsafe(_settle, done)
@@ -174,7 +176,7 @@ async def raw_relay(websocket: WebSocket, stream: TunnelStream) -> None:
     finally:
         # The relay ended both directions (a reset included); this only lets go of the descriptors.
         client_transport.close()
-        agent_transport.close()
+        task_transport.close()
 
 
 def _settle(future: asyncio.Future[None]) -> None:
