@@ -47,6 +47,8 @@ from peers import machine_line  # noqa: E402
 BIN = Path(sys.executable).parent
 DSTACK = str(BIN / "dstack")
 TOKEN = "bench-token"
+# --src: another checkout's src folder, for the server and agent (an A/B against another commit).
+SOURCE: dict[str, str] = {}
 SUBMIT_THREADS = 16
 
 
@@ -63,6 +65,7 @@ class Server:
             "LANG": "C.UTF-8",
             "NO_COLOR": "1",
             "DSTACK_SERVER_ADMIN_TOKEN": TOKEN,
+            **({"PYTHONPATH": SOURCE["src"]} if SOURCE else {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -211,6 +214,11 @@ def bench_tasks(count: int) -> dict[str, float]:
             statuses = {r["status"] for r in runs}
             if statuses != {"done"}:
                 raise SystemExit(f"some tasks did not end done: {statuses}")
+            # The agent removes finished jobs' folders once it is quiet: that work is the tasks' too.
+            jobs_dir = server.home / ".dstack/server/agents/local/jobs"
+            wait_for(
+                lambda: not any(jobs_dir.iterdir()), timeout=60, what="the agent to remove the job folders"
+            )
             cpu_after = (
                 _cpu_seconds(server.process.pid),
                 _cpu_seconds(agent) if agent else 0.0,
@@ -404,8 +412,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--handoff", type=int, default=20, help="queued whole-machine tasks")
     parser.add_argument("--only", choices=["tasks", "handoff", "ps"])
+    parser.add_argument("--src", help="run the server and agent from this src folder (another commit's)")
     parser.add_argument("--no-slurm", dest="slurm", action="store_false", help="skip the Slurm peer")
     args = parser.parse_args()
+    if args.src:
+        SOURCE["src"] = str(Path(args.src).resolve())
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.only in (None, "tasks"):
         results = [bench_tasks(args.tasks) for _ in range(args.repeat)]

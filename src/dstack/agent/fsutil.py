@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
 import json
 import os
 import stat
@@ -27,6 +29,37 @@ def write_json_atomic(path: Path, data: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# ext2/3/4 inode flags (linux/fs.h): the ioctls read and set them on an open file or folder.
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IOC_SETFLAGS = 0x40086602
+_FS_TOPDIR_FL = 0x00020000
+
+
+def spread_subfolders(path: Path) -> None:
+    """Ask ext4 to place each new subfolder of `path` (and so the files in it) in a block group of its
+    own choosing, as it does for folders at the top of the file system, instead of next to `path`.
+
+    Why: without a journal, ext4 skips inodes freed in the last minutes when it allocates one, scanning
+    them one by one from the start of the group. Folders made and removed by the thousand (a burst of
+    short jobs) pile those up in one group, and each new file then costs a scan of them all: the largest
+    single cost of a tiny job on such a disk. Spread over the groups, each scan is short. Elsewhere (other
+    file systems, no permission) nothing happens."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        flags = array.array("l", [0])
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
+        if not flags[0] & _FS_TOPDIR_FL:
+            flags[0] |= _FS_TOPDIR_FL
+            fcntl.ioctl(fd, _FS_IOC_SETFLAGS, flags)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def make_private_dir(path: Path) -> None:

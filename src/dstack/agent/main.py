@@ -97,6 +97,8 @@ class Agent:
             self._events.changed,
             # A finished job's copy of the code serves a later job (what it changed undone): see spares.py.
             before_removal=lambda job, folder: self._code_store.spares.recycle(folder / CODE_DIR),
+            # A one-job agent exits once its job is deleted: nothing to gain from waiting.
+            defer_removal=not settings.one_job,
         )
         environments = EnvironmentManager(settings.work_dir / "envs", self._children, os.environ)
         self._runner = Runner(
@@ -160,6 +162,7 @@ class Agent:
             else:
                 self._stop_jobs()
             self._events.close()
+            self._registry.close()
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")

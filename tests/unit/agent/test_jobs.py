@@ -175,6 +175,21 @@ def test_delete_only_finished_jobs(client: AgentClient, shared_agent: AgentProce
     assert not (shared_agent.work_dir / "jobs" / job["id"]).exists()
 
 
+def test_deleted_folders_are_removed_once_the_agent_is_quiet(
+    client: AgentClient, shared_agent: AgentProcess
+) -> None:
+    jobs_dir = shared_agent.work_dir / "jobs"
+    ids = [client.submit(["echo hi"])["id"] for _ in range(3)]
+    for job_id in ids:
+        client.wait_final(job_id)
+        assert client.request("DELETE", f"/api/jobs/{job_id}").status == 204
+        # Gone under its name at once (a job with the same id may be created again)...
+        assert not (jobs_dir / job_id).exists()
+    # ... and its files off the disk soon after the last deletion, nothing left behind.
+    wait_for(lambda: not [p for p in jobs_dir.iterdir() if p.name.startswith("~")], 20, "the folders removed")
+    assert not {p.name for p in jobs_dir.iterdir()} & set(ids)
+
+
 def test_timestamps_index_every_chunk(client: AgentClient, shared_agent: AgentProcess) -> None:
     job = client.submit(["echo first", "sleep 0.3", "echo second"])
     client.wait_final(job["id"])

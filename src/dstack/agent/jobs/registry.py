@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from dstack.agent.fsutil import make_private_dir, read_json, write_json_atomic
+from dstack.agent.fsutil import make_private_dir, read_json, spread_subfolders, write_json_atomic
 from dstack.agent.jobs.job import PREPARING, SPEC_FILE, STATE_FILE, Job, JobState
 from dstack.agent.jobs.spec import JobSpec, SpecError, is_job_id, parse_job_spec
 from dstack.agent.logstore import create_log
@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 
 # '~' cannot start a job id, so a folder being deleted is never mistaken for a job.
 _TRASH_PREFIX = "~deleted-"
+# Deleted folders are removed once the agent has been quiet this long (no job created or deleted), so that
+# a burst of short jobs does not also pay for unlinking every earlier one's files while it runs; at most
+# _SWEEP_EVERY later, and at once past _SWEEP_BACKLOG folders, so that a steady load cannot pile them up.
+_SWEEP_QUIET_SECONDS = 0.5
+_SWEEP_EVERY_SECONDS = 5.0
+_SWEEP_BACKLOG = 2000
 
 
 class JobConflictError(Exception):
@@ -31,12 +37,14 @@ class JobRegistry:
         jobs_dir: Path,
         on_change: Optional[Callable[[str], None]] = None,
         before_removal: Optional[Callable[[Job, Path], object]] = None,
+        defer_removal: bool = False,
     ) -> None:
         self.jobs_dir = jobs_dir
         self._on_change = on_change  # told the id of every job that changed (its state, output, or end)
         # Given a deleted job and where its folder is now, before that is removed: it may take parts out.
         self._before_removal = before_removal
         make_private_dir(jobs_dir)
+        spread_subfolders(jobs_dir)
         self._lock = threading.Lock()
         self._jobs: Dict[str, Job] = {}
         self._creating: Dict[str, Job] = {}  # reserved, their files being written
@@ -44,6 +52,7 @@ class JobRegistry:
         self.created = 0
         self.last_deleted: Optional[JobState] = None
         self.deleted = threading.Event()  # set once a job was deleted
+        self._sweeper = _Sweeper() if defer_removal else None
 
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
@@ -97,6 +106,8 @@ class JobRegistry:
             del self._creating[spec.id]
             self._jobs[spec.id] = job
             self.created += 1
+        if self._sweeper is not None:
+            self._sweeper.touch()  # deleted folders wait for the next quiet moment
         if self._on_change is not None:
             self._on_change(spec.id)
         return job, True
@@ -130,5 +141,69 @@ class JobRegistry:
             self._on_change(job_id)
         if self._before_removal is not None:
             self._before_removal(job, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        if self._sweeper is not None:
+            self._sweeper.add(trash)
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
         return True
+
+    def close(self) -> None:
+        """Remove every deleted folder still waiting (the agent is exiting)."""
+        if self._sweeper is not None:
+            self._sweeper.close()
+
+
+class _Sweeper:
+    """Removes deleted job folders in a thread of its own, in a quiet moment (see _SWEEP_QUIET_SECONDS)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: List[Path] = []
+        self._last_change = time.monotonic()
+        self._closed = False
+        self._thread: Optional[threading.Thread] = None
+
+    def touch(self) -> None:
+        with self._lock:
+            self._last_change = time.monotonic()
+
+    def add(self, folder: Path) -> None:
+        with self._lock:
+            self._pending.append(folder)
+            self._last_change = time.monotonic()
+            backlog = len(self._pending) >= _SWEEP_BACKLOG
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="job-sweeper", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        if backlog:
+            self._sweep()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._sweep()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                first = time.monotonic()
+                while not self._closed:
+                    now = time.monotonic()
+                    quiet_at = self._last_change + _SWEEP_QUIET_SECONDS
+                    due_at = min(quiet_at, first + _SWEEP_EVERY_SECONDS)
+                    if now >= due_at:
+                        break
+                    self._lock.wait(due_at - now)
+            self._sweep()
+
+    def _sweep(self) -> None:
+        with self._lock:
+            folders, self._pending = self._pending, []
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)

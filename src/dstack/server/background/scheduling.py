@@ -44,7 +44,6 @@ from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
 from dstack.server.scheduler import gang, placement
 from dstack.server.scheduler.model import Allocation, Host
 from dstack.server.scheduler.placement import HostUsage
-from dstack.server.schemas import RunSpec
 from dstack.server.services import specs
 from dstack.server.services.errors import ServiceError
 from dstack.server.services.transitions import apply_status, end_run, scheduled_message
@@ -159,7 +158,7 @@ class SchedulingLoop:
             result = await session.execute(select(RunRow.id, RunRow.spec).where(RunRow.id.in_(chunk)))
             for run_id, spec in result:
                 try:
-                    self._checked[run_id] = specs.check(RunSpec.model_validate_json(spec))
+                    self._checked[run_id] = specs.checked_of(run_id, spec)
                 except (ServiceError, ValueError) as e:
                     log.warning("run %s has a spec this server cannot read: %s", run_id, e)
 

@@ -38,7 +38,6 @@ from dstack.server.background.leases import LeaseKeeper
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import RETENTION, SCHEDULE, output_channel, run_channel, stop_channel
-from dstack.server.schemas import RunSpec
 from dstack.server.services import code as code_service
 from dstack.server.services import job_request, specs
 from dstack.server.services import runs as runs_service
@@ -122,7 +121,7 @@ class Supervisor:
                 raise RuntimeError("a placed job has no host")
             host_id = self._host_id = job.host_id
             self._launches = self.ctx.backends.needs_launch(host_id)
-            spec = RunSpec.model_validate_json(run.spec)
+            spec = specs.spec_of(run.id, run.spec)
             self._stop_grace = job_request.stop_grace_of(spec)
             self._stop_criteria = str(spec.profile.get("stop_criteria") or "all-done")
             self._startup_order = str(spec.profile.get("startup_order") or "any")
@@ -236,7 +235,7 @@ class Supervisor:
     async def _launch(self, host_id: str, run: RunRow, job: JobRow) -> None:
         """Until the job's agent answers; a stop requested meanwhile ends the launch (the backend cancels
         what it started). Raises JobFinished if the job ended here."""
-        spec = RunSpec.model_validate_json(run.spec)
+        spec = specs.spec_of(run.id, run.spec)
         allocation = json.loads(job.allocation) if job.allocation else {}
         request = LaunchRequest(
             job_id=self.job_id,
@@ -351,7 +350,7 @@ class Supervisor:
     async def _provision(
         self, agent: AgentClient, run: RunRow, job: JobRow, peers: list[JobRow], allocation: dict[str, Any]
     ) -> None:
-        spec = RunSpec.model_validate_json(run.spec)
+        spec = specs.spec_of(run.id, run.spec)
         gpus = self._launched.job_overrides.get("resources", {}).get("gpus")
         cluster = nodes_view.cluster_of(
             peers,
@@ -360,7 +359,7 @@ class Supervisor:
             self._launched.addresses,
         )
         try:
-            request = await job_request.build(self.ctx, run, self.job_id, spec, allocation, cluster=cluster)
+            request = await job_request.build(self.ctx, run, self.job_id, allocation, cluster=cluster)
         except (job_request.JobRequestError, ServiceError) as e:
             await self._finish(
                 RunStatus.FAILED, TerminationReason.FAILED_TO_START, f"failed to start: {e}", None
@@ -650,6 +649,7 @@ class Supervisor:
             run_id = await self._run_id()
             if not await self._write(status, reason=reason, message=message, exit_code=exit_code):
                 raise LeaseLost()
+            specs.forget(run_id)  # its one job ended: nothing here reads its spec again
         self.ctx.notifier.notify(run_channel(run_id))
         if stops_others:  # the run's other nodes stop now (a node failed, or the master is done)
             self.ctx.notifier.notify(stop_channel(run_id))
@@ -690,7 +690,7 @@ def _sentence_case(text: str) -> str:
 
 
 def _build_advice(run: RunRow) -> str:
-    spec = RunSpec.model_validate_json(run.spec)
+    spec = specs.spec_of(run.id, run.spec)
     advice = specs.build_advice(spec.configuration_path)
     return f"build not found: this configuration's build is not cached on its host yet; {advice}"
 

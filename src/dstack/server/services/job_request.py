@@ -71,15 +71,14 @@ async def build(
     ctx: ServerContext,
     run: RunRow,
     job_id: str,
-    spec: RunSpec,
     allocation: dict[str, Any],
     *,
     cluster: Cluster | None = None,
 ) -> dict[str, Any]:
     """`cluster`: the run's nodes (a single-node run is a cluster of one, on loopback unless said)."""
     cluster = cluster or Cluster(gpus_per_node=len(allocation.get("gpus") or []))
-    checked = specs.check(spec)
-    configuration, profile = checked.configuration, checked.profile
+    checked = specs.checked_of(run.id, run.spec)
+    spec, configuration, profile = checked.spec, checked.configuration, checked.profile
     names = checked.secret_names
     values = await secrets.values_of(ctx, run.project_id, names)
     if names - set(values):

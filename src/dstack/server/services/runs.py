@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
@@ -119,7 +120,8 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
 
     # Submissions arriving together share one transaction (see Database.write_batched).
     run, job = await ctx.db.write_batched(record)
-    specs.remember(run.id, checked)
+    stored = dataclasses.replace(checked, spec=checked.spec.model_copy(update={"run_name": run.name}))
+    specs.remember(run.id, run.spec, stored)
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)

@@ -144,20 +144,63 @@ def check_size(spec: RunSpec) -> None:
         raise ServiceError(spec_too_big(size))
 
 
-# Specs checked at submission, kept for the scheduling pass of this process so it does not parse and
-# validate every spec again; bounded, and a miss only costs a parse.
-_RECENT: OrderedDict[str, CheckedSpec] = OrderedDict()
-_RECENT_MAX = 5_000
+# Run specs parsed (and checked) by this process, by run: a stored spec never changes, and a burst of runs
+# would otherwise parse and validate each one at submission, in the scheduling pass, and again for each of
+# its jobs' supervisors and requests. Bounded (least recently used out first); a miss only costs a parse.
+_RECENT: OrderedDict[str, _Parsed] = OrderedDict()
+_RECENT_MAX = 1_000  # ~17 KB each for a tiny task
 
 
-def remember(run_id: str, checked: CheckedSpec) -> None:
-    _RECENT[run_id] = checked
-    while len(_RECENT) > _RECENT_MAX:
-        _RECENT.popitem(last=False)
+@dataclass
+class _Parsed:
+    text: str  # the stored spec, as the database holds it
+    spec: RunSpec
+    checked: CheckedSpec | None = None
+
+
+def remember(run_id: str, text: str, checked: CheckedSpec) -> None:
+    """At submission: the run's stored spec `text` is `checked.spec`, checked."""
+    _keep(run_id, _Parsed(text, checked.spec, checked))
 
 
 def recall(run_id: str) -> CheckedSpec | None:
-    return _RECENT.pop(run_id, None)
+    """The run's checked spec if this process has it at hand."""
+    found = _RECENT.get(run_id)
+    return found.checked if found is not None else None
+
+
+def spec_of(run_id: str, text: str) -> RunSpec:
+    """The run's stored spec `text`, parsed (ValueError if it cannot be)."""
+    return _parsed(run_id, text).spec
+
+
+def checked_of(run_id: str, text: str) -> CheckedSpec:
+    """The run's stored spec `text`, parsed and checked (ServiceError or ValueError if it fails)."""
+    found = _parsed(run_id, text)
+    if found.checked is None:
+        found.checked = check(found.spec)
+    return found.checked
+
+
+def forget(run_id: str) -> None:
+    _RECENT.pop(run_id, None)
+
+
+def _parsed(run_id: str, text: str) -> _Parsed:
+    found = _RECENT.get(run_id)
+    if found is not None and (found.text is text or found.text == text):
+        _RECENT.move_to_end(run_id)
+        return found
+    found = _Parsed(text, RunSpec.model_validate_json(text))
+    _keep(run_id, found)
+    return found
+
+
+def _keep(run_id: str, parsed: _Parsed) -> None:
+    _RECENT[run_id] = parsed
+    _RECENT.move_to_end(run_id)
+    while len(_RECENT) > _RECENT_MAX:
+        _RECENT.popitem(last=False)
 
 
 def _first_error(e: Exception) -> str:
