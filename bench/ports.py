@@ -9,6 +9,9 @@ file download (the app is a Python web server, as most task apps are). Three pat
              handshake, then the raw stream relayed in the kernel at each hop; with the local backend the
              server connects to N itself, a remote host's agent would be one hop more)
   ssh -L     the peer: `ssh -L` through an sshd on this machine's loopback (bench/peers.py)
+  2 relays   the floor of the server path: two bare kernel relays in a row, 127.0.0.1:A -> B -> N, and
+             nothing else (bench/ports_relay.py): every byte crosses three TCP connections, as through the
+             server, on the same two cores
 Goals (issue 15): server >= 70 % of loopback for the file, >= 50 % for raw TCP, <= +0.25 ms p50.
 (On one machine a plain `- N` mapping needs no relay at all: it is the loopback row.)
 
@@ -42,6 +45,7 @@ from tests.e2e.harness import DstackEnv  # noqa: E402
 from tests.e2e.portkit import Attached, free_port  # noqa: E402
 
 APP = Path(__file__).with_name("ports_app.py")
+RELAY = Path(__file__).with_name("ports_relay.py")
 
 
 def throughput(port: int, size: int) -> float:
@@ -148,13 +152,16 @@ class Bench:
         size = self.args.size_mb * 1024 * 1024
         rows: dict[str, dict[str, float]] = {}
         loopback: dict[str, list[float]] = {"tcp": [], "file": [], "p50": [], "p99": []}
-        paths = [("shortcut", False), ("server", True)] + ([("ssh -L", False)] if self.args.ssh else [])
+        paths = [("shortcut", False), ("server", True), ("2 relays", False)]
+        paths += [("ssh -L", False)] if self.args.ssh else []
         for path, via_server in paths:
             run, task, local = self.start(via_server)
-            forward: subprocess.Popen[bytes] | None = None
+            forward: list[subprocess.Popen[bytes]] | None = None
             try:
                 if path == "ssh -L":
                     forward, local = self.ssh_forward(task)
+                elif path == "2 relays":
+                    forward, local = self.bare_relays(task)
                 tcp = [
                     (throughput(task["source"], size), throughput(local["source"], size)) for _ in self._reps
                 ]
@@ -164,9 +171,9 @@ class Bench:
                     base_lat += latencies(task["http"], self.args.requests)
                     fwd_lat += latencies(local["http"], self.args.requests)
             finally:
-                if forward is not None:
-                    forward.terminate()
-                    forward.wait(10)
+                for process in forward or []:
+                    process.terminate()
+                    process.wait(10)
                 self.finish(run, task["http"] if forward is not None else local["http"])
             loopback["tcp"].append(statistics.median(b for b, _ in tcp))
             loopback["file"].append(statistics.median(b for b, _ in file))
@@ -194,7 +201,25 @@ class Bench:
         }
         return rows
 
-    def ssh_forward(self, task: dict[str, int]) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    def bare_relays(self, task: dict[str, int]) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
+        """The floor: for each task port N, relay A -> relay B -> N, each a bare kernel relay."""
+        local = {name: free_port() for name in task}
+        started: list[subprocess.Popen[bytes]] = []
+        for name, port in task.items():
+            middle = free_port()
+            for listen, target in ((middle, port), (local[name], middle)):
+                process = subprocess.Popen(
+                    [sys.executable, str(RELAY), str(listen), str(target)],
+                    stdout=subprocess.PIPE,
+                    stdin=subprocess.DEVNULL,
+                )
+                started.append(process)
+                assert process.stdout is not None
+                if process.stdout.readline().strip() != b"ready":
+                    raise RuntimeError("a bare relay did not start")
+        return started, local
+
+    def ssh_forward(self, task: dict[str, int]) -> tuple[list[subprocess.Popen[bytes]], dict[str, int]]:
         """The peer: `ssh -L` to the task's ports through an sshd on this machine's loopback."""
         assert self.ssh is not None
         local = {name: free_port() for name in task}
@@ -208,7 +233,7 @@ class Bench:
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", local["http"]), timeout=1).close()
-                return process, local
+                return [process], local
             except OSError:
                 time.sleep(0.05)
         process.kill()
@@ -269,7 +294,7 @@ def main() -> None:
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(columns, widths, strict=True))
         )
     )
-    for path in ("loopback", "shortcut", "server", "ssh -L"):
+    for path in ("loopback", "shortcut", "server", "2 relays", "ssh -L"):
         if path not in rows:
             continue
         r = rows[path]

@@ -56,3 +56,6 @@ class SSHPool:
         for connection in connections:
             with contextlib.suppress(Exception):
                 await connection.close()
+        # The sockets' folder goes with the server, where it is empty (in /tmp for a long server path).
+        with contextlib.suppress(OSError):
+            self._runtime.rmdir()
