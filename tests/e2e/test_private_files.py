@@ -66,14 +66,25 @@ def _other_user_sees(root: Path) -> list[str]:
     return result.stdout.splitlines()
 
 
+# What a job's own processes write or read in its folder, in the user's umask like the job's code copy:
+# the exit status its script records, and the MPI hostfile a container's own user reads through a mount.
+# The job's folder (and one awaiting removal) is 0700, so nobody else reaches them.
+_TASK_FILES = {"exit_code", "mpi_hostfile"}
+
+
 def _not_private(root: Path) -> list[str]:
-    """Folders and files below root that others have any permission on, but the job's code copies."""
+    """Folders and files below root that others have any permission on, but the jobs' own files."""
     found = []
     for folder, folders, files in os.walk(root):
-        folders[:] = [n for n in folders if not (n == "code" and Path(folder).parent.name == "jobs")]
+        in_job = Path(folder).parent.name == "jobs"
+        folders[:] = [n for n in folders if not (n == "code" and in_job)]
+        files = [n for n in files if not (n in _TASK_FILES and in_job)]
         for name in [*folders, *files]:
             path = Path(folder) / name
-            status = path.lstat()
+            try:
+                status = path.lstat()
+            except FileNotFoundError:
+                continue  # removed meanwhile (the agent removes deleted jobs' folders when it is quiet)
             if not stat.S_ISLNK(status.st_mode) and stat.S_IMODE(status.st_mode) & 0o077:
                 found.append(f"{oct(stat.S_IMODE(status.st_mode))} {path.relative_to(root)}")
     return found

@@ -15,6 +15,8 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from dstack.server.db import sqlite_driver
+
 T = TypeVar("T")
 _MAX_BATCH = 500
 _PENDING = "dstack_inserts"
@@ -44,6 +46,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
+            url = sqlite_driver.driver_url(url)
             self.writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
             self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
             _configure_sqlite(self.writer, immediate=True)

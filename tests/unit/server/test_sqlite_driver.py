@@ -1,0 +1,89 @@
+"""The server's SQLite driver: SQLAlchemy's aiosqlite dialect, each statement one call on the
+connection's thread."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from dstack.server.db import sqlite_driver
+from dstack.server.db.engine import Database
+
+METADATA = MetaData()
+ITEMS = Table("items", METADATA, Column("id", Integer, primary_key=True), Column("name", String, unique=True))
+
+
+def test_the_stock_url_gets_this_driver_and_others_are_left_alone() -> None:
+    assert sqlite_driver.usable()
+    assert sqlite_driver.driver_url("sqlite+aiosqlite:////x/db") == "sqlite+dstack_aiosqlite:////x/db"
+    for url in ("postgresql+asyncpg://h/db", "sqlite+pysqlite:///x"):
+        assert sqlite_driver.driver_url(url) == url
+
+
+def test_statements_behave_as_with_the_stock_driver(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        engine = create_async_engine(sqlite_driver.driver_url(f"sqlite+aiosqlite:///{tmp_path / 'db'}"))
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(METADATA.create_all)
+                first = await conn.execute(insert(ITEMS).values(name="a"))
+                assert first.inserted_primary_key == (1,)
+                await conn.execute(insert(ITEMS), [{"name": "b"}, {"name": "c"}])  # executemany
+                renamed = update(ITEMS).where(ITEMS.c.name != "a").values(name=ITEMS.c.name + "!")
+                changed = await conn.execute(renamed)
+                assert changed.rowcount == 2
+                none = await conn.execute(update(ITEMS).where(ITEMS.c.id == 99).values(name="z"))
+                assert none.rowcount == 0
+            with pytest.raises(IntegrityError):
+                async with engine.begin() as conn:
+                    await conn.execute(insert(ITEMS).values(name="x"))
+                    await conn.execute(insert(ITEMS).values(name="a"))  # rolls the whole transaction back
+            async with engine.connect() as conn:
+                rows = (await conn.execute(select(ITEMS.c.name).order_by(ITEMS.c.id))).scalars().all()
+                assert rows == ["a", "b!", "c!"]
+                streamed = [row.name async for row in await conn.stream(select(ITEMS).order_by(ITEMS.c.id))]
+                assert streamed == rows
+                assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() in ("wal", "delete")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_a_statement_is_one_call_on_the_connections_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[Any] = []
+    original = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn)
+        return await original(self, fn, *args, **kwargs)
+
+    async def scenario() -> None:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'db'}")
+        try:
+            async with db.write() as session:
+                await session.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            async with db.read() as session:
+                await session.execute(text("SELECT 1"))  # the connection opened, its transaction begun
+                calls.clear()
+                assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+                assert len(calls) == 1
+            async with db.write() as session:
+                await session.execute(text("SELECT 1"))
+                calls.clear()
+                await session.execute(text("INSERT INTO t (v) VALUES ('x')"))
+                assert len(calls) == 1
+        finally:
+            await db.close()
+
+    asyncio.run(scenario())
