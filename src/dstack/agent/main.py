@@ -162,7 +162,7 @@ class Agent:
             else:
                 self._stop_jobs()
             self._events.close()
-            self._registry.close()
+            self._registry.close(sweep=not self._handover)
             self._remove_agent_file()
             self._children.stop_reaping()
         log.info("Agent stopped")

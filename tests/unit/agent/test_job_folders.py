@@ -98,3 +98,34 @@ def test_job_folders_are_spread_over_the_file_system(tmp_path: Path) -> None:
     fsutil.spread_subfolders(jobs)  # again: nothing changes, nothing fails
     assert _flags(jobs) == before
     fsutil.spread_subfolders(tmp_path / "missing")  # not there: nothing to do
+
+
+def test_an_earlier_agents_leftovers_do_not_hold_up_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_SWEEP_QUIET_SECONDS", 60.0)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    leftover = _folder_with_files(jobs, "~deleted-left-by-a-hand-over")
+    waiting = registry.JobRegistry(jobs, defer_removal=True)
+    assert waiting.load() == []
+    assert leftover.exists()  # removed in a quiet moment, not before the agent serves
+    waiting.close()
+    assert not leftover.exists()
+
+
+def test_a_hand_over_leaves_the_waiting_folders_to_the_next_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_SWEEP_QUIET_SECONDS", 60.0)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    first = registry.JobRegistry(jobs, defer_removal=True)
+    first.load()
+    leftover = _folder_with_files(jobs, "~deleted-1")
+    assert first._sweeper is not None
+    first._sweeper.add(leftover)
+    first.close(sweep=False)
+    assert leftover.exists()
+    registry.JobRegistry(jobs).load()  # an agent that removes at once (a one-job agent)
+    assert not leftover.exists()

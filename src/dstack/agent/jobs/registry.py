@@ -57,7 +57,11 @@ class JobRegistry:
     def load(self) -> List[Job]:
         """Read every job folder left by earlier agents; unreadable ones are logged and skipped."""
         for trash in self.jobs_dir.glob(_TRASH_PREFIX + "*"):
-            shutil.rmtree(trash, ignore_errors=True)
+            # Left by an earlier agent (one that handed over leaves what waited): not on the way to serving.
+            if self._sweeper is not None:
+                self._sweeper.add(trash)
+            else:
+                shutil.rmtree(trash, ignore_errors=True)
         for folder in sorted(self.jobs_dir.iterdir()):
             if not folder.is_dir() or not is_job_id(folder.name):
                 continue
@@ -147,10 +151,11 @@ class JobRegistry:
             shutil.rmtree(trash, ignore_errors=True)
         return True
 
-    def close(self) -> None:
-        """Remove every deleted folder still waiting (the agent is exiting)."""
+    def close(self, *, sweep: bool = True) -> None:
+        """The agent is exiting: remove every deleted folder still waiting, or with `sweep=False` (a
+        hand-over, where the next agent waits for this one) leave them to the next agent."""
         if self._sweeper is not None:
-            self._sweeper.close()
+            self._sweeper.close(sweep=sweep)
 
 
 class _Sweeper:
@@ -179,11 +184,12 @@ class _Sweeper:
         if backlog:
             self._sweep()
 
-    def close(self) -> None:
+    def close(self, *, sweep: bool = True) -> None:
         with self._lock:
             self._closed = True
             self._lock.notify()
-        self._sweep()
+        if sweep:
+            self._sweep()
 
     def _run(self) -> None:
         while True:
