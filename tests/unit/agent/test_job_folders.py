@@ -100,12 +100,17 @@ def test_job_folders_are_spread_over_the_file_system(tmp_path: Path) -> None:
     fsutil.spread_subfolders(tmp_path / "missing")  # not there: nothing to do
 
 
-def test_an_earlier_agents_leftovers_do_not_hold_up_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def never_quiet_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A jobs folder whose agents never see a quiet moment: folders go only when asked to."""
     monkeypatch.setattr(registry, "_SWEEP_QUIET_SECONDS", 60.0)
     jobs = tmp_path / "jobs"
     jobs.mkdir()
+    return jobs
+
+
+def test_an_earlier_agents_leftovers_do_not_hold_up_the_next_start(never_quiet_jobs: Path) -> None:
+    jobs = never_quiet_jobs
     leftover = _folder_with_files(jobs, "~deleted-left-by-a-hand-over")
     waiting = registry.JobRegistry(jobs, defer_removal=True)
     assert waiting.load() == []
@@ -114,12 +119,8 @@ def test_an_earlier_agents_leftovers_do_not_hold_up_the_next_start(
     assert not leftover.exists()
 
 
-def test_a_hand_over_leaves_the_waiting_folders_to_the_next_agent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(registry, "_SWEEP_QUIET_SECONDS", 60.0)
-    jobs = tmp_path / "jobs"
-    jobs.mkdir()
+def test_a_hand_over_leaves_the_waiting_folders_to_the_next_agent(never_quiet_jobs: Path) -> None:
+    jobs = never_quiet_jobs
     first = registry.JobRegistry(jobs, defer_removal=True)
     first.load()
     leftover = _folder_with_files(jobs, "~deleted-1")
