@@ -416,6 +416,8 @@ def main() -> None:
     parser.add_argument("--no-slurm", dest="slurm", action="store_false", help="skip the Slurm peer")
     args = parser.parse_args()
     if args.src:
+        if not (Path(args.src) / "dstack" / "__init__.py").is_file():
+            parser.error(f"--src {args.src} holds no dstack package (give a checkout's src folder)")
         SOURCE["src"] = str(Path(args.src).resolve())
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     if args.only in (None, "tasks"):

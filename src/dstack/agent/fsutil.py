@@ -31,7 +31,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-# ext2/3/4 inode flags (linux/fs.h): the ioctls read and set them on an open file or folder.
+# ext2/3/4 inode flags (linux/fs.h): the ioctls read and set them on an open file or folder, as a C int
+# (the kernel's put_user/get_user on an int, whatever the request number's encoded size says).
 _FS_IOC_GETFLAGS = 0x80086601
 _FS_IOC_SETFLAGS = 0x40086602
 _FS_TOPDIR_FL = 0x00020000
@@ -51,7 +52,7 @@ def spread_subfolders(path: Path) -> None:
     except OSError:
         return
     try:
-        flags = array.array("l", [0])
+        flags = array.array("i", [0])
         fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags)
         if not flags[0] & _FS_TOPDIR_FL:
             flags[0] |= _FS_TOPDIR_FL

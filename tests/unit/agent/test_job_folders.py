@@ -79,7 +79,7 @@ def test_closing_removes_what_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def _flags(path: Path) -> int | None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        flags = array.array("l", [0])
+        flags = array.array("i", [0])
         fcntl.ioctl(fd, fsutil._FS_IOC_GETFLAGS, flags)
         return flags[0]
     except OSError:

@@ -48,6 +48,7 @@ def test_statements_behave_as_with_the_stock_driver(tmp_path: Path) -> None:
             async with engine.connect() as conn:
                 rows = (await conn.execute(select(ITEMS.c.name).order_by(ITEMS.c.id))).scalars().all()
                 assert rows == ["a", "b!", "c!"]
+                assert len((await conn.execute(select(ITEMS))).fetchmany()) == 1  # the DBAPI's arraysize
                 streamed = [row.name async for row in await conn.stream(select(ITEMS).order_by(ITEMS.c.id))]
                 assert streamed == rows
                 assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() in ("wal", "delete")

@@ -30,7 +30,7 @@ _STOCK = "aiosqlite"
 class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A DBAPI cursor whose statement runs whole in the connection's thread; it holds only the result."""
 
-    __slots__ = ("_result_description", "_result_lastrowid", "_result_rowcount")
+    __slots__ = ("_arraysize", "_result_description", "_result_lastrowid", "_result_rowcount")
 
     def __init__(self, adapt_connection: Any) -> None:
         # No aiosqlite cursor (making one is a hop of its own): each statement makes and closes its own.
@@ -42,6 +42,15 @@ class _OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._result_description: Any = None
         self._result_rowcount = -1
         self._result_lastrowid: Any = None
+        self._arraysize = 1  # the DBAPI default, for a fetchmany() without a size
+
+    @property
+    def arraysize(self) -> int:
+        return self._arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._arraysize = value
 
     @property
     def description(self) -> Any:
