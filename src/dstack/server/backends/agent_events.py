@@ -24,6 +24,7 @@ R = TypeVar("R")
 
 STALE_AFTER = 15.0  # seconds without a batch (the agent sends one every 5 s at least): the stream is dead
 RECONNECT_AFTER = 1.0
+YIELD_EVERY = 100  # batches read back to back before the loop gets a turn
 MAX_BUFFERED = 4 * 1024 * 1024  # inline output kept per job until its supervisor takes it
 _LINE_LIMIT = 64 * 1024 * 1024
 
@@ -122,13 +123,30 @@ class AgentEvents:
                 raise ConnectionError(f"the agent answered {status[:40]!r}")
             while await asyncio.wait_for(reader.readuntil(b"\r\n"), STALE_AFTER) != b"\r\n":
                 pass
-            while True:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), STALE_AFTER)
-                entries = json.loads(line)["jobs"]
-                inline = sum(entry.get("length", 0) for entry in entries)
-                data = await asyncio.wait_for(reader.readexactly(inline), STALE_AFTER) if inline else b""
-                self.healthy = True
-                self._apply(entries, data)
+            # No wait_for per batch: it makes a task, so each batch would cost the loop an iteration of its
+            # own, and under load the agent's batches queued up in the socket for seconds. Batches already
+            # received are read without yielding (but for a turn every YIELD_EVERY, for the loop's other
+            # work); a watchdog cuts a stream that goes silent instead.
+            watchdog = _Watchdog(writer, STALE_AFTER)
+            read = 0
+            try:
+                while True:
+                    read += 1
+                    if read % YIELD_EVERY == 0:
+                        await asyncio.sleep(0)
+                    line = await reader.readuntil(b"\n")
+                    entries = json.loads(line)["jobs"]
+                    inline = sum(entry.get("length", 0) for entry in entries)
+                    data = await reader.readexactly(inline) if inline else b""
+                    watchdog.fed()
+                    self.healthy = True
+                    self._apply(entries, data)
+            except (asyncio.IncompleteReadError, ConnectionError) as e:
+                if watchdog.fired:
+                    raise TimeoutError(f"no batch for {STALE_AFTER:.0f} s") from e
+                raise
+            finally:
+                watchdog.cancel()
         finally:
             writer.close()
 
@@ -166,6 +184,32 @@ class AgentEvents:
         views, self._views = self._views, {}
         for view in views.values():
             view.changed.set()
+
+
+class _Watchdog:
+    """Aborts a connection that has not been fed for `after` seconds; one timer, re-armed only when due."""
+
+    def __init__(self, writer: asyncio.StreamWriter, after: float) -> None:
+        self._writer = writer
+        self._after = after
+        self._loop = asyncio.get_running_loop()
+        self._fed_at = self._loop.time()
+        self.fired = False
+        self._timer = self._loop.call_later(after, self._check)
+
+    def fed(self) -> None:
+        self._fed_at = self._loop.time()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _check(self) -> None:
+        silent = self._loop.time() - self._fed_at
+        if silent < self._after:
+            self._timer = self._loop.call_later(self._after - silent, self._check)
+            return
+        self.fired = True
+        self._writer.transport.abort()  # the read under way fails at once
 
 
 class Coalescer(Generic[T, R]):
