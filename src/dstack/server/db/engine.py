@@ -46,9 +46,12 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            url = sqlite_driver.driver_url(url)
-            self.writer = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
-            self.reader = create_async_engine(url, pool_size=4, max_overflow=4)
+            # The writer runs its statements on the loop's thread, the readers one hop each on their own
+            # (db/sqlite_driver.py).
+            self.writer = create_async_engine(
+                sqlite_driver.driver_url(url, writer=True), pool_size=1, max_overflow=0, pool_timeout=60
+            )
+            self.reader = create_async_engine(sqlite_driver.driver_url(url), pool_size=4, max_overflow=4)
             _configure_sqlite(self.writer, immediate=True)
             _configure_sqlite(self.reader, immediate=False)
         else:
@@ -123,7 +126,7 @@ def _configure_sqlite(engine: AsyncEngine, *, immediate: bool) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={sqlite_driver.busy_timeout_ms(dbapi_connection)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
