@@ -100,3 +100,27 @@ def test_renewal_only_by_the_owner_and_release(tmp_path: Path) -> None:
         await db.close()
 
     asyncio.run(scenario())
+
+
+def test_one_claim_finds_claims_and_loads_the_claimable_jobs_but_those_skipped(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        db = await _database(tmp_path)
+        now = time.time()
+        free = [await _job(db, "running"), await _job(db, "pulling", lock_expires_at=now - 1)]
+        supervised = await _job(db, "running")  # this process supervises it already
+        held = await _job(db, "running", lock_expires_at=now + 60)  # another worker does
+        await _job(db, "done")
+        claimed, loaded = await leases.claim_claimable(db, {supervised}, "me", now, 15)
+        assert sorted(claimed) == sorted(free)
+        assert sorted(loaded) == sorted(free)
+        for job_id in free:
+            run, job = loaded[job_id]
+            assert job.id == job_id and job.lock_token == "me" and run.id == job.run_id
+        # The claimed ones carry the token now; the others are as they were.
+        assert await leases.claim_jobs(db, free, "other", now, 15) == []
+        assert await leases.claim_jobs(db, [held], "other", now, 15) == []
+        assert await leases.claim_claimable(db, {supervised}, "again", now, 15) == ([], {})
+        assert await leases.claim_jobs(db, [supervised], "other", now, 15) == [supervised]
+        await db.close()
+
+    asyncio.run(scenario())

@@ -68,15 +68,10 @@ class BackgroundWorkers:
             await signal.wait(version, self.ctx.settings.poll_seconds)
 
     async def claim_once(self) -> None:
-        now = time.time()
-        candidates = [c for c in await leases.claimable_jobs(self.ctx.db, now) if c not in self._supervisors]
-        if not candidates:
-            return
         token = str(uuid.uuid4())
-        claimed = await leases.claim_jobs(
-            self.ctx.db, candidates, token, now, self.ctx.settings.lease_seconds
+        claimed, loaded = await leases.claim_claimable(
+            self.ctx.db, self._supervisors, token, time.time(), self.ctx.settings.lease_seconds
         )
-        loaded = await leases.load_claimed(self.ctx.db, claimed)
         for job_id in claimed:
             supervisor = Supervisor(self.ctx, job_id, token, self.leases, loaded.get(job_id))
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
