@@ -126,7 +126,9 @@ def test_a_hand_over_leaves_the_waiting_folders_to_the_next_agent(never_quiet_jo
     leftover = _folder_with_files(jobs, "~deleted-1")
     assert first._sweeper is not None
     first._sweeper.add(leftover)
+    time.sleep(0.1)  # its sweeper thread waits for a quiet moment now
     first.close(sweep=False)
+    time.sleep(0.3)  # and has had the time to act on the close
     assert leftover.exists()
     registry.JobRegistry(jobs).load()  # an agent that removes at once (a one-job agent)
     assert not leftover.exists()

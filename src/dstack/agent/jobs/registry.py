@@ -206,6 +206,8 @@ class _Sweeper:
                     if now >= due_at:
                         break
                     self._lock.wait(due_at - now)
+                if self._closed:
+                    return  # close() removes what waits, or (a hand-over) leaves it to the next agent
             self._sweep()
 
     def _sweep(self) -> None:
