@@ -151,16 +151,15 @@ class _DirectConnection(AsyncAdapt_aiosqlite_connection):
     _cursor_cls = _DirectCursor
 
     def commit(self) -> None:
-        if self._connection._connection:
-            try:
-                await_(_in_place_or_waiting(self, sqlite3.Connection.commit))
-            except Exception as error:
-                self._handle_exception(error)
+        self._end(sqlite3.Connection.commit)
 
     def rollback(self) -> None:
+        self._end(sqlite3.Connection.rollback)
+
+    def _end(self, call: Callable[[sqlite3.Connection], None]) -> None:
         if self._connection._connection:
             try:
-                await_(_in_place_or_waiting(self, sqlite3.Connection.rollback))
+                await_(_in_place_or_waiting(self, call))
             except Exception as error:
                 self._handle_exception(error)
 
