@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from agent_testkit import TOKEN, AgentProcess
 
+from dstack.server.backends import agent_events
 from dstack.server.backends.agent_client import AgentClient, AgentError, AgentUnreachable
 from dstack.server.backends.agent_http import AgentHTTP, TransportError
 
@@ -102,5 +106,48 @@ def test_nothing_listening_and_no_answer_are_transport_errors() -> None:
         with pytest.raises(AgentUnreachable):
             await client.health()
         await client.close()
+
+    run(scenario())
+
+
+def test_the_event_stream_of_a_frozen_agent_is_cut_and_opened_again_once_it_thaws(
+    start_agent: Callable[..., AgentProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Staleness at 1 s, under the agent's 5 s heartbeat: a job printing every 0.1 s keeps the stream fed.
+    monkeypatch.setattr(agent_events, "STALE_AFTER", 1.0)
+    monkeypatch.setattr(agent_events, "RECONNECT_AFTER", 0.1)
+    agent = start_agent()
+    job = agent.client().submit(["while true; do echo tick; sleep 0.1; done"])["id"]
+
+    async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            await asyncio.sleep(0.02)
+
+    async def scenario() -> None:
+        events = agent_events.AgentEvents(
+            f"http://127.0.0.1:{agent.port}", {"Authorization": f"Bearer {TOKEN}"}
+        )
+        try:
+            events.view(job)  # starts the stream
+            await until(lambda: events.healthy)
+            view = events.view(job)
+            assert view is not None
+            await until(lambda: view.size > 0)
+            await asyncio.sleep(2.5)  # twice the staleness limit: fed all along, so it stays up
+            assert events.healthy and events.view(job) is view
+            os.kill(agent.process.pid, signal.SIGSTOP)
+            try:
+                await until(lambda: not events.healthy, timeout=10)  # cut: its waiters poll on their own
+                assert view.changed.is_set()
+            finally:
+                os.kill(agent.process.pid, signal.SIGCONT)
+            await until(lambda: events.healthy)  # opened again once the agent answers
+            again = events.view(job)
+            assert again is not None
+            await until(lambda: again.size > view.size)  # and the job's output is told again
+        finally:
+            await events.close()
 
     run(scenario())

@@ -1,17 +1,15 @@
-"""The server's side of an agent's event stream, against a stream served on loopback the way the agent
-serves it (dstack.agent.events): batches are applied as they arrive, and a silent stream is cut."""
+"""The server's side of an agent's event stream: a backlog of batches (written with the agent's own
+encoder, dstack.agent.events) is applied without a loop iteration per batch. The stream against a real
+agent, frozen and thawed, is in tests/unit/agent/test_server_agent_http.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import threading
 import time
 
-import pytest
-
-from dstack.server.backends import agent_events
+from dstack.agent.events import EventRoutes
 from dstack.server.backends.agent_events import AgentEvents
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-dstack-events\r\n\r\n"
@@ -19,34 +17,7 @@ HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-dstack-events\r\n\r\n"
 
 def _batch(job_id: str, status: str, size: int = 0) -> bytes:
     entry = {"id": job_id, "status": status, "message": None, "exit_code": None, "size": size}
-    return json.dumps({"jobs": [entry]}).encode() + b"\n"
-
-
-class FakeAgent:
-    """Serves GET /api/events: `script(writer)` writes what the agent would."""
-
-    def __init__(self, script) -> None:  # type: ignore[no-untyped-def]
-        self._script = script
-        self.connections = 0
-        self.requests: list[bytes] = []
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.requests.append(await reader.readuntil(b"\r\n\r\n"))
-        try:
-            await self._script(writer)
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+    return EventRoutes._encode([entry], [])
 
 
 async def _until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -112,56 +83,3 @@ def test_a_backlog_of_batches_is_applied_without_a_loop_iteration_per_batch() ->
     finally:
         go.set()
         listener.close()
-
-
-def test_a_stream_that_goes_silent_is_cut_and_opened_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_events, "STALE_AFTER", 0.3)
-    monkeypatch.setattr(agent_events, "RECONNECT_AFTER", 0.05)
-
-    async def scenario() -> None:
-        async def script(writer: asyncio.StreamWriter) -> None:
-            writer.write(HEAD + _batch("job", "running"))
-            await asyncio.sleep(30)  # then nothing, not even the heartbeat
-
-        agent = FakeAgent(script)
-        events = AgentEvents(await agent.start(), {})
-        try:
-            events.view("job")
-            await _until(lambda: events.healthy)
-            view = events.view("job")
-            assert view is not None and view.status == "running"
-            changed = view.changed
-            await _until(lambda: not events.healthy)  # cut: its waiters fall back to their own polls
-            assert changed.is_set()
-            await _until(lambda: agent.connections >= 2 and events.healthy)  # and opened again
-        finally:
-            await events.close()
-            await agent.close()
-
-    asyncio.run(scenario())
-
-
-def test_a_stream_fed_in_time_stays_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(agent_events, "STALE_AFTER", 0.3)
-
-    async def scenario() -> None:
-        async def script(writer: asyncio.StreamWriter) -> None:
-            writer.write(HEAD)
-            for _ in range(12):  # a batch every 0.1 s for 1.2 s: four times the staleness limit
-                writer.write(b'{"jobs":[]}\n')
-                await writer.drain()
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(30)
-
-        agent = FakeAgent(script)
-        events = AgentEvents(await agent.start(), {})
-        try:
-            events.view("job")
-            await _until(lambda: events.healthy)
-            await asyncio.sleep(1.0)
-            assert events.healthy and agent.connections == 1
-        finally:
-            await events.close()
-            await agent.close()
-
-    asyncio.run(scenario())

@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from dstack.server.background import leases
 from dstack.server.db.engine import Database
@@ -51,17 +52,26 @@ async def _job(db: Database, status: str, lock_expires_at: float | None = None) 
     return job_id
 
 
-def test_only_active_unleased_jobs_are_claimable(tmp_path: Path) -> None:
+def _claim(db: Database, token: str, now: float, skip: frozenset[str] = frozenset()) -> Any:
+    return leases.claim_claimable(db, skip, token, now, 15)
+
+
+def test_only_active_unleased_jobs_are_claimed_with_their_rows(tmp_path: Path) -> None:
     async def scenario() -> None:
         db = await _database(tmp_path)
         now = time.time()
         running = await _job(db, "running")
         await _job(db, "done")
         await _job(db, "submitted")  # waits for the scheduler, not for a supervisor
-        held = await _job(db, "running", lock_expires_at=now + 60)
+        await _job(db, "running", lock_expires_at=now + 60)  # another worker holds it
         stale = await _job(db, "pulling", lock_expires_at=now - 1)  # its owner died
-        assert set(await leases.claimable_jobs(db, now)) == {running, stale}
-        assert held not in await leases.claimable_jobs(db, now)
+        supervised = await _job(db, "running")  # this process supervises it already
+        claimed = await _claim(db, "me", now, frozenset({supervised}))
+        assert sorted(claimed) == sorted([running, stale])
+        for job_id, (run, job) in claimed.items():
+            assert job.id == job_id and job.lock_token == "me" and run.id == job.run_id
+        assert await _claim(db, "other", now, frozenset({supervised})) == {}  # they carry a token now
+        assert list(await _claim(db, "other", now)) == [supervised]
         await db.close()
 
     asyncio.run(scenario())
@@ -72,11 +82,8 @@ def test_two_workers_racing_never_claim_the_same_job(tmp_path: Path) -> None:
         db = await _database(tmp_path)
         jobs = [await _job(db, "running") for _ in range(20)]
         now = time.time()
-        first, second = await asyncio.gather(
-            leases.claim_jobs(db, jobs, "worker-a", now, 15),
-            leases.claim_jobs(db, list(reversed(jobs)), "worker-b", now, 15),
-        )
-        assert sorted(first + second) == sorted(jobs)
+        first, second = await asyncio.gather(_claim(db, "worker-a", now), _claim(db, "worker-b", now))
+        assert sorted([*first, *second]) == sorted(jobs)
         assert not set(first) & set(second)
         await db.close()
 
@@ -88,39 +95,15 @@ def test_renewal_only_by_the_owner_and_release(tmp_path: Path) -> None:
         db = await _database(tmp_path)
         job = await _job(db, "running")
         now = time.time()
-        assert await leases.claim_jobs(db, [job], "owner", now, 15) == [job]
-        assert await leases.claim_jobs(db, [job], "intruder", now, 15) == []
+        assert list(await _claim(db, "owner", now)) == [job]
+        assert await _claim(db, "intruder", now) == {}
         assert await leases.renew_leases(db, "owner", [job], now + 30) == {job}
         assert await leases.renew_leases(db, "intruder", [job], now + 30) == set()
         # After the lease expires another worker may take the job; the old owner's renewal then fails.
-        assert await leases.claim_jobs(db, [job], "successor", now + 31, 15) == [job]
+        assert list(await _claim(db, "successor", now + 31)) == [job]
         assert await leases.renew_leases(db, "owner", [job], now + 60) == set()
         await leases.release_all(db)
-        assert job in await leases.claimable_jobs(db, now)
-        await db.close()
-
-    asyncio.run(scenario())
-
-
-def test_one_claim_finds_claims_and_loads_the_claimable_jobs_but_those_skipped(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        db = await _database(tmp_path)
-        now = time.time()
-        free = [await _job(db, "running"), await _job(db, "pulling", lock_expires_at=now - 1)]
-        supervised = await _job(db, "running")  # this process supervises it already
-        held = await _job(db, "running", lock_expires_at=now + 60)  # another worker does
-        await _job(db, "done")
-        claimed, loaded = await leases.claim_claimable(db, {supervised}, "me", now, 15)
-        assert sorted(claimed) == sorted(free)
-        assert sorted(loaded) == sorted(free)
-        for job_id in free:
-            run, job = loaded[job_id]
-            assert job.id == job_id and job.lock_token == "me" and run.id == job.run_id
-        # The claimed ones carry the token now; the others are as they were.
-        assert await leases.claim_jobs(db, free, "other", now, 15) == []
-        assert await leases.claim_jobs(db, [held], "other", now, 15) == []
-        assert await leases.claim_claimable(db, {supervised}, "again", now, 15) == ([], {})
-        assert await leases.claim_jobs(db, [supervised], "other", now, 15) == [supervised]
+        assert list(await _claim(db, "after-release", now)) == [job]
         await db.close()
 
     asyncio.run(scenario())

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Container
-from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select, update
 
@@ -34,74 +33,35 @@ def _claimable(now: float) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     return (JobRow.status.in_(_ACTIVE), or_(JobRow.lock_expires_at.is_(None), JobRow.lock_expires_at < now))
 
 
-async def claimable_jobs(db: Database, now: float) -> list[str]:
-    async with db.read() as session:
-        return await _claimable_in(session, now)
-
-
-async def claim_jobs(
-    db: Database, job_ids: list[str], token: str, now: float, lease_seconds: float
-) -> list[str]:
-    """Claim what is still claimable of `job_ids`; returns the ids this token now owns."""
-    async with db.write() as session:
-        return await _claim_in(session, job_ids, token, now, lease_seconds)
-
-
-async def load_claimed(db: Database, job_ids: list[str]) -> dict[str, tuple[RunRow, JobRow]]:
-    """The rows of freshly claimed jobs and their runs, for their supervisors: one SELECT per CHUNK."""
-    async with db.read() as session:
-        return await _load_in(session, job_ids)
-
-
 async def claim_claimable(
     db: Database, skip: Container[str], token: str, now: float, lease_seconds: float
-) -> tuple[list[str], dict[str, tuple[RunRow, JobRow]]]:
+) -> dict[str, tuple[RunRow, JobRow]]:
     """Find the claimable jobs (but those in `skip`), claim them and load their rows, in one write
-    transaction: on SQLite its statements run in place, where three transactions cost the claim loop two
-    waits for the event loop's next iteration, seconds in all under a burst. Returns the ids this token now
-    owns and their rows."""
+    transaction: on SQLite its statements run in place, where a read, a write and a read cost the claim
+    loop two waits for the event loop's next iteration, seconds in all under a burst. Returns the jobs this
+    token now owns, each with its run's row and its own, for their supervisors."""
+    claimed: dict[str, tuple[RunRow, JobRow]] = {}
     async with db.write() as session:
-        candidates = [job_id for job_id in await _claimable_in(session, now) if job_id not in skip]
-        if not candidates:
-            return [], {}
-        claimed = await _claim_in(session, candidates, token, now, lease_seconds)
-        return claimed, await _load_in(session, claimed)
-
-
-async def _claimable_in(session: Any, now: float) -> list[str]:
-    return list((await session.execute(select(JobRow.id).where(*_claimable(now)))).scalars())
-
-
-async def _claim_in(
-    session: Any, job_ids: list[str], token: str, now: float, lease_seconds: float
-) -> list[str]:
-    # Two statements per CHUNK jobs, not one per job: the token is new for every claim, so the rows that
-    # carry it after the UPDATE are exactly the ones this claim won.
-    claimed: list[str] = []
-    for start in range(0, len(job_ids), CHUNK):
-        chunk = job_ids[start : start + CHUNK]
-        await session.execute(
-            update(JobRow)
-            .where(JobRow.id.in_(chunk), *_claimable(now))
-            .values(lock_token=token, lock_expires_at=now + lease_seconds)
-            .execution_options(synchronize_session=False)
-        )
-        mine = select(JobRow.id).where(JobRow.id.in_(chunk), JobRow.lock_token == token)
-        found = await session.execute(mine)
-        claimed.extend(found.scalars())
+        found = (await session.execute(select(JobRow.id).where(*_claimable(now)))).scalars()
+        candidates = [job_id for job_id in found if job_id not in skip]
+        # Three statements per CHUNK jobs, not some per job: the token is new for every claim, so the rows
+        # that carry it after the UPDATE are exactly the ones this claim won.
+        for start in range(0, len(candidates), CHUNK):
+            chunk = candidates[start : start + CHUNK]
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id.in_(chunk), *_claimable(now))
+                .values(lock_token=token, lock_expires_at=now + lease_seconds)
+                .execution_options(synchronize_session=False)
+            )
+            won = await session.execute(
+                select(RunRow, JobRow)
+                .join(JobRow, JobRow.run_id == RunRow.id)
+                .where(JobRow.id.in_(chunk), JobRow.lock_token == token)
+            )
+            for run, job in won:
+                claimed[job.id] = (run, job)
     return claimed
-
-
-async def _load_in(session: Any, job_ids: list[str]) -> dict[str, tuple[RunRow, JobRow]]:
-    loaded: dict[str, tuple[RunRow, JobRow]] = {}
-    for start in range(0, len(job_ids), CHUNK):
-        chunk = job_ids[start : start + CHUNK]
-        rows = await session.execute(
-            select(RunRow, JobRow).join(JobRow, JobRow.run_id == RunRow.id).where(JobRow.id.in_(chunk))
-        )
-        for run, job in rows:
-            loaded[job.id] = (run, job)
-    return loaded
 
 
 async def renew_leases(db: Database, token: str, job_ids: list[str], until: float) -> set[str]:

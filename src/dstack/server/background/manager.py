@@ -69,11 +69,11 @@ class BackgroundWorkers:
 
     async def claim_once(self) -> None:
         token = str(uuid.uuid4())
-        claimed, loaded = await leases.claim_claimable(
+        claimed = await leases.claim_claimable(
             self.ctx.db, self._supervisors, token, time.time(), self.ctx.settings.lease_seconds
         )
-        for job_id in claimed:
-            supervisor = Supervisor(self.ctx, job_id, token, self.leases, loaded.get(job_id))
+        for job_id, rows in claimed.items():
+            supervisor = Supervisor(self.ctx, job_id, token, self.leases, rows)
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task
             task.add_done_callback(functools.partial(self._forget, job_id))

@@ -186,8 +186,8 @@ def _waiting(connection: sqlite3.Connection, call: Callable[..., Any], args: tup
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+
-    return code == _SQLITE_BUSY if code is not None else "database is locked" in str(error)
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11+: an extended code (SQLITE_BUSY_*)
+    return code & 0xFF == _SQLITE_BUSY if code is not None else "database is locked" in str(error)
 
 
 def is_direct(dbapi_connection: Any) -> bool:
