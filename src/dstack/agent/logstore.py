@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple
 
+from dstack.agent.writebehind import WriteBehind
+
 LOG_FILE = "output.log"
 INDEX_FILE = "output.idx"
 JOBS_DIR = "jobs"  # under the agent's work folder: one folder per job, named by its id
@@ -53,6 +55,7 @@ class LogStore:
         self._records = _file_size(self.index_path) // _RECORD.size
         # What readers may serve: everything the index covers, and what was in the file when it was opened.
         self._size = _file_size(self.log_path)
+        self._write_behind = WriteBehind(self._size)  # a flood of output goes to disk as it comes
 
     def close(self) -> None:
         """Stop publishing (the job ended); reading stays possible."""
@@ -97,6 +100,7 @@ class LogStore:
         self._record(self._size, seen_at)
         self._size = size
         self._changed.notify_all()
+        self._write_behind.advance(self._log_fd, size)
         return True
 
     def append(self, data: bytes, read_at: float) -> None:

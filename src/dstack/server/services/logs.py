@@ -19,6 +19,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from dstack.agent.writebehind import WriteBehind
 from dstack.server.settings import ServerSettings
 
 READ_CHUNK = 1024 * 1024
@@ -53,6 +54,8 @@ class LogAppender:
         self.shared = source is not None and _share(source, self._path)
         self._fd = os.open(self._path, _APPEND, 0o600)
         self.size = os.fstat(self._fd).st_size
+        # A copy of the server's own goes to disk as it comes (a shared file is the agent's to follow).
+        self._write_behind = WriteBehind(self.size)
 
     @property
     def fd(self) -> int:
@@ -64,10 +67,12 @@ class LogAppender:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self.size += len(data)
+        self.grew(len(data))
 
     def grew(self, count: int) -> None:
         self.size += count
+        if not self.shared:
+            self._write_behind.advance(self._fd, self.size)
 
     def unshare(self, keep: int) -> None:
         """Keep the bytes counted so far, at most `keep`, in a file of the server's own: what the agent's
@@ -98,6 +103,7 @@ class LogAppender:
         os.close(self._fd)
         self._fd = os.open(self._path, _APPEND, 0o600)
         self.size, self.shared = copied, False
+        self._write_behind = WriteBehind(self.size)
 
     def close(self) -> None:
         os.close(self._fd)
