@@ -60,6 +60,7 @@ class Notifier:
 
 
 SCHEDULE = "schedule"
+SUBMITTED = "submitted"  # a run was recorded waiting (a SCHEDULE that certainly has work)
 SUPERVISE = "supervise"
 RETENTION = "retention"  # a run ended: finished runs may be over the retention limits
 RUNS = "runs"

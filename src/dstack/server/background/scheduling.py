@@ -40,7 +40,7 @@ from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
 from dstack.server.backends.base import CAP_QUEUE
 from dstack.server.context import ServerContext
 from dstack.server.db.models import JobRow, LockRow, RunRow
-from dstack.server.events import SCHEDULE, SUPERVISE, run_channel
+from dstack.server.events import SCHEDULE, SUBMITTED, SUPERVISE, run_channel
 from dstack.server.scheduler import gang, placement
 from dstack.server.scheduler.model import Allocation, Host
 from dstack.server.scheduler.placement import HostUsage
@@ -64,6 +64,8 @@ class SchedulingLoop:
         self.ctx = ctx
         self._checked: dict[str, specs.CheckedSpec] = {}  # run id -> parsed spec; specs never change
         self._following: list[JobRow] = []  # next jobs of scheduled runs that ended in this pass
+        self._submitted = ctx.notifier.signal(SUBMITTED)
+        self._submitted_seen = -1
 
     async def run_forever(self) -> None:
         signal = self.ctx.notifier.signal(SCHEDULE)
@@ -89,11 +91,19 @@ class SchedulingLoop:
 
     async def pass_once(self) -> float | None:
         """Place what fits; returns the earliest retry deadline among runs left waiting."""
-        async with self.ctx.db.read() as session:
-            anything = await session.execute(select(JobRow.id).where(JobRow.status.in_(_WAITING)).limit(1))
-            if anything.first() is None:
-                self._checked.clear()
-                return None
+        submitted = self._submitted.version != self._submitted_seen
+        self._submitted_seen = self._submitted.version
+        if not submitted:
+            # Woken by a job's end, a stop or the timer: often nothing waits, and a read says so for less
+            # than the write transaction would cost. After a submission something does wait: no read (a hop
+            # to a reader thread, which a lone `dstack run` would wait on).
+            async with self.ctx.db.read() as session:
+                anything = await session.execute(
+                    select(JobRow.id).where(JobRow.status.in_(_WAITING)).limit(1)
+                )
+                if anything.first() is None:
+                    self._checked.clear()
+                    return None
         hosts = await self.ctx.backends.hosts()
         now = time.time()
         changed: list[str] = []

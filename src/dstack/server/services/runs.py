@@ -21,7 +21,7 @@ from dstack.core.statuses import (
 from dstack.server.context import ServerContext
 from dstack.server.db.engine import insert_at_commit
 from dstack.server.db.models import CodeRow, JobRow, RunRow, TransitionRow
-from dstack.server.events import SCHEDULE, SUPERVISE, run_channel, stop_channel
+from dstack.server.events import SCHEDULE, SUBMITTED, SUPERVISE, run_channel, stop_channel
 from dstack.server.schemas import RunSpec
 from dstack.server.services import retention, secrets, specs
 from dstack.server.services.errors import Conflict, NotFound, ServiceError
@@ -123,6 +123,7 @@ async def submit(ctx: ServerContext, project: Project, user: User, spec: RunSpec
     stored = dataclasses.replace(checked, spec=checked.spec.model_copy(update={"run_name": run.name}))
     specs.remember(run.id, run.spec, stored)
     ctx.notifier.notify(run_channel(run.id))  # watchers of the run list see it at once
+    ctx.notifier.notify(SUBMITTED)
     ctx.notifier.notify(SCHEDULE)
     return run_json(run, job, project.name, user.name)
 
