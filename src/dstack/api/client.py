@@ -31,6 +31,17 @@ APPLY_TIMEOUT = 900.0  # applying a fleet connects to every new host
 UPLOAD_CHUNK = 1024 * 1024
 
 
+def _check_hostname(name: str) -> None:
+    """Raises UnicodeError for a name no resolver takes, as the idna codec does; an ASCII name is checked
+    here (each label 1 to 63 characters), without importing that codec: ~1 ms of every command."""
+    if not name.isascii():
+        name.encode("idna")
+        return
+    labels = name[:-1].split(".") if name.endswith(".") else name.split(".")
+    if any(not 0 < len(label) < 64 for label in labels):
+        raise UnicodeError("label empty or too long")
+
+
 class Client:
     def __init__(
         self, url: str, token: str, project: str = "main", *, timeout: float = DEFAULT_TIMEOUT
@@ -40,7 +51,7 @@ class Client:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ValueError("not an http(s) URL")
             parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
-            parts.hostname.encode("idna")  # raises UnicodeError for a name no resolver takes
+            _check_hostname(parts.hostname)
         except (ValueError, UnicodeError) as e:
             raise APIError(f"The server URL '{clip(url)}' is not valid: {clip(str(e))}") from None
         self.url = url.rstrip("/")

@@ -9,7 +9,6 @@ that depends on the moment (the environment, the run name, run arguments) is app
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import stat
@@ -24,6 +23,7 @@ from dstack.config.env import resolve_env_values
 from dstack.config.errors import InterpolationError
 from dstack.config.interpolation import command_table, interpolate_lines, run_references
 from dstack.config.names import validate_run_name
+from dstack.core.sha256 import sha256
 from dstack.core.text import clip
 
 CONFIG_NAMES = (".dstack.yml", ".dstack.yaml")
@@ -233,7 +233,7 @@ def _validated(args: argparse.Namespace, config_file: Path, code_root: Path) -> 
     except OSError as e:
         raise CLIError(f"Cannot read {args.file or config_file}: {e.strerror}") from e
     flags = {k: getattr(args, k, None) for k in (*OVERRIDE_FLAGS, "profile", "port")}
-    key = hashlib.sha256()
+    key = sha256()
     key.update(json.dumps([__version__, str(config_file), flags], sort_keys=True).encode())
     key.update(config_bytes)
     for path in _profile_files(code_root):

@@ -10,13 +10,13 @@ recently used roots beyond MAX_ROOTS are dropped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
 from dstack.code.manifest import is_sha256
+from dstack.core.sha256 import sha256
 
 MAX_ROOTS = 32
 _VERSION = 2
@@ -38,7 +38,7 @@ def stamp(status: os.stat_result) -> Stamp:
 class HashCache:
     def __init__(self, directory: Path, root_key: str) -> None:
         self.directory = directory
-        name = hashlib.sha256(root_key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        name = sha256(root_key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
         self._path = directory / f"{name}{_SUFFIX}"
         self._known: dict[str, tuple[Stamp, str]] = self._load()
         self._changed = False

@@ -17,9 +17,10 @@ builds a job's folder from one (dstack.agent.codestore).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, NamedTuple
+
+from dstack.core.sha256 import sha256
 
 FORMAT = "dstack-code/1"
 DIR, FILE, SYMLINK = "d", "f", "l"
@@ -42,7 +43,7 @@ def encode_manifest(entries: list[Entry]) -> bytes:
 
 
 def code_hash(manifest: bytes) -> str:
-    return hashlib.sha256(manifest).hexdigest()
+    return sha256(manifest).hexdigest()
 
 
 def is_sha256(value: object) -> bool:

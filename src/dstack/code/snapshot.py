@@ -9,7 +9,6 @@ never a wrong upload.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import os
 import stat
@@ -226,6 +225,8 @@ def hash_file(path: str, rel_path: str, listed: os.stat_result) -> str:
         raise CodeError(
             f"Cannot read {path} ({exc.strerror}); fix its permissions or add it to .dstackignore"
         ) from None
+    import hashlib  # here: a tree whose files are all known never loads OpenSSL (see core/sha256.py)
+
     digest = hashlib.sha256()
     try:
         if not _same(os.fstat(fd), listed):
