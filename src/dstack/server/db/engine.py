@@ -8,11 +8,12 @@ the writer. PostgreSQL: one ordinary pool for both.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, event, insert
+from sqlalchemy import MetaData, Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from dstack.server.db import sqlite_driver
@@ -32,11 +33,17 @@ def insert_at_commit(session: AsyncSession, table: Table, rows: list[dict[str, A
         pending.setdefault((table, tuple(row)), []).append(row)
 
 
+@functools.lru_cache(maxsize=4)
+def _parents_first(metadata: MetaData) -> dict[Table, int]:
+    """Each table's place in the foreign-key order: `sorted_tables` sorts them anew on every call."""
+    return {table: i for i, table in enumerate(metadata.sorted_tables)}
+
+
 async def _insert_pending(session: AsyncSession) -> None:
     pending = session.info.pop(_PENDING, None)
     if not pending:
         return
-    order = {table: i for i, table in enumerate(next(iter(pending))[0].metadata.sorted_tables)}
+    order = _parents_first(next(iter(pending))[0].metadata)
     for (table, _columns), rows in sorted(pending.items(), key=lambda item: order.get(item[0][0], 0)):
         await session.execute(insert(table), rows)
 

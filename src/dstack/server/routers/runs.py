@@ -145,10 +145,11 @@ async def attach_stream(
 ) -> StreamingResponse:
     """Status changes and output as frames (see dstack.core.frames) until the run ends; a multi-node run's
     master's output, or node `node`'s (the status is the run's)."""
-    _, job = await runs_service.get(ctx, project, name, node)
-    if tail is not None and job is not None:
-        offset = logs.tail_offset(logs.log_path(ctx.settings, job.id), tail, ctx.retention.run_output_limit)
+    first = await attach.first_look(ctx, project, name, node)  # a missing run is a 404, before the stream
+    job_id = first[0].job_id
+    if tail is not None and job_id is not None:
+        offset = logs.tail_offset(logs.log_path(ctx.settings, job_id), tail, ctx.retention.run_output_limit)
     return StreamingResponse(
-        attach.stream(ctx, project, name, offset=offset, follow=follow, node=node),
+        attach.stream(ctx, project, name, offset=offset, follow=follow, node=node, first=first),
         media_type="application/x-dstack-frames",
     )

@@ -30,11 +30,10 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
     specs.check_size(spec)
     refusal = checked.refusal or await runs.missing_secrets(ctx, project, checked)
     hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
-    async with ctx.db.read() as session:
-        usages = await load_usages(session, hosts)
     run_name = spec.run_name
-    if run_name is None:
-        async with ctx.db.read() as session:
+    async with ctx.db.read() as session:  # one read for both: each is a hop to a reader thread
+        usages = await load_usages(session, hosts)
+        if run_name is None:
             run_name = await runs.free_name(session, project)
     shown, offered = _gang_plan(checked, usages) if checked.nodes > 1 else _single_plan(checked, usages)
     refusal = refusal or await _missing_build(ctx, spec, offered)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
-from sqlalchemy import Table, or_, select
+from sqlalchemy import Select, Table, bindparam, or_, select
 
 from dstack.config.cron import next_start
 from dstack.core.statuses import (
@@ -337,6 +338,57 @@ async def get(
         return await find(session, project, name, node)
 
 
+class Shown(NamedTuple):
+    """What the attach stream shows of a run, read on each of its changes: its status, how it ended, and
+    the id of its current job (whose output it streams)."""
+
+    id: str
+    name: str
+    nodes: int
+    status: str
+    status_message: str | None
+    exit_code: int | None
+    termination_reason: str | None
+    termination_message: str | None
+    job_id: str | None
+
+
+async def shown(ctx: ServerContext, project: Project, name: str, node: int | None = None) -> Shown:
+    """The run as `get` finds it (the same job), in one prebuilt statement of columns: `get` loads two ORM
+    rows in two statements, which costs the attach stream's every status change ~1 ms more."""
+    async with ctx.db.read() as session:
+        row = (
+            await session.execute(
+                _shown_statement(bool(node)), {"project_id": project.id, "name": name, "node": node}
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"Run {name} not found in project {project.name}")
+    found = Shown(*row)
+    if node:
+        check_node(found, node)
+    return found
+
+
+@functools.lru_cache(maxsize=2)
+def _shown_statement(of_node: bool) -> Select[Any]:
+    job = select(JobRow.id).where(JobRow.run_id == RunRow.id)
+    if of_node:
+        job = job.where(JobRow.job_num == bindparam("node"))
+    current = job.order_by(JobRow.submission_num.desc(), JobRow.job_num).limit(1).correlate(RunRow)
+    return select(
+        RunRow.id,
+        RunRow.name,
+        RunRow.nodes,
+        RunRow.status,
+        RunRow.status_message,
+        RunRow.exit_code,
+        RunRow.termination_reason,
+        RunRow.termination_message,
+        current.scalar_subquery(),
+    ).where(RunRow.project_id == bindparam("project_id"), RunRow.name == bindparam("name"))
+
+
 async def describe(ctx: ServerContext, project: Project, name: str) -> dict[str, Any]:
     """`GET /runs/NAME`: the run, its current job (the master's) and, for a multi-node run, its nodes."""
     async with ctx.db.read() as session:
@@ -459,7 +511,7 @@ async def output_job(
         return run, placed or job
 
 
-def check_node(run: RunRow, node: int) -> None:
+def check_node(run: RunRow | Shown, node: int) -> None:
     if not 0 <= node < run.nodes:
         nodes = "one node (0)" if run.nodes == 1 else f"{run.nodes} nodes (0-{run.nodes - 1})"
         raise ServiceError(f"Run {run.name} has {nodes}; there is no node {node}")
