@@ -77,12 +77,14 @@ def stream_gib(env: DstackEnv, project: Path, gib: float) -> tuple[list[list[str
     """A task printing `gib` GiB of numbered lines to an attached CLI, checking every byte arrived in order,
     in the two states of this VM's memory that decide how fast any file write is.
 
-    A task's output is kept in a file on its host, so writing the bytes to a file is a floor of its own,
-    measured here beside `seq | sha256sum` (the pipe's floor). On these VMs a write that grows the page
-    cache into memory the VM never used before runs at ~350 MB/s (each new page costs the host a fault),
-    and one into pages freed earlier at ~2.5 GB/s: a machine that has been up a while is in the second
-    state. Each state is measured with its own floor: first growing (the floor's file kept, so the run's
-    output takes new memory too), then reusing (both files deleted, so the next writes take their pages).
+    A task's output is kept in a file on its host, so writing the bytes to a plain file (`seq > file`) is
+    measured beside `seq | sha256sum` (the pipe's floor). On these VMs a write that grows the page cache
+    into memory the VM never used before (or gave back to its host) runs at ~280 MB/s (each new page costs
+    the host a fault), and one into pages freed earlier at ~600 MB/s or more. Each state is measured
+    with its own peer: first growing (the peer's file kept, so the run's output takes new memory too),
+    then reusing (both files deleted, so the next writes take their pages). A job's output file is
+    written behind (agent/writebehind.py: to the disk as it comes, out of the cache far behind its end),
+    so a flood of output reuses its own freed pages: in the growing state it can beat a plain `seq > file`.
     """
     count = _lines_for(int(gib * 1024**3))
     (project / ".dstack.yml").write_text(f"type: task\ncommands:\n  - seq 1 {count}\n")
