@@ -338,6 +338,14 @@ async def get(
         return await find(session, project, name, node)
 
 
+# A run's current job (of a node): its latest submission's, the master's first.
+_CURRENT_JOB_FIRST = (JobRow.submission_num.desc(), JobRow.job_num)
+
+
+def _not_found(project: Project, name: str) -> NotFound:
+    return NotFound(f"Run {name} not found in project {project.name}")
+
+
 class Shown(NamedTuple):
     """What the attach stream shows of a run, read on each of its changes: its status, how it ended, and
     the id of its current job (whose output it streams)."""
@@ -359,11 +367,12 @@ async def shown(ctx: ServerContext, project: Project, name: str, node: int | Non
     async with ctx.db.read() as session:
         row = (
             await session.execute(
-                _shown_statement(bool(node)), {"project_id": project.id, "name": name, "node": node}
+                _shown_statement(bool(node)),
+                {"project_id": project.id, "name": name, **({"node": node} if node else {})},
             )
         ).first()
     if row is None:
-        raise NotFound(f"Run {name} not found in project {project.name}")
+        raise _not_found(project, name)
     found = Shown(*row)
     if node:
         check_node(found, node)
@@ -375,7 +384,7 @@ def _shown_statement(of_node: bool) -> Select[Any]:
     job = select(JobRow.id).where(JobRow.run_id == RunRow.id)
     if of_node:
         job = job.where(JobRow.job_num == bindparam("node"))
-    current = job.order_by(JobRow.submission_num.desc(), JobRow.job_num).limit(1).correlate(RunRow)
+    current = job.order_by(*_CURRENT_JOB_FIRST).limit(1).correlate(RunRow)
     return select(
         RunRow.id,
         RunRow.name,
@@ -408,14 +417,12 @@ async def find(
         await session.execute(select(RunRow).where(RunRow.project_id == project.id, RunRow.name == name))
     ).scalar_one_or_none()
     if run is None:
-        raise NotFound(f"Run {name} not found in project {project.name}")
+        raise _not_found(project, name)
     query = select(JobRow).where(JobRow.run_id == run.id)
     if node:
         check_node(run, node)
         query = query.where(JobRow.job_num == node)
-    job = (
-        await session.execute(query.order_by(JobRow.submission_num.desc(), JobRow.job_num).limit(1))
-    ).scalar_one_or_none()
+    job = (await session.execute(query.order_by(*_CURRENT_JOB_FIRST).limit(1))).scalar_one_or_none()
     return run, job
 
 
