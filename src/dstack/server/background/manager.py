@@ -1,4 +1,6 @@
-"""Background processing: the scheduling loop, plus a claim loop that gives every placed job a supervisor.
+"""Background processing: the scheduling loop, plus a claim loop that gives every placed job a supervisor
+(the scheduling pass leases the jobs it places itself, in its own transaction, and hands them over here;
+the claim loop takes the others: placed by another replica, or left by a crashed worker).
 
 A job is claimed with a row lease (lock_token, lock_expires_at) by compare-and-set, so two workers - or two
 server replicas on PostgreSQL - never supervise one job at once; a crashed worker's jobs are claimed again
@@ -20,6 +22,7 @@ from dstack.server.background.reconcile import Reconciler
 from dstack.server.background.scheduling import SchedulingLoop
 from dstack.server.background.supervisor import Supervisor
 from dstack.server.context import ServerContext
+from dstack.server.db.models import JobRow, RunRow
 from dstack.server.events import SUPERVISE
 from dstack.server.services import retention
 
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 class BackgroundWorkers:
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.scheduling = SchedulingLoop(ctx)
+        self.scheduling = SchedulingLoop(ctx, supervise=self._supervise)
         self.leases = LeaseKeeper(ctx)
         self.reconciler = Reconciler(ctx)
         self._supervisors: dict[str, asyncio.Task[None]] = {}
@@ -72,7 +75,14 @@ class BackgroundWorkers:
         claimed = await leases.claim_claimable(
             self.ctx.db, self._supervisors, token, time.time(), self.ctx.settings.lease_seconds
         )
+        self._supervise(token, claimed)
+
+    def _supervise(self, token: str, claimed: dict[str, tuple[RunRow, JobRow]]) -> None:
+        """A supervisor for each job leased to `token` (by the claim loop, or by the scheduling pass that
+        placed it)."""
         for job_id, rows in claimed.items():
+            if job_id in self._supervisors:
+                continue
             supervisor = Supervisor(self.ctx, job_id, token, self.leases, rows)
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task

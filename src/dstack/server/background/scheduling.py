@@ -29,12 +29,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from dstack.core.statuses import WAITING_STATUSES, RunStatus, TerminationReason
 from dstack.server.backends.base import CAP_QUEUE
@@ -58,10 +60,15 @@ COALESCE_SECONDS = 0.02
 _WAITING = [s.value for s in WAITING_STATUSES]
 RETRY_ADVICE = "submit with --retry-limit (or retry: in the configuration) to wait for capacity"
 
+# Starts a supervisor for each job leased to `token`: job id -> (its run's row, its row).
+Supervise = Callable[[str, dict[str, tuple[RunRow, JobRow]]], None]
+
 
 class SchedulingLoop:
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, supervise: Supervise | None = None) -> None:
         self.ctx = ctx
+        self._supervise = supervise
+        self._placed: list[tuple[RunRow, JobRow]] = []  # this pass's placements, to be claimed in it
         self._checked: dict[str, specs.CheckedSpec] = {}  # run id -> parsed spec; specs never change
         self._following: list[JobRow] = []  # next jobs of scheduled runs that ended in this pass
         self._submitted = ctx.notifier.signal(SUBMITTED)
@@ -107,8 +114,8 @@ class SchedulingLoop:
         hosts = await self.ctx.backends.hosts()
         now = time.time()
         changed: list[str] = []
-        placed = False
         earliest: float | None = None
+        self._placed = []
         async with self.ctx.db.write() as session:
             # Held to the commit: a replica sharing the database waits here rather than placing runs on the
             # same free capacity at the same time.
@@ -137,9 +144,11 @@ class SchedulingLoop:
                 if run.next_start_at is not None and run.next_start_at > now:
                     self._wait_for_start(run, jobs)
                     earliest = min(earliest or run.next_start_at, run.next_start_at)
-                elif self._place(run, jobs, usages, blocked, now):
-                    placed = True
-                elif not RunStatus(run.status).is_finished and run.retry_deadline is not None:
+                elif (
+                    not self._place(run, jobs, usages, blocked, now)
+                    and not RunStatus(run.status).is_finished
+                    and run.retry_deadline is not None
+                ):
                     earliest = min(earliest or run.retry_deadline, run.retry_deadline)
                 if (run.status, run.status_message) != before:
                     changed.append(run.id)
@@ -148,11 +157,35 @@ class SchedulingLoop:
                 if following.run_id not in changed:
                     changed.append(following.run_id)
             self._following = []
+            token, claimed, unclaimed = self._claim_placed(now)
         for run_id in changed:
             self.ctx.notifier.notify(run_channel(run_id))
-        if placed:
-            self.ctx.notifier.notify(SUPERVISE)
+        if claimed and self._supervise is not None:
+            self._supervise(token, claimed)
+        if unclaimed:
+            self.ctx.notifier.notify(SUPERVISE)  # the claim loop takes them
         return earliest
+
+    def _claim_placed(self, now: float) -> tuple[str, dict[str, tuple[RunRow, JobRow]], int]:
+        """Lease the jobs this pass placed to this process's supervisors, in the pass's own transaction: a
+        lone `dstack run` then waits for one write transaction less (the claim loop's), and a burst's jobs
+        reach their agents a claim earlier. A job whose run's spec text is not at hand (its supervisor
+        reads it) is left to the claim loop, which loads its rows whole. Returns (the token, the jobs
+        leased to it, how many placed jobs were not)."""
+        placed, self._placed = self._placed, []
+        token = str(uuid.uuid4())
+        claimed: dict[str, tuple[RunRow, JobRow]] = {}
+        if self._supervise is None:
+            return token, claimed, len(placed)
+        until = now + self.ctx.settings.lease_seconds
+        for run, job in placed:
+            text = specs.text_of(run.id)
+            if text is None or (job.lock_expires_at is not None and job.lock_expires_at >= now):
+                continue
+            set_committed_value(run, "spec", text)  # read deferred, and it never changes
+            job.lock_token, job.lock_expires_at = token, until
+            claimed[job.id] = (run, job)
+        return token, claimed, len(placed) - len(claimed)
 
     async def _load_specs(self, session: AsyncSession, run_ids: list[str]) -> None:
         missing = []
@@ -197,6 +230,7 @@ class SchedulingLoop:
             run.price = sum(host.price for host, _ in placements)
             for job in jobs:
                 apply_status(run, job, RunStatus.PROVISIONING)
+                self._placed.append((run, job))
             self._checked.pop(run.id, None)
             return True
         expired = run.retry_deadline is not None and now >= run.retry_deadline

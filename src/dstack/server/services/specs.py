@@ -169,6 +169,12 @@ def recall(run_id: str) -> CheckedSpec | None:
     return found.checked if found is not None else None
 
 
+def text_of(run_id: str) -> str | None:
+    """The run's stored spec text if this process has it at hand (a row read without it can be given it)."""
+    found = _RECENT.get(run_id)
+    return found.text if found is not None else None
+
+
 def spec_of(run_id: str, text: str) -> RunSpec:
     """The run's stored spec `text`, parsed (ValueError if it cannot be)."""
     return _parsed(run_id, text).spec
