@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import sqlite3
 import subprocess
@@ -27,8 +28,12 @@ from tests.e2e.test_run import task, write
 TOKEN = "code-upload-" + uuid.uuid4().hex
 
 
+_REQUEST_LINE = re.compile(rb"(GET|POST|PUT|DELETE) (/api/\S+) HTTP/1\.1\r\n")
+
+
 class CountingProxy:
-    """A TCP relay on loopback that counts the bytes the client sends through it: what really travels."""
+    """A TCP relay on loopback that counts the bytes the client sends through it: what really travels;
+    and the paths of the requests it made."""
 
     def __init__(self, target_port: int) -> None:
         self._target = target_port
@@ -36,6 +41,7 @@ class CountingProxy:
         self.port = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self.sent = 0
+        self.paths: list[str] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def take(self) -> int:
@@ -43,6 +49,12 @@ class CountingProxy:
         with self._lock:
             sent, self.sent = self.sent, 0
         return sent
+
+    def take_paths(self) -> list[str]:
+        """The paths requested since the last call."""
+        with self._lock:
+            paths, self.paths = self.paths, []
+        return paths
 
     def close(self) -> None:
         self._listener.close()
@@ -58,11 +70,17 @@ class CountingProxy:
             threading.Thread(target=self._pipe, args=(server, client, False), daemon=True).start()
 
     def _pipe(self, source: socket.socket, target: socket.socket, count: bool) -> None:
+        tail = b""  # a request line may straddle two reads
         try:
             while data := source.recv(1 << 20):
                 if count:
+                    seen = tail + data
                     with self._lock:
                         self.sent += len(data)
+                        self.paths += [m.group(2).decode() for m in _REQUEST_LINE.finditer(seen)]
+                    tail = seen[-256:]
+                    if _REQUEST_LINE.search(tail):
+                        tail = tail[tail.rindex(b"\r\n") + 2 :]  # counted already
                 target.sendall(data)
         except OSError:
             pass
@@ -121,6 +139,7 @@ def test_only_changed_files_travel_and_a_touch_sends_nothing(
             os.utime(path, (old, old))
         time.sleep(0.05)
         proxy.take()
+        proxy.take_paths()
 
         first = dstack_env.run("run", ".", "-y", cwd=project_dir, check=True)
         assert "Uploading the code: 202 of 202 files" in first.stderr
@@ -134,6 +153,7 @@ def test_only_changed_files_travel_and_a_touch_sends_nothing(
         second = dstack_env.run("run", ".", "-y", cwd=project_dir, check=True)
         assert second.stdout.split()[0] == hashlib.sha256(edited.read_bytes()).hexdigest()
         assert "Uploading the code: 1 of 202 files, 97.7KB" in second.stderr
+        assert any(p.endswith("/code/missing") for p in proxy.take_paths())
         sent = proxy.take()
         # The edited file, the manifest (~120 bytes a file) and the run's own requests; not the tree.
         assert 100_000 < sent < 100_000 + 202 * 200 + 64_000, sent
@@ -143,6 +163,8 @@ def test_only_changed_files_travel_and_a_touch_sends_nothing(
         assert third.stdout == second.stdout
         assert "Uploading the code" not in third.stderr
         assert proxy.take() < 64_000  # plan, submit, attach: no content, no manifest
+        # The plan said the server has this code: not even a request asks.
+        assert not [p for p in proxy.take_paths() if "/code/" in p], proxy.paths
     finally:
         proxy.close()
 

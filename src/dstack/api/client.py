@@ -154,8 +154,11 @@ class Client:
     def get_project(self) -> dict[str, Any]:
         return self.json("GET", f"/api/projects/{quote(self.project, safe='')}")
 
-    def plan(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.json("POST", self._project_path("/runs/plan"), body={"spec": spec})
+    def plan(self, spec: dict[str, Any], code_hash: str | None = None) -> dict[str, Any]:
+        """With `code_hash`, the plan says whether the project has that code (`has_code`; a server that
+        does not know the parameter leaves it out)."""
+        params = {"code_hash": code_hash} if code_hash else None
+        return self.json("POST", self._project_path("/runs/plan"), body={"spec": spec}, params=params)
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self.json("POST", self._project_path("/runs/submit"), body={"spec": spec})

@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reload and args.detach:
         raise CLIError("--reload sends your edits while the CLI stays attached; drop -d to use it")
     client = get_client(args.project)
-    plan = client.plan(prepared.spec)
+    early = _early_snapshot(prepared, args)
+    plan = client.plan(prepared.spec, code_hash=early.code_hash if early is not None else None)
     print_plan(plan, prepared)
     if plan.get("refusal"):
         raise CLIError(plan["refusal"])
@@ -43,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
         reloader = start_reload(client, prepared.code_root, plan["run_name"], baseline=True)
     if prepared.upload_code:
-        prepared.spec["code_hash"] = upload_code(client, prepared)
+        if early is not None and plan.get("has_code"):
+            prepared.spec["code_hash"] = early.code_hash  # the project has it all: nothing to send
+        else:
+            prepared.spec["code_hash"] = upload_code(client, prepared)
     if prepared.files:
         prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
@@ -131,6 +135,23 @@ def _availability(offer: dict[str, Any]) -> str:
     if offer["availability"] == "available":
         return offer.get("note") or ""  # e.g. a Slurm partition's node counts
     return f"{offer['availability']}: {offer['note']}" if offer.get("note") else offer["availability"]
+
+
+def _early_snapshot(prepared: PreparedRun, args: argparse.Namespace) -> Any:
+    """Without a question to ask (-y), a tree snapshotted before is snapshotted before the plan (~1 ms: only
+    what changed is read), so that the plan says whether the server has this code: a warm run saves the
+    round trip that asks. Anything amiss (too large, a file changing) is left to the upload step, which
+    reports it after the plan as always; a tree never snapshotted is hashed only once the plan is shown."""
+    if not args.yes or args.reload or not prepared.upload_code:
+        return None
+    from dstack.code import CodeError, snapshot_code, snapshotted_before
+
+    try:
+        if not snapshotted_before(prepared.code_root):
+            return None
+        return snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+    except (CodeError, OSError):
+        return None
 
 
 def upload_code(client: Client, prepared: PreparedRun) -> str:

@@ -11,9 +11,15 @@ from dstack.code.root import find_code_root
 from dstack.code.walk import CodeEntry, walk_files
 
 if TYPE_CHECKING:
-    from dstack.code.snapshot import DEFAULT_LIMIT_BYTES, CodeSnapshot, snapshot_code, snapshot_paths
+    from dstack.code.snapshot import (
+        DEFAULT_LIMIT_BYTES,
+        CodeSnapshot,
+        snapshot_code,
+        snapshot_paths,
+        snapshotted_before,
+    )
 
-_LAZY = {"DEFAULT_LIMIT_BYTES", "CodeSnapshot", "snapshot_code", "snapshot_paths"}
+_LAZY = {"DEFAULT_LIMIT_BYTES", "CodeSnapshot", "snapshot_code", "snapshot_paths", "snapshotted_before"}
 
 
 def __getattr__(name: str) -> Any:
@@ -35,5 +41,6 @@ __all__ = [
     "find_code_root",
     "snapshot_code",
     "snapshot_paths",
+    "snapshotted_before",
     "walk_files",
 ]

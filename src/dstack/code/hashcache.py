@@ -35,11 +35,20 @@ def stamp(status: os.stat_result) -> Stamp:
     return (status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino)
 
 
+def is_cached(directory: Path, root_key: str) -> bool:
+    """Whether the tree at `root_key` was hashed before (so a snapshot of it reads only what changed)."""
+    return _path_of(directory, root_key).is_file()
+
+
+def _path_of(directory: Path, root_key: str) -> Path:
+    name = sha256(root_key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return directory / f"{name}{_SUFFIX}"
+
+
 class HashCache:
     def __init__(self, directory: Path, root_key: str) -> None:
         self.directory = directory
-        name = sha256(root_key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        self._path = directory / f"{name}{_SUFFIX}"
+        self._path = _path_of(directory, root_key)
         self._known: dict[str, tuple[Stamp, str]] = self._load()
         self._changed = False
 

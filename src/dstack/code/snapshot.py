@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, NamedTuple
 
 from dstack.code.errors import CodeError, CodeTooLargeError, FileChangedError
-from dstack.code.hashcache import HashCache, default_cache_dir, stamp
+from dstack.code.hashcache import HashCache, default_cache_dir, is_cached, stamp
 from dstack.code.ignore import IgnoreRules
 from dstack.code.manifest import DIR, FILE, SYMLINK, Entry, code_hash, encode_manifest
 from dstack.code.walk import CodeEntry, ScannedEntry, scan_tree
@@ -79,6 +79,11 @@ class CodeSnapshot(NamedTuple):
         source = self.blobs[sha256]
         if not _same(os.fstat(file.fileno()), source.status):
             raise changed_error(source.rel_path, "uploaded")
+
+
+def snapshotted_before(root: Path, cache_dir: Path | None = None) -> bool:
+    """Whether this tree was snapshotted before: a snapshot of it now reads only the files that changed."""
+    return is_cached(cache_dir if cache_dir is not None else default_cache_dir(), os.fspath(root.resolve()))
 
 
 def snapshot_code(

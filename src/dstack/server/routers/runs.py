@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from dstack.server.context import ServerContext
 from dstack.server.routers.deps import get_ctx, get_project, get_user
-from dstack.server.schemas import DeleteRequest, RunRequest, StopRequest
+from dstack.server.schemas import CODE_HASH_PATTERN, DeleteRequest, RunRequest, StopRequest
 from dstack.server.services import attach, history, logs, plans, run_plan
 from dstack.server.services import runs as runs_service
 from dstack.server.services.projects import Project
@@ -21,9 +21,14 @@ router = APIRouter(prefix="/api/project/{project}/runs")
 
 @router.post("/plan")
 async def plan(
-    body: RunRequest, ctx: ServerContext = Depends(get_ctx), project: Project = Depends(get_project)
+    body: RunRequest,
+    code_hash: str | None = Query(default=None, pattern=CODE_HASH_PATTERN),
+    ctx: ServerContext = Depends(get_ctx),
+    project: Project = Depends(get_project),
 ) -> dict[str, Any]:
-    return await plans.plan(ctx, project, body.spec)
+    """`code_hash`: the code the client would send; the plan says whether the project has it (`has_code`),
+    which saves a warm `dstack run` the round trip that asks."""
+    return await plans.plan(ctx, project, body.spec, code_hash=code_hash)
 
 
 @router.post("/submit")

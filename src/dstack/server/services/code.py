@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dstack.code.blobs import HEADER
 from dstack.code.manifest import (
@@ -53,7 +54,12 @@ def manifest_path(settings: ServerSettings, project_id: str, code_hash_: str) ->
 
 async def exists(ctx: ServerContext, project: Project, code_hash_: str) -> bool:
     async with ctx.db.read() as session:
-        row = await session.get(CodeRow, (project.id, code_hash_))
+        return await stored(session, ctx, project, code_hash_)
+
+
+async def stored(session: AsyncSession, ctx: ServerContext, project: Project, code_hash_: str) -> bool:
+    """Whether the project has this code (its row, and its manifest on disk), read in `session`."""
+    row = await session.get(CodeRow, (project.id, code_hash_))
     return row is not None and manifest_path(ctx.settings, project.id, code_hash_).is_file()
 
 

@@ -18,6 +18,7 @@ from dstack.server.scheduler import gang, placement
 from dstack.server.scheduler.model import Host
 from dstack.server.scheduler.placement import HostUsage
 from dstack.server.schemas import RunSpec
+from dstack.server.services import code as code_service
 from dstack.server.services import runs, specs
 from dstack.server.services.projects import Project
 from dstack.server.services.usage import load_usages
@@ -25,16 +26,19 @@ from dstack.server.services.usage import load_usages
 PLAN_BUILD_LOOKUPS = 10  # hosts asked whether they have a run's build, best offers first
 
 
-async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str, Any]:
+async def plan(
+    ctx: ServerContext, project: Project, spec: RunSpec, *, code_hash: str | None = None
+) -> dict[str, Any]:
     checked = specs.check(spec)
     specs.check_size(spec)
     refusal = checked.refusal or await runs.missing_secrets(ctx, project, checked)
     hosts = [h for h in await ctx.backends.hosts() if h.project_id in (None, project.id)]
     run_name = spec.run_name
-    async with ctx.db.read() as session:  # one read for both: each is a hop to a reader thread
+    async with ctx.db.read() as session:  # one read for all: each is a hop to a reader thread
         usages = await load_usages(session, hosts)
         if run_name is None:
             run_name = await runs.free_name(session, project)
+        has_code = code_hash is not None and await code_service.stored(session, ctx, project, code_hash)
     shown, offered = _gang_plan(checked, usages) if checked.nodes > 1 else _single_plan(checked, usages)
     refusal = refusal or await _missing_build(ctx, spec, offered)
     return {
@@ -47,6 +51,7 @@ async def plan(ctx: ServerContext, project: Project, spec: RunSpec) -> dict[str,
         "refusal": refusal,
         "priority": checked.priority,
         "schedule": _schedule_json(checked, time.time()),
+        **({"has_code": has_code} if code_hash is not None else {}),
     }
 
 
