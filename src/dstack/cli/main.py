@@ -110,12 +110,15 @@ def _exit_now_if_nothing_left(code: int) -> None:
     """End the process without the interpreter's teardown (freeing every module: ~10 ms, a tenth of a
     warm `dstack run`) when that teardown has nothing to do: no other thread and no exit handler but
     the one `logging` registers when imported (run here instead)."""
+    import _thread
     import atexit
-    import threading
 
     count_handlers = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere, exit the usual way
+    # Threads alive besides this one (threading's are started through _thread too; importing threading
+    # only to ask would cost every command ~0.5 ms).
+    count_threads = getattr(_thread, "_count", None)
     logging = sys.modules.get("logging")
-    if count_handlers is None or threading.active_count() > 1:
+    if count_handlers is None or count_threads is None or count_threads() > 0:
         return
     if count_handlers() > (1 if logging is not None else 0):
         return

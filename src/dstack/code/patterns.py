@@ -8,7 +8,6 @@ ignore file that holds it; a pattern without a slash matches the last component 
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -21,20 +20,25 @@ def _ascii(*groups: str) -> frozenset[int]:
     return frozenset("".join(groups).encode())
 
 
-# POSIX classes as git's wildmatch sees them: ASCII only, git's own ctype for space.
+# POSIX classes as git's wildmatch sees them: ASCII only, git's own ctype for space. (Byte ranges, not the
+# `string` module's constants: importing it compiles a regular expression, on every `dstack run`.)
+_DIGIT = frozenset(range(0x30, 0x3A))
+_LOWER = frozenset(range(0x61, 0x7B))
+_UPPER = frozenset(range(0x41, 0x5B))
+_GRAPH = frozenset(range(33, 127))
 _CHARACTER_CLASSES: dict[bytes, frozenset[int]] = {
-    b"alnum": _ascii(string.ascii_letters, string.digits),
-    b"alpha": _ascii(string.ascii_letters),
+    b"alnum": _DIGIT | _LOWER | _UPPER,
+    b"alpha": _LOWER | _UPPER,
     b"blank": _ascii(" \t"),
     b"cntrl": frozenset([*range(32), 127]),
-    b"digit": _ascii(string.digits),
-    b"graph": frozenset(range(33, 127)),
-    b"lower": _ascii(string.ascii_lowercase),
+    b"digit": _DIGIT,
+    b"graph": _GRAPH,
+    b"lower": _LOWER,
     b"print": frozenset(range(32, 127)),
-    b"punct": _ascii(string.punctuation),
+    b"punct": _GRAPH - _DIGIT - _LOWER - _UPPER,
     b"space": _ascii(" \t\n\r"),
-    b"upper": _ascii(string.ascii_uppercase),
-    b"xdigit": _ascii(string.hexdigits),
+    b"upper": _UPPER,
+    b"xdigit": _DIGIT | _ascii("abcdefABCDEF"),
 }
 
 
