@@ -164,7 +164,8 @@ def test_only_changed_files_travel_and_a_touch_sends_nothing(
         assert "Uploading the code" not in third.stderr
         assert proxy.take() < 64_000  # plan, submit, attach: no content, no manifest
         # The plan said the server has this code: not even a request asks.
-        assert not [p for p in proxy.take_paths() if "/code/" in p], proxy.paths
+        paths = proxy.take_paths()
+        assert not [p for p in paths if "/code/" in p], paths
     finally:
         proxy.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dstack.api.client import Client
 from dstack.cli.connection import get_client
@@ -14,6 +14,9 @@ from dstack.cli.follow import Follower
 from dstack.cli.output import confirm, human_size, note, table
 from dstack.cli.requirements import OFFER_HEADERS, offer_row
 from dstack.cli.runspec import PreparedRun, finalize, prepare
+
+if TYPE_CHECKING:
+    from dstack.code import CodeSnapshot
 
 PLAN_OFFERS_SHOWN = 3
 PACK_ATTEMPTS = 3
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if early is not None and plan.get("has_code"):
             prepared.spec["code_hash"] = early.code_hash  # the project has it all: nothing to send
         else:
-            prepared.spec["code_hash"] = upload_code(client, prepared)
+            prepared.spec["code_hash"] = upload_code(client, prepared, first=early)
     if prepared.files:
         prepared.spec["files"] = upload_files(client, prepared)
     submitted = client.submit(prepared.spec)
@@ -137,7 +140,7 @@ def _availability(offer: dict[str, Any]) -> str:
     return f"{offer['availability']}: {offer['note']}" if offer.get("note") else offer["availability"]
 
 
-def _early_snapshot(prepared: PreparedRun, args: argparse.Namespace) -> Any:
+def _early_snapshot(prepared: PreparedRun, args: argparse.Namespace) -> CodeSnapshot | None:
     """Without a question to ask (-y), a tree snapshotted before is snapshotted before the plan (~1 ms: only
     what changed is read), so that the plan says whether the server has this code: a warm run saves the
     round trip that asks. Anything amiss (too large, a file changing) is left to the upload step, which
@@ -154,12 +157,18 @@ def _early_snapshot(prepared: PreparedRun, args: argparse.Namespace) -> Any:
         return None
 
 
-def upload_code(client: Client, prepared: PreparedRun) -> str:
-    """SPEC §4 step 4: only the contents the server lacks travel (none for an unchanged tree)."""
+def upload_code(client: Client, prepared: PreparedRun, first: CodeSnapshot | None = None) -> str:
+    """SPEC §4 step 4: only the contents the server lacks travel (none for an unchanged tree). `first`: a
+    snapshot already taken, for the first attempt (a tree is not walked twice)."""
     from dstack.code import snapshot_code
 
+    taken = [first] if first is not None else []
+
     def attempt() -> str:
-        snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
+        if taken:
+            snapshot = taken.pop()
+        else:  # the first attempt without a snapshot, or a retry (a file changed meanwhile)
+            snapshot = snapshot_code(prepared.code_root, limit_bytes=prepared.code_limit)
         _upload(client, snapshot, "the code")
         return snapshot.code_hash
 

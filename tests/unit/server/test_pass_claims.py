@@ -13,10 +13,10 @@ from dstack.server.events import Notifier
 from dstack.server.services import specs
 
 
-def _loop(handed: list[tuple[str, dict[str, Any]]] | None) -> SchedulingLoop:
+def _loop(*, supervised: bool) -> SchedulingLoop:
+    """The pass's claim is pure logic over rows: the end-to-end tests run it against the real database."""
     ctx: Any = SimpleNamespace(notifier=Notifier(), settings=SimpleNamespace(lease_seconds=15.0))
-    supervise = None if handed is None else (lambda token, claimed: handed.append((token, claimed)))
-    return SchedulingLoop(ctx, supervise=supervise)
+    return SchedulingLoop(ctx, supervise=(lambda token, claimed: None) if supervised else None)
 
 
 def _placed(run_id: str, lock_expires_at: float | None = None) -> tuple[RunRow, JobRow]:
@@ -30,7 +30,7 @@ def test_placed_jobs_are_leased_with_their_spec_and_the_rest_left_to_the_claim_l
     text = '{"configuration": {"type": "task", "commands": ["echo hi"]}}'
     specs.spec_of("known", text)  # this process read the run's spec (at its submission, say)
     try:
-        loop = _loop([])
+        loop = _loop(supervised=True)
         known, unknown, leased = _placed("known"), _placed("unknown"), _placed("leased", now + 5)
         loop._placed = [known, unknown, leased]
         token, claimed, unclaimed = loop._claim_placed(now)
@@ -47,7 +47,7 @@ def test_placed_jobs_are_leased_with_their_spec_and_the_rest_left_to_the_claim_l
 
 
 def test_without_supervisors_the_pass_claims_nothing() -> None:
-    loop = _loop(None)
+    loop = _loop(supervised=False)
     loop._placed = [_placed("a")]
     _, claimed, unclaimed = loop._claim_placed(time.time())
     assert claimed == {} and unclaimed == 1

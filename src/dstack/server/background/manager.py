@@ -81,8 +81,6 @@ class BackgroundWorkers:
         """A supervisor for each job leased to `token` (by the claim loop, or by the scheduling pass that
         placed it)."""
         for job_id, rows in claimed.items():
-            if job_id in self._supervisors:
-                continue
             supervisor = Supervisor(self.ctx, job_id, token, self.leases, rows)
             task = asyncio.create_task(supervisor.run(), name=f"job {job_id}")
             self._supervisors[job_id] = task
