@@ -102,8 +102,38 @@ def _module(name: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
     if argv is None:  # this process is the command (not a caller of main)
+        _start_warm_process()
         _exit_now_if_nothing_left(code)
     return code
+
+
+def run_warm(argv: list[str], parsers: dict[str | None, tuple[Parser, dict[str, Parser]]]) -> int:
+    """The command, in a copy of the warm process (dstack.cli.warm_server), with its prebuilt parsers."""
+    return _main(argv, parsers)
+
+
+def _start_warm_process() -> None:
+    """After a command that found no warm process (dstack.cli.warm_client), start one for the next."""
+    from pathlib import Path
+
+    from dstack.cli import warm_client
+
+    path = warm_client.missing
+    if path is None or not Path(path).parent.parent.is_dir():
+        return  # warm commands are off, or this user has no ~/.dstack yet (nothing to speed up)
+    try:
+        Path(path).parent.mkdir(mode=0o700, exist_ok=True)
+        devnull = (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDWR, 0)
+        program = "import sys; del sys.path[0]; from dstack.cli.warm_server import serve; serve(sys.argv[1])"
+        os.posix_spawn(
+            sys.executable,
+            [sys.executable, "-c", program, path],
+            warm_client.shaping_environment(),
+            file_actions=[devnull, (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)],
+            setsid=True,
+        )
+    except OSError:
+        pass  # the next command runs cold again, and tries again
 
 
 def _exit_now_if_nothing_left(code: int) -> None:
@@ -132,7 +162,9 @@ def _exit_now_if_nothing_left(code: int) -> None:
     os._exit(code)
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(
+    argv: list[str] | None, parsers: dict[str | None, tuple[Parser, dict[str, Parser]]] | None = None
+) -> int:
     _make_private()
     argv = list(sys.argv[1:] if argv is None else argv)
     # Everything after "--" belongs to the task, untouched by our parser.
@@ -141,7 +173,8 @@ def _main(argv: list[str] | None) -> int:
         split = argv.index("--")
         argv, after = argv[:split], argv[split + 1 :]
     # The first word is the command, unless it is an option of `dstack` itself (then all are built).
-    parser, commands = build_parser(argv[0] if argv and argv[0] in COMMANDS else None)
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    parser, commands = parsers[only] if parsers is not None else build_parser(only)
     args, unknown = parser.parse_known_args(argv)
     if args.command is None:
         if unknown or after:

@@ -1,0 +1,210 @@
+"""The CLI's side of the warm command process: hand this command to it, or say it is not there.
+
+Every `dstack` command is a new Python process that spends most of its life before the first request
+importing modules (about 30 ms of a 70-150 ms `dstack run` on a 2-core machine). The warm process
+(dstack.cli.warm_server) has imported them already; it forks a copy of itself per command, which takes
+this process's stdin, stdout and stderr (passed over a Unix socket, SCM_RIGHTS), its working folder,
+umask, arguments and environment, and runs the command exactly as this process would have. This process
+stays the command the user sees: it forwards every signal the terminal or a caller sends (Ctrl+C,
+Ctrl+Z, a resize, SIGTERM) to the copy, and ends as the copy ends, with its exit code, or by its signal.
+
+When no warm process answers (none started yet, an older dstack's, a changed install), the command
+runs here as always, and main() starts a warm process for the next one. DSTACK_CLI_WARM=0 turns it off.
+
+This module runs first in every command: it imports nothing beyond the interpreter's built-in modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Set by run() when no warm process answered at this path: main() starts one there after the command.
+missing: str | None = None
+
+PROTOCOL = b"dstack-warm-1"
+RECORD = 5  # replies: one tag byte and a 4-byte signed integer
+FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "SIGUSR2", "SIGTSTP")
+# The environment that shapes an interpreter as it starts (its paths, its stdio's encoding and
+# buffering): a warm process serves only commands whose values match those it started with.
+SHAPING_PREFIXES = ("PYTHON", "LC_")
+SHAPING_NAMES = ("LANG",)
+MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, NUL included
+
+
+def enabled(argv: list[str]) -> bool:
+    # The foreground server is a long-lived service of its own, not a command to fork from here.
+    return os.environ.get("DSTACK_CLI_WARM", "1") != "0" and argv[1:2] != ["server"]
+
+
+def socket_path() -> str | None:
+    """Where this user's warm process for this HOME, install and interpreter listens; None where it
+    cannot (no HOME, or a path too long for a Unix socket)."""
+    home = os.environ.get("HOME")
+    if not home:
+        return None
+    shaping = sorted(
+        f"{name}={value}"
+        for name, value in os.environ.items()
+        if name.startswith(SHAPING_PREFIXES) or name in SHAPING_NAMES
+    )
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    key = _fnv1a64("\0".join([sys.executable, package, *shaping]).encode("utf-8", "surrogateescape"))
+    path = f"{home}/.dstack/cli/warm-{key:016x}.sock"
+    return path if len(path.encode("utf-8", "surrogateescape")) <= MAX_SOCKET_PATH else None
+
+
+def shaping_environment() -> dict[str, str]:
+    """What a warm process started from here inherits: the shaping variables, HOME and PATH."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name.startswith(SHAPING_PREFIXES) or name in SHAPING_NAMES or name in ("HOME", "PATH")
+    }
+
+
+def _fnv1a64(data: bytes) -> int:
+    value = 0xCBF29CE484222325
+    for byte in data:
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return value
+
+
+def run(argv: list[str]) -> int | None:
+    """Run the command in the warm process; its exit code, or None when it must run here."""
+    global missing
+    if not enabled(argv):
+        return None
+    path = socket_path()
+    if path is None:
+        return None
+    import _socket
+
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        missing = path
+        return None
+    forwarding = _Forwarding()
+    try:
+        child = _hand_over(sock, argv)
+    except OSError:
+        child = None
+    if child is None:
+        forwarding.undo()
+        sock.close()
+        missing = path
+        return None
+    forwarding.to(child)
+    while True:
+        try:
+            reply = _record(sock)
+        except OSError:
+            reply = None
+        if reply is None:
+            os.write(2, b"dstack: the warm command process ended before the command; run it again\n")
+            return 1
+        tag, value = reply
+        if tag == b"X"[0]:
+            return value
+        if tag == b"K"[0]:  # the copy was killed by a signal: so is this process
+            import _signal  # type: ignore[import-not-found]  # signal.py would import enum (~3 ms)
+
+            _signal.signal(value, _signal.SIG_DFL)
+            os.kill(os.getpid(), value)
+            return 128 + value
+
+
+class _Forwarding:
+    """Signals sent to this process go to the warm copy's process group; those that arrive before the
+    copy exists wait for it (or, when the command runs here after all, are delivered here)."""
+
+    def __init__(self) -> None:
+        import _signal
+
+        self.child: int | None = None
+        self.pending: list[int] = []
+        self.previous = {number: _signal.signal(number, self._on_signal) for number in _numbers()}
+
+    def to(self, child: int) -> None:
+        self.child = child
+        for number in self.pending:
+            self._on_signal(number, None)
+        self.pending.clear()
+
+    def undo(self) -> None:
+        import _signal
+
+        for number, handler in self.previous.items():
+            _signal.signal(number, handler)
+        for number in self.pending:
+            os.kill(os.getpid(), number)
+
+    def _on_signal(self, number: int, frame: object) -> None:
+        import _signal
+
+        if self.child is None:
+            self.pending.append(number)
+            return
+        try:
+            if number == _signal.SIGTSTP:
+                # The copy lives in a session without a terminal, where the kernel drops SIGTSTP: stop
+                # it outright, stop here as Ctrl+Z asks, and wake it when the shell wakes this process.
+                os.killpg(self.child, _signal.SIGSTOP)
+                _signal.signal(_signal.SIGTSTP, _signal.SIG_DFL)
+                os.kill(os.getpid(), _signal.SIGTSTP)
+                _signal.signal(_signal.SIGTSTP, self._on_signal)
+                os.killpg(self.child, _signal.SIGCONT)
+            else:
+                os.killpg(self.child, number)
+        except ProcessLookupError:
+            pass  # it has just ended; its status is on the way
+
+
+def _numbers() -> list[int]:
+    import _signal
+
+    return [getattr(_signal, name) for name in FORWARDED]
+
+
+def _hand_over(sock: object, argv: list[str]) -> int | None:
+    """Send the command; the warm copy's pid, or None when the warm process declined it."""
+    import _socket
+
+    assert isinstance(sock, _socket.socket)
+    # The peer must be this user's: anything else must not see this environment or these descriptors.
+    credentials = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    if int.from_bytes(credentials[4:8], sys.byteorder) != os.getuid():
+        return None
+    umask = os.umask(0o077)
+    os.umask(umask)
+    words = [PROTOCOL, b"%o" % umask, b"%d" % len(argv)]
+    words += [os.fsencode(word) for word in argv]
+    words += [os.fsencode(name) + b"=" + os.fsencode(value) for name, value in os.environ.items()]
+    payload = b"\0".join(words)
+    # The working folder travels as a descriptor: exact even when renamed or deleted meanwhile.
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2, here))
+        message = len(payload).to_bytes(8, "little") + payload
+        sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        if sent < len(message):
+            sock.sendall(message[sent:])
+    finally:
+        os.close(here)
+    reply = _record(sock)
+    if reply is None or reply[0] != b"P"[0]:
+        return None
+    return reply[1]
+
+
+def _record(sock: object) -> tuple[int, int] | None:
+    data = b""
+    while len(data) < RECORD:
+        chunk = sock.recv(RECORD - len(data))  # type: ignore[attr-defined]
+        if not chunk:
+            return None
+        data += chunk
+    return data[0], int.from_bytes(data[1:], "little", signed=True)
