@@ -206,3 +206,21 @@ def test_dstack_cli_warm_0_starts_no_warm_process(dstack_env: DstackEnv) -> None
         dstack_env.run("ps", env={"DSTACK_CLI_WARM": "0"})
     assert not warm_processes(dstack_env)
     assert not (dstack_env.home / ".dstack" / "cli").exists()
+
+
+def test_a_stopped_warm_process_is_passed_by_and_the_command_runs_once(dstack_env: DstackEnv) -> None:
+    warm = started_warm(dstack_env)
+    out = dstack_env.home / "out.txt"
+    os.kill(warm, signal.SIGSTOP)
+    try:
+        # Pipes, as a caller's: none may stay held by the stopped process once the command has ended.
+        result = subprocess.run([DSTACK, "--version"], env=dstack_env.env, capture_output=True, timeout=60)
+        assert result.returncode == 0
+        out.write_bytes(result.stdout)
+        assert out.read_text().count("dstack ") == 1  # it ran here, cold, after the hand-over timed out
+    finally:
+        os.kill(warm, signal.SIGCONT)
+    # Resumed, the warm process finds the abandoned command: its copy never gets the go-ahead.
+    wait_for(lambda: not copies_of(warm), timeout=10, what="the abandoned copy to be gone")
+    assert out.read_text().count("dstack ") == 1
+    assert dstack_env.run("--version", check=True).stdout.count("dstack ") == 1  # and it serves again

@@ -30,6 +30,9 @@ FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGWINCH", "SIGUSR1", "S
 SHAPING_PREFIXES = ("PYTHON", "LC_")
 SHAPING_NAMES = ("LANG",)
 MAX_SOCKET_PATH = 107  # sun_path's 108 bytes, NUL included
+# A warm process that does not accept the command within this long (stopped, swamped) is passed by:
+# the command runs here. Its descriptors travel only once it has accepted, so it never runs twice.
+ACCEPT_TIMEOUT = 3.0
 
 
 def enabled(argv: list[str]) -> bool:
@@ -81,6 +84,7 @@ def run(argv: list[str]) -> int | None:
     import _socket
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    sock.settimeout(ACCEPT_TIMEOUT)
     try:
         sock.connect(path)
     except OSError:
@@ -91,7 +95,11 @@ def run(argv: list[str]) -> int | None:
     try:
         child = _hand_over(sock, argv)
     except OSError:
-        child = None
+        child = None  # it did not accept in time (or at all): nothing of the command is there
+    except _Lost:
+        forwarding.undo()
+        os.write(2, b"dstack: the warm command process ended before the command; run it again\n")
+        return 1
     if child is None:
         forwarding.undo()
         sock.close()
@@ -104,7 +112,7 @@ def run(argv: list[str]) -> int | None:
         except OSError:
             reply = None
         if reply is None:
-            os.write(2, b"dstack: the warm command process ended before the command; run it again\n")
+            os.write(2, b"dstack: the warm command process went away during the command\n")
             return 1
         tag, value = reply
         if tag == b"X"[0]:
@@ -184,20 +192,30 @@ def _hand_over(sock: object, argv: list[str]) -> int | None:
     words += [os.fsencode(word) for word in argv]
     words += [os.fsencode(name) + b"=" + os.fsencode(value) for name, value in os.environ.items()]
     payload = b"\0".join(words)
+    sock.sendall(len(payload).to_bytes(8, "little") + payload)
+    reply = _record(sock)
+    if reply is None or reply[0] != b"A"[0]:
+        return None  # declined (a changed install), or another protocol
+    # Accepted: from here on the command is the warm process's, however long it takes to answer.
+    sock.settimeout(None)
     # The working folder travels as a descriptor: exact even when renamed or deleted meanwhile.
     here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (0, 1, 2, here))
-        message = len(payload).to_bytes(8, "little") + payload
-        sent = sock.sendmsg([message], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-        if sent < len(message):
-            sock.sendall(message[sent:])
+        sock.sendmsg([b"F"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])  # (fails: none travelled)
     finally:
         os.close(here)
-    reply = _record(sock)
+    try:
+        reply = _record(sock)
+    except OSError as e:
+        raise _Lost from e
     if reply is None or reply[0] != b"P"[0]:
-        return None
+        raise _Lost
     return reply[1]
+
+
+class _Lost(Exception):
+    """The warm process took the command and went away before starting it."""
 
 
 def _record(sock: object) -> tuple[int, int] | None:

@@ -6,6 +6,8 @@ with the environment that shapes an interpreter and nothing else. It listens on 
 
 - it checks that its own code is still what is installed (every dstack module it loaded, by size and
   mtime); if not, it declines, and ends: the command runs cold and starts a fresh warm process;
+- it says it accepts, and only then does the CLI send its descriptors (a CLI that gave up waiting, the
+  warm process being stopped or swamped, runs the command itself, and nothing of it is held here);
 - it forks; the copy takes the command's stdin, stdout, stderr, working folder, umask, arguments and
   environment, gets a process group of its own (the CLI forwards signals to it), and runs the command
   as `dstack` would have;
@@ -138,17 +140,25 @@ class Server:
             if uid != os.getuid():
                 conn.close()
                 return True
-            request, fds = _receive(conn)
+            request = _receive_request(conn)
+            self.last_command = time.monotonic()
+            stale = self._stale()
+            if request is None or stale:
+                _send(conn, b"R", 0)
+                conn.close()
+                return not stale
+            # Accepted: only now does the CLI send its descriptors, and from then on the command is ours.
+            # (A CLI that gave up waiting for this runs the command itself; nothing of it is held here.)
+            _send(conn, b"A", 0)
+            fds = _receive_descriptors(conn)
         except (OSError, ValueError):
             _close(fds)
             conn.close()
             return True
-        self.last_command = time.monotonic()
-        if request is None or len(fds) != 4 or self._stale():
+        if len(fds) != 4:
             _close(fds)
-            _send(conn, b"R", 0)
             conn.close()
-            return request is None or len(fds) != 4
+            return True
         pid = os.fork()
         if pid == 0:
             self._become_command(conn, request, fds)
@@ -257,28 +267,20 @@ class Request:
         self.env = env
 
 
-def _receive(conn: socket.socket) -> tuple[Request | None, list[int]]:
-    """Read one command: its descriptors and words. None for a request of another protocol."""
-    data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(4 * 4))
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(payload) - len(payload) % 4
-            fds += list(struct.unpack(f"{usable // 4}i", payload[:usable]))
-    if len(data) < 8:
-        return None, fds
-    size = int.from_bytes(data[:8], "little")
+def _receive_request(conn: socket.socket) -> Request | None:
+    """Read one command's words; None for a request of another protocol."""
+    header = _exactly(conn, 8)
+    if header is None:
+        return None
+    size = int.from_bytes(header, "little")
     if size > MAX_REQUEST:
-        return None, fds
-    body = bytearray(data[8:])
-    while len(body) < size:
-        chunk = conn.recv(min(size - len(body), 1 << 20))
-        if not chunk:
-            return None, fds
-        body += chunk
-    words = bytes(body).split(b"\0")
+        return None
+    body = _exactly(conn, size)
+    if body is None:
+        return None
+    words = body.split(b"\0")
     if len(words) < 3 or words[0] != PROTOCOL:
-        return None, fds
+        return None
     umask = int(words[1], 8) & 0o777
     count = int(words[2])
     argv = [os.fsdecode(word) for word in words[3 : 3 + count]]
@@ -287,8 +289,29 @@ def _receive(conn: socket.socket) -> tuple[Request | None, list[int]]:
         name, _, value = item.partition(b"=")
         env[os.fsdecode(name)] = os.fsdecode(value)
     if len(argv) != count or not argv:
-        return None, fds
-    return Request(umask, argv, env), fds
+        return None
+    return Request(umask, argv, env)
+
+
+def _receive_descriptors(conn: socket.socket) -> list[int]:
+    """The command's stdin, stdout, stderr and folder: one byte with SCM_RIGHTS."""
+    _, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4 * 4))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds += list(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    return fds
+
+
+def _exactly(conn: socket.socket, size: int) -> bytes | None:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(size - len(data), 1 << 20))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
 
 
 def _send(conn: socket.socket, tag: bytes, value: int) -> None:

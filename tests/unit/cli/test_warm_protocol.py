@@ -47,8 +47,9 @@ def test_the_command_arrives_whole_with_its_descriptors(
     received: dict[str, object] = {}
 
     def serve() -> None:
-        request, fds = warm_server._receive(warm)
-        received["request"], received["fds"] = request, fds
+        received["request"] = warm_server._receive_request(warm)
+        warm_server._send(warm, b"A", 0)  # accepted: only now do the descriptors travel
+        received["fds"] = warm_server._receive_descriptors(warm)
         warm_server._send(warm, b"P", 4242)
 
     thread = threading.Thread(target=serve)
@@ -81,10 +82,9 @@ def test_a_request_of_another_protocol_is_declined() -> None:
     try:
         payload = b"\0".join([b"something-else", b"22", b"1", b"dstack"])
         cli.sendall(len(payload).to_bytes(8, "little") + payload)
-        request, fds = warm_server._receive(warm)
-        assert request is None and fds == []
+        assert warm_server._receive_request(warm) is None
         cli.sendall((warm_server.MAX_REQUEST + 1).to_bytes(8, "little"))
-        assert warm_server._receive(warm) == (None, [])
+        assert warm_server._receive_request(warm) is None
     finally:
         cli.close()
         warm.close()
@@ -94,9 +94,8 @@ def test_a_declining_warm_process_leaves_the_command_to_run_here() -> None:
     cli, warm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
     def decline() -> None:
-        _, fds = warm_server._receive(warm)
-        warm_server._close(fds)
-        warm_server._send(warm, b"R", 0)
+        warm_server._receive_request(warm)
+        warm_server._send(warm, b"R", 0)  # no descriptor is sent to a process that declines
 
     thread = threading.Thread(target=decline)
     thread.start()
