@@ -11,6 +11,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from dstack.agent.procutil import list_processes, read_process
 from tests.e2e.harness import DSTACK, DstackEnv, Terminal, wait_for
 from tests.e2e.test_run import run_name, task
 
@@ -22,12 +23,8 @@ def warm_processes(env: DstackEnv) -> list[int]:
 
 
 def copies_of(warm: int) -> list[int]:
-    """The commands a warm process is running: its children (each the leader of its own group)."""
-    return [pid for pid in _all_pids() if _stat(pid).get("ppid") == warm]
-
-
-def _all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+    """The commands a warm process is running: its live children (each the leader of its own group)."""
+    return [p.pid for p in list_processes().values() if p.ppid == warm and not p.is_zombie]
 
 
 def _cmdline(pid: int) -> bytes:
@@ -37,12 +34,14 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def _stat(pid: int) -> dict[str, int | str]:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return {}
-    return {"state": fields[0], "ppid": int(fields[1]), "pgid": int(fields[2])}
+def _state(pid: int) -> str | None:
+    info = read_process(pid)
+    return info.state if info is not None else None
+
+
+def _gone(pid: int) -> bool:
+    info = read_process(pid)
+    return info is None or info.is_zombie
 
 
 def started_warm(env: DstackEnv) -> int:
@@ -80,14 +79,15 @@ def test_the_warm_process_is_private_and_serves_the_next_command(
         # The command runs in a copy of the warm process, in a process group of its own; the process the
         # user started has nothing of its own to do but wait and forward signals.
         [copy] = wait_for(lambda: copies_of(warm), timeout=30, what="the warm copy of `dstack logs -f`")
-        assert _stat(copy)["pgid"] == copy
+        info = read_process(copy)
+        assert info is not None and info.pgid == copy
         assert follower.stdout is not None
         assert follower.stdout.readline() == "started\n"
-        assert not [pid for pid in _all_pids() if _stat(pid).get("ppid") == follower.pid]
+        assert not [p for p in list_processes().values() if p.ppid == follower.pid]
         # A CLI killed outright takes its command with it.
         follower.kill()
         follower.wait(timeout=10)
-        wait_for(lambda: copy not in _all_pids(), timeout=10, what="the copy to end with its CLI")
+        wait_for(lambda: _gone(copy), timeout=10, what="the copy to end with its CLI")
     finally:
         follower.kill()
         follower.communicate(timeout=10)
@@ -155,11 +155,11 @@ def test_ctrl_c_and_ctrl_z_act_on_the_warm_command(dstack_env: DstackEnv, projec
     try:
         [copy] = wait_for(lambda: copies_of(warm), timeout=30, what="the warm copy")
         os.kill(job.pid, signal.SIGTSTP)  # what Ctrl+Z sends the foreground job
-        wait_for(lambda: _stat(job.pid).get("state") == "T", timeout=10, what="the CLI to stop")
-        wait_for(lambda: _stat(copy).get("state") == "T", timeout=10, what="the command to stop")
+        wait_for(lambda: _state(job.pid) == "T", timeout=10, what="the CLI to stop")
+        wait_for(lambda: _state(copy) == "T", timeout=10, what="the command to stop")
         os.killpg(job.pid, signal.SIGCONT)  # what `fg` sends
-        wait_for(lambda: _stat(copy).get("state") not in ("T", None), timeout=10, what="it to go on")
-        assert _stat(job.pid).get("state") != "T"
+        wait_for(lambda: _state(copy) not in ("T", None), timeout=10, what="it to go on")
+        assert _state(job.pid) != "T"
     finally:
         job.kill()
         job.communicate(timeout=10)
@@ -177,7 +177,7 @@ def test_ctrl_c_and_ctrl_z_act_on_the_warm_command(dstack_env: DstackEnv, projec
         finally:
             terminal.close()
         if warm_or_cold == "warm":
-            wait_for(lambda: copy not in _all_pids(), timeout=10, what="the command to end")  # noqa: B023
+            wait_for(lambda: _gone(copy), timeout=10, what="the command to end")  # noqa: B023
     del dstack_env.env["DSTACK_CLI_WARM"]
     assert codes[0] == codes[1]  # Ctrl+C ends `dstack logs -f` as it does cold
     dstack_env.run("stop", "-x", "-y", name, check=True)

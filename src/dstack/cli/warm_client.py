@@ -16,6 +16,7 @@ This module runs first in every command: it imports nothing beyond the interpret
 
 from __future__ import annotations
 
+import _socket
 import os
 import sys
 
@@ -81,8 +82,6 @@ def run(argv: list[str]) -> int | None:
     path = socket_path()
     if path is None:
         return None
-    import _socket
-
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock.settimeout(ACCEPT_TIMEOUT)
     try:
@@ -177,11 +176,8 @@ def _numbers() -> list[int]:
     return [getattr(_signal, name) for name in FORWARDED]
 
 
-def _hand_over(sock: object, argv: list[str]) -> int | None:
+def _hand_over(sock: _socket.socket, argv: list[str]) -> int | None:
     """Send the command; the warm copy's pid, or None when the warm process declined it."""
-    import _socket
-
-    assert isinstance(sock, _socket.socket)
     # The peer must be this user's: anything else must not see this environment or these descriptors.
     credentials = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     if int.from_bytes(credentials[4:8], sys.byteorder) != os.getuid():
@@ -218,10 +214,10 @@ class _Lost(Exception):
     """The warm process took the command and went away before starting it."""
 
 
-def _record(sock: object) -> tuple[int, int] | None:
+def _record(sock: _socket.socket) -> tuple[int, int] | None:
     data = b""
     while len(data) < RECORD:
-        chunk = sock.recv(RECORD - len(data))  # type: ignore[attr-defined]
+        chunk = sock.recv(RECORD - len(data))
         if not chunk:
             return None
         data += chunk
