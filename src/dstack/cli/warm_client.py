@@ -9,7 +9,9 @@ stays the command the user sees: it forwards every signal the terminal or a call
 Ctrl+Z, a resize, SIGTERM) to the copy, and ends as the copy ends, with its exit code, or by its signal.
 
 When no warm process answers (none started yet, an older dstack's, a changed install), the command
-runs here as always, and main() starts a warm process for the next one. DSTACK_CLI_WARM=0 turns it off.
+runs here as always, and main() starts a warm process for the next one. It is opt-in for now
+(DSTACK_CLI_WARM=1): under load, one retention test (test_retention's client-reads case) failed with it
+and passed without it, for a reason not yet found.
 
 This module runs first in every command: it imports nothing beyond the interpreter's built-in modules.
 """
@@ -38,7 +40,7 @@ ACCEPT_TIMEOUT = 3.0
 
 def enabled(argv: list[str]) -> bool:
     # The foreground server is a long-lived service of its own, not a command to fork from here.
-    return os.environ.get("DSTACK_CLI_WARM", "1") != "0" and argv[1:2] != ["server"]
+    return os.environ.get("DSTACK_CLI_WARM") == "1" and argv[1:2] != ["server"]
 
 
 def socket_path() -> str | None:

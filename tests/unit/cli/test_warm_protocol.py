@@ -30,7 +30,10 @@ def test_the_socket_path_follows_home_and_the_interpreters_shaping_environment(
     assert warm_client.socket_path() is None
 
 
-def test_warm_commands_can_be_turned_off_and_the_server_never_forks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warm_commands_are_opt_in_and_the_server_never_forks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DSTACK_CLI_WARM", raising=False)
+    assert not warm_client.enabled(["dstack", "ps"])
+    monkeypatch.setenv("DSTACK_CLI_WARM", "1")
     assert warm_client.enabled(["dstack", "ps"])
     assert not warm_client.enabled(["dstack", "server"])
     monkeypatch.setenv("DSTACK_CLI_WARM", "0")
